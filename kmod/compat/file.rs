@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `File`: a borrowed `struct file` and the credentials checks made on it.
+//!
+//! Mirrors `kernel::fs::File` of Linux 6.13+, reduced to what kchat needs.
+
+use kernel::{bindings, types::Opaque};
+
+/// An open file, borrowed for the length of a file operation.
+///
+/// # Invariants
+///
+/// The inner `struct file` is valid for as long as the reference is.
+#[repr(transparent)]
+pub(crate) struct File(Opaque<bindings::file>);
+
+impl File {
+    /// Borrows a `struct file` for the length of a callback.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must point at a valid `struct file` that outlives `'a`; the VFS
+    /// guarantees this for the file passed to a `file_operations` callback.
+    pub(crate) unsafe fn from_raw<'a>(ptr: *mut bindings::file) -> &'a File {
+        // SAFETY: `File` is `repr(transparent)` over the C struct, and the
+        // caller promises it is valid for `'a`.
+        unsafe { &*ptr.cast() }
+    }
+
+    /// The raw pointer, for the compat layer's own callbacks.
+    pub(super) fn as_raw(&self) -> *mut bindings::file {
+        self.0.get()
+    }
+}
+
+/// Capabilities kchat checks.
+#[derive(Clone, Copy)]
+pub(crate) enum Capability {
+    /// `CAP_SYS_ADMIN`: administering kchat (the control device).
+    SysAdmin,
+}
+
+/// Whether the current task holds `cap` (and records its use, as `capable()`
+/// does for audit).
+pub(crate) fn current_capable(cap: Capability) -> bool {
+    let cap = match cap {
+        Capability::SysAdmin => bindings::CAP_SYS_ADMIN,
+    };
+    // SAFETY: `capable` only reads the current task's credentials; the
+    // capability number is one of the kernel's own constants.
+    unsafe { bindings::capable(cap as i32) }
+}

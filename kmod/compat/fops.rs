@@ -1,0 +1,128 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `FileOps`: a `#[vtable]` trait per kind of kchat file, turned into a
+//! `struct file_operations` at compile time.
+//!
+//! Shaped like `kernel::miscdevice::MiscDevice` of Linux 6.13+: `open`
+//! returns the per-file state, which lives in `private_data` as a
+//! [`ForeignOwnable`] until `release`. Kernel error codes become errnos here
+//! and nowhere else.
+
+use super::file::File;
+use core::{marker::PhantomData, ptr};
+use kernel::{bindings, ffi, prelude::*, types::ForeignOwnable};
+
+/// One kind of file under kchat's major (the control node, a room).
+#[vtable]
+pub(crate) trait FileOps: Sized {
+    /// Per-open-file state kept in `private_data`.
+    type Ptr: ForeignOwnable + Send + Sync;
+    /// What the router hands to `open` (for a room: the room).
+    type Target;
+
+    /// Sets up a newly opened file.
+    fn open(file: &File, target: Self::Target) -> Result<Self::Ptr>;
+
+    /// Tears down the file at its last close.
+    fn release(state: Self::Ptr, _file: &File) {
+        drop(state);
+    }
+
+    /// Handles `ioctl(2)`.
+    fn ioctl(
+        _state: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
+        _file: &File,
+        _cmd: u32,
+        _arg: usize,
+    ) -> Result<isize> {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+}
+
+/// Switches a file being opened over to `T`'s operations and runs `T::open`.
+///
+/// Called from the major's open router, like `misc_open` does for misc
+/// devices. All of kchat's `file_operations` share one owner module, so
+/// replacing `f_op` keeps the module reference the VFS took balanced.
+pub(crate) fn open_as<T: FileOps>(file: &File, target: T::Target) -> Result {
+    let state = T::open(file, target)?;
+    let raw = file.as_raw();
+    // SAFETY: `raw` is the file being opened, not yet visible to any other
+    // thread, so writing its `f_op` and `private_data` cannot race. The new
+    // table is `'static` and has the same owner as the old one.
+    unsafe {
+        (*raw).f_op = Vtable::<T>::build();
+        (*raw).private_data = state.into_foreign() as *mut ffi::c_void;
+    }
+    Ok(())
+}
+
+struct Vtable<T: FileOps>(PhantomData<T>);
+
+impl<T: FileOps> Vtable<T> {
+    const VTABLE: bindings::file_operations = bindings::file_operations {
+        owner: owner(),
+        open: None,
+        release: Some(Self::release),
+        unlocked_ioctl: if T::HAS_IOCTL {
+            Some(Self::ioctl)
+        } else {
+            None
+        },
+        compat_ioctl: if T::HAS_IOCTL {
+            Some(Self::ioctl)
+        } else {
+            None
+        },
+        llseek: Some(bindings::noop_llseek),
+        // SAFETY: all-zero is a valid `file_operations`: every field is a
+        // nullable pointer or an integer.
+        ..unsafe { core::mem::zeroed() }
+    };
+
+    const fn build() -> &'static bindings::file_operations {
+        &Self::VTABLE
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFS at the last close of a file that `open_as::<T>` set up.
+    unsafe extern "C" fn release(
+        _inode: *mut bindings::inode,
+        raw: *mut bindings::file,
+    ) -> ffi::c_int {
+        // SAFETY: the VFS passes a valid file for the duration of the call.
+        let file = unsafe { File::from_raw(raw) };
+        // SAFETY: `private_data` was set by `open_as::<T>` from `T::Ptr`, and
+        // `release` runs once, after every other file operation has ended.
+        let state = unsafe { T::Ptr::from_foreign((*raw).private_data) };
+        T::release(state, file);
+        0
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFS on a file that `open_as::<T>` set up.
+    unsafe extern "C" fn ioctl(
+        raw: *mut bindings::file,
+        cmd: ffi::c_uint,
+        arg: ffi::c_ulong,
+    ) -> ffi::c_long {
+        // SAFETY: the VFS passes a valid file for the duration of the call.
+        let file = unsafe { File::from_raw(raw) };
+        // SAFETY: `private_data` holds a `T::Ptr` until `release`, which
+        // cannot run while this call holds the file.
+        let state = unsafe { T::Ptr::borrow((*raw).private_data) };
+        match T::ioctl(state, file, cmd, arg as usize) {
+            Ok(ret) => ret as ffi::c_long,
+            Err(err) => err.to_errno() as ffi::c_long,
+        }
+    }
+}
+
+/// This module's `struct module`, for `file_operations::owner`.
+pub(super) const fn owner() -> *mut bindings::module {
+    // SAFETY: only the address of the module's own `__this_module` is taken;
+    // it is valid for as long as any file using these operations exists,
+    // because the VFS holds a module reference for each of them.
+    unsafe { ptr::addr_of!(bindings::__this_module) as *mut bindings::module }
+}

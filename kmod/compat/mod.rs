@@ -1,0 +1,13 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The compat layer: the only code that touches raw `bindings::` or defines
+//! `extern "C"` callbacks.
+//!
+//! Linux 6.12's `kernel` crate has no file, chrdev, class or poll
+//! abstractions. These files fill the gap, shaped like the upstream ones of
+//! 6.13+ (`File`, `MiscDevice`-style `#[vtable]` traits), so a port to a newer
+//! kernel replaces these shims and leaves the logic alone.
+
+pub(crate) mod chrdev;
+pub(crate) mod device;
+pub(crate) mod file;
+pub(crate) mod fops;

@@ -1,0 +1,48 @@
+//! The suite's own binary doubles as a helper process, so tests can try
+//! things as another user or with fewer capabilities: `open_as` re-executes
+//! it under `setpriv`, and it reports the errno of one `open(2)`.
+
+use anyhow::{bail, Context, Result};
+use std::{
+    path::Path,
+    process::{Command, ExitCode},
+};
+
+const OPEN_VAR: &str = "KCHAT_VMTEST_HELPER_OPEN";
+
+/// In a helper process, does its one job and returns its exit code.
+pub fn run_if_requested() -> Option<ExitCode> {
+    let path = std::env::var_os(OPEN_VAR)?;
+    let outcome = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path);
+    match outcome {
+        Ok(_) => println!("opened"),
+        Err(err) => println!(
+            "{}",
+            nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(0))
+        ),
+    }
+    Some(ExitCode::SUCCESS)
+}
+
+/// Opens `path` read-write in a child run by `setpriv` with `setpriv_args`
+/// (`--reuid=...`, `--bounding-set=...`); returns "opened" or the errno name.
+pub fn open_as(path: &Path, setpriv_args: &[&str]) -> Result<String> {
+    let exe = std::env::current_exe().context("finding the suite's own binary")?;
+    let out = Command::new("setpriv")
+        .args(setpriv_args)
+        .arg("--")
+        .arg(exe)
+        .env(OPEN_VAR, path)
+        .output()
+        .context("running setpriv (util-linux)")?;
+    if !out.status.success() {
+        bail!(
+            "helper under setpriv {setpriv_args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}

@@ -1,0 +1,31 @@
+//! kchat's in-guest test suite. `cargo xtask test` builds it on the host and
+//! runs it in the test VM as root, with `KCHAT_KMOD` naming `kchat.ko`. It
+//! expects to be the only user of the module while it runs (one test at a
+//! time: loading and unloading are global).
+
+mod control;
+mod helper;
+mod module;
+
+use libtest_mimic::{Arguments, Trial};
+
+/// A test: a name and a function that fails with a message.
+pub type Test = (&'static str, fn() -> anyhow::Result<()>);
+
+fn main() -> std::process::ExitCode {
+    if let Some(code) = helper::run_if_requested() {
+        return code;
+    }
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let trials = [module::TESTS, control::TESTS]
+        .into_iter()
+        .flatten()
+        .map(|&(name, test)| {
+            Trial::test(name, move || {
+                test().map_err(|err| format!("{err:#}").into())
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}

@@ -1,0 +1,222 @@
+//! The test kernel: Debian's linux-source-6.12, configured as tinyconfig plus
+//! `xtask/vm/kernel.config`, built with clang (`LLVM=1`) and the pinned rustc
+//! into the cache, keyed by everything that changes the result.
+
+use crate::{bootstrap, paths, process};
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+/// Bump when the build recipe below changes in a way the other inputs miss.
+const RECIPE: &str = "kchat-kernel-recipe-1";
+const SOURCE_PACKAGE: &str = "linux-source-6.12";
+const FRAGMENT: &str = "xtask/vm/kernel.config";
+const DONE_MARKER: &str = ".kchat-build-complete";
+
+/// A built test kernel.
+pub struct Kernel {
+    /// The `O=` build directory: `KDIR` for out-of-tree modules.
+    pub build_dir: PathBuf,
+    /// The unpacked source tree.
+    pub source_dir: PathBuf,
+    toolchain: String,
+    bindgen: PathBuf,
+}
+
+impl Kernel {
+    pub fn bzimage(&self) -> PathBuf {
+        self.build_dir.join("arch/x86/boot/bzImage")
+    }
+
+    /// `make` in the kernel's build system, with the toolchain the kernel was
+    /// built with (modules must use the same rustc and compiler).
+    pub fn make(&self) -> Command {
+        let mut cmd = Command::new("make");
+        cmd.env("RUSTUP_TOOLCHAIN", &self.toolchain)
+            .arg("ARCH=x86_64")
+            .arg("LLVM=1")
+            .arg(format!("BINDGEN={}", self.bindgen.display()));
+        cmd
+    }
+
+    /// The kernel tree's rustfmt settings, used for `kmod/`.
+    pub fn rustfmt_config(&self) -> PathBuf {
+        self.source_dir.join(".rustfmt.toml")
+    }
+}
+
+/// Returns the test kernel, building it first if the cache has no build for
+/// the current inputs.
+pub fn ensure() -> Result<Kernel> {
+    let toolchain = paths::toolchain()?;
+    let bindgen = bootstrap::bindgen()?;
+    let cache = paths::cache()?;
+    let version = package_version()?;
+    let source_dir = unpack(&cache, &version)?;
+    let fragment_path = paths::root().join(FRAGMENT);
+    let fragment = fs::read_to_string(&fragment_path)
+        .with_context(|| format!("reading {}", fragment_path.display()))?;
+
+    let mut key = Sha256::new();
+    for part in [
+        RECIPE.to_owned(),
+        version.clone(),
+        fragment.clone(),
+        tool_version(
+            Command::new("rustc")
+                .env("RUSTUP_TOOLCHAIN", &toolchain)
+                .arg("-vV"),
+        )?,
+        tool_version(Command::new(&bindgen).arg("--version"))?,
+        tool_version(Command::new("clang").arg("--version"))?,
+        tool_version(Command::new("ld.lld").arg("--version"))?,
+    ] {
+        key.update(part.as_bytes());
+        key.update([0]);
+    }
+    let key: String = key
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let build_dir = cache.join("kernel").join(format!("{version}-{key}"));
+    let kernel = Kernel {
+        build_dir,
+        source_dir,
+        toolchain,
+        bindgen,
+    };
+    if kernel.build_dir.join(DONE_MARKER).exists() && kernel.bzimage().exists() {
+        return Ok(kernel);
+    }
+    build(&kernel, &fragment_path, &fragment)?;
+    Ok(kernel)
+}
+
+fn package_version() -> Result<String> {
+    let version =
+        process::stdout(Command::new("dpkg-query").args(["-W", "-f=${Version}", SOURCE_PACKAGE]))
+            .with_context(|| format!("{SOURCE_PACKAGE} is not installed (cargo xtask bootstrap)"))?;
+    if version.is_empty() {
+        bail!("{SOURCE_PACKAGE} is not installed (cargo xtask bootstrap)");
+    }
+    Ok(version)
+}
+
+fn tool_version(cmd: &mut Command) -> Result<String> {
+    process::stdout(cmd)
+}
+
+/// Unpacks the Debian source tarball once per package version.
+fn unpack(cache: &Path, version: &str) -> Result<PathBuf> {
+    let dir = cache.join("src").join(version);
+    let tree = dir.join(SOURCE_PACKAGE);
+    let marker = dir.join(".unpacked");
+    if marker.exists() {
+        return Ok(tree);
+    }
+    let tarball = Path::new("/usr/src").join(format!("{SOURCE_PACKAGE}.tar.xz"));
+    eprintln!("kernel: unpacking {} ({version})", tarball.display());
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing stale {}", dir.display()))?;
+    }
+    fs::create_dir_all(&dir)?;
+    process::run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&dir),
+    )?;
+    fs::write(&marker, version)?;
+    Ok(tree)
+}
+
+fn build(kernel: &Kernel, fragment_path: &Path, fragment: &str) -> Result<()> {
+    let started = Instant::now();
+    let out = &kernel.build_dir;
+    fs::create_dir_all(out)?;
+    let log_path = out.join("kchat-build.log");
+    eprintln!(
+        "kernel: building the test kernel in {} (about 10 minutes on 2 cores; log: {})",
+        out.display(),
+        log_path.display()
+    );
+    let log = fs::File::create(&log_path)?;
+    let src = &kernel.source_dir;
+    let make = |args: &[&str]| -> Result<()> {
+        let mut cmd = kernel.make();
+        cmd.arg("-C")
+            .arg(src)
+            .arg(format!("O={}", out.display()))
+            .args(args)
+            .stdout(log.try_clone()?)
+            .stderr(log.try_clone()?);
+        process::run(&mut cmd)
+            .with_context(|| format!("kernel build failed; see {}", log_path.display()))
+    };
+    make(&["tinyconfig"])?;
+    let mut merge = Command::new(src.join("scripts/kconfig/merge_config.sh"));
+    merge
+        .current_dir(out)
+        .arg("-m")
+        .arg("-O")
+        .arg(out)
+        .arg(out.join(".config"))
+        .arg(fragment_path)
+        .stdout(log.try_clone()?)
+        .stderr(log.try_clone()?);
+    process::run(&mut merge)?;
+    make(&["olddefconfig"])?;
+    check_config(&out.join(".config"), fragment)?;
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    make(&[&format!("-j{jobs}"), "all"])?;
+    fs::write(out.join(DONE_MARKER), "")?;
+    eprintln!("kernel: built in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Fails when Kconfig silently dropped a requested option (an unmet
+/// dependency, a toolchain that does not qualify for Rust).
+fn check_config(config: &Path, fragment: &str) -> Result<()> {
+    let text = fs::read_to_string(config)?;
+    let mut have = BTreeMap::new();
+    for line in text.lines() {
+        if let Some((key, value)) = line.split_once('=')
+            && key.starts_with("CONFIG_")
+        {
+            have.insert(key, value);
+        } else if let Some(key) = line
+            .strip_prefix("# ")
+            .and_then(|l| l.strip_suffix(" is not set"))
+        {
+            have.insert(key, "n");
+        }
+    }
+    let mut wrong = Vec::new();
+    for line in fragment.lines().map(str::trim) {
+        if let Some((key, want)) = line.split_once('=')
+            && key.starts_with("CONFIG_")
+        {
+            let got = have.get(key).copied().unwrap_or("n");
+            if got != want {
+                wrong.push(format!("{key}={want} (got {got})"));
+            }
+        }
+    }
+    if !wrong.is_empty() {
+        bail!(
+            "the kernel config did not take these options from {FRAGMENT}; \
+             check their dependencies with `make menuconfig`:\n  {}",
+            wrong.join("\n  ")
+        );
+    }
+    Ok(())
+}

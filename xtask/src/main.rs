@@ -1,0 +1,79 @@
+//! `cargo xtask`: the one entry point for everything that is not plain
+//! `cargo build` / `cargo test` in kchat: set-up, the test kernel, the
+//! module, the VM, the full test run and the demo.
+
+mod bootstrap;
+mod demo;
+mod kernel;
+mod kmod;
+mod logcheck;
+mod paths;
+mod process;
+mod test;
+mod vm;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, boot and test kchat", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (Debian packages, rust-src,
+    /// bindgen); quick when everything is there.
+    Bootstrap,
+    /// Build the test kernel into the cache (or reuse it) and print its path.
+    Kernel,
+    /// Build kchat.ko and the test fixtures against the test kernel.
+    Kmod,
+    /// Format kmod/ with the kernel's rustfmt settings.
+    KmodFmt,
+    /// Boot the test kernel and run CMD in the guest (a shell without CMD).
+    Vm(vm::VmArgs),
+    /// Run every test: host tests, fmt, clippy, then the suite in the VM.
+    Test(test::TestArgs),
+    /// Boot the VM and show kchat working.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Bootstrap => bootstrap::ensure().map(|()| ExitCode::SUCCESS),
+        Command::Kernel => {
+            bootstrap::ensure()?;
+            let kernel = kernel::ensure()?;
+            println!("{}", kernel.bzimage().display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kmod => {
+            bootstrap::ensure()?;
+            let kernel = kernel::ensure()?;
+            kmod::build(&kernel)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::KmodFmt => {
+            let kernel = kernel::ensure()?;
+            kmod::rustfmt_fix(&kernel)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Vm(args) => vm::command(args),
+        Command::Test(args) => test::run(args),
+        Command::Demo => demo::run(),
+    }
+}

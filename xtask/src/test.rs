@@ -1,0 +1,265 @@
+//! `cargo xtask test`: every test kchat has, in one command, closing with one
+//! summary line `N passed, N failed`.
+//!
+//! Order: host checks (fmt, clippy, `cargo test`), the module's build and
+//! formatting, the in-guest suite in the VM, and the fixture run that proves
+//! the kernel log check catches real kernel bug reports.
+
+use crate::{
+    bootstrap, kernel, kmod,
+    paths::{self, root},
+    process::show,
+    vm::{self, VmArgs},
+};
+use anyhow::{Context, Result};
+use std::{
+    process::{Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Skip the host checks and run only the module build and the VM suites.
+    #[arg(long)]
+    pub vm_only: bool,
+    /// Run only the guest tests whose name contains this (skips fixtures).
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+/// Passed and failed checks, by name.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Tally {
+    fn check(&mut self, name: &str, outcome: Result<()>) {
+        match outcome {
+            Ok(()) => {
+                self.passed += 1;
+                eprintln!("ok: {name}");
+            }
+            Err(err) => {
+                eprintln!("FAILED: {name}: {err:#}");
+                self.failed.push(name.to_owned());
+            }
+        }
+    }
+
+    /// Adds the counts of libtest "test result:" lines in `output`; a run
+    /// that failed without reporting a failed test counts as one failure.
+    fn add_libtest(&mut self, name: &str, output: &str, succeeded: bool) {
+        let (mut passed, mut failed) = (0, 0);
+        for line in output.lines().filter(|l| l.starts_with("test result:")) {
+            passed += count(line, "passed");
+            failed += count(line, "failed");
+        }
+        for line in output.lines() {
+            if let Some(test) = line
+                .strip_prefix("test ")
+                .and_then(|l| l.strip_suffix(" ... FAILED"))
+            {
+                self.failed.push(format!("{name}: {test}"));
+            }
+        }
+        self.passed += passed;
+        let listed = output
+            .lines()
+            .filter(|l| l.ends_with(" ... FAILED"))
+            .count();
+        for _ in listed..failed {
+            self.failed.push(format!("{name}: (unnamed failure)"));
+        }
+        if !succeeded && failed == 0 {
+            self.failed.push(format!("{name}: did not finish"));
+        }
+    }
+}
+
+/// The number before `what` in a libtest summary:
+/// "test result: ok. 3 passed; 1 failed; 0 ignored; ...".
+fn count(line: &str, what: &str) -> usize {
+    line.split([';', '.'])
+        .filter_map(|part| part.trim().strip_suffix(what))
+        .filter_map(|n| n.trim().parse::<usize>().ok())
+        .sum()
+}
+
+pub fn run(args: TestArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    bootstrap::ensure()?;
+    let mut tally = Tally::default();
+
+    if !args.vm_only {
+        tally.check(
+            "cargo fmt --check",
+            cargo(&["fmt", "--all", "--", "--check"]),
+        );
+        tally.check(
+            "cargo clippy -D warnings",
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        );
+        let (ok, output) = cargo_captured(&["test", "--workspace", "--locked"])?;
+        tally.add_libtest("cargo test", &output, ok);
+    }
+
+    let kernel = kernel::ensure()?;
+    let modules = kmod::build(&kernel);
+    let built = match modules {
+        Ok(modules) => {
+            tally.check("kmod builds with clippy and no warnings", Ok(()));
+            Some(modules)
+        }
+        Err(err) => {
+            tally.check("kmod builds with clippy and no warnings", Err(err));
+            None
+        }
+    };
+    tally.check(
+        "kmod is formatted (kernel rustfmt)",
+        kmod::rustfmt_check(&kernel),
+    );
+
+    if let Some(modules) = built {
+        tally.check(
+            "build the guest suite",
+            cargo(&["build", "--locked", "-p", "kchat-vmtest"]),
+        );
+        let suite = paths::target().join("debug/kchat-vmtest");
+        let filter = args.filter.as_deref().unwrap_or("");
+        let script = format!(
+            "KCHAT_KMOD={} {} --test-threads 1 {}",
+            modules.kchat.display(),
+            suite.display(),
+            shell_quote(filter)
+        );
+        eprintln!("vm: running the guest suite");
+        let run = vm::run(
+            &kernel,
+            &VmArgs::scripted(Duration::from_secs(900)),
+            Some(&script),
+            true,
+        )?;
+        tally.add_libtest("guest suite", &run.output, run.exit_status == Some(0));
+        tally.check(
+            "guest kernel log is clean after the suite",
+            if run.findings.is_empty() && !run.timed_out {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("{}", run.verdict(40)))
+            },
+        );
+        if args.filter.is_none() {
+            fixtures(&kernel, &modules, &mut tally)?;
+        }
+    }
+
+    eprintln!("\ntook {:.0?}", started.elapsed());
+    for name in &tally.failed {
+        eprintln!("failed: {name}");
+    }
+    println!("{} passed, {} failed", tally.passed, tally.failed.len());
+    Ok(if tally.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Loads the deliberately broken fixture modules in one VM run; the run must
+/// fail, and the log check must name each fixture's bug.
+fn fixtures(kernel: &kernel::Kernel, modules: &kmod::Modules, tally: &mut Tally) -> Result<()> {
+    let dir = &modules.fixtures;
+    // kmemleak reports only allocations older than 5 s, hence the sleep.
+    let script = format!(
+        "insmod {0}/kchat_fixture_warn.ko && insmod {0}/kchat_fixture_sleep.ko && \
+         insmod {0}/kchat_fixture_leak.ko && sleep 6",
+        dir.display()
+    );
+    eprintln!("vm: loading the broken fixture modules (the log check must catch each)");
+    let run = vm::run(
+        kernel,
+        &VmArgs::scripted(Duration::from_secs(300)),
+        Some(&script),
+        false,
+    )?;
+    let logs = ["console.log", "dmesg.log", "kmemleak.log"]
+        .map(|name| std::fs::read_to_string(run.dir.join(name)).unwrap_or_default())
+        .join("\n");
+    let expect = |what: &str, line_has: &[&str], log_has: &str| -> Result<()> {
+        anyhow::ensure!(
+            run.exit_status == Some(0),
+            "the fixture script failed: {}",
+            run.verdict(10)
+        );
+        anyhow::ensure!(!run.passed(), "the run passed although a fixture {what}");
+        anyhow::ensure!(
+            run.findings
+                .iter()
+                .any(|f| line_has.iter().all(|part| f.line.contains(part))),
+            "no finding with {line_has:?}; findings: {:#?}",
+            run.findings
+        );
+        anyhow::ensure!(logs.contains(log_has), "the logs never name {log_has}");
+        Ok(())
+    };
+    tally.check(
+        "log check catches a WARN (fixture)",
+        expect(
+            "warned",
+            &["WARNING:", "kchat_fixture_warn"],
+            "kchat_fixture_warn: deliberate warning",
+        ),
+    );
+    tally.check(
+        "log check catches sleeping under a spinlock (Rust fixture)",
+        expect(
+            "slept in atomic context",
+            &["BUG: sleeping function called from invalid context"],
+            "kchat_fixture_sleep",
+        ),
+    );
+    tally.check(
+        "log check catches a leak (kmemleak fixture)",
+        expect("leaked", &["unreferenced object"], "kchat_fixture_leak"),
+    );
+    Ok(())
+}
+
+fn cargo_command(args: &[&str]) -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(root());
+    cmd
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let mut cmd = cargo_command(args);
+    crate::process::run(&mut cmd)
+}
+
+/// Runs cargo, echoing and returning its stdout.
+fn cargo_captured(args: &[&str]) -> Result<(bool, String)> {
+    let mut cmd = cargo_command(args);
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("could not start `{}`", show(&cmd)))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    print!("{text}");
+    Ok((out.status.success(), text))
+}
+
+fn shell_quote(arg: &str) -> String {
+    format!("'{}'", arg.replace('\'', r"'\''"))
+}
