@@ -16,7 +16,7 @@ use crate::{
     },
     control::Control,
 };
-use kernel::prelude::*;
+use kernel::{c_str, prelude::*};
 
 /// The loaded module.
 pub(crate) struct Kchat {

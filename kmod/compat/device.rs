@@ -27,7 +27,7 @@ struct StaticClass(bindings::class);
 unsafe impl Sync for StaticClass {}
 
 static KCHAT_CLASS: StaticClass = StaticClass(bindings::class {
-    name: c"kchat".as_ptr(),
+    name: c"kchat".as_ptr().cast(),
     devnode: Some(class_devnode),
     // SAFETY: all-zero is a valid `struct class`: nullable pointers only.
     ..unsafe { core::mem::zeroed() }
@@ -44,7 +44,13 @@ unsafe extern "C" fn class_devnode(
 ) -> *mut ffi::c_char {
     // SAFETY: the device is valid and registered, so its kobject name is a
     // valid C string; kasprintf copies it.
-    unsafe { bindings::kasprintf(bindings::GFP_KERNEL, c"kchat/%s".as_ptr(), (*dev).kobj.name) }
+    unsafe {
+        bindings::kasprintf(
+            bindings::GFP_KERNEL,
+            c"kchat/%s".as_ptr().cast(),
+            (*dev).kobj.name,
+        )
+    }
 }
 
 /// The registered device class. Unregisters at drop.
@@ -176,7 +182,7 @@ impl Node {
             (*dev).release = Some(node_release);
         }
         // SAFETY: `dev` is initialised; the format consumes one C string.
-        let ret = unsafe { bindings::dev_set_name(dev, c"%s".as_ptr(), name.as_char_ptr()) };
+        let ret = unsafe { bindings::dev_set_name(dev, c"%s".as_ptr().cast(), name.as_char_ptr()) };
         // SAFETY: `dev` is initialised and not added yet.
         let ret = to_result(ret).and_then(|()| to_result(unsafe { bindings::device_add(dev) }));
         if let Err(err) = ret {

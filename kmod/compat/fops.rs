@@ -9,7 +9,9 @@
 
 use super::file::File;
 use core::{marker::PhantomData, ptr};
-use kernel::{bindings, ffi, prelude::*, types::ForeignOwnable};
+use kernel::{
+    bindings, build_error, error::VTABLE_DEFAULT_ERROR, ffi, prelude::*, types::ForeignOwnable,
+};
 
 /// One kind of file under kchat's major (the control node, a room).
 #[vtable]
@@ -112,7 +114,7 @@ impl<T: FileOps> Vtable<T> {
         // SAFETY: `private_data` holds a `T::Ptr` until `release`, which
         // cannot run while this call holds the file.
         let state = unsafe { T::Ptr::borrow((*raw).private_data) };
-        match T::ioctl(state, file, cmd, arg as usize) {
+        match T::ioctl(state, file, cmd, arg) {
             Ok(ret) => ret as ffi::c_long,
             Err(err) => err.to_errno() as ffi::c_long,
         }
@@ -121,8 +123,8 @@ impl<T: FileOps> Vtable<T> {
 
 /// This module's `struct module`, for `file_operations::owner`.
 pub(super) const fn owner() -> *mut bindings::module {
-    // SAFETY: only the address of the module's own `__this_module` is taken;
-    // it is valid for as long as any file using these operations exists,
-    // because the VFS holds a module reference for each of them.
-    unsafe { ptr::addr_of!(bindings::__this_module) as *mut bindings::module }
+    // Only the address is taken. It is valid for as long as any file using
+    // these operations exists, because the VFS holds a module reference for
+    // each of them.
+    ptr::addr_of!(bindings::__this_module).cast_mut()
 }

@@ -7,7 +7,7 @@ use std::{process::ExitCode, time::Duration};
 
 pub fn run() -> Result<ExitCode> {
     bootstrap::ensure()?;
-    let kernel = kernel::ensure()?;
+    let kernel = kernel::ensure(kernel::Variant::Debug)?;
     kmod::build(&kernel)?;
     let script = format!("bash {}", paths::root().join("xtask/vm/demo.sh").display());
     eprintln!("demo: booting the test VM (software emulation: give it a few seconds)");

@@ -1,6 +1,7 @@
-//! The test kernel: Debian's linux-source-6.12, configured as tinyconfig plus
-//! `xtask/vm/kernel.config`, built with clang (`LLVM=1`) and the pinned rustc
-//! into the cache, keyed by everything that changes the result.
+//! The test kernels: Debian's linux-source-6.12, configured as tinyconfig plus
+//! `xtask/vm/kernel.config` (and `kasan.config` for the KASAN variant), built
+//! with clang (`LLVM=1`) and the pinned rustc into the cache, keyed by
+//! everything that changes the result.
 
 use crate::{bootstrap, paths, process};
 use anyhow::{bail, Context, Result};
@@ -16,11 +17,43 @@ use std::{
 /// Bump when the build recipe below changes in a way the other inputs miss.
 const RECIPE: &str = "kchat-kernel-recipe-1";
 const SOURCE_PACKAGE: &str = "linux-source-6.12";
-const FRAGMENT: &str = "xtask/vm/kernel.config";
 const DONE_MARKER: &str = ".kchat-build-complete";
+
+/// Which test kernel.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Variant {
+    /// SMP, PREEMPT, lockdep, DEBUG_ATOMIC_SLEEP, kmemleak: fast under TCG.
+    Debug,
+    /// The debug kernel plus KASAN: about ten times slower under TCG.
+    Kasan,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Debug => "debug",
+            Variant::Kasan => "kasan",
+        }
+    }
+
+    /// Config fragments, merged in order over tinyconfig.
+    fn fragments(self) -> &'static [&'static str] {
+        match self {
+            Variant::Debug => &["xtask/vm/kernel.config"],
+            Variant::Kasan => &["xtask/vm/kernel.config", "xtask/vm/kasan.config"],
+        }
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// A built test kernel.
 pub struct Kernel {
+    pub variant: Variant,
     /// The `O=` build directory: `KDIR` for out-of-tree modules.
     pub build_dir: PathBuf,
     /// The unpacked source tree.
@@ -38,6 +71,16 @@ impl Kernel {
     /// built with (modules must use the same rustc and compiler).
     pub fn make(&self) -> Command {
         let mut cmd = Command::new("make");
+        // cargo's variables leak into clippy-driver (CARGO_PKG_RUST_VERSION
+        // overrides the kernel's MSRV); the kernel build wants none of them.
+        for (name, _) in std::env::vars_os() {
+            if name
+                .to_str()
+                .is_some_and(|n| n.starts_with("CARGO_") && n != "CARGO_HOME")
+            {
+                cmd.env_remove(name);
+            }
+        }
         cmd.env("RUSTUP_TOOLCHAIN", &self.toolchain)
             .arg("ARCH=x86_64")
             .arg("LLVM=1")
@@ -53,19 +96,27 @@ impl Kernel {
 
 /// Returns the test kernel, building it first if the cache has no build for
 /// the current inputs.
-pub fn ensure() -> Result<Kernel> {
+pub fn ensure(variant: Variant) -> Result<Kernel> {
     let toolchain = paths::toolchain()?;
     let bindgen = bootstrap::bindgen()?;
     let cache = paths::cache()?;
     let version = package_version()?;
     let source_dir = unpack(&cache, &version)?;
-    let fragment_path = paths::root().join(FRAGMENT);
-    let fragment = fs::read_to_string(&fragment_path)
-        .with_context(|| format!("reading {}", fragment_path.display()))?;
+    let fragment_paths: Vec<PathBuf> = variant
+        .fragments()
+        .iter()
+        .map(|f| paths::root().join(f))
+        .collect();
+    let mut fragment = String::new();
+    for path in &fragment_paths {
+        fragment +=
+            &fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    }
 
     let mut key = Sha256::new();
     for part in [
         RECIPE.to_owned(),
+        variant.name().to_owned(),
         version.clone(),
         fragment.clone(),
         tool_version(
@@ -86,8 +137,11 @@ pub fn ensure() -> Result<Kernel> {
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect();
-    let build_dir = cache.join("kernel").join(format!("{version}-{key}"));
+    let build_dir = cache
+        .join("kernel")
+        .join(format!("{version}-{variant}-{key}"));
     let kernel = Kernel {
+        variant,
         build_dir,
         source_dir,
         toolchain,
@@ -96,7 +150,7 @@ pub fn ensure() -> Result<Kernel> {
     if kernel.build_dir.join(DONE_MARKER).exists() && kernel.bzimage().exists() {
         return Ok(kernel);
     }
-    build(&kernel, &fragment_path, &fragment)?;
+    build(&kernel, &fragment_paths, &fragment)?;
     Ok(kernel)
 }
 
@@ -114,18 +168,21 @@ fn tool_version(cmd: &mut Command) -> Result<String> {
     process::stdout(cmd)
 }
 
-/// Unpacks the Debian source tarball once per package version.
+/// Unpacks the Debian source tarball, again whenever the package version
+/// changes. The path stays the same across versions: builds are keyed by
+/// version anyway, and a stable path keeps the build's command lines stable.
 fn unpack(cache: &Path, version: &str) -> Result<PathBuf> {
-    let dir = cache.join("src").join(version);
+    let dir = cache.join("src");
     let tree = dir.join(SOURCE_PACKAGE);
-    let marker = dir.join(".unpacked");
-    if marker.exists() {
+    let marker = dir.join(format!("{SOURCE_PACKAGE}.unpacked"));
+    if fs::read_to_string(&marker).is_ok_and(|unpacked| unpacked == version) {
         return Ok(tree);
     }
     let tarball = Path::new("/usr/src").join(format!("{SOURCE_PACKAGE}.tar.xz"));
     eprintln!("kernel: unpacking {} ({version})", tarball.display());
-    if dir.exists() {
-        fs::remove_dir_all(&dir).with_context(|| format!("removing stale {}", dir.display()))?;
+    let _ = fs::remove_file(&marker);
+    if tree.exists() {
+        fs::remove_dir_all(&tree).with_context(|| format!("removing stale {}", tree.display()))?;
     }
     fs::create_dir_all(&dir)?;
     process::run(
@@ -139,13 +196,14 @@ fn unpack(cache: &Path, version: &str) -> Result<PathBuf> {
     Ok(tree)
 }
 
-fn build(kernel: &Kernel, fragment_path: &Path, fragment: &str) -> Result<()> {
+fn build(kernel: &Kernel, fragment_paths: &[PathBuf], fragment: &str) -> Result<()> {
     let started = Instant::now();
     let out = &kernel.build_dir;
     fs::create_dir_all(out)?;
     let log_path = out.join("kchat-build.log");
     eprintln!(
-        "kernel: building the test kernel in {} (about 10 minutes on 2 cores; log: {})",
+        "kernel: building the {} test kernel in {} (about 12 minutes on 2 cores; log: {})",
+        kernel.variant,
         out.display(),
         log_path.display()
     );
@@ -170,7 +228,7 @@ fn build(kernel: &Kernel, fragment_path: &Path, fragment: &str) -> Result<()> {
         .arg("-O")
         .arg(out)
         .arg(out.join(".config"))
-        .arg(fragment_path)
+        .args(fragment_paths)
         .stdout(log.try_clone()?)
         .stderr(log.try_clone()?);
     process::run(&mut merge)?;
@@ -213,7 +271,7 @@ fn check_config(config: &Path, fragment: &str) -> Result<()> {
     }
     if !wrong.is_empty() {
         bail!(
-            "the kernel config did not take these options from {FRAGMENT}; \
+            "the kernel config did not take these options from its fragments (xtask/vm/*.config); \
              check their dependencies with `make menuconfig`:\n  {}",
             wrong.join("\n  ")
         );

@@ -14,6 +14,7 @@ mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use kernel::Variant;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -29,9 +30,15 @@ enum Command {
     /// bindgen); quick when everything is there.
     Bootstrap,
     /// Build the test kernel into the cache (or reuse it) and print its path.
-    Kernel,
+    Kernel {
+        #[arg(long, value_enum, default_value_t = Variant::Debug)]
+        variant: Variant,
+    },
     /// Build kchat.ko and the test fixtures against the test kernel.
-    Kmod,
+    Kmod {
+        #[arg(long, value_enum, default_value_t = Variant::Debug)]
+        variant: Variant,
+    },
     /// Format kmod/ with the kernel's rustfmt settings.
     KmodFmt,
     /// Boot the test kernel and run CMD in the guest (a shell without CMD).
@@ -55,20 +62,20 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Bootstrap => bootstrap::ensure().map(|()| ExitCode::SUCCESS),
-        Command::Kernel => {
+        Command::Kernel { variant } => {
             bootstrap::ensure()?;
-            let kernel = kernel::ensure()?;
+            let kernel = kernel::ensure(variant)?;
             println!("{}", kernel.bzimage().display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Kmod => {
+        Command::Kmod { variant } => {
             bootstrap::ensure()?;
-            let kernel = kernel::ensure()?;
+            let kernel = kernel::ensure(variant)?;
             kmod::build(&kernel)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::KmodFmt => {
-            let kernel = kernel::ensure()?;
+            let kernel = kernel::ensure(Variant::Debug)?;
             kmod::rustfmt_fix(&kernel)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -6,7 +6,9 @@
 //! the kernel log check catches real kernel bug reports.
 
 use crate::{
-    bootstrap, kernel, kmod,
+    bootstrap,
+    kernel::{self, Variant},
+    kmod,
     paths::{self, root},
     process::show,
     vm::{self, VmArgs},
@@ -113,53 +115,41 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
         tally.add_libtest("cargo test", &output, ok);
     }
 
-    let kernel = kernel::ensure()?;
-    let modules = kmod::build(&kernel);
-    let built = match modules {
-        Ok(modules) => {
-            tally.check("kmod builds with clippy and no warnings", Ok(()));
-            Some(modules)
-        }
-        Err(err) => {
-            tally.check("kmod builds with clippy and no warnings", Err(err));
-            None
-        }
-    };
-    tally.check(
-        "kmod is formatted (kernel rustfmt)",
-        kmod::rustfmt_check(&kernel),
-    );
+    let guest_suite = cargo(&["build", "--locked", "-p", "kchat-vmtest"]);
+    let guest_suite_built = guest_suite.is_ok();
+    tally.check("build the guest suite", guest_suite);
 
-    if let Some(modules) = built {
-        tally.check(
-            "build the guest suite",
-            cargo(&["build", "--locked", "-p", "kchat-vmtest"]),
-        );
-        let suite = paths::target().join("debug/kchat-vmtest");
-        let filter = args.filter.as_deref().unwrap_or("");
-        let script = format!(
-            "KCHAT_KMOD={} {} --test-threads 1 {}",
-            modules.kchat.display(),
-            suite.display(),
-            shell_quote(filter)
-        );
-        eprintln!("vm: running the guest suite");
-        let run = vm::run(
+    // The fast debug kernel first; KASAN, ten times slower, last.
+    for variant in [Variant::Debug, Variant::Kasan] {
+        let kernel = kernel::ensure(variant)?;
+        let label = |what: &str| format!("{what} [{variant} kernel]");
+        let modules = match kmod::build(&kernel) {
+            Ok(modules) => {
+                tally.check(&label("kmod builds with clippy and no warnings"), Ok(()));
+                modules
+            }
+            Err(err) => {
+                tally.check(&label("kmod builds with clippy and no warnings"), Err(err));
+                continue;
+            }
+        };
+        if variant == Variant::Debug {
+            tally.check(
+                "kmod is formatted (kernel rustfmt)",
+                kmod::rustfmt_check(&kernel),
+            );
+        }
+        if !guest_suite_built {
+            continue;
+        }
+        guest_suite_run(
             &kernel,
-            &VmArgs::scripted(Duration::from_secs(900)),
-            Some(&script),
-            true,
+            &modules,
+            args.filter.as_deref(),
+            &mut tally,
+            &label,
         )?;
-        tally.add_libtest("guest suite", &run.output, run.exit_status == Some(0));
-        tally.check(
-            "guest kernel log is clean after the suite",
-            if run.findings.is_empty() && !run.timed_out {
-                Ok(())
-            } else {
-                Err(anyhow::anyhow!("{}", run.verdict(40)))
-            },
-        );
-        if args.filter.is_none() {
+        if variant == Variant::Debug && args.filter.is_none() {
             fixtures(&kernel, &modules, &mut tally)?;
         }
     }
@@ -174,6 +164,44 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Runs the in-guest suite in one VM boot.
+fn guest_suite_run(
+    kernel: &kernel::Kernel,
+    modules: &kmod::Modules,
+    filter: Option<&str>,
+    tally: &mut Tally,
+    label: &dyn Fn(&str) -> String,
+) -> Result<()> {
+    let suite = paths::target().join("debug/kchat-vmtest");
+    let script = format!(
+        "KCHAT_KMOD={} {} --test-threads 1 {}",
+        modules.kchat.display(),
+        suite.display(),
+        shell_quote(filter.unwrap_or(""))
+    );
+    eprintln!(
+        "vm: running the guest suite on the {} kernel",
+        kernel.variant
+    );
+    let timeout = match kernel.variant {
+        Variant::Debug => Duration::from_secs(600),
+        Variant::Kasan => Duration::from_secs(1800),
+    };
+    let run = vm::run(kernel, &VmArgs::scripted(timeout), Some(&script), true)?;
+    tally.add_libtest(
+        &label("guest suite"),
+        &run.output,
+        run.exit_status == Some(0),
+    );
+    let clean = if run.findings.is_empty() && !run.timed_out {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("{}", run.verdict(40)))
+    };
+    tally.check(&label("guest kernel log is clean after the suite"), clean);
+    Ok(())
 }
 
 /// Loads the deliberately broken fixture modules in one VM run; the run must

@@ -30,6 +30,9 @@ pub struct VmArgs {
     /// Use KVM instead of TCG software emulation (needs a working /dev/kvm).
     #[arg(long)]
     pub kvm: bool,
+    /// Boot the KASAN kernel (about ten times slower under TCG).
+    #[arg(long)]
+    pub kasan: bool,
     /// Virtual CPUs (at least 2, so SMP races can happen).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=64))]
     pub cpus: u32,
@@ -50,6 +53,7 @@ impl VmArgs {
     pub fn scripted(timeout: Duration) -> Self {
         VmArgs {
             kvm: std::env::var_os("KCHAT_KVM").is_some_and(|v| v == "1"),
+            kasan: false,
             cpus: 2,
             memory: 2048,
             timeout: timeout.as_secs(),
@@ -113,7 +117,12 @@ impl VmRun {
 /// `cargo xtask vm`: builds what is needed, then boots.
 pub fn command(args: VmArgs) -> Result<ExitCode> {
     bootstrap::ensure()?;
-    let kernel = kernel::ensure()?;
+    let variant = if args.kasan {
+        kernel::Variant::Kasan
+    } else {
+        kernel::Variant::Debug
+    };
+    let kernel = kernel::ensure(variant)?;
     kmod::build(&kernel)?;
     let script = (!args.command.is_empty()).then(|| args.command.join(" "));
     let run = run(&kernel, &args, script.as_deref(), true)?;
@@ -168,6 +177,7 @@ pub fn run(kernel: &Kernel, args: &VmArgs, script: Option<&str>, echo: bool) -> 
         "panic=-1",
         "log_buf_len=4M",
         "printk.devkmsg=on",
+        "pci=noacpi",
     ]
     .join(" ");
     qemu.args([

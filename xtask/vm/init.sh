@@ -12,6 +12,13 @@ set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TERM="${TERM:-linux}" LANG=C.UTF-8
 
+# Marks progress on the console with the guest's uptime (a builtin: no exec).
+stamp() {
+	local up _
+	read -r up _ </proc/uptime
+	echo "kchat-vm: [$up] $*" >&2
+}
+
 poweroff_now() {
 	sync
 	echo o >/proc/sysrq-trigger
@@ -28,6 +35,7 @@ if [ "${1:-}" != stage2 ]; then
 		echo "kchat-vm: cannot mount the overlay root" >&2
 		poweroff_now
 	fi
+	stamp "overlay root ready"
 	exec chroot /run/overlay/root "$0" stage2
 fi
 
@@ -44,6 +52,7 @@ ln -sf /proc/self/fd /dev/fd
 hostname kchat-vm
 ip link set lo up 2>/dev/null
 
+stamp "filesystems mounted"
 mkdir -p /run/kchat-vm
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 kchatrun /run/kchat-vm; then
 	echo "kchat-vm: cannot mount the run folder" >&2
@@ -51,6 +60,7 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 kchatrun /run/kch
 fi
 run=/run/kchat-vm
 
+stamp "run folder mounted"
 cd "${kchat_root:-/}" || cd /
 if [ -f "$run/cmd.sh" ]; then
 	setsid bash "$run/cmd.sh" </dev/null >/dev/hvc0 2>&1
@@ -62,6 +72,7 @@ else
 	status=$?
 fi
 echo "$status" >"$run/exit-status"
+stamp "command exited with status $status"
 
 # kmemleak reports an object only when two scans, at least five seconds after
 # its allocation, both find it unreferenced.
@@ -70,5 +81,6 @@ if [ -w /sys/kernel/debug/kmemleak ]; then
 	echo scan >/sys/kernel/debug/kmemleak
 	cat /sys/kernel/debug/kmemleak >"$run/kmemleak.log"
 fi
+stamp "kmemleak scanned"
 dmesg >"$run/dmesg.log"
 poweroff_now

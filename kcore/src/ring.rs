@@ -1,0 +1,268 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `Ring`: a room's records, stored once, addressed by sequence number.
+//!
+//! Each record has a cost in bytes (payload plus overhead); the ring holds at
+//! most `slots.len()` records and at most `max_bytes` of cost. Readers keep
+//! their own cursor (the next sequence number they want) and ask [`Ring::get`];
+//! a cursor that fell behind the oldest record learns how many it lost.
+//! Whether to evict or to wait when a record does not fit is the caller's
+//! policy.
+
+use core::ops::DerefMut;
+
+/// Something stored in a ring, with what it costs against the byte budget.
+pub trait Cost {
+    fn cost(&self) -> usize;
+}
+
+/// What a reader finds at its cursor.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<'a, T> {
+    /// The record at the cursor.
+    Ready(&'a T),
+    /// The cursor's records were evicted; resume at `first`, having lost
+    /// `lost` records.
+    Lost { first: u64, lost: u64 },
+    /// Nothing newer yet: the cursor is at the end.
+    Pending,
+}
+
+/// A ring of records in caller-provided slots.
+pub struct Ring<T, S: DerefMut<Target = [Option<T>]>> {
+    slots: S,
+    first: u64,
+    next: u64,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl<T: Cost, S: DerefMut<Target = [Option<T>]>> Ring<T, S> {
+    /// An empty ring over `slots` (all `None`, at least one) holding at most
+    /// `max_bytes` of cost.
+    pub fn new(slots: S, max_bytes: usize) -> Self {
+        Ring { slots, first: 0, next: 0, bytes: 0, max_bytes }
+    }
+
+    /// Sequence number of the oldest retained record (== `next_seq` if empty).
+    pub fn first_seq(&self) -> u64 {
+        self.first
+    }
+
+    /// Sequence number the next pushed record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
+    /// Number of retained records.
+    pub fn len(&self) -> usize {
+        (self.next - self.first) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.next == self.first
+    }
+
+    /// Cost of the retained records.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Highest cost the ring can ever hold.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Number of slots (the most records the ring can hold).
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether a record of `cost` fits without evicting anything.
+    pub fn fits(&self, cost: usize) -> bool {
+        self.len() < self.slots.len() && self.bytes + cost <= self.max_bytes
+    }
+
+    /// Whether a record of `cost` could fit in the empty ring.
+    pub fn could_ever_fit(&self, cost: usize) -> bool {
+        !self.slots.is_empty() && cost <= self.max_bytes
+    }
+
+    fn index(&self, seq: u64) -> usize {
+        (seq % self.slots.len() as u64) as usize
+    }
+
+    /// Appends `record` and returns its sequence number, or gives it back if
+    /// it does not fit (see [`Ring::fits`]).
+    pub fn push(&mut self, record: T) -> Result<u64, T> {
+        let cost = record.cost();
+        if !self.fits(cost) {
+            return Err(record);
+        }
+        let seq = self.next;
+        let index = self.index(seq);
+        self.slots[index] = Some(record);
+        self.bytes += cost;
+        self.next += 1;
+        Ok(seq)
+    }
+
+    /// Removes and returns the oldest record.
+    pub fn pop_oldest(&mut self) -> Option<T> {
+        if self.is_empty() {
+            return None;
+        }
+        let index = self.index(self.first);
+        let record = self.slots[index].take()?;
+        self.bytes -= record.cost();
+        self.first += 1;
+        Some(record)
+    }
+
+    /// What a reader whose cursor is `seq` reads next.
+    pub fn get(&self, seq: u64) -> Lookup<'_, T> {
+        if seq < self.first {
+            return Lookup::Lost { first: self.first, lost: self.first - seq };
+        }
+        if seq >= self.next {
+            return Lookup::Pending;
+        }
+        match &self.slots[self.index(seq)] {
+            Some(record) => Lookup::Ready(record),
+            None => Lookup::Pending,
+        }
+    }
+
+    /// Takes every record out, oldest first, through `each`.
+    pub fn drain(&mut self, mut each: impl FnMut(T)) {
+        while let Some(record) = self.pop_oldest() {
+            each(record);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use proptest::prelude::*;
+    use std::{collections::VecDeque, vec, vec::Vec};
+
+    #[derive(Debug, PartialEq, Eq, Clone)]
+    struct Rec(u64, usize);
+    impl Cost for Rec {
+        fn cost(&self) -> usize {
+            self.1
+        }
+    }
+
+    fn ring(slots: usize, max_bytes: usize) -> Ring<Rec, Vec<Option<Rec>>> {
+        Ring::new(vec![None; slots], max_bytes)
+    }
+
+    #[test]
+    fn push_then_read_in_order() {
+        let mut r = ring(4, 100);
+        assert_eq!(r.get(0), Lookup::Pending);
+        assert_eq!(r.push(Rec(10, 5)), Ok(0));
+        assert_eq!(r.push(Rec(11, 5)), Ok(1));
+        assert_eq!(r.get(0), Lookup::Ready(&Rec(10, 5)));
+        assert_eq!(r.get(1), Lookup::Ready(&Rec(11, 5)));
+        assert_eq!(r.get(2), Lookup::Pending);
+        assert_eq!(r.bytes(), 10);
+    }
+
+    #[test]
+    fn full_by_slots_or_bytes_refuses() {
+        let mut r = ring(2, 100);
+        r.push(Rec(0, 1)).unwrap();
+        r.push(Rec(1, 1)).unwrap();
+        assert_eq!(r.push(Rec(2, 1)), Err(Rec(2, 1)));
+        let mut r = ring(8, 10);
+        r.push(Rec(0, 6)).unwrap();
+        assert!(!r.fits(5));
+        assert_eq!(r.push(Rec(1, 5)), Err(Rec(1, 5)));
+        assert!(r.could_ever_fit(10) && !r.could_ever_fit(11));
+    }
+
+    #[test]
+    fn evicted_records_are_reported_lost() {
+        let mut r = ring(2, 100);
+        for i in 0..5 {
+            while !r.fits(1) {
+                r.pop_oldest();
+            }
+            r.push(Rec(i, 1)).unwrap();
+        }
+        assert_eq!(r.first_seq(), 3);
+        assert_eq!(r.get(0), Lookup::Lost { first: 3, lost: 3 });
+        assert_eq!(r.get(3), Lookup::Ready(&Rec(3, 1)));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push(usize),
+        Pop,
+    }
+
+    proptest! {
+        /// The ring behaves like a bounded queue with sequence numbers, and
+        /// its byte accounting never drifts.
+        #[test]
+        fn matches_a_model(slots in 1usize..8, max_bytes in 1usize..64,
+                           ops in proptest::collection::vec(
+                               prop_oneof![(0usize..20).prop_map(Op::Push), Just(Op::Pop)], 0..200)) {
+            let mut r = ring(slots, max_bytes);
+            let mut model: VecDeque<(u64, usize)> = VecDeque::new();
+            let mut next = 0u64;
+            for op in ops {
+                match op {
+                    Op::Push(cost) => {
+                        let used: usize = model.iter().map(|(_, c)| c).sum();
+                        let fits = model.len() < slots && used + cost <= max_bytes;
+                        prop_assert_eq!(r.fits(cost), fits);
+                        let pushed = r.push(Rec(next, cost));
+                        if fits {
+                            prop_assert_eq!(pushed, Ok(next));
+                            model.push_back((next, cost));
+                            next += 1;
+                        } else {
+                            prop_assert!(pushed.is_err());
+                        }
+                    }
+                    Op::Pop => {
+                        let popped = r.pop_oldest().map(|rec| rec.0);
+                        prop_assert_eq!(popped, model.pop_front().map(|(seq, _)| seq));
+                    }
+                }
+                prop_assert_eq!(r.bytes(), model.iter().map(|(_, c)| c).sum::<usize>());
+                prop_assert_eq!(r.len(), model.len());
+                prop_assert_eq!(r.next_seq(), next);
+                for seq in 0..next + 2 {
+                    let expected = match model.iter().find(|(s, _)| *s == seq) {
+                        Some(&(s, c)) => Lookup::Ready(&Rec(s, c)).clone_owned(),
+                        None if seq < r.first_seq() => Owned::Lost(r.first_seq(), r.first_seq() - seq),
+                        None => Owned::Pending,
+                    };
+                    prop_assert_eq!(r.get(seq).clone_owned(), expected);
+                }
+            }
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Owned {
+        Ready(Rec),
+        Lost(u64, u64),
+        Pending,
+    }
+
+    impl Lookup<'_, Rec> {
+        fn clone_owned(&self) -> Owned {
+            match self {
+                Lookup::Ready(rec) => Owned::Ready((*rec).clone()),
+                Lookup::Lost { first, lost } => Owned::Lost(*first, *lost),
+                Lookup::Pending => Owned::Pending,
+            }
+        }
+    }
+}
