@@ -28,12 +28,28 @@ impl Bucket {
     /// clamped; callers validate them first.
     pub const fn new(rate: u64, burst: u64, now_ns: u64) -> Self {
         let rate = if rate > MAX_RATE { MAX_RATE } else { rate };
-        let burst = if burst == 0 { rate } else if burst > MAX_RATE { MAX_RATE } else { burst };
-        Bucket { rate, burst, tokens: burst as i64, stamp_ns: now_ns }
+        let burst = if burst == 0 {
+            rate
+        } else if burst > MAX_RATE {
+            MAX_RATE
+        } else {
+            burst
+        };
+        Bucket {
+            rate,
+            burst,
+            tokens: burst as i64,
+            stamp_ns: now_ns,
+        }
     }
 
     pub const fn unlimited() -> Self {
-        Bucket { rate: 0, burst: 0, tokens: 0, stamp_ns: 0 }
+        Bucket {
+            rate: 0,
+            burst: 0,
+            tokens: 0,
+            stamp_ns: 0,
+        }
     }
 
     pub const fn is_unlimited(&self) -> bool {
@@ -85,7 +101,10 @@ pub struct Limiter {
 
 impl Limiter {
     pub const fn unlimited() -> Self {
-        Limiter { msgs: Bucket::unlimited(), bytes: Bucket::unlimited() }
+        Limiter {
+            msgs: Bucket::unlimited(),
+            bytes: Bucket::unlimited(),
+        }
     }
 
     pub const fn is_unlimited(&self) -> bool {
@@ -131,7 +150,10 @@ mod tests {
 
     #[test]
     fn burst_then_rate() {
-        let mut l = Limiter { msgs: Bucket::new(10, 3, 0), bytes: Bucket::unlimited() };
+        let mut l = Limiter {
+            msgs: Bucket::new(10, 3, 0),
+            bytes: Bucket::unlimited(),
+        };
         for _ in 0..3 {
             assert_eq!(l.admit(0, 1), Ok(()));
         }
@@ -148,7 +170,10 @@ mod tests {
 
     #[test]
     fn both_budgets_must_agree() {
-        let mut l = Limiter { msgs: Bucket::new(100, 100, 0), bytes: Bucket::new(1000, 1000, 0) };
+        let mut l = Limiter {
+            msgs: Bucket::new(100, 100, 0),
+            bytes: Bucket::new(1000, 1000, 0),
+        };
         assert_eq!(l.admit(0, 1000), Ok(()));
         // Messages are left but bytes are not; nothing is taken on refusal.
         let before = l;
@@ -158,7 +183,10 @@ mod tests {
 
     #[test]
     fn oversized_requests_wait_for_a_full_bucket_and_leave_debt() {
-        let mut l = Limiter { msgs: Bucket::unlimited(), bytes: Bucket::new(100, 50, 0) };
+        let mut l = Limiter {
+            msgs: Bucket::unlimited(),
+            bytes: Bucket::new(100, 50, 0),
+        };
         assert_eq!(l.admit(0, 200), Ok(()));
         // 150 tokens of debt plus 50 to be full again: 2 s.
         assert_eq!(l.admit(0, 200), Err(2000 * MS));

@@ -40,7 +40,13 @@ impl<T: Cost, S: DerefMut<Target = [Option<T>]>> Ring<T, S> {
     /// An empty ring over `slots` (all `None`, at least one) holding at most
     /// `max_bytes` of cost.
     pub fn new(slots: S, max_bytes: usize) -> Self {
-        Ring { slots, first: 0, next: 0, bytes: 0, max_bytes }
+        Ring {
+            slots,
+            first: 0,
+            next: 0,
+            bytes: 0,
+            max_bytes,
+        }
     }
 
     /// Sequence number of the oldest retained record (== `next_seq` if empty).
@@ -121,7 +127,10 @@ impl<T: Cost, S: DerefMut<Target = [Option<T>]>> Ring<T, S> {
     /// What a reader whose cursor is `seq` reads next.
     pub fn get(&self, seq: u64) -> Lookup<'_, T> {
         if seq < self.first {
-            return Lookup::Lost { first: self.first, lost: self.first - seq };
+            return Lookup::Lost {
+                first: self.first,
+                lost: self.first - seq,
+            };
         }
         if seq >= self.next {
             return Lookup::Pending;

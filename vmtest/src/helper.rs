@@ -20,7 +20,7 @@ pub fn run_if_requested() -> Option<ExitCode> {
     match outcome {
         Ok(_) => println!("opened"),
         Err(err) => println!(
-            "{}",
+            "{:?}",
             nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(0))
         ),
     }

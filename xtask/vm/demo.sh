@@ -10,7 +10,7 @@ uname -sr
 
 say "Loading the module: insmod kmod/kchat.ko"
 insmod kmod/kchat.ko
-dmesg | grep -E 'kchat' | tail -n 3
+dmesg | grep -E 'kchat: ' | tail -n 3
 
 say "Its character-device major (/proc/devices)"
 grep -w kchat /proc/devices
