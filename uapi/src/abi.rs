@@ -75,6 +75,94 @@ pub const fn ioc_nr(cmd: u32) -> Option<u8> {
 /// so any tool can ask any module what it speaks.
 pub const IOC_VERSION: u32 = ior::<u32>(0x00);
 
+/// Longest room name plus its NUL, the size of name fields.
+pub const NAME_FIELD: usize = 32;
+
+/// Largest size an extensible struct may claim; a bigger `size` is `E2BIG`.
+pub const MAX_STRUCT_SIZE: u32 = 4096;
+
+/// Slow-reader policy `drop` (the default): writers never wait; a reader that
+/// falls a whole ring behind skips ahead and is told how many it lost.
+pub const POLICY_DROP: u32 = 0;
+/// Slow-reader policy `block`: lossless; writers wait for the slowest reader.
+pub const POLICY_BLOCK: u32 = 1;
+
+/// Default ring budget of a room, in bytes.
+pub const DEFAULT_RING_BYTES: u32 = 256 * 1024;
+/// Smallest and largest ring budget of a room.
+pub const MIN_RING_BYTES: u32 = 4 * 1024;
+pub const MAX_RING_BYTES: u32 = 64 * 1024 * 1024;
+/// Default largest message.
+pub const DEFAULT_MAX_MSG: u32 = 4096;
+/// Largest `max_msg` a room may have.
+pub const MAX_MAX_MSG: u32 = 1024 * 1024;
+/// What each retained message costs against the ring budget besides its
+/// payload: the kernel's record header and bookkeeping.
+pub const RECORD_OVERHEAD: u32 = 64;
+
+/// `IOC_CREATE_ROOM` argument. Extensible: `size` is the size the caller
+/// knows; the kernel accepts larger structs whose extra bytes are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomSpec {
+    /// `size_of::<RoomSpec>()` as compiled into the caller.
+    pub size: u32,
+    /// `POLICY_DROP` or `POLICY_BLOCK`.
+    pub policy: u32,
+    /// The room name, NUL-padded (see `name::validate`).
+    pub name: [u8; NAME_FIELD],
+    /// Ring budget in bytes (payloads plus `RECORD_OVERHEAD` each); 0 means
+    /// `DEFAULT_RING_BYTES`.
+    pub ring_bytes: u32,
+    /// Largest message in bytes; 0 means `DEFAULT_MAX_MSG`. Longer writes
+    /// are split into messages of this size.
+    pub max_msg: u32,
+    /// Owner and group of `/dev/kchat/<name>`.
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits of the node (at most 0o777).
+    pub mode: u32,
+    /// Reserved; must be zero.
+    pub flags: u32,
+}
+
+/// `IOC_DELETE_ROOM` argument. Extensible like [`RoomSpec`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomName {
+    pub size: u32,
+    /// Reserved; must be zero.
+    pub flags: u32,
+    pub name: [u8; NAME_FIELD],
+}
+
+/// Control ioctl: creates a room. Errors: `EINVAL` (bad name, sizes, policy,
+/// mode or flags), `EEXIST` (name taken), `ENOSPC` (room or memory limit),
+/// `E2BIG` (unknown non-zero trailing bytes), `EFAULT`.
+pub const IOC_CREATE_ROOM: u32 = iow::<RoomSpec>(0x01);
+/// Control ioctl: deletes a room. Its node goes at once; open readers drain
+/// what is left, then read end-of-file; writers get `EIDRM`.
+/// Errors: `ENOENT`, `EINVAL`, `E2BIG`, `EFAULT`.
+pub const IOC_DELETE_ROOM: u32 = iow::<RoomName>(0x02);
+
+/// Copies a room name into a NUL-padded field; `None` if it does not fit.
+pub fn name_field(name: &str) -> Option<[u8; NAME_FIELD]> {
+    let bytes = name.as_bytes();
+    if bytes.len() >= NAME_FIELD {
+        return None;
+    }
+    let mut field = [0u8; NAME_FIELD];
+    field[..bytes.len()].copy_from_slice(bytes);
+    Some(field)
+}
+
+/// The name in a NUL-padded field: the bytes before the first NUL, or
+/// `None` if there is none (an unterminated field).
+pub fn field_name(field: &[u8; NAME_FIELD]) -> Option<&[u8]> {
+    let end = field.iter().position(|&b| b == 0)?;
+    Some(&field[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +184,27 @@ mod tests {
         assert_eq!(IOC_VERSION, 0x8004_b900);
         assert_eq!(ioc_nr(IOC_VERSION), Some(0));
         assert_eq!(ioc_nr(libc::TIOCGPTN as u32), None);
+    }
+
+    #[test]
+    fn struct_layouts_are_fixed() {
+        // The C view: no implicit padding, sizes every ABI user relies on.
+        assert_eq!(core::mem::size_of::<RoomSpec>(), 64);
+        assert_eq!(core::mem::align_of::<RoomSpec>(), 4);
+        assert_eq!(core::mem::offset_of!(RoomSpec, name), 8);
+        assert_eq!(core::mem::offset_of!(RoomSpec, flags), 60);
+        assert_eq!(core::mem::size_of::<RoomName>(), 40);
+        assert_eq!(IOC_CREATE_ROOM, 0x4040_b901);
+        assert_eq!(IOC_DELETE_ROOM, 0x4028_b902);
+    }
+
+    #[test]
+    fn name_fields_round_trip() {
+        let field = name_field("lobby").unwrap();
+        assert_eq!(field_name(&field), Some(&b"lobby"[..]));
+        assert_eq!(name_field(&"x".repeat(32)), None);
+        assert!(name_field(&"x".repeat(31)).is_some());
+        assert_eq!(field_name(&[b'x'; NAME_FIELD]), None);
     }
 
     #[test]

@@ -8,6 +8,9 @@
 # filesystems, runs the command xtask left in the run folder (or a shell),
 # records its exit status, the kernel log and kmemleak's findings, and powers
 # off. Any output here goes to the serial console, beside the kernel log.
+#
+# /tmp gets no tmpfs of its own: the overlay already makes it writable, and a
+# checkout under the host's /tmp (as CI may clone) must stay visible.
 set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TERM="${TERM:-linux}" LANG=C.UTF-8
@@ -45,7 +48,6 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 ln -sf /proc/self/fd /dev/fd
