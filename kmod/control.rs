@@ -12,32 +12,55 @@ use crate::{
         file::{current_capable, Capability, File},
         fops::FileOps,
     },
+    registry::Registry,
+    uabi::read_extensible,
 };
-use kernel::{prelude::*, uaccess::UserSlice};
+use kernel::{
+    prelude::*,
+    sync::{Arc, ArcBorrow},
+    uaccess::UserSlice,
+};
 
 /// Files opened on the control node.
 pub(crate) struct Control;
 
 #[vtable]
 impl FileOps for Control {
-    type Ptr = ();
-    type Target = ();
+    type Ptr = Arc<Registry>;
+    type Target = Arc<Registry>;
 
-    fn open(_file: &File, (): ()) -> Result<()> {
+    fn open(_file: &File, registry: Arc<Registry>) -> Result<Arc<Registry>> {
         if !current_capable(Capability::SysAdmin) {
             return Err(EPERM);
         }
-        Ok(())
+        Ok(registry)
     }
 
-    fn ioctl((): (), _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+    fn ioctl(
+        registry: ArcBorrow<'_, Registry>,
+        _file: &File,
+        cmd: u32,
+        arg: usize,
+    ) -> Result<isize> {
         match cmd {
             abi::IOC_VERSION => {
                 let mut writer = UserSlice::new(arg, core::mem::size_of::<u32>()).writer();
                 writer.write(&abi::ABI_VERSION)?;
-                Ok(0)
             }
-            _ => Err(ENOTTY),
+            abi::IOC_CREATE_ROOM => {
+                let spec = read_extensible::<abi::RoomSpec>(arg)?;
+                registry.create(&spec)?;
+            }
+            abi::IOC_DELETE_ROOM => {
+                let request = read_extensible::<abi::RoomName>(arg)?;
+                if request.flags != 0 {
+                    return Err(EINVAL);
+                }
+                let name = abi::field_name(&request.name).ok_or(EINVAL)?;
+                registry.delete(name)?;
+            }
+            _ => return Err(ENOTTY),
         }
+        Ok(0)
     }
 }

@@ -1,68 +1,63 @@
 // SPDX-License-Identifier: GPL-2.0
-//! Module load and unload: the major, the class and the control node.
+//! Module load and unload.
 //!
-//! Teardown order is the reverse of setup and is enforced by field order
-//! (Rust drops fields top to bottom): nodes, then the class, then the major.
 //! Unload cannot race with an open file: every `file_operations` names this
 //! module as owner, so the VFS holds a module reference per open file.
 
-use crate::{
-    abi,
-    compat::{
-        chrdev::{Major, Router},
-        device::{Class, Node, NodePerms},
-        file::File,
-        fops::open_as,
-    },
-    control::Control,
-};
-use kernel::{c_str, prelude::*};
+use crate::{abi, compat::params, registry::Registry};
+use kernel::{prelude::*, sync::Arc};
 
 /// The loaded module.
 pub(crate) struct Kchat {
-    _control_node: Node,
-    _class: Class,
-    _major: Major<MinorRouter>,
+    _registry: Arc<Registry>,
 }
 
 impl kernel::Module for Kchat {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        let major = Major::<MinorRouter>::register(c_str!("kchat"), abi::MAX_MINORS)?;
-        let class = Class::register()?;
-        let control_perms = NodePerms {
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-        };
-        let control_node = Node::new(
-            &class,
-            major.devt(abi::CONTROL_MINOR),
-            c_str!("control"),
-            control_perms,
-        )?;
+        let registry = Registry::publish()?;
+        let default_room = params::default_room();
+        if !default_room.is_empty() {
+            if let Err(err) = create_default_room(&registry, default_room.as_bytes()) {
+                pr_err!(
+                    "cannot create the default room (default_room=): {:?}\n",
+                    err
+                );
+                Registry::unpublish();
+                return Err(err);
+            }
+        }
         pr_info!("loaded, ABI version {}\n", abi::ABI_VERSION);
         Ok(Kchat {
-            _control_node: control_node,
-            _class: class,
-            _major: major,
+            _registry: registry,
         })
     }
 }
 
-impl Drop for Kchat {
-    fn drop(&mut self) {
-        pr_info!("unloading\n");
-    }
+/// The room `insmod` makes so that `cat` and `echo` work with no daemon:
+/// world read/write, default sizes, `drop` policy.
+fn create_default_room(registry: &Registry, name: &[u8]) -> Result {
+    let mut field = [0u8; abi::NAME_FIELD];
+    field
+        .get_mut(..name.len())
+        .ok_or(EINVAL)?
+        .copy_from_slice(name);
+    let spec = abi::RoomSpec {
+        size: core::mem::size_of::<abi::RoomSpec>() as u32,
+        policy: abi::POLICY_DROP,
+        name: field,
+        ring_bytes: 0,
+        max_msg: 0,
+        uid: 0,
+        gid: 0,
+        mode: 0o666,
+        flags: 0,
+    };
+    registry.create(&spec)
 }
 
-/// Routes an open of one of kchat's minors to the right kind of file.
-pub(crate) struct MinorRouter;
-
-impl Router for MinorRouter {
-    fn open(file: &File, minor: u32) -> Result {
-        match minor {
-            abi::CONTROL_MINOR => open_as::<Control>(file, ()),
-            _ => Err(ENXIO),
-        }
+impl Drop for Kchat {
+    fn drop(&mut self) {
+        Registry::unpublish();
+        pr_info!("unloading\n");
     }
 }

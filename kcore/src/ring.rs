@@ -93,8 +93,10 @@ impl<T: Cost, S: DerefMut<Target = [Option<T>]>> Ring<T, S> {
         !self.slots.is_empty() && cost <= self.max_bytes
     }
 
+    /// The slot of `seq`. Never panics: the module must not, whatever the
+    /// input (an empty ring has no slot, and every lookup misses).
     fn index(&self, seq: u64) -> usize {
-        (seq % self.slots.len() as u64) as usize
+        seq.checked_rem(self.slots.len() as u64).unwrap_or(0) as usize
     }
 
     /// Appends `record` and returns its sequence number, or gives it back if
@@ -106,7 +108,10 @@ impl<T: Cost, S: DerefMut<Target = [Option<T>]>> Ring<T, S> {
         }
         let seq = self.next;
         let index = self.index(seq);
-        self.slots[index] = Some(record);
+        let Some(slot) = self.slots.get_mut(index) else {
+            return Err(record);
+        };
+        *slot = Some(record);
         self.bytes += cost;
         self.next += 1;
         Ok(seq)
@@ -118,7 +123,7 @@ impl<T: Cost, S: DerefMut<Target = [Option<T>]>> Ring<T, S> {
             return None;
         }
         let index = self.index(self.first);
-        let record = self.slots[index].take()?;
+        let record = self.slots.get_mut(index)?.take()?;
         self.bytes -= record.cost();
         self.first += 1;
         Some(record)
@@ -135,9 +140,9 @@ impl<T: Cost, S: DerefMut<Target = [Option<T>]>> Ring<T, S> {
         if seq >= self.next {
             return Lookup::Pending;
         }
-        match &self.slots[self.index(seq)] {
-            Some(record) => Lookup::Ready(record),
-            None => Lookup::Pending,
+        match self.slots.get(self.index(seq)) {
+            Some(Some(record)) => Lookup::Ready(record),
+            _ => Lookup::Pending,
         }
     }
 

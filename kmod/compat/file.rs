@@ -5,6 +5,10 @@
 
 use kernel::{bindings, types::Opaque};
 
+// `FMODE_*` are `__force` casts in C, which bindgen cannot evaluate.
+const FMODE_READ: u32 = 1 << 0;
+const FMODE_WRITE: u32 = 1 << 1;
+
 /// An open file, borrowed for the length of a file operation.
 ///
 /// # Invariants
@@ -24,6 +28,33 @@ impl File {
         // SAFETY: `File` is `repr(transparent)` over the C struct, and the
         // caller promises it is valid for `'a`.
         unsafe { &*ptr.cast() }
+    }
+
+    /// Whether the file was opened for reading (`FMODE_READ`).
+    pub(crate) fn readable(&self) -> bool {
+        self.mode() & FMODE_READ != 0
+    }
+
+    /// Whether the file was opened for writing (`FMODE_WRITE`).
+    pub(crate) fn writable(&self) -> bool {
+        self.mode() & FMODE_WRITE != 0
+    }
+
+    /// Whether `O_NONBLOCK` is set now (`fcntl` may change it at any time).
+    pub(crate) fn nonblocking(&self) -> bool {
+        self.flags() & bindings::O_NONBLOCK != 0
+    }
+
+    fn mode(&self) -> u32 {
+        // SAFETY: the file is valid; `f_mode` is set before `open` and not
+        // changed afterwards except by the driver itself.
+        unsafe { (*self.as_raw()).f_mode }
+    }
+
+    fn flags(&self) -> u32 {
+        // SAFETY: the file is valid; `fcntl` updates `f_flags` with plain
+        // stores, so a racy read sees the old or the new flags.
+        unsafe { core::ptr::read_volatile(&(*self.as_raw()).f_flags) }
     }
 
     /// The raw pointer, for the compat layer's own callbacks.

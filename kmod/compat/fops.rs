@@ -7,10 +7,15 @@
 //! [`ForeignOwnable`] until `release`. Kernel error codes become errnos here
 //! and nowhere else.
 
-use super::file::File;
+use super::{file::File, poll::PollTable};
 use core::{marker::PhantomData, ptr};
 use kernel::{
-    bindings, build_error, error::VTABLE_DEFAULT_ERROR, ffi, prelude::*, types::ForeignOwnable,
+    bindings, build_error,
+    error::VTABLE_DEFAULT_ERROR,
+    ffi,
+    prelude::*,
+    types::ForeignOwnable,
+    uaccess::{UserSlice, UserSliceReader, UserSliceWriter},
 };
 
 /// One kind of file under kchat's major (the control node, a room).
@@ -27,6 +32,34 @@ pub(crate) trait FileOps: Sized {
     /// Tears down the file at its last close.
     fn release(state: Self::Ptr, _file: &File) {
         drop(state);
+    }
+
+    /// Handles `read(2)`: fills `dest`, returns the bytes written to it.
+    fn read(
+        _state: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
+        _file: &File,
+        _dest: &mut UserSliceWriter,
+    ) -> Result<usize> {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Handles `write(2)`: consumes `src`, returns the bytes taken from it.
+    fn write(
+        _state: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
+        _file: &File,
+        _src: &mut UserSliceReader,
+    ) -> Result<usize> {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Handles poll/select/epoll: registers with `table` and returns the
+    /// events that are ready now.
+    fn poll(
+        _state: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
+        _file: &File,
+        _table: &PollTable,
+    ) -> u32 {
+        build_error!(VTABLE_DEFAULT_ERROR)
     }
 
     /// Handles `ioctl(2)`.
@@ -65,6 +98,13 @@ impl<T: FileOps> Vtable<T> {
         owner: owner(),
         open: None,
         release: Some(Self::release),
+        read: if T::HAS_READ { Some(Self::read) } else { None },
+        write: if T::HAS_WRITE {
+            Some(Self::write)
+        } else {
+            None
+        },
+        poll: if T::HAS_POLL { Some(Self::poll) } else { None },
         unlocked_ioctl: if T::HAS_IOCTL {
             Some(Self::ioctl)
         } else {
@@ -99,6 +139,65 @@ impl<T: FileOps> Vtable<T> {
         let state = unsafe { T::Ptr::from_foreign((*raw).private_data) };
         T::release(state, file);
         0
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFS on a file that `open_as::<T>` set up, with a user
+    /// buffer of `len` bytes at `buf`.
+    unsafe extern "C" fn read(
+        raw: *mut bindings::file,
+        buf: *mut ffi::c_char,
+        len: usize,
+        _pos: *mut bindings::loff_t,
+    ) -> isize {
+        // SAFETY: the VFS passes a valid file for the duration of the call.
+        let file = unsafe { File::from_raw(raw) };
+        // SAFETY: `private_data` holds a `T::Ptr` until `release`, which
+        // cannot run while this call holds the file.
+        let state = unsafe { T::Ptr::borrow((*raw).private_data) };
+        let mut dest = UserSlice::new(buf as usize, len).writer();
+        match T::read(state, file, &mut dest) {
+            Ok(n) => n as isize,
+            Err(err) => err.to_errno() as isize,
+        }
+    }
+
+    /// # Safety
+    ///
+    /// As for `read`.
+    unsafe extern "C" fn write(
+        raw: *mut bindings::file,
+        buf: *const ffi::c_char,
+        len: usize,
+        _pos: *mut bindings::loff_t,
+    ) -> isize {
+        // SAFETY: the VFS passes a valid file for the duration of the call.
+        let file = unsafe { File::from_raw(raw) };
+        // SAFETY: as in `read`.
+        let state = unsafe { T::Ptr::borrow((*raw).private_data) };
+        let mut src = UserSlice::new(buf as usize, len).reader();
+        match T::write(state, file, &mut src) {
+            Ok(n) => n as isize,
+            Err(err) => err.to_errno() as isize,
+        }
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFS on a file that `open_as::<T>` set up; `table` is
+    /// null or valid for this call.
+    unsafe extern "C" fn poll(
+        raw: *mut bindings::file,
+        table: *mut bindings::poll_table_struct,
+    ) -> bindings::__poll_t {
+        // SAFETY: the VFS passes a valid file for the duration of the call.
+        let file = unsafe { File::from_raw(raw) };
+        // SAFETY: as in `read`.
+        let state = unsafe { T::Ptr::borrow((*raw).private_data) };
+        // SAFETY: `table` is this call's poll table.
+        let table = unsafe { PollTable::from_raw(table) };
+        T::poll(state, file, &table)
     }
 
     /// # Safety

@@ -9,5 +9,9 @@
 
 pub(crate) mod chrdev;
 pub(crate) mod device;
+pub(crate) mod errno;
 pub(crate) mod file;
 pub(crate) mod fops;
+pub(crate) mod params;
+pub(crate) mod poll;
+pub(crate) mod task;

@@ -71,7 +71,7 @@ fn quiet_unless_warnings(cmd: &mut Command) -> Result<()> {
 /// The module's Rust files: the crate roots, from which rustfmt follows
 /// `mod` declarations.
 fn crate_roots() -> Result<Vec<PathBuf>> {
-    let mut roots = vec![dir().join("kchat.rs")];
+    let mut roots = vec![dir().join("kchat_main.rs")];
     for entry in std::fs::read_dir(dir().join("fixtures"))? {
         let path = entry?.path();
         if path.extension().is_some_and(|ext| ext == "rs") {

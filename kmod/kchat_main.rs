@@ -11,6 +11,18 @@ mod abi;
 mod compat;
 mod control;
 mod lifecycle;
+#[allow(dead_code, unreachable_pub)] // Shared with userspace, as `abi`.
+#[path = "../uapi/src/name.rs"]
+mod name;
+mod registry;
+mod room;
+mod room_file;
+mod uabi;
+
+// The module's pure logic, shared with the host-tested `kchat-kcore` crate.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../kcore/src/ring.rs"]
+mod ring;
 
 use kernel::prelude::*;
 use lifecycle::Kchat;

@@ -1,0 +1,14 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Error codes kchat documents that 6.12's `kernel::error::code` lacks.
+
+use kernel::{bindings, error::Error};
+
+/// `EIDRM`: the room was deleted.
+pub(crate) fn eidrm() -> Error {
+    Error::from_errno(-(bindings::EIDRM as i32))
+}
+
+/// `EUSERS`: the room has as many readers as it allows.
+pub(crate) fn eusers() -> Error {
+    Error::from_errno(-(bindings::EUSERS as i32))
+}

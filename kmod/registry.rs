@@ -1,0 +1,227 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `Registry`: kchat's devices and rooms. Owns the major, the class, the
+//! control node, and one slot per minor holding a room and its node.
+//!
+//! Lock order: `Registry::inner` before any room's lock (see `room.rs`).
+
+use crate::{
+    abi,
+    compat::{
+        chrdev::{Major, Router},
+        device::{Class, Node, NodePerms},
+        file::File,
+        fops::open_as,
+    },
+    control::Control,
+    name,
+    room::{Policy, Room, Settings},
+    room_file::RoomFile,
+};
+use core::{
+    ptr,
+    sync::atomic::{AtomicPtr, Ordering},
+};
+use kernel::{
+    c_str, ffi, new_mutex,
+    prelude::*,
+    str::CStr,
+    sync::{Arc, Mutex},
+    types::ForeignOwnable,
+};
+
+/// Most rooms at once: every minor but the control node's.
+pub(crate) const MAX_ROOMS: usize = abi::MAX_MINORS as usize - 1;
+/// Most ring memory all rooms may reserve together.
+pub(crate) const MAX_TOTAL_RING_BYTES: u64 = 256 * 1024 * 1024;
+
+struct RoomEntry {
+    room: Arc<Room>,
+    _node: Node,
+}
+
+struct RegistryInner {
+    /// Indexed by minor; slot 0 (the control node) stays empty.
+    rooms: KVec<Option<RoomEntry>>,
+    ring_bytes: u64,
+}
+
+impl RegistryInner {
+    fn find(&self, name: &[u8]) -> Option<usize> {
+        self.rooms.iter().position(|slot| {
+            slot.as_ref()
+                .is_some_and(|entry| entry.room.settings.name() == name)
+        })
+    }
+}
+
+/// Fields drop top to bottom: rooms and their nodes, then the control node,
+/// the class, and the major last.
+#[pin_data]
+pub(crate) struct Registry {
+    #[pin]
+    inner: Mutex<RegistryInner>,
+    _control_node: Node,
+    class: Class,
+    major: Major<MinorRouter>,
+}
+
+/// The registry, for the open router (which has no other way to reach it).
+/// Set once it exists, cleared at unload.
+static REGISTRY: AtomicPtr<ffi::c_void> = AtomicPtr::new(ptr::null_mut());
+
+impl Registry {
+    /// Registers the major, the class and the control node, and publishes
+    /// the registry to the open router.
+    pub(crate) fn publish() -> Result<Arc<Registry>> {
+        let major = Major::<MinorRouter>::register(c_str!("kchat"), abi::MAX_MINORS)?;
+        let class = Class::register()?;
+        let control_perms = NodePerms {
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+        };
+        let control_node = Node::new(
+            &class,
+            major.devt(abi::CONTROL_MINOR),
+            c_str!("control"),
+            control_perms,
+        )?;
+        let mut rooms = KVec::with_capacity(abi::MAX_MINORS as usize, GFP_KERNEL)?;
+        for _ in 0..abi::MAX_MINORS {
+            rooms.push(None, GFP_KERNEL)?;
+        }
+        let inner = RegistryInner {
+            rooms,
+            ring_bytes: 0,
+        };
+        let registry = Arc::pin_init(
+            pin_init!(Registry {
+                inner <- new_mutex!(inner, "Registry::inner"),
+                _control_node: control_node,
+                class,
+                major,
+            }),
+            GFP_KERNEL,
+        )?;
+        REGISTRY.store(registry.clone().into_foreign() as *mut _, Ordering::Release);
+        Ok(registry)
+    }
+
+    /// Withdraws the registry from the open router (at unload).
+    pub(crate) fn unpublish() {
+        let raw = REGISTRY.swap(ptr::null_mut(), Ordering::AcqRel);
+        if !raw.is_null() {
+            // SAFETY: `publish` stored a pointer from `into_foreign`, and the
+            // swap above hands it back exactly once.
+            drop(unsafe { <Arc<Registry> as ForeignOwnable>::from_foreign(raw) });
+        }
+    }
+
+    /// Creates a room from a caller's spec.
+    pub(crate) fn create(&self, spec: &abi::RoomSpec) -> Result {
+        let settings = validate(spec)?;
+        let mut inner = self.inner.lock();
+        if inner.find(settings.name()).is_some() {
+            return Err(EEXIST);
+        }
+        let in_use = inner.rooms.iter().flatten().count();
+        let ring_bytes = inner.ring_bytes + u64::from(settings.ring_bytes);
+        if in_use >= MAX_ROOMS || ring_bytes > MAX_TOTAL_RING_BYTES {
+            return Err(ENOSPC);
+        }
+        let minor = inner
+            .rooms
+            .iter()
+            .skip(1)
+            .position(|slot| slot.is_none())
+            .map(|index| index + 1)
+            .ok_or(ENOSPC)?;
+        let room = Room::new(settings, minor as u32)?;
+        let name_len = settings.name().len();
+        let name = CStr::from_bytes_with_nul(&settings.name[..=name_len])?;
+        let perms = NodePerms {
+            mode: settings.mode,
+            uid: settings.uid,
+            gid: settings.gid,
+        };
+        let node = Node::new(&self.class, self.major.devt(minor as u32), name, perms)?;
+        inner.rooms[minor] = Some(RoomEntry { room, _node: node });
+        inner.ring_bytes = ring_bytes;
+        Ok(())
+    }
+
+    /// Deletes a room: its node goes now, its memory at the last close.
+    pub(crate) fn delete(&self, name: &[u8]) -> Result {
+        let mut inner = self.inner.lock();
+        let index = inner.find(name).ok_or(ENOENT)?;
+        let entry = inner.rooms[index].take().ok_or(ENOENT)?;
+        inner.ring_bytes -= u64::from(entry.room.settings.ring_bytes);
+        drop(inner);
+        let RoomEntry { room, _node } = entry;
+        // Removing the node first means no new open finds the room.
+        drop(_node);
+        room.mark_deleted();
+        Ok(())
+    }
+
+    fn lookup(&self, minor: u32) -> Option<Arc<Room>> {
+        let inner = self.inner.lock();
+        let entry = inner.rooms.get(minor as usize)?.as_ref()?;
+        Some(entry.room.clone())
+    }
+}
+
+/// Checks a create request and fills in defaults.
+fn validate(spec: &abi::RoomSpec) -> Result<Settings> {
+    if spec.flags != 0 || spec.mode & !0o777 != 0 {
+        return Err(EINVAL);
+    }
+    let policy = match spec.policy {
+        abi::POLICY_DROP => Policy::Drop,
+        abi::POLICY_BLOCK => Policy::Block,
+        _ => return Err(EINVAL),
+    };
+    let name = abi::field_name(&spec.name).ok_or(EINVAL)?;
+    name::validate(name).map_err(|_| EINVAL)?;
+    let ring_bytes = match spec.ring_bytes {
+        0 => abi::DEFAULT_RING_BYTES,
+        n if (abi::MIN_RING_BYTES..=abi::MAX_RING_BYTES).contains(&n) => n,
+        _ => return Err(EINVAL),
+    };
+    let max_msg = match spec.max_msg {
+        0 => abi::DEFAULT_MAX_MSG.min(ring_bytes - abi::RECORD_OVERHEAD),
+        n if n <= abi::MAX_MAX_MSG && n + abi::RECORD_OVERHEAD <= ring_bytes => n,
+        _ => return Err(EINVAL),
+    };
+    Ok(Settings {
+        name: spec.name,
+        policy,
+        ring_bytes,
+        max_msg,
+        uid: spec.uid,
+        gid: spec.gid,
+        mode: spec.mode as u16,
+    })
+}
+
+/// Routes an open of one of kchat's minors to the right kind of file.
+pub(crate) struct MinorRouter;
+
+impl Router for MinorRouter {
+    fn open(file: &File, minor: u32) -> Result {
+        let raw = REGISTRY.load(Ordering::Acquire);
+        if raw.is_null() {
+            return Err(ENXIO);
+        }
+        // SAFETY: `raw` came from `into_foreign` in `publish`. It stays valid
+        // while this runs: `unpublish` runs at module unload, and the VFS
+        // holds a reference on this module for as long as an open is in
+        // progress (the file operations name it as owner).
+        let registry = unsafe { <Arc<Registry> as ForeignOwnable>::borrow(raw) };
+        if minor == abi::CONTROL_MINOR {
+            return open_as::<Control>(file, registry.into());
+        }
+        let room = registry.lookup(minor).ok_or(ENXIO)?;
+        open_as::<RoomFile>(file, room)
+    }
+}

@@ -1,0 +1,275 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `Room`: one chat room: its ring of records, stored once for all readers,
+//! and the waiters on it.
+//!
+//! Lock order (outer first): `Registry::inner` -> `RoomFile::cursor` ->
+//! `Room::inner`. Nothing is taken while `Room::inner` is held, user memory is
+//! never touched under it (copies happen before or after), and waiters are
+//! woken after it is released.
+
+use crate::{
+    abi,
+    compat::{
+        errno::{eidrm, eusers},
+        file::File,
+        poll::{events, PollQueue},
+        task::{realtime_ns, Identity},
+    },
+    ring::{Cost, Lookup, Ring},
+};
+use core::sync::atomic::{AtomicU64, Ordering};
+use kernel::{
+    alloc::KVVec,
+    c_str, new_condvar, new_mutex,
+    prelude::*,
+    static_lock_class,
+    sync::{Arc, CondVar, Mutex},
+    uaccess::UserSliceReader,
+};
+
+/// One message, immutable once written; readers share it through `Arc`.
+#[allow(dead_code)] // The stamp is for framed reads, which come next.
+pub(crate) struct Record {
+    pub(crate) time_ns: u64,
+    pub(crate) sender: Identity,
+    pub(crate) data: KVec<u8>,
+}
+
+impl Cost for Arc<Record> {
+    fn cost(&self) -> usize {
+        self.data.len() + abi::RECORD_OVERHEAD as usize
+    }
+}
+
+/// What happens when the ring is full.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Policy {
+    /// Evict the oldest record; slow readers learn what they lost.
+    Drop,
+    /// Wait until every reader has read the oldest record.
+    Block,
+}
+
+/// A room's validated, fixed settings.
+#[derive(Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) name: [u8; abi::NAME_FIELD],
+    pub(crate) policy: Policy,
+    pub(crate) ring_bytes: u32,
+    pub(crate) max_msg: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mode: u16,
+}
+
+impl Settings {
+    pub(crate) fn name(&self) -> &[u8] {
+        abi::field_name(&self.name).unwrap_or(&self.name)
+    }
+}
+
+/// Where one reader is: the sequence number of the next message it reads.
+/// Written under `Room::inner`; `block` writers read every reader's.
+pub(crate) struct ReaderMark {
+    pub(crate) seq: AtomicU64,
+}
+
+pub(crate) struct RoomInner {
+    pub(crate) ring: Ring<Arc<Record>, KVVec<Option<Arc<Record>>>>,
+    pub(crate) deleted: bool,
+    /// Marks of the read-mode opens; `None` slots are reused.
+    pub(crate) readers: KVec<Option<Arc<ReaderMark>>>,
+}
+
+impl RoomInner {
+    pub(crate) fn reader_count(&self) -> usize {
+        self.readers.iter().flatten().count()
+    }
+
+    /// The oldest record any reader still needs (`u64::MAX`: no readers).
+    fn slowest_reader(&self) -> u64 {
+        self.readers
+            .iter()
+            .flatten()
+            .map(|mark| mark.seq.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Makes room for a record of `cost` if the policy allows; whether it fits.
+    fn make_room(&mut self, policy: Policy, cost: usize) -> bool {
+        while !self.ring.fits(cost) {
+            let evictable = match policy {
+                Policy::Drop => true,
+                Policy::Block => self.slowest_reader() > self.ring.first_seq(),
+            };
+            if !evictable || self.ring.pop_oldest().is_none() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A chat room.
+#[pin_data]
+pub(crate) struct Room {
+    pub(crate) settings: Settings,
+    pub(crate) minor: u32,
+    #[pin]
+    pub(crate) inner: Mutex<RoomInner>,
+    /// Readers sleeping in `read` for a new message.
+    #[pin]
+    pub(crate) readable: CondVar,
+    /// Writers sleeping in `write` for space (`block` rooms).
+    #[pin]
+    pub(crate) writable: CondVar,
+    #[pin]
+    pub(crate) poll: PollQueue,
+}
+
+impl Room {
+    /// A new, empty room.
+    pub(crate) fn new(settings: Settings, minor: u32) -> Result<Arc<Room>> {
+        // Every record costs at least RECORD_OVERHEAD, so this many slots
+        // never limit the ring before its byte budget does.
+        let slots = (settings.ring_bytes / abi::RECORD_OVERHEAD) as usize;
+        let mut storage = KVVec::with_capacity(slots, GFP_KERNEL)?;
+        for _ in 0..slots {
+            storage.push(None, GFP_KERNEL)?;
+        }
+        let ring = Ring::new(storage, settings.ring_bytes as usize);
+        let inner = RoomInner {
+            ring,
+            deleted: false,
+            readers: KVec::new(),
+        };
+        Arc::pin_init(
+            pin_init!(Room {
+                settings,
+                minor,
+                inner <- new_mutex!(inner, "Room::inner"),
+                readable <- new_condvar!("Room::readable"),
+                writable <- new_condvar!("Room::writable"),
+                poll <- PollQueue::new(c_str!("Room::poll"), static_lock_class!()),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Marks the room deleted and wakes everyone: readers drain what is
+    /// left, then read end-of-file; writers get `EIDRM`.
+    pub(crate) fn mark_deleted(&self) {
+        self.inner.lock().deleted = true;
+        self.readable.notify_all();
+        self.writable.notify_all();
+        self.poll
+            .wake(events::HUP | events::IN | events::OUT | events::ERR);
+    }
+
+    /// Writes `src` as messages of at most `max_msg` bytes each; returns how
+    /// many bytes were taken. Each message is atomic; after the first, an
+    /// error ends the write short instead of failing it (pipe semantics).
+    pub(crate) fn write(&self, file: &File, src: &mut UserSliceReader) -> Result<usize> {
+        let nonblock = file.nonblocking();
+        let sender = Identity::of_writer(file);
+        let total = src.len();
+        let max = self.settings.max_msg as usize;
+        let mut written = 0;
+        while written < total {
+            let len = max.min(total - written);
+            match self.write_message(src, len, sender, nonblock) {
+                Ok(()) => written += len,
+                Err(_) if written > 0 => break,
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(written)
+    }
+
+    fn write_message(
+        &self,
+        src: &mut UserSliceReader,
+        len: usize,
+        sender: Identity,
+        nonblock: bool,
+    ) -> Result {
+        // Copy from user space before taking any lock: it may fault and sleep.
+        let mut data = KVec::from_elem(0u8, len, GFP_KERNEL)?;
+        src.read_slice(&mut data)?;
+        let record = Arc::new(
+            Record {
+                time_ns: realtime_ns(),
+                sender,
+                data,
+            },
+            GFP_KERNEL,
+        )?;
+        let cost = record.cost();
+        let mut inner = self.inner.lock();
+        loop {
+            if inner.deleted {
+                return Err(eidrm());
+            }
+            if inner.make_room(self.settings.policy, cost) {
+                break;
+            }
+            if nonblock {
+                return Err(EAGAIN);
+            }
+            if self.writable.wait_interruptible(&mut inner) {
+                return Err(ERESTARTSYS);
+            }
+        }
+        if inner.ring.push(record).is_err() {
+            // make_room() just said it fits.
+            return Err(ENOSPC);
+        }
+        drop(inner);
+        self.readable.notify_all();
+        self.poll.wake(events::IN | events::RDNORM);
+        Ok(())
+    }
+
+    /// Registers a reader starting at the end of the ring.
+    pub(crate) fn add_reader(&self, max_readers: usize) -> Result<Arc<ReaderMark>> {
+        let mut inner = self.inner.lock();
+        if inner.deleted {
+            return Err(ENOENT);
+        }
+        if inner.reader_count() >= max_readers {
+            return Err(eusers());
+        }
+        let mark = Arc::new(
+            ReaderMark {
+                seq: AtomicU64::new(inner.ring.next_seq()),
+            },
+            GFP_KERNEL,
+        )?;
+        match inner.readers.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(mark.clone()),
+            None => inner.readers.push(Some(mark.clone()), GFP_KERNEL)?,
+        }
+        Ok(mark)
+    }
+
+    /// Forgets a reader; a `block` room's writers may go on.
+    pub(crate) fn remove_reader(&self, mark: &Arc<ReaderMark>) {
+        let mut inner = self.inner.lock();
+        let slot = inner
+            .readers
+            .iter_mut()
+            .find(|slot| slot.as_ref().is_some_and(|m| Arc::ptr_eq(m, mark)));
+        if let Some(slot) = slot {
+            *slot = None;
+        }
+        drop(inner);
+        self.writable.notify_all();
+        self.poll.wake(events::OUT | events::WRNORM);
+    }
+
+    /// Whether a reader at `seq` has something to read (or lost something).
+    pub(crate) fn lookup_ready(inner: &RoomInner, seq: u64) -> bool {
+        !matches!(inner.ring.get(seq), Lookup::Pending)
+    }
+}
