@@ -15,7 +15,7 @@ use crate::{
         poll::{events, PollQueue},
         task::{realtime_ns, Identity},
     },
-    ring::{Cost, Lookup, Ring},
+    ring::{Cost, Ring},
 };
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
@@ -94,6 +94,16 @@ impl RoomInner {
             .map(|mark| mark.seq.load(Ordering::Relaxed))
             .min()
             .unwrap_or(u64::MAX)
+    }
+
+    /// Whether a write of `cost` would go through without waiting.
+    pub(crate) fn could_write(&self, policy: Policy, cost: usize) -> bool {
+        match policy {
+            Policy::Drop => self.ring.could_ever_fit(cost),
+            Policy::Block => self
+                .ring
+                .fits_after_evicting_before(self.slowest_reader(), cost),
+        }
     }
 
     /// Makes room for a record of `cost` if the policy allows; whether it fits.
@@ -266,10 +276,5 @@ impl Room {
         drop(inner);
         self.writable.notify_all();
         self.poll.wake(events::OUT | events::WRNORM);
-    }
-
-    /// Whether a reader at `seq` has something to read (or lost something).
-    pub(crate) fn lookup_ready(inner: &RoomInner, seq: u64) -> bool {
-        !matches!(inner.ring.get(seq), Lookup::Pending)
     }
 }

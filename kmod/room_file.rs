@@ -98,14 +98,8 @@ impl FileOps for RoomFile {
             }
         }
         if file.writable() && !inner.deleted {
-            let could_write = match room.settings.policy {
-                Policy::Drop => true,
-                Policy::Block => {
-                    let worst =
-                        room.settings.max_msg as usize + crate::abi::RECORD_OVERHEAD as usize;
-                    inner.ring.fits(worst) || Room::lookup_ready(&inner, inner.ring.first_seq())
-                }
-            };
+            let worst = room.settings.max_msg as usize + crate::abi::RECORD_OVERHEAD as usize;
+            let could_write = inner.could_write(room.settings.policy, worst);
             if could_write {
                 mask |= events::OUT | events::WRNORM;
             }

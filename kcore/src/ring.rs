@@ -88,6 +88,29 @@ impl<T: Cost, S: DerefMut<Target = [Option<T>]>> Ring<T, S> {
         self.len() < self.slots.len() && self.bytes + cost <= self.max_bytes
     }
 
+    /// Whether a record of `cost` would fit once the records before
+    /// `keep_from` (which nobody needs any more) were evicted.
+    pub fn fits_after_evicting_before(&self, keep_from: u64, cost: usize) -> bool {
+        let (mut bytes, mut len) = (self.bytes, self.len());
+        let mut seq = self.first;
+        loop {
+            if len < self.slots.len() && bytes + cost <= self.max_bytes {
+                return true;
+            }
+            if seq >= keep_from.min(self.next) {
+                return false;
+            }
+            match self.get(seq) {
+                Lookup::Ready(record) => {
+                    bytes -= record.cost();
+                    len -= 1;
+                }
+                _ => return false,
+            }
+            seq += 1;
+        }
+    }
+
     /// Whether a record of `cost` could fit in the empty ring.
     pub fn could_ever_fit(&self, cost: usize) -> bool {
         !self.slots.is_empty() && cost <= self.max_bytes
@@ -210,6 +233,25 @@ mod tests {
         assert_eq!(r.first_seq(), 3);
         assert_eq!(r.get(0), Lookup::Lost { first: 3, lost: 3 });
         assert_eq!(r.get(3), Lookup::Ready(&Rec(3, 1)));
+    }
+
+    #[test]
+    fn fits_after_evicting_counts_only_what_may_go() {
+        let mut r = ring(8, 30);
+        for i in 0..3 {
+            r.push(Rec(i, 10)).unwrap();
+        }
+        assert!(!r.fits(10));
+        // Nobody needs record 0: evicting it frees 10, enough for 10.
+        assert!(r.fits_after_evicting_before(1, 10));
+        assert!(!r.fits_after_evicting_before(1, 11));
+        // Records 0 and 1 may go: 20 bytes.
+        assert!(r.fits_after_evicting_before(2, 20));
+        // A reader still at 0 holds everything back.
+        assert!(!r.fits_after_evicting_before(0, 1));
+        // No readers at all: everything may go, but never more than the ring.
+        assert!(r.fits_after_evicting_before(u64::MAX, 30));
+        assert!(!r.fits_after_evicting_before(u64::MAX, 31));
     }
 
     #[derive(Debug, Clone)]

@@ -1,17 +1,13 @@
 //! The control node, `/dev/kchat/control`: who may open it, and its ioctls.
 
-use crate::{helper::open_as, module, Test};
+use crate::{client::raw_ioctl, helper::open_as, module, Test};
 use anyhow::{bail, ensure, Context, Result};
 use kchat_uapi::abi;
 use nix::{
     errno::Errno,
     sys::stat::{makedev, mknod, Mode, SFlag},
 };
-use std::{
-    fs::File,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
-    path::Path,
-};
+use std::{fs::File, os::unix::fs::MetadataExt, path::Path};
 
 pub const PATH: &str = "/dev/kchat/control";
 
@@ -46,16 +42,6 @@ fn open() -> Result<File> {
         .write(true)
         .open(PATH)
         .with_context(|| format!("opening {PATH}"))
-}
-
-/// `ioctl(fd, cmd, arg)` with a raw argument, for probing the ABI with
-/// arguments no well-behaved caller passes.
-fn raw_ioctl(file: &File, cmd: u32, arg: usize) -> Result<i32, Errno> {
-    // SAFETY: the kernel validates `arg` before touching user memory; a bad
-    // pointer comes back as EFAULT, which is what some tests look for. No
-    // memory of this process is written except through a valid `arg`.
-    let ret = unsafe { nix::libc::ioctl(file.as_raw_fd(), cmd as nix::libc::c_ulong, arg) };
-    Errno::result(ret)
 }
 
 fn node_is_a_root_only_char_device() -> Result<()> {

@@ -3,9 +3,12 @@
 //! expects to be the only user of the module while it runs (one test at a
 //! time: loading and unloading are global).
 
+mod chat;
+mod client;
 mod control;
 mod helper;
 mod module;
+mod rooms;
 
 use libtest_mimic::{Arguments, Trial};
 
@@ -18,7 +21,7 @@ fn main() -> std::process::ExitCode {
     }
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    let trials = [module::TESTS, control::TESTS]
+    let trials = [module::TESTS, control::TESTS, rooms::TESTS, chat::TESTS]
         .into_iter()
         .flatten()
         .map(|&(name, test)| {

@@ -6,7 +6,12 @@ use nix::{
     errno::Errno,
     kmod::{delete_module, finit_module, DeleteModuleFlags, ModuleInitFlags},
 };
-use std::{ffi::CString, fs::File, os::fd::AsFd, path::Path};
+use std::{
+    ffi::{CStr, CString},
+    fs::File,
+    os::fd::AsFd,
+    path::Path,
+};
 
 pub const TESTS: &[Test] = &[
     (
@@ -35,11 +40,20 @@ pub fn ensure_loaded() -> Result<()> {
     if is_loaded() {
         return Ok(());
     }
+    load_with(c"")
+}
+
+/// Loads kchat.ko with module parameters; an error carries the `Errno`.
+pub fn load_with(params: &CStr) -> Result<()> {
     let path = std::env::var("KCHAT_KMOD").context("KCHAT_KMOD must name kchat.ko")?;
     let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-    finit_module(file.as_fd(), c"", ModuleInitFlags::empty())
-        .with_context(|| format!("loading {path}"))?;
+    finit_module(file.as_fd(), params, ModuleInitFlags::empty())?;
     Ok(())
+}
+
+/// One unload attempt.
+pub fn try_unload() -> nix::Result<()> {
+    unload()
 }
 
 /// Unloads kchat unless it is not loaded.

@@ -24,6 +24,15 @@ pub fn build(kernel: &Kernel) -> Result<Modules> {
     let kmod = dir();
     let fixtures = kmod.join("fixtures");
     for module_dir in [&kmod, &fixtures] {
+        // Always from clean: Kbuild skips up-to-date objects, and with them
+        // the warnings this build must fail on. It takes seconds.
+        let mut clean = kernel.make();
+        clean
+            .arg("-C")
+            .arg(&kernel.build_dir)
+            .arg(format!("M={}", module_dir.display()))
+            .arg("clean");
+        quiet_unless_warnings(&mut clean)?;
         let mut cmd = kernel.make();
         cmd.arg("-C")
             .arg(&kernel.build_dir)

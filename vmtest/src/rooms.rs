@@ -1,0 +1,332 @@
+//! Creating and deleting rooms through the control node: nodes, owners,
+//! modes, the default room, and every refusal with its errno.
+
+use crate::{
+    client::{raw_ioctl, spec, Control, TempRoom},
+    helper::open_as,
+    module, Test,
+};
+use anyhow::{bail, ensure, Context, Result};
+use kchat_uapi::abi;
+use nix::errno::Errno;
+use std::{os::unix::fs::MetadataExt, path::Path};
+
+pub const TESTS: &[Test] = &[
+    (
+        "rooms::default_room_is_world_read_write",
+        default_room_is_world_read_write,
+    ),
+    (
+        "rooms::default_room_can_be_renamed_or_disabled",
+        default_room_can_be_renamed_or_disabled,
+    ),
+    (
+        "rooms::node_gets_requested_owner_group_and_mode",
+        node_gets_requested_owner_group_and_mode,
+    ),
+    ("rooms::room_mode_is_enforced", room_mode_is_enforced),
+    ("rooms::bad_names_are_refused", bad_names_are_refused),
+    (
+        "rooms::duplicate_names_are_refused",
+        duplicate_names_are_refused,
+    ),
+    ("rooms::bad_settings_are_refused", bad_settings_are_refused),
+    ("rooms::struct_size_rules", struct_size_rules),
+    ("rooms::delete_removes_the_node", delete_removes_the_node),
+    (
+        "rooms::unload_is_refused_while_a_room_is_open",
+        unload_is_refused_while_a_room_is_open,
+    ),
+];
+
+fn mode_of(path: &Path) -> Result<(u32, u32, u32)> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("{} does not exist", path.display()))?;
+    Ok((meta.mode() & 0o7777, meta.uid(), meta.gid()))
+}
+
+fn default_room_is_world_read_write() -> Result<()> {
+    module::ensure_loaded()?;
+    let (mode, uid, gid) = mode_of(Path::new("/dev/kchat/lobby"))?;
+    ensure!(
+        mode == 0o666 && uid == 0 && gid == 0,
+        "lobby is {mode:o} {uid}:{gid}, expected 0666 root:root"
+    );
+    Ok(())
+}
+
+fn default_room_can_be_renamed_or_disabled() -> Result<()> {
+    module::ensure_unloaded()?;
+    module::load_with(c"default_room=hall")?;
+    let renamed = mode_of(Path::new("/dev/kchat/hall")).map(drop);
+    let lobby_gone = !Path::new("/dev/kchat/lobby").exists();
+    module::ensure_unloaded()?;
+    renamed.context("default_room=hall made no /dev/kchat/hall")?;
+    ensure!(lobby_gone, "lobby exists although default_room=hall");
+
+    module::load_with(c"default_room=")?;
+    let rooms: Vec<_> = std::fs::read_dir("/dev/kchat")?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    module::ensure_unloaded()?;
+    ensure!(
+        rooms == ["control"],
+        "default_room= (empty) still made rooms: {rooms:?}"
+    );
+
+    match module::load_with(c"default_room=../etc") {
+        Err(err) if err.downcast_ref::<Errno>() == Some(&Errno::EINVAL) => {}
+        other => bail!("loading with default_room=../etc: {other:?}, expected EINVAL"),
+    }
+    ensure!(
+        !module::is_loaded(),
+        "kchat stayed loaded with an invalid default room"
+    );
+    Ok(())
+}
+
+fn node_gets_requested_owner_group_and_mode() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(abi::RoomSpec {
+        uid: 1000,
+        gid: 100,
+        mode: 0o640,
+        ..spec("team")
+    })?;
+    let got = mode_of(&room.path())?;
+    ensure!(
+        got == (0o640, 1000, 100),
+        "team is {got:?}, expected (0o640, 1000, 100)"
+    );
+    Ok(())
+}
+
+fn room_mode_is_enforced() -> Result<()> {
+    module::ensure_loaded()?;
+    let private = TempRoom::create(abi::RoomSpec {
+        mode: 0o600,
+        ..spec("private")
+    })?;
+    let nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+    let outcome = open_as(&private.path(), &nobody)?;
+    ensure!(outcome == "EACCES", "nobody opening a 0600 room: {outcome}");
+    let outcome = open_as(Path::new("/dev/kchat/lobby"), &nobody)?;
+    ensure!(
+        outcome == "opened",
+        "nobody opening the 0666 lobby: {outcome}"
+    );
+    Ok(())
+}
+
+fn bad_names_are_refused() -> Result<()> {
+    module::ensure_loaded()?;
+    let control = Control::open()?;
+    let before: Vec<_> = std::fs::read_dir("/dev/kchat")?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let mut bad: Vec<[u8; abi::NAME_FIELD]> =
+        ["", ".", "..", ".hidden", "-x", "a/b", "a b", "control"]
+            .iter()
+            .map(|name| abi::name_field(name).expect("short"))
+            .collect();
+    bad.push([b'x'; abi::NAME_FIELD]); // no NUL terminator
+    let mut utf8 = [0u8; abi::NAME_FIELD];
+    utf8[..3].copy_from_slice("é1".as_bytes());
+    bad.push(utf8);
+    for name in bad {
+        match control.create(&abi::RoomSpec { name, ..spec("x") }) {
+            Err(Errno::EINVAL) => {}
+            other => bail!(
+                "creating a room named {:?}: {other:?}, expected EINVAL",
+                String::from_utf8_lossy(&name)
+            ),
+        }
+    }
+    let after: Vec<_> = std::fs::read_dir("/dev/kchat")?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    ensure!(
+        before == after,
+        "refused creations changed /dev/kchat: {before:?} -> {after:?}"
+    );
+    Ok(())
+}
+
+fn duplicate_names_are_refused() -> Result<()> {
+    module::ensure_loaded()?;
+    let _room = TempRoom::create(spec("twice"))?;
+    match Control::open()?.create(&spec("twice")) {
+        Err(Errno::EEXIST) => Ok(()),
+        other => bail!("creating 'twice' twice: {other:?}, expected EEXIST"),
+    }
+}
+
+fn bad_settings_are_refused() -> Result<()> {
+    module::ensure_loaded()?;
+    let control = Control::open()?;
+    let base = spec("settings");
+    let cases = [
+        (
+            "ring_bytes below the minimum",
+            abi::RoomSpec {
+                ring_bytes: abi::MIN_RING_BYTES - 1,
+                ..base
+            },
+        ),
+        (
+            "ring_bytes above the maximum",
+            abi::RoomSpec {
+                ring_bytes: abi::MAX_RING_BYTES + 1,
+                ..base
+            },
+        ),
+        (
+            "max_msg larger than the ring",
+            abi::RoomSpec {
+                ring_bytes: 8192,
+                max_msg: 8192,
+                ..base
+            },
+        ),
+        (
+            "max_msg above the maximum",
+            abi::RoomSpec {
+                max_msg: abi::MAX_MAX_MSG + 1,
+                ..base
+            },
+        ),
+        ("an unknown policy", abi::RoomSpec { policy: 7, ..base }),
+        (
+            "setuid mode bits",
+            abi::RoomSpec {
+                mode: 0o4666,
+                ..base
+            },
+        ),
+        ("reserved flags", abi::RoomSpec { flags: 1, ..base }),
+    ];
+    for (what, bad) in cases {
+        match control.create(&bad) {
+            Err(Errno::EINVAL) => {}
+            other => bail!("a room with {what}: {other:?}, expected EINVAL"),
+        }
+        ensure!(
+            !Path::new("/dev/kchat/settings").exists(),
+            "a refused room ({what}) left a node"
+        );
+    }
+    // The limits themselves are accepted.
+    for good in [
+        abi::RoomSpec {
+            ring_bytes: abi::MIN_RING_BYTES,
+            max_msg: abi::MIN_RING_BYTES - abi::RECORD_OVERHEAD,
+            ..base
+        },
+        abi::RoomSpec {
+            policy: abi::POLICY_BLOCK,
+            mode: 0o777,
+            ..base
+        },
+    ] {
+        let room = TempRoom::create(good)?;
+        room.delete().context("deleting 'settings'")?;
+    }
+    Ok(())
+}
+
+fn struct_size_rules() -> Result<()> {
+    module::ensure_loaded()?;
+    let control = Control::open()?;
+    let create =
+        |bytes: &[u8]| raw_ioctl(&control.0, abi::IOC_CREATE_ROOM, bytes.as_ptr() as usize);
+    let spec_bytes = |spec: &abi::RoomSpec| -> Vec<u8> {
+        // SAFETY: RoomSpec is repr(C) plain data without padding.
+        unsafe {
+            std::slice::from_raw_parts(spec as *const _ as *const u8, size_of::<abi::RoomSpec>())
+        }
+        .to_vec()
+    };
+    let size = size_of::<abi::RoomSpec>();
+
+    let mut short = spec_bytes(&abi::RoomSpec {
+        size: size as u32 - 4,
+        ..spec("sized")
+    });
+    short.truncate(size - 4);
+    ensure!(
+        create(&short) == Err(Errno::EINVAL),
+        "a struct smaller than v1 was not refused with EINVAL"
+    );
+
+    let mut longer = spec_bytes(&abi::RoomSpec {
+        size: size as u32 + 16,
+        ..spec("sized")
+    });
+    longer.extend_from_slice(&[0; 16]);
+    create(&longer).context("a longer struct with zero trailing bytes")?;
+    control.delete("sized").context("deleting 'sized'")?;
+
+    longer[size + 7] = 1;
+    ensure!(
+        create(&longer) == Err(Errno::E2BIG),
+        "unknown non-zero trailing bytes were not refused with E2BIG"
+    );
+    ensure!(
+        !Path::new("/dev/kchat/sized").exists(),
+        "the E2BIG request made a room"
+    );
+
+    let huge = spec_bytes(&abi::RoomSpec {
+        size: abi::MAX_STRUCT_SIZE + 1,
+        ..spec("sized")
+    });
+    ensure!(
+        create(&huge) == Err(Errno::E2BIG),
+        "a size above MAX_STRUCT_SIZE was not refused with E2BIG"
+    );
+
+    for bad in [0usize, 1, usize::MAX - 8] {
+        let got = raw_ioctl(&control.0, abi::IOC_CREATE_ROOM, bad);
+        ensure!(
+            got == Err(Errno::EFAULT),
+            "create with pointer {bad:#x}: {got:?}, expected EFAULT"
+        );
+    }
+    Ok(())
+}
+
+fn delete_removes_the_node() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("gone"))?;
+    ensure!(room.path().exists(), "no node for a new room");
+    room.delete().context("deleting 'gone'")?;
+    ensure!(!room.path().exists(), "the node outlived its room");
+    let control = Control::open()?;
+    ensure!(
+        control.delete("gone") == Err(Errno::ENOENT),
+        "deleting a deleted room did not give ENOENT"
+    );
+    ensure!(
+        control.delete("never-was") == Err(Errno::ENOENT),
+        "deleting an unknown room did not give ENOENT"
+    );
+    // The name is free again.
+    TempRoom::create(spec("gone"))?;
+    Ok(())
+}
+
+fn unload_is_refused_while_a_room_is_open() -> Result<()> {
+    module::ensure_loaded()?;
+    let reader = crate::client::open(Path::new("/dev/kchat/lobby"), true, false, false)?;
+    let refused = module::try_unload();
+    ensure!(module::is_loaded(), "kchat unloaded with a room open");
+    drop(reader);
+    ensure!(
+        refused == Err(Errno::EWOULDBLOCK),
+        "unload with a room open: {refused:?}, expected EWOULDBLOCK"
+    );
+    module::ensure_unloaded()
+}
