@@ -15,7 +15,7 @@ use crate::{
         poll::{events, PollQueue},
         task::{realtime_ns, Identity},
     },
-    ring::{Cost, Ring},
+    ring::{Cost, Lookup, Ring},
 };
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
@@ -28,7 +28,6 @@ use kernel::{
 };
 
 /// One message, immutable once written; readers share it through `Arc`.
-#[allow(dead_code)] // The stamp is for framed reads, which come next.
 pub(crate) struct Record {
     pub(crate) time_ns: u64,
     pub(crate) sender: Identity,
@@ -68,10 +67,27 @@ impl Settings {
     }
 }
 
-/// Where one reader is: the sequence number of the next message it reads.
-/// Written under `Room::inner`; `block` writers read every reader's.
+/// Where one reader is: the sequence number of the next message it reads,
+/// and how many it lost without being told yet. Written under `Room::inner`;
+/// `block` writers read every reader's `seq`, poll reads `lost`.
 pub(crate) struct ReaderMark {
     pub(crate) seq: AtomicU64,
+    pub(crate) lost: AtomicU64,
+}
+
+impl ReaderMark {
+    /// Moves a reader that fell behind the ring to its oldest record,
+    /// counting what it skipped; whether it had to. Call with `Room::inner`
+    /// held.
+    pub(crate) fn catch_up(&self, inner: &RoomInner) -> bool {
+        let seq = self.seq.load(Ordering::Relaxed);
+        if let Lookup::Lost { first, lost } = inner.ring.get(seq) {
+            self.lost.fetch_add(lost, Ordering::Relaxed);
+            self.seq.store(first, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
 }
 
 pub(crate) struct RoomInner {
@@ -253,6 +269,7 @@ impl Room {
         let mark = Arc::new(
             ReaderMark {
                 seq: AtomicU64::new(inner.ring.next_seq()),
+                lost: AtomicU64::new(0),
             },
             GFP_KERNEL,
         )?;

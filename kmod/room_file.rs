@@ -1,14 +1,18 @@
 // SPDX-License-Identifier: GPL-2.0
-//! `RoomFile`: one open file on a room node, with its own cursor.
+//! `RoomFile`: one open file on a room node, with its own cursor and read
+//! mode.
 //!
-//! Readers start at the end (new messages only). A read returns as many
-//! whole messages as fit; a message larger than the buffer is returned in
-//! parts, like a pipe, so `dd bs=1` works. Concurrent reads on one file are
-//! serialised by its cursor lock; different files never wait for each other
-//! beyond the room lock's brief hold.
+//! Readers start at the end (new messages only). Stream reads return as many
+//! whole messages as fit, and a message larger than the buffer in parts,
+//! like a pipe, so `dd bs=1` works. Packet reads return one message; framed
+//! reads prefix each with the kernel's `FrameHeader`. Concurrent reads on
+//! one file are serialised by its cursor lock; different files never wait
+//! for each other beyond the room lock's brief hold.
 
 use crate::{
+    abi,
     compat::{
+        errno::emsgsize,
         file::File,
         fops::FileOps,
         poll::{events, PollTable},
@@ -16,12 +20,12 @@ use crate::{
     ring::Lookup,
     room::{Policy, ReaderMark, Record, Room},
 };
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::{
     new_mutex,
     prelude::*,
     sync::{Arc, Mutex},
-    uaccess::{UserSliceReader, UserSliceWriter},
+    uaccess::{UserSlice, UserSliceReader, UserSliceWriter},
 };
 
 /// Largest number of records one `read` collects before copying.
@@ -30,12 +34,12 @@ const BATCH: usize = 16;
 /// Most read-mode opens per room.
 pub(crate) const MAX_READERS: usize = 1024;
 
-/// Per-file read state, behind the cursor lock.
+const HEADER: usize = core::mem::size_of::<abi::FrameHeader>();
+
+/// Per-file read position within a message, behind the cursor lock.
 struct Cursor {
     /// Bytes of the message at the cursor already returned (stream reads).
     offset: usize,
-    /// Messages this reader lost and has not been told about.
-    lost: u64,
 }
 
 #[pin_data(PinnedDrop)]
@@ -43,6 +47,8 @@ pub(crate) struct RoomFile {
     room: Arc<Room>,
     /// Set for read-mode opens; a write-only open never holds a room back.
     mark: Option<Arc<ReaderMark>>,
+    /// `abi::READ_*`.
+    mode: AtomicU32,
     #[pin]
     cursor: Mutex<Cursor>,
 }
@@ -67,16 +73,24 @@ impl FileOps for RoomFile {
         } else {
             None
         };
+        // O_DIRECT selects packet mode, as it does for pipes.
+        let mode = if file.direct() {
+            file.allow_direct();
+            abi::READ_PACKET
+        } else {
+            abi::READ_STREAM
+        };
         let init = pin_init!(RoomFile {
             room,
             mark,
-            cursor <- new_mutex!(Cursor { offset: 0, lost: 0 }, "RoomFile::cursor"),
+            mode: AtomicU32::new(mode),
+            cursor <- new_mutex!(Cursor { offset: 0 }, "RoomFile::cursor"),
         });
         KBox::pin_init(init, GFP_KERNEL)
     }
 
     fn read(this: Pin<&RoomFile>, file: &File, dest: &mut UserSliceWriter) -> Result<usize> {
-        this.read_stream(dest, file.nonblocking())
+        this.read_messages(dest, file.nonblocking())
     }
 
     fn write(this: Pin<&RoomFile>, file: &File, src: &mut UserSliceReader) -> Result<usize> {
@@ -89,18 +103,19 @@ impl FileOps for RoomFile {
         let inner = room.inner.lock();
         let mut mask = 0;
         if let Some(mark) = &this.mark {
-            let seq = mark.seq.load(Ordering::Relaxed);
-            match inner.ring.get(seq) {
+            match inner.ring.get(mark.seq.load(Ordering::Relaxed)) {
                 Lookup::Ready(_) => mask |= events::IN | events::RDNORM,
                 Lookup::Lost { .. } => mask |= events::IN | events::RDNORM | events::PRI,
                 Lookup::Pending if inner.deleted => mask |= events::IN | events::RDNORM,
                 Lookup::Pending => {}
             }
+            if mark.lost.load(Ordering::Relaxed) > 0 {
+                mask |= events::PRI;
+            }
         }
         if file.writable() && !inner.deleted {
-            let worst = room.settings.max_msg as usize + crate::abi::RECORD_OVERHEAD as usize;
-            let could_write = inner.could_write(room.settings.policy, worst);
-            if could_write {
+            let worst = room.settings.max_msg as usize + abi::RECORD_OVERHEAD as usize;
+            if inner.could_write(room.settings.policy, worst) {
                 mask |= events::OUT | events::WRNORM;
             }
         }
@@ -112,31 +127,66 @@ impl FileOps for RoomFile {
         }
         mask
     }
+
+    fn ioctl(this: Pin<&RoomFile>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        match cmd {
+            abi::IOC_SET_READ_MODE => {
+                let mode = UserSlice::new(arg, core::mem::size_of::<u32>())
+                    .reader()
+                    .read::<u32>()?;
+                if !matches!(mode, abi::READ_STREAM | abi::READ_PACKET | abi::READ_FRAMED) {
+                    return Err(EINVAL);
+                }
+                // A message half read in stream mode restarts in the new mode.
+                let mut cursor = this.cursor.lock();
+                cursor.offset = 0;
+                this.mode.store(mode, Ordering::Relaxed);
+            }
+            abi::IOC_TAKE_LOST => {
+                let mark = this.mark.as_ref().ok_or(EBADF)?;
+                let mut writer = UserSlice::new(arg, core::mem::size_of::<u64>()).writer();
+                let _cursor = this.cursor.lock();
+                let lost = {
+                    let inner = this.room.inner.lock();
+                    mark.catch_up(&inner);
+                    mark.lost.swap(0, Ordering::Relaxed)
+                };
+                if let Err(err) = writer.write(&lost) {
+                    // Nothing was reported, so nothing is forgotten.
+                    mark.lost.fetch_add(lost, Ordering::Relaxed);
+                    return Err(err);
+                }
+            }
+            _ => return Err(ENOTTY),
+        }
+        Ok(0)
+    }
 }
 
 impl RoomFile {
-    /// A stream read: whole messages while they fit, the first in parts if
-    /// it alone does not.
-    fn read_stream(&self, dest: &mut UserSliceWriter, nonblock: bool) -> Result<usize> {
+    /// Reads in the file's mode; see the module documentation.
+    fn read_messages(&self, dest: &mut UserSliceWriter, nonblock: bool) -> Result<usize> {
         let mark = self.mark.as_ref().ok_or(EBADF)?;
         let room = &self.room;
+        let mode = self.mode.load(Ordering::Relaxed);
         let mut cursor = self.cursor.lock();
         let mut batch: [Option<Arc<Record>>; BATCH] = [const { None }; BATCH];
         let seq;
         {
             let mut inner = room.inner.lock();
             loop {
+                if mark.catch_up(&inner) {
+                    // The message this reader was inside is gone.
+                    cursor.offset = 0;
+                }
                 let at = mark.seq.load(Ordering::Relaxed);
                 match inner.ring.get(at) {
                     Lookup::Ready(_) => {
                         seq = at;
                         break;
                     }
-                    Lookup::Lost { first, lost } => {
-                        cursor.lost += lost;
-                        cursor.offset = 0;
-                        mark.seq.store(first, Ordering::Relaxed);
-                    }
+                    // catch_up() just moved past any loss.
+                    Lookup::Lost { .. } => {}
                     Lookup::Pending if inner.deleted => return Ok(0),
                     Lookup::Pending if nonblock => return Err(EAGAIN),
                     Lookup::Pending => {
@@ -152,10 +202,20 @@ impl RoomFile {
                 let Lookup::Ready(record) = inner.ring.get(seq + n as u64) else {
                     break;
                 };
-                let skip = if n == 0 { cursor.offset } else { 0 };
-                let size = record.data.len() - skip;
-                if n > 0 && planned + size > space {
-                    break;
+                let size = match mode {
+                    abi::READ_STREAM if n == 0 => record.data.len() - cursor.offset,
+                    abi::READ_STREAM => record.data.len(),
+                    abi::READ_PACKET if n > 0 => break,
+                    abi::READ_PACKET => record.data.len(),
+                    _ => HEADER + record.data.len(),
+                };
+                if planned + size > space {
+                    if n == 0 && mode != abi::READ_STREAM {
+                        return Err(emsgsize());
+                    }
+                    if n > 0 {
+                        break;
+                    }
                 }
                 *slot = Some(record.clone());
                 planned += size;
@@ -169,22 +229,55 @@ impl RoomFile {
         let mut copied = 0;
         let mut finished = 0u64;
         for record in batch.iter().flatten() {
-            let skip = if finished == 0 { cursor.offset } else { 0 };
-            let rest = &record.data[skip..];
-            let take = rest.len().min(dest.len());
-            if let Err(err) = dest.write_slice(&rest[..take]) {
-                if copied == 0 {
-                    return Err(err);
+            let result = match mode {
+                abi::READ_STREAM => {
+                    let skip = if finished == 0 { cursor.offset } else { 0 };
+                    let rest = &record.data[skip..];
+                    let take = rest.len().min(dest.len());
+                    match dest.write_slice(&rest[..take]) {
+                        Ok(()) if take < rest.len() => {
+                            copied += take;
+                            cursor.offset = skip + take;
+                            break;
+                        }
+                        Ok(()) => Ok(take),
+                        Err(err) => Err(err),
+                    }
                 }
-                break;
+                abi::READ_PACKET => dest.write_slice(&record.data).map(|()| record.data.len()),
+                _ => {
+                    let lost = if finished == 0 {
+                        mark.lost.swap(0, Ordering::Relaxed)
+                    } else {
+                        0
+                    };
+                    let header = abi::FrameHeader {
+                        seq: seq + finished,
+                        time_ns: record.time_ns,
+                        lost,
+                        len: record.data.len() as u32,
+                        pid: record.sender.pid,
+                        uid: record.sender.uid,
+                        gid: record.sender.gid,
+                    };
+                    let written = dest
+                        .write(&header)
+                        .and_then(|()| dest.write_slice(&record.data));
+                    if written.is_err() {
+                        mark.lost.fetch_add(lost, Ordering::Relaxed);
+                    }
+                    written.map(|()| HEADER + record.data.len())
+                }
+            };
+            match result {
+                Ok(n) => {
+                    copied += n;
+                    cursor.offset = 0;
+                    finished += 1;
+                }
+                Err(err) if copied == 0 => return Err(err),
+                Err(_) => break,
             }
-            copied += take;
-            if take < rest.len() {
-                cursor.offset = skip + take;
-                break;
-            }
-            cursor.offset = 0;
-            finished += 1;
         }
         if finished > 0 {
             let inner = room.inner.lock();

@@ -5,13 +5,19 @@
 //! instead of half-applying them.
 
 use crate::abi;
-use kernel::{prelude::*, types::FromBytes, uaccess::UserSlice};
+use kernel::{
+    prelude::*,
+    types::{AsBytes, FromBytes},
+    uaccess::UserSlice,
+};
 
 // SAFETY: `repr(C)` structs of integers and byte arrays without padding:
 // every bit pattern is a valid value.
 unsafe impl FromBytes for abi::RoomSpec {}
 // SAFETY: as above.
 unsafe impl FromBytes for abi::RoomName {}
+// SAFETY: `repr(C)` integers without padding: every byte is initialised.
+unsafe impl AsBytes for abi::FrameHeader {}
 
 /// Reads a `T` whose first field is its size, from user address `arg`.
 pub(crate) fn read_extensible<T: FromBytes>(arg: usize) -> Result<T> {

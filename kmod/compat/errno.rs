@@ -12,3 +12,9 @@ pub(crate) fn eidrm() -> Error {
 pub(crate) fn eusers() -> Error {
     Error::from_errno(-(bindings::EUSERS as i32))
 }
+
+/// `EMSGSIZE`: the buffer cannot hold the next message (packet and framed
+/// reads).
+pub(crate) fn emsgsize() -> Error {
+    Error::from_errno(-(bindings::EMSGSIZE as i32))
+}

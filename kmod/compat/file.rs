@@ -8,6 +8,7 @@ use kernel::{bindings, types::Opaque};
 // `FMODE_*` are `__force` casts in C, which bindgen cannot evaluate.
 const FMODE_READ: u32 = 1 << 0;
 const FMODE_WRITE: u32 = 1 << 1;
+const FMODE_CAN_ODIRECT: u32 = 1 << 22;
 
 /// An open file, borrowed for the length of a file operation.
 ///
@@ -43,6 +44,18 @@ impl File {
     /// Whether `O_NONBLOCK` is set now (`fcntl` may change it at any time).
     pub(crate) fn nonblocking(&self) -> bool {
         self.flags() & bindings::O_NONBLOCK != 0
+    }
+
+    /// Whether the file was opened with `O_DIRECT`.
+    pub(crate) fn direct(&self) -> bool {
+        self.flags() & bindings::O_DIRECT != 0
+    }
+
+    /// Lets an `O_DIRECT` open succeed; call from `open` only.
+    pub(crate) fn allow_direct(&self) {
+        // SAFETY: during `open` the file is not yet shared with any other
+        // thread, so this read-modify-write cannot race.
+        unsafe { (*self.as_raw()).f_mode |= FMODE_CAN_ODIRECT };
     }
 
     fn mode(&self) -> u32 {

@@ -17,7 +17,6 @@ use kernel::bindings;
 
 /// A message's sender: the writing process and the ids of the file.
 #[derive(Clone, Copy)]
-#[allow(dead_code)] // Read by framed reads, which come next.
 pub(crate) struct Identity {
     pub(crate) pid: u32,
     pub(crate) uid: u32,

@@ -145,6 +145,41 @@ pub const IOC_CREATE_ROOM: u32 = iow::<RoomSpec>(0x01);
 /// Errors: `ENOENT`, `EINVAL`, `E2BIG`, `EFAULT`.
 pub const IOC_DELETE_ROOM: u32 = iow::<RoomName>(0x02);
 
+/// Read modes of a room fd (`IOC_SET_READ_MODE`).
+/// Stream: as many whole messages as fit, a too large one in parts (`cat`).
+pub const READ_STREAM: u32 = 0;
+/// Packet: one message per read; a too small buffer gets `EMSGSIZE` and the
+/// message stays unread. Opening with `O_DIRECT` selects it, as for pipes.
+pub const READ_PACKET: u32 = 1;
+/// Framed: each message behind a [`FrameHeader`], as many whole frames as
+/// fit; a too small buffer for the first gets `EMSGSIZE`.
+pub const READ_FRAMED: u32 = 2;
+
+/// The kernel's stamp on each message in framed reads. Senders cannot forge
+/// it: the ids are those of the writing fd (`f_cred`), the pid the writer's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FrameHeader {
+    /// The message's sequence number in its room.
+    pub seq: u64,
+    /// When it was written, `CLOCK_REALTIME` nanoseconds.
+    pub time_ns: u64,
+    /// Messages this reader lost just before this one (drop rooms).
+    pub lost: u64,
+    /// Payload bytes following the header.
+    pub len: u32,
+    /// Sender's process id, and the writing fd's effective uid and gid.
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Room ioctl: sets this fd's read mode (`READ_*`); `EINVAL` otherwise.
+pub const IOC_SET_READ_MODE: u32 = iow::<u32>(0x10);
+/// Room ioctl: how many messages this reader has lost since it last asked
+/// (or a framed header told it); resets the count.
+pub const IOC_TAKE_LOST: u32 = ior::<u64>(0x11);
+
 /// Copies a room name into a NUL-padded field; `None` if it does not fit.
 pub fn name_field(name: &str) -> Option<[u8; NAME_FIELD]> {
     let bytes = name.as_bytes();
@@ -194,6 +229,10 @@ mod tests {
         assert_eq!(core::mem::offset_of!(RoomSpec, name), 8);
         assert_eq!(core::mem::offset_of!(RoomSpec, flags), 60);
         assert_eq!(core::mem::size_of::<RoomName>(), 40);
+        assert_eq!(core::mem::size_of::<FrameHeader>(), 40);
+        assert_eq!(core::mem::offset_of!(FrameHeader, len), 24);
+        assert_eq!(IOC_SET_READ_MODE, 0x4004_b910);
+        assert_eq!(IOC_TAKE_LOST, 0x8008_b911);
         assert_eq!(IOC_CREATE_ROOM, 0x4040_b901);
         assert_eq!(IOC_DELETE_ROOM, 0x4028_b902);
     }

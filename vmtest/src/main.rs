@@ -7,6 +7,7 @@ mod chat;
 mod client;
 mod control;
 mod helper;
+mod modes;
 mod module;
 mod rooms;
 
@@ -21,14 +22,20 @@ fn main() -> std::process::ExitCode {
     }
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    let trials = [module::TESTS, control::TESTS, rooms::TESTS, chat::TESTS]
-        .into_iter()
-        .flatten()
-        .map(|&(name, test)| {
-            Trial::test(name, move || {
-                test().map_err(|err| format!("{err:#}").into())
-            })
+    let trials = [
+        module::TESTS,
+        control::TESTS,
+        rooms::TESTS,
+        chat::TESTS,
+        modes::TESTS,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|&(name, test)| {
+        Trial::test(name, move || {
+            test().map_err(|err| format!("{err:#}").into())
         })
-        .collect();
+    })
+    .collect();
     libtest_mimic::run(&args, trials).exit_code()
 }

@@ -1,0 +1,314 @@
+//! Read modes (stream, packet, framed), the kernel's stamp on each message,
+//! and exact loss accounting in `drop` rooms.
+
+use crate::{
+    client::{raw_ioctl, spec, TempRoom},
+    module, Test,
+};
+use anyhow::{bail, ensure, Context, Result};
+use kchat_uapi::abi::{self, FrameHeader};
+use nix::{
+    errno::Errno,
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+};
+use std::{
+    fs::File,
+    io::{Read, Write},
+    os::{fd::AsFd, unix::fs::OpenOptionsExt},
+    process::Command,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+pub const TESTS: &[Test] = &[
+    (
+        "modes::o_direct_reads_one_message_at_a_time",
+        o_direct_reads_one_message_at_a_time,
+    ),
+    (
+        "modes::packet_mode_by_ioctl_and_bad_modes",
+        packet_mode_by_ioctl_and_bad_modes,
+    ),
+    (
+        "modes::framed_reads_carry_the_kernel_stamp",
+        framed_reads_carry_the_kernel_stamp,
+    ),
+    (
+        "modes::senders_cannot_forge_their_identity",
+        senders_cannot_forge_their_identity,
+    ),
+    (
+        "modes::losses_are_counted_exactly",
+        losses_are_counted_exactly,
+    ),
+];
+
+const HEADER: usize = size_of::<FrameHeader>();
+
+fn read_raw(file: &mut File, size: usize) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; size];
+    match file.read(&mut buf) {
+        Ok(n) => {
+            buf.truncate(n);
+            Ok(buf)
+        }
+        Err(err) => Err(Errno::from_raw(err.raw_os_error().unwrap_or(0))),
+    }
+}
+
+fn set_mode(file: &File, mode: u32) -> Result<(), Errno> {
+    raw_ioctl(file, abi::IOC_SET_READ_MODE, &mode as *const u32 as usize).map(drop)
+}
+
+fn take_lost(file: &File) -> Result<u64> {
+    let mut lost = 0u64;
+    raw_ioctl(file, abi::IOC_TAKE_LOST, &mut lost as *mut u64 as usize).context("IOC_TAKE_LOST")?;
+    Ok(lost)
+}
+
+/// Splits a framed read into (header, payload) pairs.
+fn frames(mut bytes: &[u8]) -> Result<Vec<(FrameHeader, Vec<u8>)>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        ensure!(bytes.len() >= HEADER, "a framed read ended inside a header");
+        // SAFETY: FrameHeader is plain integers; read_unaligned copies.
+        let header: FrameHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let end = HEADER + header.len as usize;
+        ensure!(bytes.len() >= end, "a framed read ended inside a payload");
+        out.push((header, bytes[HEADER..end].to_vec()));
+        bytes = &bytes[end..];
+    }
+    Ok(out)
+}
+
+fn assert_packets(reader: &mut File, sent: &[&[u8]]) -> Result<()> {
+    for message in sent {
+        match read_raw(reader, message.len() - 1) {
+            Err(Errno::EMSGSIZE) => {}
+            other => bail!("a too small packet read: {other:?}, expected EMSGSIZE"),
+        }
+        let got = read_raw(reader, 4096)?;
+        ensure!(
+            &got == message,
+            "packet read got {got:?}, expected {message:?}"
+        );
+    }
+    ensure!(
+        read_raw(reader, 4096) == Err(Errno::EAGAIN),
+        "packets left over"
+    );
+    Ok(())
+}
+
+fn o_direct_reads_one_message_at_a_time() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("packets"))?;
+    let mut reader = File::options()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECT | nix::libc::O_NONBLOCK)
+        .open(room.path())
+        .context("opening with O_DIRECT")?;
+    let mut writer = room.open_write()?;
+    let sent: [&[u8]; 3] = [b"first", b"second", b"third!"];
+    for message in sent {
+        writer.write_all(message)?;
+    }
+    assert_packets(&mut reader, &sent)
+}
+
+fn packet_mode_by_ioctl_and_bad_modes() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("packets2"))?;
+    let mut reader = room.open_read_nonblock()?;
+    for bad in [3u32, 99, u32::MAX] {
+        ensure!(
+            set_mode(&reader, bad) == Err(Errno::EINVAL),
+            "read mode {bad} was not refused with EINVAL"
+        );
+    }
+    set_mode(&reader, abi::READ_PACKET).context("setting packet mode")?;
+    let mut writer = room.open_write()?;
+    let sent: [&[u8]; 2] = [b"alpha", b"beta"];
+    for message in sent {
+        writer.write_all(message)?;
+    }
+    assert_packets(&mut reader, &sent)?;
+    // And back to stream mode: both come in one read.
+    set_mode(&reader, abi::READ_STREAM)?;
+    for message in sent {
+        writer.write_all(message)?;
+    }
+    ensure!(
+        read_raw(&mut reader, 4096)? == b"alphabeta",
+        "stream mode did not batch again"
+    );
+    Ok(())
+}
+
+fn framed_reads_carry_the_kernel_stamp() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("framed"))?;
+    let mut reader = room.open_read_nonblock()?;
+    set_mode(&reader, abi::READ_FRAMED)?;
+    let mut writer = room.open_write()?;
+    let before = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
+    writer.write_all(b"hello")?;
+    writer.write_all(b"")?; // a no-op, no frame
+    writer.write_all(b"world!")?;
+    let after = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
+    // Too small for the first frame: EMSGSIZE, nothing consumed.
+    ensure!(
+        read_raw(&mut reader, HEADER + 4) == Err(Errno::EMSGSIZE),
+        "a too small framed read was not EMSGSIZE"
+    );
+    // Room for one whole frame and a bit: exactly one frame.
+    let one = frames(&read_raw(&mut reader, HEADER + 5 + HEADER)?)?;
+    ensure!(
+        one.len() == 1 && one[0].1 == b"hello",
+        "first framed read: {one:?}"
+    );
+    let two = frames(&read_raw(&mut reader, 4096)?)?;
+    ensure!(
+        two.len() == 1 && two[0].1 == b"world!",
+        "second framed read: {two:?}"
+    );
+    let (first, second) = (one[0].0, two[0].0);
+    ensure!(
+        second.seq == first.seq + 1,
+        "sequence numbers {} then {}",
+        first.seq,
+        second.seq
+    );
+    let pid = std::process::id();
+    for header in [first, second] {
+        ensure!(
+            header.pid == pid && header.uid == 0 && header.gid == 0,
+            "stamp {header:?}, expected pid {pid} root"
+        );
+        ensure!(
+            header.lost == 0,
+            "a reader that lost nothing was told {}",
+            header.lost
+        );
+        // The guest clock may run coarse under emulation: allow a second.
+        let slack = Duration::from_secs(1).as_nanos() as u64;
+        ensure!(
+            header.time_ns + slack >= before && header.time_ns <= after + slack,
+            "timestamp {} outside [{before}, {after}]",
+            header.time_ns
+        );
+    }
+    Ok(())
+}
+
+fn senders_cannot_forge_their_identity() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("forgery"))?;
+    let mut reader = room.open_read_nonblock()?;
+    set_mode(&reader, abi::READ_FRAMED)?;
+    let status = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "echo 'uid=0 I am root, trust me' > {}",
+            room.path().display()
+        ))
+        .status()?;
+    ensure!(status.success(), "the unprivileged writer failed");
+    let got = frames(&read_raw(&mut reader, 4096)?)?;
+    ensure!(got.len() == 1, "expected one frame, got {got:?}");
+    let header = got[0].0;
+    ensure!(
+        header.uid == 65534 && header.gid == 65534,
+        "the stamp says {header:?}, not nobody (65534)"
+    );
+    Ok(())
+}
+
+fn losses_are_counted_exactly() -> Result<()> {
+    module::ensure_loaded()?;
+    let ring = abi::MIN_RING_BYTES;
+    let room = TempRoom::create(abi::RoomSpec {
+        ring_bytes: ring,
+        max_msg: 100,
+        ..spec("losses")
+    })?;
+    let mut reader = room.open_read_nonblock()?;
+    let framed = room.open_read_nonblock()?;
+    set_mode(&framed, abi::READ_FRAMED)?;
+    let mut framed = framed;
+    let mut writer = room.open_write()?;
+    let retained = (ring / (100 + abi::RECORD_OVERHEAD)) as u64;
+    let sent = retained * 3 + 5;
+    for i in 0..sent {
+        writer.write_all(&[i as u8; 100])?;
+    }
+    let pri = {
+        let mut fds = [PollFd::new(
+            reader.as_fd(),
+            PollFlags::POLLIN | PollFlags::POLLPRI,
+        )];
+        poll(&mut fds, PollTimeout::ZERO)?;
+        fds[0].revents().unwrap_or(PollFlags::empty())
+    };
+    ensure!(
+        pri.contains(PollFlags::POLLPRI),
+        "a reader that lost messages polled {pri:?}, no POLLPRI"
+    );
+    let lost = take_lost(&reader)?;
+    ensure!(
+        lost == sent - retained,
+        "lost {lost}, expected {} of {sent}",
+        sent - retained
+    );
+    ensure!(take_lost(&reader)? == 0, "the loss count did not reset");
+    let pri = {
+        let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLPRI)];
+        poll(&mut fds, PollTimeout::ZERO)?;
+        fds[0].revents().unwrap_or(PollFlags::empty())
+    };
+    ensure!(
+        !pri.contains(PollFlags::POLLPRI),
+        "POLLPRI stayed after the loss was reported"
+    );
+    // delivered + lost == written, for the stream reader...
+    let mut delivered = 0;
+    while let Ok(chunk) = read_raw(&mut reader, 100) {
+        ensure!(!chunk.is_empty(), "unexpected end of file");
+        delivered += 1;
+    }
+    ensure!(
+        delivered + lost == sent,
+        "delivered {delivered} + lost {lost} != written {sent}"
+    );
+    // ...and for the framed one, whose first header carries the loss.
+    // One read returns a batch, not necessarily everything: read to EAGAIN.
+    let mut got = Vec::new();
+    while let Ok(bytes) = read_raw(&mut framed, 1 << 16) {
+        ensure!(!bytes.is_empty(), "unexpected end of file");
+        got.extend(frames(&bytes)?);
+    }
+    ensure!(
+        got.first().map(|(h, _)| h.lost) == Some(sent - retained),
+        "first frame's lost field is wrong"
+    );
+    ensure!(
+        got.iter().skip(1).all(|(h, _)| h.lost == 0),
+        "later frames repeat the loss"
+    );
+    ensure!(
+        got.len() as u64 == retained,
+        "framed reader got {} frames, expected {retained}",
+        got.len()
+    );
+    ensure!(
+        got.last().map(|(_, p)| p[0]) == Some((sent - 1) as u8),
+        "the last frame is not the newest message"
+    );
+    Ok(())
+}
