@@ -59,6 +59,37 @@ impl FileOps for Control {
                 let name = abi::field_name(&request.name).ok_or(EINVAL)?;
                 registry.delete(name)?;
             }
+            abi::IOC_ROOM_INFO => {
+                let mut info = read_extensible::<abi::RoomInfo>(arg)?;
+                if info.flags != 0 {
+                    return Err(EINVAL);
+                }
+                registry.info(&mut info)?;
+                UserSlice::new(arg, core::mem::size_of::<abi::RoomInfo>())
+                    .writer()
+                    .write(&info)?;
+            }
+            abi::IOC_LIST_ROOMS => {
+                let mut list = read_extensible::<abi::RoomList>(arg)?;
+                if list.flags != 0 {
+                    return Err(EINVAL);
+                }
+                let field = abi::NAME_FIELD;
+                let capacity = list.capacity as usize;
+                let mut names =
+                    UserSlice::new(list.names as usize, capacity.saturating_mul(field)).writer();
+                let mut written = 0;
+                list.count = registry.for_each_name(|name| {
+                    if written < capacity {
+                        names.write_slice(name)?;
+                        written += 1;
+                    }
+                    Ok(())
+                })?;
+                UserSlice::new(arg, core::mem::size_of::<abi::RoomList>())
+                    .writer()
+                    .write(&list)?;
+            }
             _ => return Err(ENOTTY),
         }
         Ok(0)

@@ -164,6 +164,66 @@ impl Registry {
         Ok(())
     }
 
+    /// Fills `info` (whose `name` says which room) with settings, fill and
+    /// counters.
+    pub(crate) fn info(&self, info: &mut abi::RoomInfo) -> Result {
+        let name = abi::field_name(&info.name).ok_or(EINVAL)?;
+        let room = {
+            let inner = self.inner.lock();
+            let index = inner.find(name).ok_or(ENOENT)?;
+            inner.rooms[index].as_ref().ok_or(ENOENT)?.room.clone()
+        };
+        let settings = &room.settings;
+        info.policy = match settings.policy {
+            Policy::Drop => abi::POLICY_DROP,
+            Policy::Block => abi::POLICY_BLOCK,
+        };
+        info.ring_bytes = settings.ring_bytes;
+        info.max_msg = settings.max_msg;
+        info.uid = settings.uid;
+        info.gid = settings.gid;
+        info.mode = u32::from(settings.mode);
+        info.minor = room.minor;
+        {
+            let inner = room.inner.lock();
+            info.readers = inner.reader_count() as u32;
+            info.ring_used_bytes = inner.ring.bytes() as u64;
+            info.ring_msgs = inner.ring.len() as u64;
+            info.first_seq = inner.ring.first_seq();
+            info.next_seq = inner.ring.next_seq();
+        }
+        let stats = &room.stats;
+        let load = |counter: &core::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        info.writers = stats.writers.load(Ordering::Relaxed);
+        info.msgs_in = load(&stats.msgs_in);
+        info.bytes_in = load(&stats.bytes_in);
+        info.deliveries = load(&stats.deliveries);
+        info.lost = load(&stats.lost);
+        info.throttled = load(&stats.throttled);
+        info.writer_waits = load(&stats.writer_waits);
+        Ok(())
+    }
+
+    /// Calls `each` with every room's name field, in minor order; returns
+    /// how many rooms there are.
+    pub(crate) fn for_each_name(
+        &self,
+        mut each: impl FnMut(&[u8; abi::NAME_FIELD]) -> Result,
+    ) -> Result<u32> {
+        let mut names = KVec::new();
+        {
+            let inner = self.inner.lock();
+            for entry in inner.rooms.iter().flatten() {
+                names.push(entry.room.settings.name, GFP_KERNEL)?;
+            }
+        }
+        // Copied out after the lock: `each` writes to user memory.
+        for name in names.iter() {
+            each(name)?;
+        }
+        Ok(names.len() as u32)
+    }
+
     fn lookup(&self, minor: u32) -> Option<Arc<Room>> {
         let inner = self.inner.lock();
         let entry = inner.rooms.get(minor as usize)?.as_ref()?;

@@ -17,7 +17,7 @@ use crate::{
     },
     ring::{Cost, Lookup, Ring},
 };
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use kernel::{
     alloc::KVVec,
     c_str, new_condvar, new_mutex,
@@ -67,6 +67,24 @@ impl Settings {
     }
 }
 
+/// A room's counters: atomics, so the data path takes no lock for them.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub(crate) msgs_in: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) deliveries: AtomicU64,
+    pub(crate) lost: AtomicU64,
+    pub(crate) throttled: AtomicU64,
+    pub(crate) writer_waits: AtomicU64,
+    pub(crate) writers: AtomicU32,
+}
+
+impl Stats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// Where one reader is: the sequence number of the next message it reads,
 /// and how many it lost without being told yet. Written under `Room::inner`;
 /// `block` writers read every reader's `seq`, poll reads `lost`.
@@ -79,10 +97,11 @@ impl ReaderMark {
     /// Moves a reader that fell behind the ring to its oldest record,
     /// counting what it skipped; whether it had to. Call with `Room::inner`
     /// held.
-    pub(crate) fn catch_up(&self, inner: &RoomInner) -> bool {
+    pub(crate) fn catch_up(&self, inner: &RoomInner, stats: &Stats) -> bool {
         let seq = self.seq.load(Ordering::Relaxed);
         if let Lookup::Lost { first, lost } = inner.ring.get(seq) {
             self.lost.fetch_add(lost, Ordering::Relaxed);
+            Stats::add(&stats.lost, lost);
             self.seq.store(first, Ordering::Relaxed);
             return true;
         }
@@ -142,6 +161,7 @@ impl RoomInner {
 pub(crate) struct Room {
     pub(crate) settings: Settings,
     pub(crate) minor: u32,
+    pub(crate) stats: Stats,
     #[pin]
     pub(crate) inner: Mutex<RoomInner>,
     /// Readers sleeping in `read` for a new message.
@@ -174,6 +194,7 @@ impl Room {
             pin_init!(Room {
                 settings,
                 minor,
+                stats: Stats::default(),
                 inner <- new_mutex!(inner, "Room::inner"),
                 readable <- new_condvar!("Room::readable"),
                 writable <- new_condvar!("Room::writable"),
@@ -243,6 +264,7 @@ impl Room {
             if nonblock {
                 return Err(EAGAIN);
             }
+            Stats::add(&self.stats.writer_waits, 1);
             if self.writable.wait_interruptible(&mut inner) {
                 return Err(ERESTARTSYS);
             }
@@ -252,6 +274,8 @@ impl Room {
             return Err(ENOSPC);
         }
         drop(inner);
+        Stats::add(&self.stats.msgs_in, 1);
+        Stats::add(&self.stats.bytes_in, len as u64);
         self.readable.notify_all();
         self.poll.wake(events::IN | events::RDNORM);
         Ok(())

@@ -18,7 +18,7 @@ use crate::{
         poll::{events, PollTable},
     },
     ring::Lookup,
-    room::{Policy, ReaderMark, Record, Room},
+    room::{Policy, ReaderMark, Record, Room, Stats},
 };
 use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::{
@@ -47,6 +47,8 @@ pub(crate) struct RoomFile {
     room: Arc<Room>,
     /// Set for read-mode opens; a write-only open never holds a room back.
     mark: Option<Arc<ReaderMark>>,
+    /// Opened for writing (counted in the room's `writers`).
+    writer: bool,
     /// `abi::READ_*`.
     mode: AtomicU32,
     #[pin]
@@ -58,6 +60,9 @@ impl PinnedDrop for RoomFile {
     fn drop(self: Pin<&mut Self>) {
         if let Some(mark) = &self.mark {
             self.room.remove_reader(mark);
+        }
+        if self.writer {
+            self.room.stats.writers.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -73,6 +78,8 @@ impl FileOps for RoomFile {
         } else {
             None
         };
+        let writer = file.writable();
+        let registered = mark.clone();
         // O_DIRECT selects packet mode, as it does for pipes.
         let mode = if file.direct() {
             file.allow_direct();
@@ -80,13 +87,28 @@ impl FileOps for RoomFile {
         } else {
             abi::READ_STREAM
         };
+        let shared = room.clone();
         let init = pin_init!(RoomFile {
-            room,
+            room: shared,
             mark,
+            writer,
             mode: AtomicU32::new(mode),
             cursor <- new_mutex!(Cursor { offset: 0 }, "RoomFile::cursor"),
         });
-        KBox::pin_init(init, GFP_KERNEL)
+        let state = match KBox::pin_init(init, GFP_KERNEL) {
+            Ok(state) => state,
+            Err(err) => {
+                // The reader must not linger and hold a `block` room back.
+                if let Some(mark) = &registered {
+                    room.remove_reader(mark);
+                }
+                return Err(err);
+            }
+        };
+        if writer {
+            room.stats.writers.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(state)
     }
 
     fn read(this: Pin<&RoomFile>, file: &File, dest: &mut UserSliceWriter) -> Result<usize> {
@@ -148,7 +170,7 @@ impl FileOps for RoomFile {
                 let _cursor = this.cursor.lock();
                 let lost = {
                     let inner = this.room.inner.lock();
-                    mark.catch_up(&inner);
+                    mark.catch_up(&inner, &this.room.stats);
                     mark.lost.swap(0, Ordering::Relaxed)
                 };
                 if let Err(err) = writer.write(&lost) {
@@ -175,7 +197,7 @@ impl RoomFile {
         {
             let mut inner = room.inner.lock();
             loop {
-                if mark.catch_up(&inner) {
+                if mark.catch_up(&inner, &room.stats) {
                     // The message this reader was inside is gone.
                     cursor.offset = 0;
                 }
@@ -283,6 +305,7 @@ impl RoomFile {
             let inner = room.inner.lock();
             mark.seq.store(seq + finished, Ordering::Relaxed);
             drop(inner);
+            Stats::add(&room.stats.deliveries, finished);
             if room.settings.policy == Policy::Block {
                 room.writable.notify_all();
                 room.poll.wake(events::OUT | events::WRNORM);

@@ -16,8 +16,16 @@ use kernel::{
 unsafe impl FromBytes for abi::RoomSpec {}
 // SAFETY: as above.
 unsafe impl FromBytes for abi::RoomName {}
+// SAFETY: as above.
+unsafe impl FromBytes for abi::RoomInfo {}
+// SAFETY: as above.
+unsafe impl FromBytes for abi::RoomList {}
 // SAFETY: `repr(C)` integers without padding: every byte is initialised.
 unsafe impl AsBytes for abi::FrameHeader {}
+// SAFETY: as above.
+unsafe impl AsBytes for abi::RoomInfo {}
+// SAFETY: as above.
+unsafe impl AsBytes for abi::RoomList {}
 
 /// Reads a `T` whose first field is its size, from user address `arg`.
 pub(crate) fn read_extensible<T: FromBytes>(arg: usize) -> Result<T> {

@@ -145,6 +145,65 @@ pub const IOC_CREATE_ROOM: u32 = iow::<RoomSpec>(0x01);
 /// Errors: `ENOENT`, `EINVAL`, `E2BIG`, `EFAULT`.
 pub const IOC_DELETE_ROOM: u32 = iow::<RoomName>(0x02);
 
+/// `IOC_ROOM_INFO` argument: the caller fills `size` and `name`; the kernel
+/// fills the rest. Counters are cumulative since the room was created.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomInfo {
+    pub size: u32,
+    /// Reserved; must be zero.
+    pub flags: u32,
+    pub name: [u8; NAME_FIELD],
+    pub policy: u32,
+    pub ring_bytes: u32,
+    pub max_msg: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub minor: u32,
+    /// Open read-mode and write-mode files now.
+    pub readers: u32,
+    pub writers: u32,
+    pub reserved: u32,
+    /// Ring fill now: bytes (payload plus overhead) and messages.
+    pub ring_used_bytes: u64,
+    pub ring_msgs: u64,
+    /// Oldest retained and next sequence numbers.
+    pub first_seq: u64,
+    pub next_seq: u64,
+    /// Messages and payload bytes written.
+    pub msgs_in: u64,
+    pub bytes_in: u64,
+    /// Messages delivered to readers (one per reader per message).
+    pub deliveries: u64,
+    /// Messages readers lost because the ring moved on (`drop` rooms).
+    pub lost: u64,
+    /// Writes refused or delayed by the rate limit.
+    pub throttled: u64,
+    /// Times a writer had to wait for a slow reader (`block` rooms).
+    pub writer_waits: u64,
+}
+
+/// `IOC_LIST_ROOMS` argument: `names` points at `capacity` name fields; the
+/// kernel fills up to that many and sets `count` to the number of rooms.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomList {
+    pub size: u32,
+    pub capacity: u32,
+    pub count: u32,
+    /// Reserved; must be zero.
+    pub flags: u32,
+    /// User address of `[[u8; NAME_FIELD]; capacity]`.
+    pub names: u64,
+}
+
+/// Control ioctl: a room's settings, fill and counters. Errors: `ENOENT`,
+/// `EINVAL`, `E2BIG`, `EFAULT`.
+pub const IOC_ROOM_INFO: u32 = iowr::<RoomInfo>(0x03);
+/// Control ioctl: the rooms' names. Errors: `EINVAL`, `E2BIG`, `EFAULT`.
+pub const IOC_LIST_ROOMS: u32 = iowr::<RoomList>(0x04);
+
 /// Read modes of a room fd (`IOC_SET_READ_MODE`).
 /// Stream: as many whole messages as fit, a too large one in parts (`cat`).
 pub const READ_STREAM: u32 = 0;
@@ -230,6 +289,9 @@ mod tests {
         assert_eq!(core::mem::offset_of!(RoomSpec, flags), 60);
         assert_eq!(core::mem::size_of::<RoomName>(), 40);
         assert_eq!(core::mem::size_of::<FrameHeader>(), 40);
+        assert_eq!(core::mem::size_of::<RoomInfo>(), 160);
+        assert_eq!(core::mem::offset_of!(RoomInfo, ring_used_bytes), 80);
+        assert_eq!(core::mem::size_of::<RoomList>(), 24);
         assert_eq!(core::mem::offset_of!(FrameHeader, len), 24);
         assert_eq!(IOC_SET_READ_MODE, 0x4004_b910);
         assert_eq!(IOC_TAKE_LOST, 0x8008_b911);

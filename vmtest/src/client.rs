@@ -49,6 +49,38 @@ impl Control {
     }
 }
 
+impl Control {
+    pub fn info(&self, name: &str) -> Result<abi::RoomInfo, Errno> {
+        // SAFETY: RoomInfo is plain integers; all-zero is a valid value.
+        let mut info: abi::RoomInfo = unsafe { std::mem::zeroed() };
+        info.size = size_of::<abi::RoomInfo>() as u32;
+        info.name = abi::name_field(name).ok_or(Errno::EINVAL)?;
+        raw_ioctl(&self.0, abi::IOC_ROOM_INFO, &mut info as *mut _ as usize)?;
+        Ok(info)
+    }
+
+    /// Room names (at most `capacity`) and the total number of rooms.
+    pub fn list(&self, capacity: usize) -> Result<(Vec<String>, u32), Errno> {
+        let mut names = vec![[0u8; abi::NAME_FIELD]; capacity];
+        let mut list = abi::RoomList {
+            size: size_of::<abi::RoomList>() as u32,
+            capacity: capacity as u32,
+            count: 0,
+            flags: 0,
+            names: names.as_mut_ptr() as u64,
+        };
+        raw_ioctl(&self.0, abi::IOC_LIST_ROOMS, &mut list as *mut _ as usize)?;
+        let shown = (list.count as usize).min(capacity);
+        let names = names[..shown]
+            .iter()
+            .map(|field| {
+                String::from_utf8_lossy(abi::field_name(field).unwrap_or(b"?")).into_owned()
+            })
+            .collect();
+        Ok((names, list.count))
+    }
+}
+
 /// A create request with defaults: `drop`, default sizes, root, 0666.
 pub fn spec(name: &str) -> abi::RoomSpec {
     abi::RoomSpec {

@@ -34,6 +34,11 @@ pub const TESTS: &[Test] = &[
     ("rooms::struct_size_rules", struct_size_rules),
     ("rooms::delete_removes_the_node", delete_removes_the_node),
     (
+        "rooms::info_reports_settings_fill_and_counters",
+        info_reports_settings_fill_and_counters,
+    ),
+    ("rooms::list_names_every_room", list_names_every_room),
+    (
         "rooms::unload_is_refused_while_a_room_is_open",
         unload_is_refused_while_a_room_is_open,
     ),
@@ -315,6 +320,121 @@ fn delete_removes_the_node() -> Result<()> {
     );
     // The name is free again.
     TempRoom::create(spec("gone"))?;
+    Ok(())
+}
+
+fn info_reports_settings_fill_and_counters() -> Result<()> {
+    use std::io::{Read, Write};
+    module::ensure_loaded()?;
+    let room = TempRoom::create(abi::RoomSpec {
+        ring_bytes: 8192,
+        max_msg: 200,
+        policy: abi::POLICY_BLOCK,
+        uid: 7,
+        gid: 8,
+        mode: 0o620,
+        ..spec("counted")
+    })?;
+    let mut reader = room.open_read_nonblock()?;
+    let _idle_reader = room.open_read_nonblock()?;
+    let mut writer = room.open_write()?;
+    for _ in 0..3 {
+        writer.write_all(&[1; 10])?;
+    }
+    let mut buf = [0u8; 64];
+    ensure!(
+        reader.read(&mut buf)? == 30,
+        "the reader did not get the three messages"
+    );
+    let info = Control::open()?.info("counted").context("room info")?;
+    let expected = abi::RoomInfo {
+        size: size_of::<abi::RoomInfo>() as u32,
+        flags: 0,
+        name: abi::name_field("counted").expect("short"),
+        policy: abi::POLICY_BLOCK,
+        ring_bytes: 8192,
+        max_msg: 200,
+        uid: 7,
+        gid: 8,
+        mode: 0o620,
+        minor: info.minor,
+        readers: 2,
+        writers: 1,
+        reserved: 0,
+        ring_used_bytes: 3 * (10 + u64::from(abi::RECORD_OVERHEAD)),
+        ring_msgs: 3,
+        first_seq: 0,
+        next_seq: 3,
+        msgs_in: 3,
+        bytes_in: 30,
+        deliveries: 3,
+        lost: 0,
+        throttled: 0,
+        writer_waits: 0,
+    };
+    ensure!(
+        info == expected,
+        "info:\n{info:#?}\nexpected:\n{expected:#?}"
+    );
+    ensure!(info.minor >= 1, "a room got the control node's minor");
+    let control = Control::open()?;
+    ensure!(
+        control.info("nosuch") == Err(Errno::ENOENT),
+        "info on an unknown room was not ENOENT"
+    );
+    let mut flagged: abi::RoomInfo = expected;
+    flagged.flags = 1;
+    let got = raw_ioctl(
+        &control.0,
+        abi::IOC_ROOM_INFO,
+        &mut flagged as *mut _ as usize,
+    );
+    ensure!(
+        got == Err(Errno::EINVAL),
+        "info with reserved flags: {got:?}"
+    );
+    Ok(())
+}
+
+fn list_names_every_room() -> Result<()> {
+    module::ensure_loaded()?;
+    let _a = TempRoom::create(spec("list-a"))?;
+    let _b = TempRoom::create(spec("list-b"))?;
+    let control = Control::open()?;
+    let (names, count) = control.list(64)?;
+    ensure!(
+        count as usize == names.len(),
+        "count {count} but {} names",
+        names.len()
+    );
+    for name in ["lobby", "list-a", "list-b"] {
+        ensure!(
+            names.iter().any(|n| n == name),
+            "{name} missing from {names:?}"
+        );
+    }
+    let (few, total) = control.list(1)?;
+    ensure!(
+        few.len() == 1 && total == count,
+        "capacity 1 gave {few:?} of {total}"
+    );
+    let (none, total) = control.list(0)?;
+    ensure!(
+        none.is_empty() && total == count,
+        "capacity 0 gave {none:?} of {total}"
+    );
+    let mut bad = abi::RoomList {
+        size: size_of::<abi::RoomList>() as u32,
+        capacity: 4,
+        count: 0,
+        flags: 0,
+        names: 8,
+    };
+    let got = raw_ioctl(&control.0, abi::IOC_LIST_ROOMS, &mut bad as *mut _ as usize);
+    ensure!(
+        got == Err(Errno::EFAULT),
+        "list into a bad pointer: {got:?}"
+    );
     Ok(())
 }
 
