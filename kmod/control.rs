@@ -59,6 +59,10 @@ impl FileOps for Control {
                 let name = abi::field_name(&request.name).ok_or(EINVAL)?;
                 registry.delete(name)?;
             }
+            abi::IOC_SET_RATE_LIMIT => {
+                let request = read_extensible::<abi::RateLimit>(arg)?;
+                registry.set_limit(&request)?;
+            }
             abi::IOC_ROOM_INFO => {
                 let mut info = read_extensible::<abi::RoomInfo>(arg)?;
                 if info.flags != 0 {

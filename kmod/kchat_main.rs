@@ -21,6 +21,9 @@ mod uabi;
 
 // The module's pure logic, shared with the host-tested `kchat-kcore` crate.
 #[allow(dead_code, unreachable_pub)]
+#[path = "../kcore/src/rate.rs"]
+mod rate;
+#[allow(dead_code, unreachable_pub)]
 #[path = "../kcore/src/ring.rs"]
 mod ring;
 

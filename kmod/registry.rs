@@ -14,7 +14,7 @@ use crate::{
     },
     control::Control,
     name,
-    room::{Policy, Room, Settings},
+    room::{LimitConfig, Policy, Room, Scope, Settings},
     room_file::RoomFile,
 };
 use core::{
@@ -164,15 +164,38 @@ impl Registry {
         Ok(())
     }
 
+    fn find_room(&self, name: &[u8]) -> Result<Arc<Room>> {
+        let inner = self.inner.lock();
+        let index = inner.find(name).ok_or(ENOENT)?;
+        Ok(inner.rooms[index].as_ref().ok_or(ENOENT)?.room.clone())
+    }
+
+    /// Sets a room's rate limit.
+    pub(crate) fn set_limit(&self, request: &abi::RateLimit) -> Result {
+        if request.flags != 0 || request.reserved != 0 {
+            return Err(EINVAL);
+        }
+        let scope = match request.scope {
+            abi::LIMIT_PER_UID => Scope::Uid,
+            abi::LIMIT_PER_FILE => Scope::File,
+            _ => return Err(EINVAL),
+        };
+        let name = abi::field_name(&request.name).ok_or(EINVAL)?;
+        self.find_room(name)?.set_limit(LimitConfig {
+            scope,
+            msgs_per_sec: request.msgs_per_sec,
+            msg_burst: request.msg_burst,
+            bytes_per_sec: request.bytes_per_sec,
+            byte_burst: request.byte_burst,
+        });
+        Ok(())
+    }
+
     /// Fills `info` (whose `name` says which room) with settings, fill and
     /// counters.
     pub(crate) fn info(&self, info: &mut abi::RoomInfo) -> Result {
         let name = abi::field_name(&info.name).ok_or(EINVAL)?;
-        let room = {
-            let inner = self.inner.lock();
-            let index = inner.find(name).ok_or(ENOENT)?;
-            inner.rooms[index].as_ref().ok_or(ENOENT)?.room.clone()
-        };
+        let room = self.find_room(name)?;
         let settings = &room.settings;
         info.policy = match settings.policy {
             Policy::Drop => abi::POLICY_DROP,
@@ -191,6 +214,15 @@ impl Registry {
             info.ring_msgs = inner.ring.len() as u64;
             info.first_seq = inner.ring.first_seq();
             info.next_seq = inner.ring.next_seq();
+            let limit = &inner.limit;
+            info.limit_scope = match limit.scope {
+                Scope::Uid => abi::LIMIT_PER_UID,
+                Scope::File => abi::LIMIT_PER_FILE,
+            };
+            info.msgs_per_sec = limit.msgs_per_sec;
+            info.msg_burst = limit.msg_burst;
+            info.bytes_per_sec = limit.bytes_per_sec;
+            info.byte_burst = limit.byte_burst;
         }
         let stats = &room.stats;
         let load = |counter: &core::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);

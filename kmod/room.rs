@@ -13,8 +13,9 @@ use crate::{
         errno::{eidrm, eusers},
         file::File,
         poll::{events, PollQueue},
-        task::{realtime_ns, Identity},
+        task::{monotonic_ns, ns_to_jiffies, realtime_ns, Identity},
     },
+    rate::Limiter,
     ring::{Cost, Lookup, Ring},
 };
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -22,8 +23,9 @@ use kernel::{
     alloc::KVVec,
     c_str, new_condvar, new_mutex,
     prelude::*,
+    rbtree::RBTree,
     static_lock_class,
-    sync::{Arc, CondVar, Mutex},
+    sync::{Arc, CondVar, CondVarTimeoutResult, Mutex},
     uaccess::UserSliceReader,
 };
 
@@ -64,6 +66,53 @@ pub(crate) struct Settings {
 impl Settings {
     pub(crate) fn name(&self) -> &[u8] {
         abi::field_name(&self.name).unwrap_or(&self.name)
+    }
+}
+
+/// Most distinct senders a room tracks budgets for; beyond, idle ones are
+/// forgotten, and if none is idle the newcomers share one budget.
+const MAX_SENDERS: usize = 1024;
+/// The shared budget's key; real keys are uids (below 2^32) or file ids.
+const OVERFLOW_SENDER: u64 = u64::MAX;
+
+/// Who shares a rate budget.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    Uid,
+    File,
+}
+
+/// A room's rate limit; rates of 0 are unlimited.
+#[derive(Clone, Copy)]
+pub(crate) struct LimitConfig {
+    pub(crate) scope: Scope,
+    pub(crate) msgs_per_sec: u32,
+    pub(crate) msg_burst: u32,
+    pub(crate) bytes_per_sec: u32,
+    pub(crate) byte_burst: u32,
+}
+
+impl LimitConfig {
+    pub(crate) const UNLIMITED: LimitConfig = LimitConfig {
+        scope: Scope::Uid,
+        msgs_per_sec: 0,
+        msg_burst: 0,
+        bytes_per_sec: 0,
+        byte_burst: 0,
+    };
+
+    fn is_unlimited(&self) -> bool {
+        self.msgs_per_sec == 0 && self.bytes_per_sec == 0
+    }
+
+    fn fresh(&self, now_ns: u64) -> Limiter {
+        Limiter::new(
+            u64::from(self.msgs_per_sec),
+            u64::from(self.msg_burst),
+            u64::from(self.bytes_per_sec),
+            u64::from(self.byte_burst),
+            now_ns,
+        )
     }
 }
 
@@ -114,9 +163,65 @@ pub(crate) struct RoomInner {
     pub(crate) deleted: bool,
     /// Marks of the read-mode opens; `None` slots are reused.
     pub(crate) readers: KVec<Option<Arc<ReaderMark>>>,
+    pub(crate) limit: LimitConfig,
+    /// Rate budgets by sender key (uid or file id).
+    senders: RBTree<u64, Limiter>,
+    sender_count: usize,
 }
 
 impl RoomInner {
+    /// Takes a message of `len` bytes from `key`'s budget, or says how many
+    /// nanoseconds to wait.
+    fn admit(&mut self, key: u64, now_ns: u64, len: u64) -> Result<Option<u64>> {
+        if self.limit.is_unlimited() {
+            return Ok(None);
+        }
+        let mut key = key;
+        if self.senders.get(&key).is_none() {
+            if self.sender_count >= MAX_SENDERS {
+                self.forget_idle_senders(now_ns);
+            }
+            if self.sender_count >= MAX_SENDERS {
+                key = OVERFLOW_SENDER;
+            }
+            if self.senders.get(&key).is_none() {
+                let fresh = self.limit.fresh(now_ns);
+                self.senders.try_create_and_insert(key, fresh, GFP_KERNEL)?;
+                self.sender_count += 1;
+            }
+        }
+        let limiter = self.senders.get_mut(&key).ok_or(EINVAL)?;
+        Ok(limiter.admit(now_ns, len).err())
+    }
+
+    /// Drops budgets that have refilled: such a sender is no different from
+    /// a new one.
+    fn forget_idle_senders(&mut self, now_ns: u64) {
+        let mut idle = [0u64; 64];
+        let mut found = 0;
+        for (key, limiter) in self.senders.iter() {
+            if found == idle.len() {
+                break;
+            }
+            if limiter.is_idle(now_ns) {
+                idle[found] = *key;
+                found += 1;
+            }
+        }
+        for key in &idle[..found] {
+            if self.senders.remove(key).is_some() {
+                self.sender_count -= 1;
+            }
+        }
+    }
+
+    /// Forgets one sender's budget (a per-file budget at close).
+    pub(crate) fn forget_sender(&mut self, key: u64) {
+        if self.senders.remove(&key).is_some() {
+            self.sender_count -= 1;
+        }
+    }
+
     pub(crate) fn reader_count(&self) -> usize {
         self.readers.iter().flatten().count()
     }
@@ -189,6 +294,9 @@ impl Room {
             ring,
             deleted: false,
             readers: KVec::new(),
+            limit: LimitConfig::UNLIMITED,
+            senders: RBTree::new(),
+            sender_count: 0,
         };
         Arc::pin_init(
             pin_init!(Room {
@@ -202,6 +310,24 @@ impl Room {
             }),
             GFP_KERNEL,
         )
+    }
+
+    /// Replaces the rate limit; every sender starts with a full budget.
+    pub(crate) fn set_limit(&self, limit: LimitConfig) {
+        let mut inner = self.inner.lock();
+        inner.limit = limit;
+        inner.senders = RBTree::new();
+        inner.sender_count = 0;
+        drop(inner);
+        self.writable.notify_all();
+    }
+
+    /// The rate budget key of a writer.
+    pub(crate) fn sender_key(limit: &LimitConfig, file: &File, sender: &Identity) -> u64 {
+        match limit.scope {
+            Scope::Uid => u64::from(sender.uid),
+            Scope::File => file.id(),
+        }
     }
 
     /// Marks the room deleted and wakes everyone: readers drain what is
@@ -220,12 +346,13 @@ impl Room {
     pub(crate) fn write(&self, file: &File, src: &mut UserSliceReader) -> Result<usize> {
         let nonblock = file.nonblocking();
         let sender = Identity::of_writer(file);
+        let key = Room::sender_key(&self.inner.lock().limit, file, &sender);
         let total = src.len();
         let max = self.settings.max_msg as usize;
         let mut written = 0;
         while written < total {
             let len = max.min(total - written);
-            match self.write_message(src, len, sender, nonblock) {
+            match self.write_message(src, len, sender, key, nonblock) {
                 Ok(()) => written += len,
                 Err(_) if written > 0 => break,
                 Err(err) => return Err(err),
@@ -239,6 +366,7 @@ impl Room {
         src: &mut UserSliceReader,
         len: usize,
         sender: Identity,
+        key: u64,
         nonblock: bool,
     ) -> Result {
         // Copy from user space before taking any lock: it may fault and sleep.
@@ -254,6 +382,28 @@ impl Room {
         )?;
         let cost = record.cost();
         let mut inner = self.inner.lock();
+        let mut throttled = false;
+        loop {
+            if inner.deleted {
+                return Err(eidrm());
+            }
+            let Some(wait_ns) = inner.admit(key, monotonic_ns(), len as u64)? else {
+                break;
+            };
+            if !throttled {
+                throttled = true;
+                Stats::add(&self.stats.throttled, 1);
+            }
+            if nonblock {
+                return Err(EAGAIN);
+            }
+            let woke = self
+                .writable
+                .wait_interruptible_timeout(&mut inner, ns_to_jiffies(wait_ns));
+            if matches!(woke, CondVarTimeoutResult::Signal { .. }) {
+                return Err(ERESTARTSYS);
+            }
+        }
         loop {
             if inner.deleted {
                 return Err(eidrm());

@@ -49,6 +49,8 @@ pub(crate) struct RoomFile {
     mark: Option<Arc<ReaderMark>>,
     /// Opened for writing (counted in the room's `writers`).
     writer: bool,
+    /// The file's id, its per-file rate budget key.
+    file_id: u64,
     /// `abi::READ_*`.
     mode: AtomicU32,
     #[pin]
@@ -63,6 +65,7 @@ impl PinnedDrop for RoomFile {
         }
         if self.writer {
             self.room.stats.writers.fetch_sub(1, Ordering::Relaxed);
+            self.room.inner.lock().forget_sender(self.file_id);
         }
     }
 }
@@ -92,6 +95,7 @@ impl FileOps for RoomFile {
             room: shared,
             mark,
             writer,
+            file_id: file.id(),
             mode: AtomicU32::new(mode),
             cursor <- new_mutex!(Cursor { offset: 0 }, "RoomFile::cursor"),
         });

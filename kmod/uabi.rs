@@ -20,6 +20,8 @@ unsafe impl FromBytes for abi::RoomName {}
 unsafe impl FromBytes for abi::RoomInfo {}
 // SAFETY: as above.
 unsafe impl FromBytes for abi::RoomList {}
+// SAFETY: as above.
+unsafe impl FromBytes for abi::RateLimit {}
 // SAFETY: `repr(C)` integers without padding: every byte is initialised.
 unsafe impl AsBytes for abi::FrameHeader {}
 // SAFETY: as above.

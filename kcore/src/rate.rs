@@ -87,6 +87,17 @@ impl Bucket {
         ready_at.saturating_sub(now_ns).max(1)
     }
 
+    /// Whether the bucket would be full at `now_ns` (an idle sender, no
+    /// different from a new one).
+    fn full_at(&self, now_ns: u64) -> bool {
+        if self.is_unlimited() {
+            return true;
+        }
+        let mut probe = *self;
+        probe.refill(now_ns);
+        probe.tokens >= probe.burst as i64
+    }
+
     fn take(&mut self, n: u64) {
         self.tokens -= n.min(MAX_RATE) as i64;
     }
@@ -109,6 +120,32 @@ impl Limiter {
 
     pub const fn is_unlimited(&self) -> bool {
         self.msgs.is_unlimited() && self.bytes.is_unlimited()
+    }
+
+    /// Full buckets for the given limits; a rate of 0 is unlimited.
+    pub fn new(
+        msgs_per_sec: u64,
+        msg_burst: u64,
+        bytes_per_sec: u64,
+        byte_burst: u64,
+        now_ns: u64,
+    ) -> Self {
+        let bucket = |rate, burst| {
+            if rate == 0 {
+                Bucket::unlimited()
+            } else {
+                Bucket::new(rate, burst, now_ns)
+            }
+        };
+        Limiter {
+            msgs: bucket(msgs_per_sec, msg_burst),
+            bytes: bucket(bytes_per_sec, byte_burst),
+        }
+    }
+
+    /// Whether this sender has been quiet long enough to be forgotten.
+    pub fn is_idle(&self, now_ns: u64) -> bool {
+        self.msgs.full_at(now_ns) && self.bytes.full_at(now_ns)
     }
 
     /// Admits one message of `len` bytes at `now_ns`, or says how many
@@ -166,6 +203,17 @@ mod tests {
             assert_eq!(l.admit(10_000 * MS, 1), Ok(()));
         }
         assert!(l.admit(10_000 * MS, 1).is_err());
+    }
+
+    #[test]
+    fn idle_means_refilled() {
+        let mut l = Limiter::new(10, 2, 0, 0, 0);
+        assert!(l.is_idle(0));
+        assert_eq!(l.admit(0, 1), Ok(()));
+        assert!(!l.is_idle(0));
+        assert!(!l.is_idle(99 * MS));
+        assert!(l.is_idle(100 * MS));
+        assert!(Limiter::new(0, 0, 0, 0, 0).is_unlimited());
     }
 
     #[test]

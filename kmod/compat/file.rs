@@ -46,6 +46,11 @@ impl File {
         self.flags() & bindings::O_NONBLOCK != 0
     }
 
+    /// A number naming this open file while it is open (its address).
+    pub(crate) fn id(&self) -> u64 {
+        self.as_raw() as usize as u64
+    }
+
     /// Whether the file was opened with `O_DIRECT`.
     pub(crate) fn direct(&self) -> bool {
         self.flags() & bindings::O_DIRECT != 0

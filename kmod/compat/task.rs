@@ -57,6 +57,19 @@ impl Identity {
     }
 }
 
+/// Monotonic time in nanoseconds (`CLOCK_MONOTONIC`), for rate limits.
+pub(crate) fn monotonic_ns() -> u64 {
+    // SAFETY: `ktime_get` has no preconditions in process context.
+    unsafe { bindings::ktime_get() as u64 }
+}
+
+/// A duration in nanoseconds as jiffies, rounded up, at least one.
+pub(crate) fn ns_to_jiffies(ns: u64) -> usize {
+    // SAFETY: a pure conversion.
+    let jiffies = unsafe { bindings::nsecs_to_jiffies(ns) } as usize;
+    jiffies.max(1)
+}
+
 /// Wall-clock time in nanoseconds since the epoch (`CLOCK_REALTIME`).
 pub(crate) fn realtime_ns() -> u64 {
     let mut ts = bindings::timespec64 {

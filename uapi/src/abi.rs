@@ -182,7 +182,44 @@ pub struct RoomInfo {
     pub throttled: u64,
     /// Times a writer had to wait for a slow reader (`block` rooms).
     pub writer_waits: u64,
+    /// The room's rate limit, as `IOC_SET_RATE_LIMIT` set it.
+    pub limit_scope: u32,
+    pub msgs_per_sec: u32,
+    pub msg_burst: u32,
+    pub bytes_per_sec: u32,
+    pub byte_burst: u32,
+    pub reserved2: u32,
 }
+
+/// Rate-limit scopes: one budget per writing uid (the default: opening more
+/// fds does not help), or one per open file.
+pub const LIMIT_PER_UID: u32 = 0;
+pub const LIMIT_PER_FILE: u32 = 1;
+
+/// `IOC_SET_RATE_LIMIT` argument. Rates are per second, bursts the most a
+/// quiet writer may send at once (0: one second's worth); a rate of 0 lifts
+/// that limit. Over the limit a blocking writer sleeps, a non-blocking one
+/// gets `EAGAIN`; both count in `throttled`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub size: u32,
+    /// Reserved; must be zero.
+    pub flags: u32,
+    pub name: [u8; NAME_FIELD],
+    /// `LIMIT_PER_UID` or `LIMIT_PER_FILE`.
+    pub scope: u32,
+    pub msgs_per_sec: u32,
+    pub msg_burst: u32,
+    pub bytes_per_sec: u32,
+    pub byte_burst: u32,
+    /// Reserved; must be zero.
+    pub reserved: u32,
+}
+
+/// Control ioctl: sets a room's rate limit. Errors: `ENOENT`, `EINVAL`,
+/// `E2BIG`, `EFAULT`.
+pub const IOC_SET_RATE_LIMIT: u32 = iow::<RateLimit>(0x05);
 
 /// `IOC_LIST_ROOMS` argument: `names` points at `capacity` name fields; the
 /// kernel fills up to that many and sets `count` to the number of rooms.
@@ -289,7 +326,8 @@ mod tests {
         assert_eq!(core::mem::offset_of!(RoomSpec, flags), 60);
         assert_eq!(core::mem::size_of::<RoomName>(), 40);
         assert_eq!(core::mem::size_of::<FrameHeader>(), 40);
-        assert_eq!(core::mem::size_of::<RoomInfo>(), 160);
+        assert_eq!(core::mem::size_of::<RoomInfo>(), 184);
+        assert_eq!(core::mem::size_of::<RateLimit>(), 64);
         assert_eq!(core::mem::offset_of!(RoomInfo, ring_used_bytes), 80);
         assert_eq!(core::mem::size_of::<RoomList>(), 24);
         assert_eq!(core::mem::offset_of!(FrameHeader, len), 24);

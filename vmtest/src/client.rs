@@ -59,6 +59,10 @@ impl Control {
         Ok(info)
     }
 
+    pub fn set_limit(&self, limit: &abi::RateLimit) -> Result<(), Errno> {
+        raw_ioctl(&self.0, abi::IOC_SET_RATE_LIMIT, limit as *const _ as usize).map(drop)
+    }
+
     /// Room names (at most `capacity`) and the total number of rooms.
     pub fn list(&self, capacity: usize) -> Result<(Vec<String>, u32), Errno> {
         let mut names = vec![[0u8; abi::NAME_FIELD]; capacity];

@@ -7,6 +7,7 @@ mod chat;
 mod client;
 mod control;
 mod helper;
+mod limits;
 mod modes;
 mod module;
 mod rooms;
@@ -28,6 +29,7 @@ fn main() -> std::process::ExitCode {
         rooms::TESTS,
         chat::TESTS,
         modes::TESTS,
+        limits::TESTS,
     ]
     .into_iter()
     .flatten()

@@ -371,6 +371,12 @@ fn info_reports_settings_fill_and_counters() -> Result<()> {
         lost: 0,
         throttled: 0,
         writer_waits: 0,
+        limit_scope: abi::LIMIT_PER_UID,
+        msgs_per_sec: 0,
+        msg_burst: 0,
+        bytes_per_sec: 0,
+        byte_burst: 0,
+        reserved2: 0,
     };
     ensure!(
         info == expected,
