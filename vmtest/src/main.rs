@@ -11,6 +11,7 @@ mod limits;
 mod modes;
 mod module;
 mod rooms;
+mod stress;
 
 use libtest_mimic::{Arguments, Trial};
 
@@ -30,6 +31,7 @@ fn main() -> std::process::ExitCode {
         chat::TESTS,
         modes::TESTS,
         limits::TESTS,
+        stress::TESTS,
     ]
     .into_iter()
     .flatten()

@@ -1,0 +1,318 @@
+//! Concurrency stress: 8 writers and 64 readers on three rooms (two `drop`,
+//! one `block`), readers that come and go, processes killed mid-read and
+//! mid-write, for a bounded time. Then, per reader session, exactly
+//! `delivered + lost == written since it opened`, no message torn or
+//! interleaved, each writer's messages in order, nothing lost in the `block`
+//! room. The debug kernel's checks (lockdep, KASAN, kmemleak) watch it all.
+
+use crate::{
+    client::{raw_ioctl, spec, Control, TempRoom},
+    module, Test,
+};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use kchat_uapi::abi::{self, FrameHeader};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::{
+    fs::File,
+    io::{ErrorKind, Read, Write},
+    os::fd::AsFd,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+pub const TESTS: &[Test] = &[(
+    "stress::writers_readers_churn_and_kills",
+    writers_readers_churn_and_kills,
+)];
+
+const WRITERS: u32 = 8;
+const READERS: u32 = 64;
+const ROOMS: [(&str, u32); 3] = [
+    ("stress-a", abi::POLICY_DROP),
+    ("stress-b", abi::POLICY_DROP),
+    ("stress-c", abi::POLICY_BLOCK),
+];
+const RUN: Duration = Duration::from_secs(6);
+const MAX_MSG: u32 = 256;
+const HEADER: usize = size_of::<FrameHeader>();
+
+/// xorshift64: deterministic per thread, no dependency for a test.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A message: writer id, its counter, then a fill derived from both, so a
+/// torn or interleaved message cannot pass the check.
+fn message(writer: u32, counter: u32, len: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(len);
+    bytes.extend_from_slice(&writer.to_le_bytes());
+    bytes.extend_from_slice(&counter.to_le_bytes());
+    let fill = (writer.wrapping_mul(31) ^ counter) as u8;
+    bytes.resize(len, fill);
+    bytes
+}
+
+fn check_message(payload: &[u8]) -> Result<(u32, u32)> {
+    ensure!(
+        payload.len() >= 8,
+        "a message of {} bytes is shorter than its header",
+        payload.len()
+    );
+    let writer = u32::from_le_bytes(payload[..4].try_into()?);
+    let counter = u32::from_le_bytes(payload[4..8].try_into()?);
+    let fill = (writer.wrapping_mul(31) ^ counter) as u8;
+    ensure!(
+        writer < WRITERS,
+        "message from unknown writer {writer}: torn?"
+    );
+    ensure!(
+        payload[8..].iter().all(|&b| b == fill),
+        "message {writer}/{counter} is torn or interleaved"
+    );
+    Ok((writer, counter))
+}
+
+fn writer_thread(id: u32, stop: Arc<AtomicBool>) -> Result<u64> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(id + 1));
+    let mut files: Vec<File> = ROOMS
+        .iter()
+        .map(|(name, _)| {
+            crate::client::open(
+                &PathBuf::from(format!("/dev/kchat/{name}")),
+                false,
+                true,
+                true,
+            )
+        })
+        .collect::<Result<_>>()?;
+    let mut counters = [0u32; ROOMS.len()];
+    let mut sent = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let room = rng.below(ROOMS.len() as u64) as usize;
+        let len = 8 + rng.below(u64::from(MAX_MSG) - 8) as usize;
+        match files[room].write(&message(id, counters[room], len)) {
+            Ok(n) => {
+                ensure!(n == len, "a {len}-byte write wrote {n}");
+                counters[room] += 1;
+                sent += 1;
+            }
+            // The block room is full: its readers are slow. Try elsewhere.
+            Err(err) if err.kind() == ErrorKind::WouldBlock => thread::yield_now(),
+            Err(err) => return Err(err).context(format!("writer {id}")),
+        }
+    }
+    Ok(sent)
+}
+
+/// One reader session's accounting.
+#[derive(Default)]
+struct Session {
+    first_seen: Option<u64>,
+    delivered: u64,
+    lost: u64,
+    last_counter: [Option<u32>; WRITERS as usize],
+}
+
+fn read_session(room: usize, file: &mut File, session: &mut Session, until: Instant) -> Result<()> {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        if Instant::now() >= until {
+            return Ok(());
+        }
+        poll(&mut fds, PollTimeout::from(50u8))?;
+        let n = match file.read(&mut buf) {
+            Ok(0) => bail!("unexpected end of file"),
+            Ok(n) => n,
+            Err(err) if err.kind() == ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err.into()),
+        };
+        let mut bytes = &buf[..n];
+        while !bytes.is_empty() {
+            ensure!(bytes.len() >= HEADER, "a read ended inside a frame header");
+            // SAFETY: plain integers; read_unaligned copies.
+            let header: FrameHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            let end = HEADER + header.len as usize;
+            ensure!(bytes.len() >= end, "a read ended inside a payload");
+            let (writer, counter) = check_message(&bytes[HEADER..end])?;
+            if ROOMS[room].1 == abi::POLICY_BLOCK {
+                ensure!(
+                    header.lost == 0,
+                    "the block room lost {} messages",
+                    header.lost
+                );
+            }
+            let expected = match session.first_seen {
+                None => {
+                    session.first_seen = Some(header.seq - header.lost);
+                    header.seq
+                }
+                Some(open) => open + session.delivered + session.lost + header.lost,
+            };
+            ensure!(
+                header.seq == expected,
+                "frame seq {} where {expected} was due",
+                header.seq
+            );
+            session.lost += header.lost;
+            session.delivered += 1;
+            let last = &mut session.last_counter[writer as usize];
+            if let Some(previous) = *last {
+                ensure!(
+                    counter > previous,
+                    "writer {writer}'s message {counter} came after {previous}"
+                );
+            }
+            *last = Some(counter);
+            bytes = &bytes[end..];
+        }
+    }
+}
+
+fn open_framed(room: usize) -> Result<File> {
+    let path = PathBuf::from(format!("/dev/kchat/{}", ROOMS[room].0));
+    let file = crate::client::open(&path, true, false, true)?;
+    raw_ioctl(
+        &file,
+        abi::IOC_SET_READ_MODE,
+        &abi::READ_FRAMED as *const u32 as usize,
+    )?;
+    Ok(file)
+}
+
+/// Reads in sessions of random length; when writers stop, finishes the
+/// current session by draining it and checks its accounting exactly.
+fn reader_thread(id: u32, stop: Arc<AtomicBool>, drained: Arc<AtomicBool>) -> Result<u64> {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ u64::from(id + 1));
+    let room = (id as usize) % ROOMS.len();
+    let mut sessions = 0;
+    loop {
+        let mut file = open_framed(room)?;
+        let mut session = Session::default();
+        let until = Instant::now() + Duration::from_millis(50 + rng.below(400));
+        read_session(room, &mut file, &mut session, until)?;
+        sessions += 1;
+        let Some(open) = session.first_seen else {
+            // Saw nothing; once writers stop, nothing more will come.
+            if stop.load(Ordering::Relaxed) {
+                return Ok(sessions);
+            }
+            continue;
+        };
+        if !stop.load(Ordering::Relaxed) {
+            // Closed mid-stream: what it saw cannot run past the end.
+            let info = Control::open()?.info(ROOMS[room].0)?;
+            ensure!(
+                open + session.delivered + session.lost <= info.next_seq,
+                "reader {id} accounted past the end"
+            );
+            continue;
+        }
+        while !drained.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        read_session(
+            room,
+            &mut file,
+            &mut session,
+            Instant::now() + Duration::from_millis(500),
+        )?;
+        let mut unreported = 0u64;
+        raw_ioctl(
+            &file,
+            abi::IOC_TAKE_LOST,
+            &mut unreported as *mut u64 as usize,
+        )?;
+        let info = Control::open()?.info(ROOMS[room].0)?;
+        let accounted = session.delivered + session.lost + unreported;
+        ensure!(
+            open + accounted == info.next_seq,
+            "reader {id}: delivered {} + lost {} (+{unreported}) != {} written since it opened",
+            session.delivered,
+            session.lost,
+            info.next_seq - open
+        );
+        return Ok(sessions);
+    }
+}
+
+fn writers_readers_churn_and_kills() -> Result<()> {
+    module::ensure_loaded()?;
+    let _rooms: Vec<TempRoom> = ROOMS
+        .iter()
+        .map(|(name, policy)| {
+            TempRoom::create(abi::RoomSpec {
+                policy: *policy,
+                ring_bytes: 64 * 1024,
+                max_msg: MAX_MSG,
+                ..spec(name)
+            })
+        })
+        .collect::<Result<_>>()?;
+    let _spam = TempRoom::create(spec("stress-spam"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let drained = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..READERS)
+        .map(|id| {
+            let (stop, drained) = (stop.clone(), drained.clone());
+            thread::spawn(move || reader_thread(id, stop, drained))
+        })
+        .collect();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|id| {
+            let stop = stop.clone();
+            thread::spawn(move || writer_thread(id, stop))
+        })
+        .collect();
+
+    // Meanwhile, processes that die mid-read and mid-write.
+    let started = Instant::now();
+    let mut killed = 0;
+    while started.elapsed() < RUN {
+        let cat = Command::new("cat")
+            .arg("/dev/kchat/stress-a")
+            .stdout(Stdio::null())
+            .spawn()?;
+        let spam = Command::new("sh")
+            .arg("-c")
+            .arg("while :; do echo spam-from-a-doomed-shell; done > /dev/kchat/stress-spam")
+            .spawn()?;
+        thread::sleep(Duration::from_millis(300));
+        for mut child in [cat, spam] {
+            child.kill()?;
+            child.wait()?;
+            killed += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = 0;
+    for writer in writers {
+        sent += writer.join().map_err(|_| anyhow!("a writer panicked"))??;
+    }
+    drained.store(true, Ordering::Relaxed);
+    let mut sessions = 0;
+    for reader in readers {
+        sessions += reader.join().map_err(|_| anyhow!("a reader panicked"))??;
+    }
+    ensure!(
+        sent > 100 && sessions > 64,
+        "too little happened: {sent} messages, {sessions} sessions"
+    );
+    eprintln!("stress: {sent} messages, {sessions} reader sessions, {killed} processes killed");
+    Ok(())
+}
