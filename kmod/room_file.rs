@@ -12,7 +12,7 @@
 use crate::{
     abi,
     compat::{
-        errno::emsgsize,
+        errno::{emsgsize, erange},
         file::File,
         fops::FileOps,
         poll::{events, PollTable},
@@ -83,6 +83,7 @@ impl FileOps for RoomFile {
         };
         let writer = file.writable();
         let registered = mark.clone();
+        file.refuse_positional_io();
         // O_DIRECT selects packet mode, as it does for pipes.
         let mode = if file.direct() {
             file.allow_direct();
@@ -183,13 +184,62 @@ impl FileOps for RoomFile {
                     return Err(err);
                 }
             }
+            abi::IOC_SEEK_SEQ => {
+                let seq = UserSlice::new(arg, core::mem::size_of::<u64>())
+                    .reader()
+                    .read::<u64>()?;
+                this.seek(|first, next, _| {
+                    if (first..=next).contains(&seq) {
+                        Ok(seq)
+                    } else {
+                        Err(erange())
+                    }
+                })?;
+            }
             _ => return Err(ENOTTY),
         }
         Ok(0)
     }
+
+    fn llseek(this: Pin<&RoomFile>, _file: &File, offset: i64, whence: u32) -> Result<i64> {
+        let seq = this.seek(|first, next, here| {
+            let base = match whence {
+                SEEK_SET => first,
+                SEEK_CUR => here,
+                SEEK_END => next,
+                _ => return Err(EINVAL),
+            };
+            let target = (base as i128 + i128::from(offset)).clamp(first as i128, next as i128);
+            Ok(target as u64)
+        })?;
+        Ok(seq as i64)
+    }
 }
 
+const SEEK_SET: u32 = 0;
+const SEEK_CUR: u32 = 1;
+const SEEK_END: u32 = 2;
+
 impl RoomFile {
+    /// Moves the cursor to where `pick(first, next, here)` says; returns it.
+    fn seek(&self, pick: impl FnOnce(u64, u64, u64) -> Result<u64>) -> Result<u64> {
+        let mark = self.mark.as_ref().ok_or(EBADF)?;
+        let mut cursor = self.cursor.lock();
+        let inner = self.room.inner.lock();
+        mark.catch_up(&inner, &self.room.stats);
+        let here = mark.seq.load(Ordering::Relaxed);
+        let seq = pick(inner.ring.first_seq(), inner.ring.next_seq(), here)?;
+        mark.seq.store(seq, Ordering::Relaxed);
+        cursor.offset = 0;
+        drop(inner);
+        if self.room.settings.policy == Policy::Block {
+            // Seeking forward may free writers; back holds them (readers
+            // only ever hold what is retained, so nothing is broken).
+            self.room.writable.notify_all();
+        }
+        Ok(seq)
+    }
+
     /// Reads in the file's mode; see the module documentation.
     fn read_messages(&self, dest: &mut UserSliceWriter, nonblock: bool) -> Result<usize> {
         let mark = self.mark.as_ref().ok_or(EBADF)?;

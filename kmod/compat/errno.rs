@@ -18,3 +18,8 @@ pub(crate) fn eusers() -> Error {
 pub(crate) fn emsgsize() -> Error {
     Error::from_errno(-(bindings::EMSGSIZE as i32))
 }
+
+/// `ERANGE`: a sequence number that is no longer, or not yet, in the room.
+pub(crate) fn erange() -> Error {
+    Error::from_errno(-(bindings::ERANGE as i32))
+}

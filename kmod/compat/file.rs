@@ -8,6 +8,8 @@ use kernel::{bindings, types::Opaque};
 // `FMODE_*` are `__force` casts in C, which bindgen cannot evaluate.
 const FMODE_READ: u32 = 1 << 0;
 const FMODE_WRITE: u32 = 1 << 1;
+const FMODE_PREAD: u32 = 1 << 3;
+const FMODE_PWRITE: u32 = 1 << 4;
 const FMODE_CAN_ODIRECT: u32 = 1 << 22;
 
 /// An open file, borrowed for the length of a file operation.
@@ -54,6 +56,13 @@ impl File {
     /// Whether the file was opened with `O_DIRECT`.
     pub(crate) fn direct(&self) -> bool {
         self.flags() & bindings::O_DIRECT != 0
+    }
+
+    /// Makes `pread`/`pwrite` fail with `ESPIPE` (positions are not byte
+    /// offsets here); call from `open` only.
+    pub(crate) fn refuse_positional_io(&self) {
+        // SAFETY: as in `allow_direct`.
+        unsafe { (*self.as_raw()).f_mode &= !(FMODE_PREAD | FMODE_PWRITE) };
     }
 
     /// Lets an `O_DIRECT` open succeed; call from `open` only.

@@ -62,6 +62,16 @@ pub(crate) trait FileOps: Sized {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
+    /// Handles `lseek(2)`; returns the new position.
+    fn llseek(
+        _state: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
+        _file: &File,
+        _offset: i64,
+        _whence: u32,
+    ) -> Result<i64> {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
     /// Handles `ioctl(2)`.
     fn ioctl(
         _state: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
@@ -115,7 +125,11 @@ impl<T: FileOps> Vtable<T> {
         } else {
             None
         },
-        llseek: Some(bindings::noop_llseek),
+        llseek: if T::HAS_LLSEEK {
+            Some(Self::llseek)
+        } else {
+            Some(bindings::noop_llseek)
+        },
         // SAFETY: all-zero is a valid `file_operations`: every field is a
         // nullable pointer or an integer.
         ..unsafe { core::mem::zeroed() }
@@ -139,6 +153,24 @@ impl<T: FileOps> Vtable<T> {
         let state = unsafe { T::Ptr::from_foreign((*raw).private_data) };
         T::release(state, file);
         0
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFS on a file that `open_as::<T>` set up.
+    unsafe extern "C" fn llseek(
+        raw: *mut bindings::file,
+        offset: bindings::loff_t,
+        whence: ffi::c_int,
+    ) -> bindings::loff_t {
+        // SAFETY: the VFS passes a valid file for the duration of the call.
+        let file = unsafe { File::from_raw(raw) };
+        // SAFETY: as in `read`.
+        let state = unsafe { T::Ptr::borrow((*raw).private_data) };
+        match T::llseek(state, file, offset, whence as u32) {
+            Ok(position) => position,
+            Err(err) => err.to_errno() as bindings::loff_t,
+        }
     }
 
     /// # Safety

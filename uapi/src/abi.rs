@@ -276,6 +276,13 @@ pub const IOC_SET_READ_MODE: u32 = iow::<u32>(0x10);
 /// (or a framed header told it); resets the count.
 pub const IOC_TAKE_LOST: u32 = ior::<u64>(0x11);
 
+/// Room ioctl: moves this reader to sequence number `seq`, which must be
+/// retained or the next one (`ERANGE` otherwise). `lseek` does the same in
+/// message units: `SEEK_SET` counts from the oldest retained message,
+/// `SEEK_END` from the end (`-N`: the last N), `SEEK_CUR` from here, clamped
+/// to what is retained; it returns the new sequence number.
+pub const IOC_SEEK_SEQ: u32 = iow::<u64>(0x12);
+
 /// Copies a room name into a NUL-padded field; `None` if it does not fit.
 pub fn name_field(name: &str) -> Option<[u8; NAME_FIELD]> {
     let bytes = name.as_bytes();
@@ -333,6 +340,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(FrameHeader, len), 24);
         assert_eq!(IOC_SET_READ_MODE, 0x4004_b910);
         assert_eq!(IOC_TAKE_LOST, 0x8008_b911);
+        assert_eq!(IOC_SEEK_SEQ, 0x4008_b912);
         assert_eq!(IOC_CREATE_ROOM, 0x4040_b901);
         assert_eq!(IOC_DELETE_ROOM, 0x4028_b902);
     }

@@ -40,6 +40,10 @@ pub const TESTS: &[Test] = &[
         "modes::losses_are_counted_exactly",
         losses_are_counted_exactly,
     ),
+    (
+        "modes::lseek_and_seek_seq_give_history",
+        lseek_and_seek_seq_give_history,
+    ),
 ];
 
 const HEADER: usize = size_of::<FrameHeader>();
@@ -309,6 +313,111 @@ fn losses_are_counted_exactly() -> Result<()> {
     ensure!(
         got.last().map(|(_, p)| p[0]) == Some((sent - 1) as u8),
         "the last frame is not the newest message"
+    );
+    Ok(())
+}
+
+fn seek_seq(file: &File, seq: u64) -> Result<(), Errno> {
+    raw_ioctl(file, abi::IOC_SEEK_SEQ, &seq as *const u64 as usize).map(drop)
+}
+
+fn lseek_and_seek_seq_give_history() -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("history"))?;
+    let mut writer = room.open_write()?;
+    for i in 0..5u8 {
+        writer.write_all(&[b'0' + i; 3])?;
+    }
+    let mut reader = room.open_read_nonblock()?;
+    set_mode(&reader, abi::READ_PACKET)?;
+    ensure!(
+        read_raw(&mut reader, 64) == Err(Errno::EAGAIN),
+        "a new reader saw history without seeking"
+    );
+    ensure!(
+        reader.seek(SeekFrom::Start(0))? == 0,
+        "SEEK_SET 0 is not the oldest message"
+    );
+    ensure!(
+        read_raw(&mut reader, 64)? == b"000",
+        "reading from the oldest"
+    );
+    ensure!(
+        reader.seek(SeekFrom::End(-2))? == 3,
+        "SEEK_END -2 is not two back"
+    );
+    ensure!(
+        read_raw(&mut reader, 64)? == b"333" && read_raw(&mut reader, 64)? == b"444",
+        "the last two"
+    );
+    ensure!(
+        reader.stream_position()? == 5,
+        "SEEK_CUR 0 is not the end after reading all"
+    );
+    ensure!(
+        reader.seek(SeekFrom::End(10))? == 5,
+        "seeking past the end was not clamped"
+    );
+    ensure!(
+        reader.seek(SeekFrom::Start(100))? == 5,
+        "SEEK_SET past the end was not clamped"
+    );
+    ensure!(
+        reader.seek(SeekFrom::Current(-100))? == 0,
+        "seeking before the oldest was not clamped"
+    );
+    seek_seq(&reader, 1).context("IOC_SEEK_SEQ 1")?;
+    ensure!(
+        read_raw(&mut reader, 64)? == b"111",
+        "IOC_SEEK_SEQ 1 then read"
+    );
+    ensure!(
+        seek_seq(&reader, 6) == Err(Errno::ERANGE),
+        "IOC_SEEK_SEQ beyond the end was not ERANGE"
+    );
+    ensure!(
+        seek_seq(&reader, 5).is_ok(),
+        "IOC_SEEK_SEQ to the end was refused"
+    );
+    // SEEK_DATA and friends mean nothing here.
+    // SAFETY: plain lseek on an fd we own.
+    let data = unsafe {
+        nix::libc::lseek(
+            std::os::fd::AsRawFd::as_raw_fd(&reader),
+            0,
+            nix::libc::SEEK_DATA,
+        )
+    };
+    ensure!(
+        data == -1 && Errno::last() == Errno::EINVAL,
+        "SEEK_DATA was not EINVAL"
+    );
+    // Positions are not byte offsets: no pread.
+    let mut buf = [0u8; 8];
+    let pread = reader.read_at(&mut buf, 0).map_err(|e| e.raw_os_error());
+    ensure!(
+        pread == Err(Some(nix::libc::ESPIPE)),
+        "pread gave {pread:?}, expected ESPIPE"
+    );
+
+    // In a drop room, evicted history is out of range for IOC_SEEK_SEQ.
+    let small = TempRoom::create(abi::RoomSpec {
+        ring_bytes: abi::MIN_RING_BYTES,
+        max_msg: 100,
+        ..spec("history2")
+    })?;
+    let mut writer = small.open_write()?;
+    for _ in 0..100 {
+        writer.write_all(&[1; 100])?;
+    }
+    let reader = small.open_read_nonblock()?;
+    let seq = 0u64;
+    let got = raw_ioctl(&reader, abi::IOC_SEEK_SEQ, &seq as *const u64 as usize);
+    ensure!(
+        got == Err(Errno::ERANGE),
+        "seeking to an evicted message: {got:?}"
     );
     Ok(())
 }
