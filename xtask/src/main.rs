@@ -2,6 +2,7 @@
 //! `cargo build` / `cargo test` in kchat: set-up, the test kernel, the
 //! module, the VM, the full test run and the demo.
 
+mod bench;
 mod bootstrap;
 mod demo;
 mod kernel;
@@ -47,6 +48,12 @@ enum Command {
     Test(test::TestArgs),
     /// Boot the VM and show kchat working.
     Demo,
+    /// Measure kchat against a pipe-per-reader tee in the VM.
+    Bench {
+        /// Arguments for kchat-bench (--readers, --sizes, --millis).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -82,5 +89,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Vm(args) => vm::command(args),
         Command::Test(args) => test::run(args),
         Command::Demo => demo::run(),
+        Command::Bench { args } => bench::run(&args),
     }
 }
