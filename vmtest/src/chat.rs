@@ -72,6 +72,10 @@ pub const TESTS: &[Test] = &[
         long_writes_are_split_and_kept_in_order,
     ),
     ("chat::cat_and_echo_chat", cat_and_echo_chat),
+    (
+        "chat::select_on_stdin_and_the_room",
+        select_on_stdin_and_the_room,
+    ),
 ];
 
 fn read_some(file: &mut File, size: usize) -> Result<Vec<u8>, std::io::Error> {
@@ -456,5 +460,40 @@ fn cat_and_echo_chat() -> Result<()> {
         ))
         .status()?;
     ensure!(dd.success(), "dd into the room failed");
+    Ok(())
+}
+
+/// The 2016 client's loop: select() on stdin and the room at once.
+fn select_on_stdin_and_the_room() -> Result<()> {
+    use nix::sys::{
+        select::{select, FdSet},
+        time::{TimeVal, TimeValLike},
+    };
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("selected"))?;
+    let reader = room.open_read()?;
+    let (stdin, mut typing) = std::io::pipe()?;
+    let ready = |timeout_ms: i64| -> Result<(bool, bool)> {
+        let mut set = FdSet::new();
+        set.insert(stdin.as_fd());
+        set.insert(reader.as_fd());
+        let mut timeout = TimeVal::milliseconds(timeout_ms);
+        select(None, &mut set, None, None, &mut timeout)?;
+        Ok((set.contains(stdin.as_fd()), set.contains(reader.as_fd())))
+    };
+    ensure!(ready(0)? == (false, false), "select saw input before any");
+    room.open_write()?.write_all(b"from the room")?;
+    ensure!(
+        ready(1000)? == (false, true),
+        "select did not see the room's message alone"
+    );
+    let mut buf = [0u8; 64];
+    let n = (&reader).read(&mut buf)?;
+    ensure!(&buf[..n] == b"from the room", "the room's message");
+    typing.write_all(b"typed\n")?;
+    ensure!(
+        ready(1000)? == (true, false),
+        "select did not see stdin alone"
+    );
     Ok(())
 }
