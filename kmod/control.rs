@@ -63,6 +63,19 @@ impl FileOps for Control {
                 let request = read_extensible::<abi::RateLimit>(arg)?;
                 registry.set_limit(&request)?;
             }
+            abi::IOC_SET_LIMITS => {
+                let limits = read_extensible::<abi::GlobalLimits>(arg)?;
+                registry.set_limits(&limits)?;
+            }
+            abi::IOC_GET_LIMITS => {
+                let request = read_extensible::<abi::GlobalLimits>(arg)?;
+                if request.flags != 0 {
+                    return Err(EINVAL);
+                }
+                UserSlice::new(arg, core::mem::size_of::<abi::GlobalLimits>())
+                    .writer()
+                    .write(&registry.limits())?;
+            }
             abi::IOC_ROOM_INFO => {
                 let mut info = read_extensible::<abi::RoomInfo>(arg)?;
                 if info.flags != 0 {

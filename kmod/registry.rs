@@ -30,9 +30,11 @@ use kernel::{
 };
 
 /// Most rooms at once: every minor but the control node's.
-pub(crate) const MAX_ROOMS: usize = abi::MAX_MINORS as usize - 1;
-/// Most ring memory all rooms may reserve together.
-pub(crate) const MAX_TOTAL_RING_BYTES: u64 = 256 * 1024 * 1024;
+const MAX_ROOMS: u32 = abi::MAX_MINORS - 1;
+/// Default for the ring memory all rooms may reserve together.
+const DEFAULT_TOTAL_RING_BYTES: u64 = 256 * 1024 * 1024;
+/// Default for the read-mode opens per room.
+const DEFAULT_MAX_READERS: u32 = 1024;
 
 struct RoomEntry {
     room: Arc<Room>,
@@ -43,6 +45,7 @@ struct RegistryInner {
     /// Indexed by minor; slot 0 (the control node) stays empty.
     rooms: KVec<Option<RoomEntry>>,
     ring_bytes: u64,
+    limits: abi::GlobalLimits,
 }
 
 impl RegistryInner {
@@ -93,6 +96,13 @@ impl Registry {
         let inner = RegistryInner {
             rooms,
             ring_bytes: 0,
+            limits: abi::GlobalLimits {
+                size: core::mem::size_of::<abi::GlobalLimits>() as u32,
+                flags: 0,
+                max_rooms: MAX_ROOMS,
+                max_readers: DEFAULT_MAX_READERS,
+                max_total_ring_bytes: DEFAULT_TOTAL_RING_BYTES,
+            },
         };
         let registry = Arc::pin_init(
             pin_init!(Registry {
@@ -126,7 +136,8 @@ impl Registry {
         }
         let in_use = inner.rooms.iter().flatten().count();
         let ring_bytes = inner.ring_bytes + u64::from(settings.ring_bytes);
-        if in_use >= MAX_ROOMS || ring_bytes > MAX_TOTAL_RING_BYTES {
+        let limits = &inner.limits;
+        if in_use >= limits.max_rooms as usize || ring_bytes > limits.max_total_ring_bytes {
             return Err(ENOSPC);
         }
         let minor = inner
@@ -161,6 +172,29 @@ impl Registry {
         // Removing the node first means no new open finds the room.
         drop(_node);
         room.mark_deleted();
+        Ok(())
+    }
+
+    /// The module-wide limits.
+    pub(crate) fn limits(&self) -> abi::GlobalLimits {
+        self.inner.lock().limits
+    }
+
+    /// Replaces the module-wide limits, all or nothing.
+    pub(crate) fn set_limits(&self, limits: &abi::GlobalLimits) -> Result {
+        let valid = limits.flags == 0
+            && (1..=MAX_ROOMS).contains(&limits.max_rooms)
+            && (1..=abi::MAX_READERS_LIMIT).contains(&limits.max_readers)
+            && (u64::from(abi::MIN_RING_BYTES)..=abi::MAX_TOTAL_RING_LIMIT)
+                .contains(&limits.max_total_ring_bytes);
+        if !valid {
+            return Err(EINVAL);
+        }
+        let mut inner = self.inner.lock();
+        inner.limits = abi::GlobalLimits {
+            size: core::mem::size_of::<abi::GlobalLimits>() as u32,
+            ..*limits
+        };
         Ok(())
     }
 
@@ -256,10 +290,11 @@ impl Registry {
         Ok(names.len() as u32)
     }
 
-    fn lookup(&self, minor: u32) -> Option<Arc<Room>> {
+    /// The room on `minor`, and how many readers a room may have now.
+    fn lookup(&self, minor: u32) -> Option<(Arc<Room>, usize)> {
         let inner = self.inner.lock();
         let entry = inner.rooms.get(minor as usize)?.as_ref()?;
-        Some(entry.room.clone())
+        Some((entry.room.clone(), inner.limits.max_readers as usize))
     }
 }
 

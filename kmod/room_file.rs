@@ -31,9 +31,6 @@ use kernel::{
 /// Largest number of records one `read` collects before copying.
 const BATCH: usize = 16;
 
-/// Most read-mode opens per room.
-pub(crate) const MAX_READERS: usize = 1024;
-
 const HEADER: usize = core::mem::size_of::<abi::FrameHeader>();
 
 /// Per-file read position within a message, behind the cursor lock.
@@ -73,11 +70,12 @@ impl PinnedDrop for RoomFile {
 #[vtable]
 impl FileOps for RoomFile {
     type Ptr = Pin<KBox<RoomFile>>;
-    type Target = Arc<Room>;
+    /// The room, and how many readers it may have.
+    type Target = (Arc<Room>, usize);
 
-    fn open(file: &File, room: Arc<Room>) -> Result<Self::Ptr> {
+    fn open(file: &File, (room, max_readers): (Arc<Room>, usize)) -> Result<Self::Ptr> {
         let mark = if file.readable() {
-            Some(room.add_reader(MAX_READERS)?)
+            Some(room.add_reader(max_readers)?)
         } else {
             None
         };

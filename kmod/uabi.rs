@@ -22,12 +22,16 @@ unsafe impl FromBytes for abi::RoomInfo {}
 unsafe impl FromBytes for abi::RoomList {}
 // SAFETY: as above.
 unsafe impl FromBytes for abi::RateLimit {}
+// SAFETY: as above.
+unsafe impl FromBytes for abi::GlobalLimits {}
 // SAFETY: `repr(C)` integers without padding: every byte is initialised.
 unsafe impl AsBytes for abi::FrameHeader {}
 // SAFETY: as above.
 unsafe impl AsBytes for abi::RoomInfo {}
 // SAFETY: as above.
 unsafe impl AsBytes for abi::RoomList {}
+// SAFETY: as above.
+unsafe impl AsBytes for abi::GlobalLimits {}
 
 /// Reads a `T` whose first field is its size, from user address `arg`.
 pub(crate) fn read_extensible<T: FromBytes>(arg: usize) -> Result<T> {

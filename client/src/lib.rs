@@ -109,6 +109,22 @@ impl Control {
         raw_ioctl(&self.0, abi::IOC_SET_RATE_LIMIT, limit as *const _ as usize).map(drop)
     }
 
+    pub fn limits(&self) -> Result<abi::GlobalLimits, Errno> {
+        let mut limits = abi::GlobalLimits {
+            size: size_of::<abi::GlobalLimits>() as u32,
+            flags: 0,
+            max_rooms: 0,
+            max_readers: 0,
+            max_total_ring_bytes: 0,
+        };
+        raw_ioctl(&self.0, abi::IOC_GET_LIMITS, &mut limits as *mut _ as usize)?;
+        Ok(limits)
+    }
+
+    pub fn set_limits(&self, limits: &abi::GlobalLimits) -> Result<(), Errno> {
+        raw_ioctl(&self.0, abi::IOC_SET_LIMITS, limits as *const _ as usize).map(drop)
+    }
+
     /// Room names (at most `capacity`) and the total number of rooms.
     pub fn list(&self, capacity: usize) -> Result<(Vec<String>, u32), Errno> {
         let mut names = vec![[0u8; abi::NAME_FIELD]; capacity];

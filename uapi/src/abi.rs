@@ -241,6 +241,34 @@ pub const IOC_ROOM_INFO: u32 = iowr::<RoomInfo>(0x03);
 /// Control ioctl: the rooms' names. Errors: `EINVAL`, `E2BIG`, `EFAULT`.
 pub const IOC_LIST_ROOMS: u32 = iowr::<RoomList>(0x04);
 
+/// Module-wide limits (`IOC_SET_LIMITS`, `IOC_GET_LIMITS`). Lowering one
+/// below what is in use refuses new rooms or readers; nothing open is cut.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GlobalLimits {
+    pub size: u32,
+    /// Reserved; must be zero.
+    pub flags: u32,
+    /// Rooms at once: 1 to `MAX_MINORS - 1` (default 255).
+    pub max_rooms: u32,
+    /// Read-mode opens per room: 1 to `MAX_READERS_LIMIT` (default 1024).
+    pub max_readers: u32,
+    /// Ring budgets of all rooms together: `MIN_RING_BYTES` to
+    /// `MAX_TOTAL_RING_LIMIT` (default 256 MiB).
+    pub max_total_ring_bytes: u64,
+}
+
+/// Highest `max_readers` that may be set.
+pub const MAX_READERS_LIMIT: u32 = 65536;
+/// Highest `max_total_ring_bytes` that may be set.
+pub const MAX_TOTAL_RING_LIMIT: u64 = 16 << 30;
+
+/// Control ioctl: sets the module-wide limits. Errors: `EINVAL`, `E2BIG`,
+/// `EFAULT`.
+pub const IOC_SET_LIMITS: u32 = iow::<GlobalLimits>(0x06);
+/// Control ioctl: reads them (`size` in, the rest out).
+pub const IOC_GET_LIMITS: u32 = iowr::<GlobalLimits>(0x07);
+
 /// Read modes of a room fd (`IOC_SET_READ_MODE`).
 /// Stream: as many whole messages as fit, a too large one in parts (`cat`).
 pub const READ_STREAM: u32 = 0;
@@ -335,6 +363,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<FrameHeader>(), 40);
         assert_eq!(core::mem::size_of::<RoomInfo>(), 184);
         assert_eq!(core::mem::size_of::<RateLimit>(), 64);
+        assert_eq!(core::mem::size_of::<GlobalLimits>(), 24);
         assert_eq!(core::mem::offset_of!(RoomInfo, ring_used_bytes), 80);
         assert_eq!(core::mem::size_of::<RoomList>(), 24);
         assert_eq!(core::mem::offset_of!(FrameHeader, len), 24);

@@ -42,6 +42,10 @@ pub const TESTS: &[Test] = &[
         "rooms::unload_is_refused_while_a_room_is_open",
         unload_is_refused_while_a_room_is_open,
     ),
+    (
+        "rooms::global_limits_apply_and_refuse_bad_values",
+        global_limits_apply_and_refuse_bad_values,
+    ),
 ];
 
 fn mode_of(path: &Path) -> Result<(u32, u32, u32)> {
@@ -455,4 +459,139 @@ fn unload_is_refused_while_a_room_is_open() -> Result<()> {
         "unload with a room open: {refused:?}, expected EWOULDBLOCK"
     );
     module::ensure_unloaded()
+}
+
+/// Puts the module-wide limits back however the test ends.
+struct RestoreLimits(abi::GlobalLimits);
+
+impl Drop for RestoreLimits {
+    fn drop(&mut self) {
+        if let Ok(control) = Control::open() {
+            let _ = control.set_limits(&self.0);
+        }
+    }
+}
+
+fn global_limits_apply_and_refuse_bad_values() -> Result<()> {
+    module::ensure_loaded()?;
+    let control = Control::open()?;
+    let defaults = control.limits().context("IOC_GET_LIMITS")?;
+    let _restore = RestoreLimits(defaults);
+    ensure!(
+        (
+            defaults.max_rooms,
+            defaults.max_readers,
+            defaults.max_total_ring_bytes
+        ) == (255, 1024, 256 << 20),
+        "unexpected defaults {defaults:?}"
+    );
+    for (what, bad) in [
+        (
+            "zero rooms",
+            abi::GlobalLimits {
+                max_rooms: 0,
+                ..defaults
+            },
+        ),
+        (
+            "more rooms than minors",
+            abi::GlobalLimits {
+                max_rooms: 256,
+                ..defaults
+            },
+        ),
+        (
+            "zero readers",
+            abi::GlobalLimits {
+                max_readers: 0,
+                ..defaults
+            },
+        ),
+        (
+            "too many readers",
+            abi::GlobalLimits {
+                max_readers: abi::MAX_READERS_LIMIT + 1,
+                ..defaults
+            },
+        ),
+        (
+            "a tiny ring total",
+            abi::GlobalLimits {
+                max_total_ring_bytes: 1,
+                ..defaults
+            },
+        ),
+        (
+            "reserved flags",
+            abi::GlobalLimits {
+                flags: 1,
+                ..defaults
+            },
+        ),
+    ] {
+        ensure!(
+            control.set_limits(&bad) == Err(Errno::EINVAL),
+            "limits with {what} were not refused with EINVAL"
+        );
+        ensure!(
+            control.limits()? == defaults,
+            "refused limits ({what}) changed something"
+        );
+    }
+
+    let (_, rooms_now) = control.list(0)?;
+    control.set_limits(&abi::GlobalLimits {
+        max_rooms: rooms_now + 1,
+        ..defaults
+    })?;
+    let _one_more = TempRoom::create(spec("limit-1"))?;
+    ensure!(
+        control.create(&spec("limit-2")) == Err(Errno::ENOSPC),
+        "max_rooms did not refuse a room"
+    );
+
+    control.set_limits(&abi::GlobalLimits {
+        max_readers: 2,
+        ..defaults
+    })?;
+    let room = TempRoom::create(spec("limit-3"))?;
+    let _r1 = room.open_read()?;
+    let _r2 = room.open_read()?;
+    let third = crate::client::open(&room.path(), true, false, false);
+    let errno = third.err().and_then(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .and_then(|e| e.raw_os_error())
+    });
+    ensure!(
+        errno == Some(Errno::EUSERS as i32),
+        "a third reader with max_readers=2: {errno:?}, expected EUSERS"
+    );
+    let _writer = room
+        .open_write()
+        .context("writers do not count against max_readers")?;
+
+    let used: u64 = control
+        .list(256)?
+        .0
+        .iter()
+        .map(|name| control.info(name).map(|i| u64::from(i.ring_bytes)))
+        .sum::<Result<u64, Errno>>()?;
+    control.set_limits(&abi::GlobalLimits {
+        max_total_ring_bytes: used + 8192,
+        ..defaults
+    })?;
+    let big = abi::RoomSpec {
+        ring_bytes: 16384,
+        ..spec("limit-4")
+    };
+    ensure!(
+        control.create(&big) == Err(Errno::ENOSPC),
+        "the ring total did not refuse a room"
+    );
+    TempRoom::create(abi::RoomSpec {
+        ring_bytes: 8192,
+        ..spec("limit-5")
+    })
+    .context("a room that fits the total")?;
+    Ok(())
 }
