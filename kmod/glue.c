@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * C glue for the two things Linux 6.12 offers Rust no way to express: a
- * module parameter (Rust `module!` parameters came later) and poll_wait(),
- * a static inline. Everything else is Rust; compat/ declares these.
+ * C glue for what Linux 6.12 offers Rust no way to express: a module
+ * parameter (Rust `module!` parameters came later), and the static inlines
+ * poll_wait() and iov_iter_count(). Everything else is Rust; compat/
+ * declares these.
  */
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/poll.h>
+#include <linux/uio.h>
 
 const char *kchat_default_room(void);
 void kchat_poll_wait(struct file *filp, wait_queue_head_t *queue, poll_table *table);
@@ -24,4 +26,11 @@ const char *kchat_default_room(void)
 void kchat_poll_wait(struct file *filp, wait_queue_head_t *queue, poll_table *table)
 {
 	poll_wait(filp, queue, table);
+}
+
+size_t kchat_iov_iter_count(const struct iov_iter *iter);
+
+size_t kchat_iov_iter_count(const struct iov_iter *iter)
+{
+	return iov_iter_count(iter);
 }

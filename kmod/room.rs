@@ -12,6 +12,7 @@ use crate::{
     compat::{
         errno::{eidrm, eusers},
         file::File,
+        iov::IovSource,
         poll::{events, PollQueue},
         task::{monotonic_ns, ns_to_jiffies, realtime_ns, Identity},
     },
@@ -26,7 +27,6 @@ use kernel::{
     rbtree::RBTree,
     static_lock_class,
     sync::{Arc, CondVar, CondVarTimeoutResult, Mutex},
-    uaccess::UserSliceReader,
 };
 
 /// One message, immutable once written; readers share it through `Arc`.
@@ -343,8 +343,7 @@ impl Room {
     /// Writes `src` as messages of at most `max_msg` bytes each; returns how
     /// many bytes were taken. Each message is atomic; after the first, an
     /// error ends the write short instead of failing it (pipe semantics).
-    pub(crate) fn write(&self, file: &File, src: &mut UserSliceReader) -> Result<usize> {
-        let nonblock = file.nonblocking();
+    pub(crate) fn write(&self, file: &File, src: &mut IovSource, nonblock: bool) -> Result<usize> {
         let sender = Identity::of_writer(file);
         let key = Room::sender_key(&self.inner.lock().limit, file, &sender);
         let total = src.len();
@@ -363,7 +362,7 @@ impl Room {
 
     fn write_message(
         &self,
-        src: &mut UserSliceReader,
+        src: &mut IovSource,
         len: usize,
         sender: Identity,
         key: u64,

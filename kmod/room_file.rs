@@ -15,6 +15,7 @@ use crate::{
         errno::{emsgsize, erange},
         file::File,
         fops::FileOps,
+        iov::{IovDest, IovSource, Kiocb},
         poll::{events, PollTable},
     },
     ring::Lookup,
@@ -25,7 +26,7 @@ use kernel::{
     new_mutex,
     prelude::*,
     sync::{Arc, Mutex},
-    uaccess::{UserSlice, UserSliceReader, UserSliceWriter},
+    uaccess::UserSlice,
 };
 
 /// Largest number of records one `read` collects before copying.
@@ -82,6 +83,7 @@ impl FileOps for RoomFile {
         let writer = file.writable();
         let registered = mark.clone();
         file.refuse_positional_io();
+        file.allow_nowait();
         // O_DIRECT selects packet mode, as it does for pipes.
         let mode = if file.direct() {
             file.allow_direct();
@@ -114,12 +116,12 @@ impl FileOps for RoomFile {
         Ok(state)
     }
 
-    fn read(this: Pin<&RoomFile>, file: &File, dest: &mut UserSliceWriter) -> Result<usize> {
-        this.read_messages(dest, file.nonblocking())
+    fn read_iter(this: Pin<&RoomFile>, iocb: &Kiocb, dest: &mut IovDest) -> Result<usize> {
+        this.read_messages(dest, iocb.nonblocking())
     }
 
-    fn write(this: Pin<&RoomFile>, file: &File, src: &mut UserSliceReader) -> Result<usize> {
-        this.room.write(file, src)
+    fn write_iter(this: Pin<&RoomFile>, iocb: &Kiocb, src: &mut IovSource) -> Result<usize> {
+        this.room.write(iocb.file(), src, iocb.nonblocking())
     }
 
     fn poll(this: Pin<&RoomFile>, file: &File, table: &PollTable) -> u32 {
@@ -239,7 +241,7 @@ impl RoomFile {
     }
 
     /// Reads in the file's mode; see the module documentation.
-    fn read_messages(&self, dest: &mut UserSliceWriter, nonblock: bool) -> Result<usize> {
+    fn read_messages(&self, dest: &mut IovDest, nonblock: bool) -> Result<usize> {
         let mark = self.mark.as_ref().ok_or(EBADF)?;
         let room = &self.room;
         let mode = self.mode.load(Ordering::Relaxed);

@@ -11,6 +11,7 @@ const FMODE_WRITE: u32 = 1 << 1;
 const FMODE_PREAD: u32 = 1 << 3;
 const FMODE_PWRITE: u32 = 1 << 4;
 const FMODE_CAN_ODIRECT: u32 = 1 << 22;
+const FMODE_NOWAIT: u32 = 1 << 27;
 
 /// An open file, borrowed for the length of a file operation.
 ///
@@ -65,6 +66,13 @@ impl File {
         unsafe { (*self.as_raw()).f_mode &= !(FMODE_PREAD | FMODE_PWRITE) };
     }
 
+    /// Tells io_uring that non-blocking attempts work (`FMODE_NOWAIT`), so it
+    /// polls instead of parking a worker; call from `open` only.
+    pub(crate) fn allow_nowait(&self) {
+        // SAFETY: as in `allow_direct`.
+        unsafe { (*self.as_raw()).f_mode |= FMODE_NOWAIT };
+    }
+
     /// Lets an `O_DIRECT` open succeed; call from `open` only.
     pub(crate) fn allow_direct(&self) {
         // SAFETY: during `open` the file is not yet shared with any other
@@ -85,7 +93,7 @@ impl File {
     }
 
     /// The raw pointer, for the compat layer's own callbacks.
-    pub(super) fn as_raw(&self) -> *mut bindings::file {
+    pub(crate) fn as_raw(&self) -> *mut bindings::file {
         self.0.get()
     }
 }

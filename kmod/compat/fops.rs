@@ -7,15 +7,14 @@
 //! [`ForeignOwnable`] until `release`. Kernel error codes become errnos here
 //! and nowhere else.
 
-use super::{file::File, poll::PollTable};
+use super::{
+    file::File,
+    iov::{IovDest, IovSource, Kiocb},
+    poll::PollTable,
+};
 use core::{marker::PhantomData, ptr};
 use kernel::{
-    bindings, build_error,
-    error::VTABLE_DEFAULT_ERROR,
-    ffi,
-    prelude::*,
-    types::ForeignOwnable,
-    uaccess::{UserSlice, UserSliceReader, UserSliceWriter},
+    bindings, build_error, error::VTABLE_DEFAULT_ERROR, ffi, prelude::*, types::ForeignOwnable,
 };
 
 /// One kind of file under kchat's major (the control node, a room).
@@ -34,20 +33,22 @@ pub(crate) trait FileOps: Sized {
         drop(state);
     }
 
-    /// Handles `read(2)`: fills `dest`, returns the bytes written to it.
-    fn read(
+    /// Handles `read(2)`, `readv(2)` and io_uring reads: fills `dest`,
+    /// returns the bytes written to it.
+    fn read_iter(
         _state: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
-        _file: &File,
-        _dest: &mut UserSliceWriter,
+        _iocb: &Kiocb,
+        _dest: &mut IovDest,
     ) -> Result<usize> {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
-    /// Handles `write(2)`: consumes `src`, returns the bytes taken from it.
-    fn write(
+    /// Handles `write(2)`, `writev(2)` and io_uring writes: consumes `src`,
+    /// returns the bytes taken from it.
+    fn write_iter(
         _state: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
-        _file: &File,
-        _src: &mut UserSliceReader,
+        _iocb: &Kiocb,
+        _src: &mut IovSource,
     ) -> Result<usize> {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
@@ -108,9 +109,13 @@ impl<T: FileOps> Vtable<T> {
         owner: owner(),
         open: None,
         release: Some(Self::release),
-        read: if T::HAS_READ { Some(Self::read) } else { None },
-        write: if T::HAS_WRITE {
-            Some(Self::write)
+        read_iter: if T::HAS_READ_ITER {
+            Some(Self::read_iter)
+        } else {
+            None
+        },
+        write_iter: if T::HAS_WRITE_ITER {
+            Some(Self::write_iter)
         } else {
             None
         },
@@ -175,21 +180,19 @@ impl<T: FileOps> Vtable<T> {
 
     /// # Safety
     ///
-    /// Called by the VFS on a file that `open_as::<T>` set up, with a user
-    /// buffer of `len` bytes at `buf`.
-    unsafe extern "C" fn read(
-        raw: *mut bindings::file,
-        buf: *mut ffi::c_char,
-        len: usize,
-        _pos: *mut bindings::loff_t,
+    /// Called by the VFS with a valid kiocb for a file that `open_as::<T>`
+    /// set up, and the destination iter.
+    unsafe extern "C" fn read_iter(
+        iocb: *mut bindings::kiocb,
+        iter: *mut bindings::iov_iter,
     ) -> isize {
-        // SAFETY: the VFS passes a valid file for the duration of the call.
-        let file = unsafe { File::from_raw(raw) };
+        // SAFETY: the VFS passes a valid kiocb and iter for the call.
+        let (iocb, mut dest) = unsafe { (Kiocb::from_raw(iocb), IovDest::from_raw(iter)) };
+        let raw = iocb.file().as_raw();
         // SAFETY: `private_data` holds a `T::Ptr` until `release`, which
         // cannot run while this call holds the file.
         let state = unsafe { T::Ptr::borrow((*raw).private_data) };
-        let mut dest = UserSlice::new(buf as usize, len).writer();
-        match T::read(state, file, &mut dest) {
+        match T::read_iter(state, &iocb, &mut dest) {
             Ok(n) => n as isize,
             Err(err) => err.to_errno() as isize,
         }
@@ -197,19 +200,17 @@ impl<T: FileOps> Vtable<T> {
 
     /// # Safety
     ///
-    /// As for `read`.
-    unsafe extern "C" fn write(
-        raw: *mut bindings::file,
-        buf: *const ffi::c_char,
-        len: usize,
-        _pos: *mut bindings::loff_t,
+    /// As for `read_iter`, with the source iter.
+    unsafe extern "C" fn write_iter(
+        iocb: *mut bindings::kiocb,
+        iter: *mut bindings::iov_iter,
     ) -> isize {
-        // SAFETY: the VFS passes a valid file for the duration of the call.
-        let file = unsafe { File::from_raw(raw) };
-        // SAFETY: as in `read`.
+        // SAFETY: the VFS passes a valid kiocb and iter for the call.
+        let (iocb, mut src) = unsafe { (Kiocb::from_raw(iocb), IovSource::from_raw(iter)) };
+        let raw = iocb.file().as_raw();
+        // SAFETY: as in `read_iter`.
         let state = unsafe { T::Ptr::borrow((*raw).private_data) };
-        let mut src = UserSlice::new(buf as usize, len).reader();
-        match T::write(state, file, &mut src) {
+        match T::write_iter(state, &iocb, &mut src) {
             Ok(n) => n as isize,
             Err(err) => err.to_errno() as isize,
         }

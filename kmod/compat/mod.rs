@@ -12,6 +12,7 @@ pub(crate) mod device;
 pub(crate) mod errno;
 pub(crate) mod file;
 pub(crate) mod fops;
+pub(crate) mod iov;
 pub(crate) mod params;
 pub(crate) mod poll;
 pub(crate) mod task;

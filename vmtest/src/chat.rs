@@ -76,6 +76,10 @@ pub const TESTS: &[Test] = &[
         "chat::select_on_stdin_and_the_room",
         select_on_stdin_and_the_room,
     ),
+    (
+        "chat::io_uring_polls_instead_of_parking_workers",
+        io_uring_polls_instead_of_parking_workers,
+    ),
 ];
 
 fn read_some(file: &mut File, size: usize) -> Result<Vec<u8>, std::io::Error> {
@@ -494,6 +498,78 @@ fn select_on_stdin_and_the_room() -> Result<()> {
     ensure!(
         ready(1000)? == (true, false),
         "select did not see stdin alone"
+    );
+    Ok(())
+}
+
+/// Threads of this process that io_uring started to block on its behalf.
+fn io_wq_workers() -> Result<usize> {
+    let mut count = 0;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let comm = std::fs::read_to_string(task?.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("iou-wrk-") {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+fn io_uring_polls_instead_of_parking_workers() -> Result<()> {
+    use io_uring::{opcode, types::Fd, IoUring};
+    use std::os::fd::AsRawFd;
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("uring"))?;
+    let reader = room.open_read()?;
+    let writer = room.open_write()?;
+    let mut ring = IoUring::new(8)?;
+    let mut buf = vec![0u8; 256];
+    let read = opcode::Read::new(Fd(reader.as_raw_fd()), buf.as_mut_ptr(), buf.len() as u32)
+        .build()
+        .user_data(1);
+    // SAFETY: `buf` and `reader` outlive the submission: both live until
+    // the completion is reaped below.
+    unsafe { ring.submission().push(&read)? };
+    ring.submit()?;
+    thread::sleep(Duration::from_millis(300));
+    ensure!(
+        ring.completion().next().is_none(),
+        "a read of an empty room completed"
+    );
+    let parked = io_wq_workers()?;
+    ensure!(
+        parked == 0,
+        "the pending read parked {parked} io-wq worker thread(s)"
+    );
+
+    let message = b"via io_uring";
+    let write = opcode::Write::new(
+        Fd(writer.as_raw_fd()),
+        message.as_ptr(),
+        message.len() as u32,
+    )
+    .build()
+    .user_data(2);
+    // SAFETY: `message` is static and `writer` lives until the end.
+    unsafe { ring.submission().push(&write)? };
+    ring.submit_and_wait(2)?;
+    let mut results: Vec<(u64, i32)> = ring
+        .completion()
+        .map(|c| (c.user_data(), c.result()))
+        .collect();
+    results.sort();
+    let len = message.len() as i32;
+    ensure!(
+        results == [(1, len), (2, len)],
+        "completions {results:?}, expected both of {len} bytes"
+    );
+    ensure!(
+        &buf[..message.len()] == message,
+        "the io_uring read got {:?}",
+        &buf[..message.len()]
+    );
+    ensure!(
+        io_wq_workers()? == 0,
+        "io_uring started worker threads for kchat I/O"
     );
     Ok(())
 }

@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `Kiocb`, `IovDest` and `IovSource`: the `read_iter`/`write_iter` side of
+//! a file, shaped like `kernel::fs::Kiocb` and `kernel::iov` of Linux 6.16.
+//!
+//! kchat uses the iter callbacks rather than `read`/`write` so io_uring can
+//! ask for a non-blocking attempt (`IOCB_NOWAIT`) and poll, instead of
+//! parking an io-wq worker thread on every pending read.
+
+use super::file::File;
+use kernel::{bindings, ffi, prelude::*, types::AsBytes};
+
+extern "C" {
+    /// `iov_iter_count()`, a static inline in C; defined in `glue.c`.
+    fn kchat_iov_iter_count(iter: *const ffi::c_void) -> usize;
+}
+
+/// `IOCB_NOWAIT` (= `RWF_NOWAIT`), a `__force` cast bindgen cannot evaluate.
+const IOCB_NOWAIT: i32 = 0x0000_0008;
+
+/// The I/O control block of one read or write.
+pub(crate) struct Kiocb(*mut bindings::kiocb);
+
+impl Kiocb {
+    /// # Safety
+    ///
+    /// `ptr` is the kiocb the VFS passed to the current iter callback.
+    pub(crate) unsafe fn from_raw(ptr: *mut bindings::kiocb) -> Self {
+        Kiocb(ptr)
+    }
+
+    /// The file being read or written.
+    pub(crate) fn file(&self) -> &File {
+        // SAFETY: a kiocb's file is valid for the duration of the callback.
+        unsafe { File::from_raw((*self.0).ki_filp) }
+    }
+
+    /// Whether the caller must not be made to wait (`O_NONBLOCK`, or
+    /// `IOCB_NOWAIT` from io_uring and `RWF_NOWAIT`).
+    pub(crate) fn nonblocking(&self) -> bool {
+        // SAFETY: the kiocb is valid for the duration of the callback.
+        let flags = unsafe { (*self.0).ki_flags };
+        flags & IOCB_NOWAIT != 0 || self.file().nonblocking()
+    }
+}
+
+/// The buffers a read fills.
+pub(crate) struct IovDest(*mut bindings::iov_iter);
+
+impl IovDest {
+    /// # Safety
+    ///
+    /// `ptr` is the destination iter the VFS passed to `read_iter`.
+    pub(crate) unsafe fn from_raw(ptr: *mut bindings::iov_iter) -> Self {
+        IovDest(ptr)
+    }
+
+    /// Bytes of room left.
+    pub(crate) fn len(&self) -> usize {
+        // SAFETY: the iter is valid for the duration of the callback.
+        unsafe { kchat_iov_iter_count(self.0.cast()) }
+    }
+
+    /// Appends `data`; `EFAULT` (and a partial copy) if user memory is bad.
+    pub(crate) fn write_slice(&mut self, data: &[u8]) -> Result {
+        // SAFETY: `data` is valid for reads of its length; the iter is valid
+        // and advances by what was copied.
+        let copied = unsafe { bindings::_copy_to_iter(data.as_ptr().cast(), data.len(), self.0) };
+        if copied != data.len() {
+            return Err(EFAULT);
+        }
+        Ok(())
+    }
+
+    /// Appends the bytes of `value`.
+    pub(crate) fn write<T: AsBytes>(&mut self, value: &T) -> Result {
+        // SAFETY: `AsBytes` means every byte of `T` is initialised.
+        let bytes = unsafe {
+            core::slice::from_raw_parts((value as *const T).cast::<u8>(), core::mem::size_of::<T>())
+        };
+        self.write_slice(bytes)
+    }
+}
+
+/// The buffers a write drains.
+pub(crate) struct IovSource(*mut bindings::iov_iter);
+
+impl IovSource {
+    /// # Safety
+    ///
+    /// `ptr` is the source iter the VFS passed to `write_iter`.
+    pub(crate) unsafe fn from_raw(ptr: *mut bindings::iov_iter) -> Self {
+        IovSource(ptr)
+    }
+
+    /// Bytes left to take.
+    pub(crate) fn len(&self) -> usize {
+        // SAFETY: the iter is valid for the duration of the callback.
+        unsafe { kchat_iov_iter_count(self.0.cast()) }
+    }
+
+    /// Fills `out` entirely; `EFAULT` if user memory is bad.
+    pub(crate) fn read_slice(&mut self, out: &mut [u8]) -> Result {
+        // SAFETY: `out` is valid for writes of its length; the iter is valid
+        // and advances by what was copied.
+        let copied =
+            unsafe { bindings::_copy_from_iter(out.as_mut_ptr().cast(), out.len(), self.0) };
+        if copied != out.len() {
+            return Err(EFAULT);
+        }
+        Ok(())
+    }
+}
