@@ -12,11 +12,22 @@ say "Loading the module: insmod kmod/kchat.ko"
 insmod kmod/kchat.ko
 dmesg | grep -E 'kchat: ' | tail -n 3
 
-say "Its character-device major (/proc/devices)"
-grep -w kchat /proc/devices
-
-say "The control node: root only, for kchatd and kchatctl"
+say "Its nodes: the control node (root only) and the default room, lobby"
 ls -l /dev/kchat/
+
+say "Chatting with cat and echo"
+listener=/tmp/kchat-demo-heard
+cat /dev/kchat/lobby >"$listener" &
+cat_pid=$!
+sleep 0.5
+echo "alice: hello, room" >/dev/kchat/lobby
+setpriv --reuid=65534 --regid=65534 --clear-groups -- \
+	sh -c 'echo "nobody: hi alice (sent as an unprivileged user)" >/dev/kchat/lobby'
+sleep 0.5
+kill "$cat_pid"
+wait "$cat_pid" 2>/dev/null || true
+echo "what cat heard:"
+sed 's/^/  | /' "$listener"
 
 say "Unloading: rmmod kchat"
 rmmod kchat
@@ -24,4 +35,4 @@ if [ -e /dev/kchat/control ]; then
 	echo "the control node outlived the module" >&2
 	exit 1
 fi
-echo "module gone, /dev/kchat/control removed"
+echo "module gone, /dev/kchat removed"
