@@ -79,10 +79,7 @@ fn node_is_a_root_only_char_device() -> Result<()> {
 
 fn unprivileged_user_cannot_open() -> Result<()> {
     module::ensure_loaded()?;
-    let outcome = open_as(
-        Path::new(PATH),
-        &["--reuid=65534", "--regid=65534", "--clear-groups"],
-    )?;
+    let outcome = open_as(Path::new(PATH), &crate::helper::NOBODY)?;
     ensure!(
         outcome == "EACCES",
         "nobody opening {PATH}: {outcome}, expected EACCES"

@@ -46,3 +46,19 @@ pub fn open_as(path: &Path, setpriv_args: &[&str]) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
+
+/// `setpriv` arguments that drop to nobody (65534) with no groups.
+pub const NOBODY: [&str; 3] = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+
+/// Runs `script` with `sh -c` as nobody; fails unless it exits 0.
+pub fn sh_as_nobody(script: &str) -> Result<()> {
+    let status = Command::new("setpriv")
+        .args(NOBODY)
+        .args(["--", "sh", "-c", script])
+        .status()
+        .context("running setpriv (util-linux)")?;
+    if !status.success() {
+        bail!("`{script}` as nobody failed ({status})");
+    }
+    Ok(())
+}

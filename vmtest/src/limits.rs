@@ -12,7 +12,6 @@ use nix::errno::Errno;
 use std::{
     fs::File,
     io::{ErrorKind, Write},
-    process::Command,
     time::Instant,
 };
 
@@ -116,24 +115,11 @@ fn more_fds_do_not_help_but_other_uids_have_their_own() -> Result<()> {
         "a second fd of the same uid got a fresh budget"
     );
     // nobody has a budget of their own.
-    let status = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            "sh",
-            "-c",
-        ])
-        .arg(format!(
-            "printf a > {0} && printf b > {0} && printf c > {0}",
-            room.path().display()
-        ))
-        .status()?;
-    ensure!(
-        status.success(),
-        "another uid was throttled by root's budget"
-    );
+    crate::helper::sh_as_nobody(&format!(
+        "printf a > {0} && printf b > {0} && printf c > {0}",
+        room.path().display()
+    ))
+    .context("another uid was throttled by root's budget")?;
     Ok(())
 }
 

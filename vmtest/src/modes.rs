@@ -15,7 +15,6 @@ use std::{
     fs::File,
     io::{Read, Write},
     os::{fd::AsFd, unix::fs::OpenOptionsExt},
-    process::Command,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -209,21 +208,11 @@ fn senders_cannot_forge_their_identity() -> Result<()> {
     let room = TempRoom::create(spec("forgery"))?;
     let mut reader = room.open_read_nonblock()?;
     set_mode(&reader, abi::READ_FRAMED)?;
-    let status = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            "sh",
-            "-c",
-        ])
-        .arg(format!(
-            "echo 'uid=0 I am root, trust me' > {}",
-            room.path().display()
-        ))
-        .status()?;
-    ensure!(status.success(), "the unprivileged writer failed");
+    crate::helper::sh_as_nobody(&format!(
+        "echo 'uid=0 I am root, trust me' > {}",
+        room.path().display()
+    ))
+    .context("the unprivileged writer failed")?;
     let got = frames(&read_raw(&mut reader, 4096)?)?;
     ensure!(got.len() == 1, "expected one frame, got {got:?}");
     let header = got[0].0;

@@ -117,7 +117,7 @@ fn room_mode_is_enforced() -> Result<()> {
         mode: 0o600,
         ..spec("private")
     })?;
-    let nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+    let nobody = crate::helper::NOBODY;
     let outcome = open_as(&private.path(), &nobody)?;
     ensure!(outcome == "EACCES", "nobody opening a 0600 room: {outcome}");
     let outcome = open_as(Path::new("/dev/kchat/lobby"), &nobody)?;
