@@ -59,28 +59,20 @@ fn read_raw(file: &mut File, size: usize) -> Result<Vec<u8>, Errno> {
 }
 
 fn set_mode(file: &File, mode: u32) -> Result<(), Errno> {
-    raw_ioctl(file, abi::IOC_SET_READ_MODE, &mode as *const u32 as usize).map(drop)
+    kchat_client::set_read_mode(file, mode)
 }
 
 fn take_lost(file: &File) -> Result<u64> {
-    let mut lost = 0u64;
-    raw_ioctl(file, abi::IOC_TAKE_LOST, &mut lost as *mut u64 as usize).context("IOC_TAKE_LOST")?;
-    Ok(lost)
+    kchat_client::take_lost(file).context("IOC_TAKE_LOST")
 }
 
 /// Splits a framed read into (header, payload) pairs.
-fn frames(mut bytes: &[u8]) -> Result<Vec<(FrameHeader, Vec<u8>)>> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        ensure!(bytes.len() >= HEADER, "a framed read ended inside a header");
-        // SAFETY: FrameHeader is plain integers; read_unaligned copies.
-        let header: FrameHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let end = HEADER + header.len as usize;
-        ensure!(bytes.len() >= end, "a framed read ended inside a payload");
-        out.push((header, bytes[HEADER..end].to_vec()));
-        bytes = &bytes[end..];
-    }
-    Ok(out)
+fn frames(bytes: &[u8]) -> Result<Vec<(FrameHeader, Vec<u8>)>> {
+    let frames = kchat_client::split_frames(bytes).context("a framed read ended inside a frame")?;
+    Ok(frames
+        .into_iter()
+        .map(|(header, payload)| (header, payload.to_vec()))
+        .collect())
 }
 
 fn assert_packets(reader: &mut File, sent: &[&[u8]]) -> Result<()> {
@@ -307,7 +299,7 @@ fn losses_are_counted_exactly() -> Result<()> {
 }
 
 fn seek_seq(file: &File, seq: u64) -> Result<(), Errno> {
-    raw_ioctl(file, abi::IOC_SEEK_SEQ, &seq as *const u64 as usize).map(drop)
+    kchat_client::seek_seq(file, seq)
 }
 
 fn lseek_and_seek_seq_give_history() -> Result<()> {

@@ -10,7 +10,7 @@ use crate::{
     module, Test,
 };
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use kchat_uapi::abi::{self, FrameHeader};
+use kchat_uapi::abi;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::{
     fs::File,
@@ -40,7 +40,6 @@ const ROOMS: [(&str, u32); 3] = [
 ];
 const RUN: Duration = Duration::from_secs(6);
 const MAX_MSG: u32 = 256;
-const HEADER: usize = size_of::<FrameHeader>();
 
 /// xorshift64: deterministic per thread, no dependency for a test.
 struct Rng(u64);
@@ -142,14 +141,10 @@ fn read_session(room: usize, file: &mut File, session: &mut Session, until: Inst
             Err(err) if err.kind() == ErrorKind::WouldBlock => continue,
             Err(err) => return Err(err.into()),
         };
-        let mut bytes = &buf[..n];
-        while !bytes.is_empty() {
-            ensure!(bytes.len() >= HEADER, "a read ended inside a frame header");
-            // SAFETY: plain integers; read_unaligned copies.
-            let header: FrameHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-            let end = HEADER + header.len as usize;
-            ensure!(bytes.len() >= end, "a read ended inside a payload");
-            let (writer, counter) = check_message(&bytes[HEADER..end])?;
+        let frames =
+            kchat_client::split_frames(&buf[..n]).context("a read ended inside a frame")?;
+        for (header, payload) in frames {
+            let (writer, counter) = check_message(payload)?;
             if ROOMS[room].1 == abi::POLICY_BLOCK {
                 ensure!(
                     header.lost == 0,
@@ -179,7 +174,6 @@ fn read_session(room: usize, file: &mut File, session: &mut Session, until: Inst
                 );
             }
             *last = Some(counter);
-            bytes = &bytes[end..];
         }
     }
 }
