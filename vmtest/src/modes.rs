@@ -43,6 +43,10 @@ pub const TESTS: &[Test] = &[
         "modes::lseek_and_seek_seq_give_history",
         lseek_and_seek_seq_give_history,
     ),
+    (
+        "modes::room_ioctls_refuse_bad_input",
+        room_ioctls_refuse_bad_input,
+    ),
 ];
 
 const HEADER: usize = size_of::<FrameHeader>();
@@ -399,6 +403,70 @@ fn lseek_and_seek_seq_give_history() -> Result<()> {
     ensure!(
         got == Err(Errno::ERANGE),
         "seeking to an evicted message: {got:?}"
+    );
+    Ok(())
+}
+
+fn room_ioctls_refuse_bad_input() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(abi::RoomSpec {
+        ring_bytes: abi::MIN_RING_BYTES,
+        max_msg: 100,
+        ..spec("badroomio")
+    })?;
+    let reader = room.open_read_nonblock()?;
+    for cmd in [
+        abi::IOC_SET_READ_MODE,
+        abi::IOC_TAKE_LOST,
+        abi::IOC_SEEK_SEQ,
+    ] {
+        for bad in [0usize, 1, usize::MAX - 8] {
+            let got = raw_ioctl(&reader, cmd, bad);
+            ensure!(
+                got == Err(Errno::EFAULT),
+                "room ioctl {cmd:#x} with pointer {bad:#x}: {got:?}"
+            );
+        }
+    }
+    // Control ioctls mean nothing on a room, nor do strangers.
+    let mut scratch = [0u8; 256];
+    for cmd in [
+        abi::IOC_CREATE_ROOM,
+        abi::IOC_VERSION,
+        abi::ior::<u64>(0x7e),
+        nix::libc::TCGETS as u32,
+    ] {
+        let got = raw_ioctl(&reader, cmd, scratch.as_mut_ptr() as usize);
+        ensure!(
+            got == Err(Errno::ENOTTY),
+            "ioctl {cmd:#x} on a room: {got:?}, expected ENOTTY"
+        );
+    }
+    // A loss report that cannot be delivered is not forgotten.
+    let mut writer = room.open_write()?;
+    for _ in 0..100 {
+        writer.write_all(&[3; 100])?;
+    }
+    ensure!(
+        raw_ioctl(&reader, abi::IOC_TAKE_LOST, 8) == Err(Errno::EFAULT),
+        "TAKE_LOST into a bad pointer"
+    );
+    let retained = u64::from(abi::MIN_RING_BYTES / (100 + abi::RECORD_OVERHEAD));
+    ensure!(
+        take_lost(&reader)? == 100 - retained,
+        "the loss count was forgotten after EFAULT"
+    );
+    // Write-only fds have no cursor.
+    let writer_fd = room.open_write()?;
+    let mut lost = 0u64;
+    let got = raw_ioctl(
+        &writer_fd,
+        abi::IOC_TAKE_LOST,
+        &mut lost as *mut u64 as usize,
+    );
+    ensure!(
+        got == Err(Errno::EBADF),
+        "TAKE_LOST on a write-only fd: {got:?}, expected EBADF"
     );
     Ok(())
 }
