@@ -170,13 +170,16 @@ pub(crate) struct RoomInner {
 }
 
 impl RoomInner {
-    /// Takes a message of `len` bytes from `key`'s budget, or says how many
-    /// nanoseconds to wait.
-    fn admit(&mut self, key: u64, now_ns: u64, len: u64) -> Result<Option<u64>> {
+    /// Takes a message of `len` bytes from its writer's budget (by uid or by
+    /// file, as the limit's scope says), or says how many nanoseconds to wait.
+    fn admit(&mut self, uid: u32, file_id: u64, now_ns: u64, len: u64) -> Result<Option<u64>> {
         if self.limit.is_unlimited() {
             return Ok(None);
         }
-        let mut key = key;
+        let mut key = match self.limit.scope {
+            Scope::Uid => u64::from(uid),
+            Scope::File => file_id,
+        };
         if self.senders.get(&key).is_none() {
             if self.sender_count >= MAX_SENDERS {
                 self.forget_idle_senders(now_ns);
@@ -322,14 +325,6 @@ impl Room {
         self.writable.notify_all();
     }
 
-    /// The rate budget key of a writer.
-    pub(crate) fn sender_key(limit: &LimitConfig, file: &File, sender: &Identity) -> u64 {
-        match limit.scope {
-            Scope::Uid => u64::from(sender.uid),
-            Scope::File => file.id(),
-        }
-    }
-
     /// Marks the room deleted and wakes everyone: readers drain what is
     /// left, then read end-of-file; writers get `EIDRM`.
     pub(crate) fn mark_deleted(&self) {
@@ -345,13 +340,13 @@ impl Room {
     /// error ends the write short instead of failing it (pipe semantics).
     pub(crate) fn write(&self, file: &File, src: &mut IovSource, nonblock: bool) -> Result<usize> {
         let sender = Identity::of_writer(file);
-        let key = Room::sender_key(&self.inner.lock().limit, file, &sender);
+        let file_id = file.id();
         let total = src.len();
         let max = self.settings.max_msg as usize;
         let mut written = 0;
         while written < total {
             let len = max.min(total - written);
-            match self.write_message(src, len, sender, key, nonblock) {
+            match self.write_message(src, len, sender, file_id, nonblock) {
                 Ok(()) => written += len,
                 Err(_) if written > 0 => break,
                 Err(err) => return Err(err),
@@ -365,7 +360,7 @@ impl Room {
         src: &mut IovSource,
         len: usize,
         sender: Identity,
-        key: u64,
+        file_id: u64,
         nonblock: bool,
     ) -> Result {
         // Copy from user space before taking any lock: it may fault and sleep.
@@ -386,7 +381,8 @@ impl Room {
             if inner.deleted {
                 return Err(eidrm());
             }
-            let Some(wait_ns) = inner.admit(key, monotonic_ns(), len as u64)? else {
+            let Some(wait_ns) = inner.admit(sender.uid, file_id, monotonic_ns(), len as u64)?
+            else {
                 break;
             };
             if !throttled {
