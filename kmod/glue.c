@@ -2,7 +2,7 @@
 /*
  * C glue for what Linux 6.12 offers Rust no way to express: a module
  * parameter (Rust `module!` parameters came later), and the static inlines
- * poll_wait() and iov_iter_count(). Everything else is Rust; compat/
+ * poll_wait(), wq_has_sleeper() and iov_iter_count(). Everything else is Rust; compat/
  * declares these.
  */
 #include <linux/module.h>
@@ -33,4 +33,11 @@ size_t kchat_iov_iter_count(const struct iov_iter *iter);
 size_t kchat_iov_iter_count(const struct iov_iter *iter)
 {
 	return iov_iter_count(iter);
+}
+
+bool kchat_wq_has_sleeper(struct wait_queue_head *queue);
+
+bool kchat_wq_has_sleeper(struct wait_queue_head *queue)
+{
+	return wq_has_sleeper(queue);
 }

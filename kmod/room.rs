@@ -167,6 +167,12 @@ pub(crate) struct RoomInner {
     /// Rate budgets by sender key (uid or file id).
     senders: RBTree<u64, Limiter>,
     sender_count: usize,
+    /// Tasks asleep on `Room::readable` / `Room::writable`. Counted under
+    /// this lock, which a sleeper holds until it is on the queue, so a waker
+    /// that reads zero here can skip the wake-up: the common case, where
+    /// it would take the queue's spinlock for nobody.
+    pub(crate) sleeping_readers: u32,
+    pub(crate) sleeping_writers: u32,
 }
 
 impl RoomInner {
@@ -297,6 +303,8 @@ impl Room {
             ring,
             deleted: false,
             readers: KVec::new(),
+            sleeping_readers: 0,
+            sleeping_writers: 0,
             limit: LimitConfig::UNLIMITED,
             senders: RBTree::new(),
             sender_count: 0,
@@ -364,8 +372,7 @@ impl Room {
         nonblock: bool,
     ) -> Result {
         // Copy from user space before taking any lock: it may fault and sleep.
-        let mut data = KVec::from_elem(0u8, len, GFP_KERNEL)?;
-        src.read_slice(&mut data)?;
+        let data = src.read_vec(len)?;
         let record = Arc::new(
             Record {
                 time_ns: realtime_ns(),
@@ -392,9 +399,11 @@ impl Room {
             if nonblock {
                 return Err(EAGAIN);
             }
+            inner.sleeping_writers += 1;
             let woke = self
                 .writable
                 .wait_interruptible_timeout(&mut inner, ns_to_jiffies(wait_ns));
+            inner.sleeping_writers -= 1;
             if matches!(woke, CondVarTimeoutResult::Signal { .. }) {
                 return Err(ERESTARTSYS);
             }
@@ -410,7 +419,10 @@ impl Room {
                 return Err(EAGAIN);
             }
             Stats::add(&self.stats.writer_waits, 1);
-            if self.writable.wait_interruptible(&mut inner) {
+            inner.sleeping_writers += 1;
+            let interrupted = self.writable.wait_interruptible(&mut inner);
+            inner.sleeping_writers -= 1;
+            if interrupted {
                 return Err(ERESTARTSYS);
             }
         }
@@ -418,10 +430,13 @@ impl Room {
             // make_room() just said it fits.
             return Err(ENOSPC);
         }
+        let wake_readers = inner.sleeping_readers > 0;
         drop(inner);
         Stats::add(&self.stats.msgs_in, 1);
         Stats::add(&self.stats.bytes_in, len as u64);
-        self.readable.notify_all();
+        if wake_readers {
+            self.readable.notify_all();
+        }
         self.poll.wake(events::IN | events::RDNORM);
         Ok(())
     }

@@ -266,7 +266,10 @@ impl RoomFile {
                     Lookup::Pending if inner.deleted => return Ok(0),
                     Lookup::Pending if nonblock => return Err(EAGAIN),
                     Lookup::Pending => {
-                        if room.readable.wait_interruptible(&mut inner) {
+                        inner.sleeping_readers += 1;
+                        let interrupted = room.readable.wait_interruptible(&mut inner);
+                        inner.sleeping_readers -= 1;
+                        if interrupted {
                             return Err(ERESTARTSYS);
                         }
                     }
@@ -358,10 +361,13 @@ impl RoomFile {
         if finished > 0 {
             let inner = room.inner.lock();
             mark.seq.store(seq + finished, Ordering::Relaxed);
+            let wake_writers = inner.sleeping_writers > 0;
             drop(inner);
             Stats::add(&room.stats.deliveries, finished);
             if room.settings.policy == Policy::Block {
-                room.writable.notify_all();
+                if wake_writers {
+                    room.writable.notify_all();
+                }
                 room.poll.wake(events::OUT | events::WRNORM);
             }
         }

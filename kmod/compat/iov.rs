@@ -98,15 +98,18 @@ impl IovSource {
         unsafe { kchat_iov_iter_count(self.0.cast()) }
     }
 
-    /// Fills `out` entirely; `EFAULT` if user memory is bad.
-    pub(crate) fn read_slice(&mut self, out: &mut [u8]) -> Result {
-        // SAFETY: `out` is valid for writes of its length; the iter is valid
-        // and advances by what was copied.
-        let copied =
-            unsafe { bindings::_copy_from_iter(out.as_mut_ptr().cast(), out.len(), self.0) };
-        if copied != out.len() {
+    /// Takes the next `len` bytes into a new vector, without zero-filling it
+    /// first; `EFAULT` if user memory is bad.
+    pub(crate) fn read_vec(&mut self, len: usize) -> Result<KVec<u8>> {
+        let mut out = KVec::<u8>::with_capacity(len, GFP_KERNEL)?;
+        // SAFETY: the vector's buffer is valid for writes of `len` bytes (its
+        // capacity); the iter is valid and advances by what was copied.
+        let copied = unsafe { bindings::_copy_from_iter(out.as_mut_ptr().cast(), len, self.0) };
+        if copied != len {
             return Err(EFAULT);
         }
-        Ok(())
+        // SAFETY: the first `len` bytes were just written.
+        unsafe { out.set_len(len) };
+        Ok(out)
     }
 }

@@ -18,6 +18,8 @@ extern "C" {
     // Opaque pointers: some of these structs have members bindgen cannot
     // express, which `improper_ctypes` flags.
     fn kchat_poll_wait(filp: *mut ffi::c_void, queue: *mut ffi::c_void, table: *mut ffi::c_void);
+    /// `wq_has_sleeper()`: a full barrier, then whether anyone waits.
+    fn kchat_wq_has_sleeper(queue: *mut ffi::c_void) -> bool;
 }
 
 /// Poll event bits (`EPOLL*` in `<uapi/linux/eventpoll.h>`), which the
@@ -79,7 +81,17 @@ impl PollQueue {
     }
 
     /// Wakes every poller, telling epoll which `events` happened.
+    ///
+    /// Most writes have no poller; skipping `__wake_up` then saves taking
+    /// the queue's spinlock. No wake-up is lost: callers change the state
+    /// under the room lock before calling this, and a poller that registers
+    /// later checks that state under the same lock.
     pub(crate) fn wake(&self, events: u32) {
+        // SAFETY: the queue is initialised; the check only reads its list
+        // head after a full barrier.
+        if !unsafe { kchat_wq_has_sleeper(self.head.get().cast()) } {
+            return;
+        }
         // SAFETY: the queue is initialised; `__wake_up` takes its own lock.
         // The key is the event mask, as `wake_up_poll` passes it.
         unsafe {

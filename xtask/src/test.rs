@@ -186,7 +186,7 @@ fn guest_suite_run(
         kernel.variant
     );
     let timeout = match kernel.variant {
-        Variant::Debug => Duration::from_secs(600),
+        Variant::Debug | Variant::Bench => Duration::from_secs(600),
         Variant::Kasan => Duration::from_secs(1800),
     };
     let run = vm::run(kernel, &VmArgs::scripted(timeout), Some(&script), true)?;
