@@ -1,0 +1,309 @@
+//! `/etc/kchat/kchatd.toml`: rooms, global limits, where to listen.
+//!
+//! Every key is checked while the file is parsed: an unknown key, a value
+//! out of range or an unknown user or group is an error that names the key
+//! and its line, and the daemon then refuses to start (or, on reload, keeps
+//! the config it runs).
+
+use kchat_proto::room::{RoomDecl, RoomName};
+use kchat_uapi::abi;
+use serde::Deserialize;
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+pub const DEFAULT_PATH: &str = "/etc/kchat/kchatd.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The control socket kchatctl talks to.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Where the state file (`state.json`) lives.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Members of this group may change rooms through the socket, besides
+    /// root. Anyone may read.
+    #[serde(default)]
+    pub admin_group: Option<AdminGroup>,
+    #[serde(default)]
+    pub metrics: Metrics,
+    /// Module-wide limits, applied when kchatd attaches.
+    #[serde(default)]
+    pub limits: Option<GlobalLimits>,
+    #[serde(default)]
+    pub rooms: BTreeMap<RoomName, RoomDecl>,
+}
+
+fn default_socket() -> PathBuf {
+    kchat_proto::api::DEFAULT_SOCKET.into()
+}
+
+fn default_state_dir() -> PathBuf {
+    "/var/lib/kchat".into()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: default_socket(),
+            state_dir: default_state_dir(),
+            admin_group: None,
+            metrics: Metrics::default(),
+            limits: None,
+            rooms: BTreeMap::new(),
+        }
+    }
+}
+
+/// The admin group, resolved to its gid when the config is read.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct AdminGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
+impl TryFrom<String> for AdminGroup {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        match nix::unistd::Group::from_name(&name) {
+            Ok(Some(group)) => Ok(AdminGroup {
+                name,
+                gid: group.gid.as_raw(),
+            }),
+            Ok(None) => Err(format!(
+                "admin_group: no group named {name:?} on this system (create it, e.g. with sysusers.d)"
+            )),
+            Err(err) => Err(format!("admin_group: looking up {name:?}: {err}")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Where `/metrics` and `/healthz` are served; loopback by default. Set
+    /// `enabled = false` to serve nothing.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Most rooms given their own `room` label; the rest are summed under
+    /// `room="_other"`, so a runaway room count cannot blow up the series.
+    #[serde(default = "default_room_labels")]
+    pub max_room_labels: usize,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9477))
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_room_labels() -> usize {
+    abi::MAX_MINORS as usize
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: default_listen(),
+            enabled: true,
+            max_room_labels: default_room_labels(),
+        }
+    }
+}
+
+/// `[limits]`: each key optional; what is left out keeps the module's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawLimits")]
+pub struct GlobalLimits {
+    pub max_rooms: Option<u32>,
+    pub max_readers: Option<u32>,
+    pub max_total_ring_bytes: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_rooms: Option<u32>,
+    max_readers: Option<u32>,
+    max_total_ring_bytes: Option<u64>,
+}
+
+impl TryFrom<RawLimits> for GlobalLimits {
+    type Error = String;
+
+    fn try_from(raw: RawLimits) -> Result<Self, String> {
+        let check = |key: &str, value: Option<u64>, low: u64, high: u64| match value {
+            Some(v) if !(low..=high).contains(&v) => Err(format!(
+                "limits.{key} = {v} is out of range: {low} to {high}"
+            )),
+            _ => Ok(()),
+        };
+        check(
+            "max_rooms",
+            raw.max_rooms.map(u64::from),
+            1,
+            u64::from(abi::MAX_MINORS - 1),
+        )?;
+        check(
+            "max_readers",
+            raw.max_readers.map(u64::from),
+            1,
+            u64::from(abi::MAX_READERS_LIMIT),
+        )?;
+        check(
+            "max_total_ring_bytes",
+            raw.max_total_ring_bytes,
+            u64::from(abi::MIN_RING_BYTES),
+            abi::MAX_TOTAL_RING_LIMIT,
+        )?;
+        Ok(GlobalLimits {
+            max_rooms: raw.max_rooms,
+            max_readers: raw.max_readers,
+            max_total_ring_bytes: raw.max_total_ring_bytes,
+        })
+    }
+}
+
+impl GlobalLimits {
+    /// `current` with the keys this config sets.
+    pub fn merged(&self, current: abi::GlobalLimits) -> abi::GlobalLimits {
+        abi::GlobalLimits {
+            max_rooms: self.max_rooms.unwrap_or(current.max_rooms),
+            max_readers: self.max_readers.unwrap_or(current.max_readers),
+            max_total_ring_bytes: self
+                .max_total_ring_bytes
+                .unwrap_or(current.max_total_ring_bytes),
+            ..current
+        }
+    }
+}
+
+impl Config {
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+}
+
+/// The file `kchatctl apply` sends: only rooms.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomsFile {
+    #[serde(default)]
+    pub rooms: BTreeMap<RoomName, RoomDecl>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kchat_proto::room::Policy;
+
+    #[test]
+    fn an_empty_file_is_all_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let config = Config::parse(
+            r#"
+socket = "/tmp/k.sock"
+state_dir = "/tmp/kstate"
+admin_group = "root"
+
+[metrics]
+listen = "127.0.0.1:9999"
+max_room_labels = 10
+
+[limits]
+max_rooms = 32
+
+[rooms.ops]
+policy = "block"
+mode = 0o660
+group = "root"
+
+[rooms.ops.rate_limit]
+msgs_per_sec = 10
+msg_burst = 20
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.admin_group.unwrap().gid, 0);
+        assert_eq!(config.metrics.listen.port(), 9999);
+        assert_eq!(config.limits.unwrap().max_rooms, Some(32));
+        let ops = &config.rooms[&"ops".parse::<RoomName>().unwrap()];
+        assert_eq!(ops.policy, Policy::Block);
+        assert_eq!(ops.mode, 0o660);
+        assert_eq!(ops.rate_limit.msg_burst, 20);
+    }
+
+    /// Each bad file is refused with the key and the line named.
+    #[test]
+    fn bad_files_name_key_and_line() {
+        for (text, line, needle) in [
+            ("sokcet = \"/x\"", 1, "unknown field `sokcet`"),
+            (
+                "\n[rooms.ops]\nring_bytes = 1",
+                2,
+                "ring_bytes = 1 is out of range",
+            ),
+            ("\n\n[rooms.\"a/b\"]", 3, "invalid room name"),
+            (
+                "[metrics]\nlisten = \"nowhere\"",
+                2,
+                "invalid socket address",
+            ),
+            ("[limits]\nmax_rooms = 0", 1, "limits.max_rooms = 0"),
+            (
+                "admin_group = \"no-such-group-kchat\"",
+                1,
+                "admin_group: no group named",
+            ),
+            ("[rooms.x]\npolicy = \"slow\"", 2, "unknown variant `slow`"),
+            ("[rooms.x]\nmode = 0o7777", 1, "beyond 0o777"),
+            ("rooms = 3", 1, "invalid type"),
+        ] {
+            let err = Config::parse(text).expect_err(text).to_string();
+            assert!(err.contains(needle), "{text:?} gave {err}");
+            assert!(
+                err.contains(&format!("line {line}")),
+                "{text:?} does not name line {line}: {err}"
+            );
+        }
+    }
+}

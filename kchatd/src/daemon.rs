@@ -1,0 +1,586 @@
+//! The daemon's state and what it does with it: reconcile the kernel with
+//! the declared rooms (on start, every tick, on SIGHUP), answer requests,
+//! and turn what changed in the kernel into events.
+//!
+//! Everything runs under one mutex that is never held across an `.await`;
+//! the ioctls under it take microseconds.
+
+use crate::{
+    config::{Config, ConfigError, RoomsFile},
+    kernel::{self, Snapshot},
+    plan::{self, Desired, Step},
+    state::State,
+};
+use kchat_client::Control;
+use kchat_proto::{
+    api::{
+        ApiError, Change, ErrorKind, Event, EventKind, Origin, Reply, Request, RoomView, Status,
+    },
+    room::{RoomDecl, RoomName},
+};
+use nix::errno::Errno;
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, MutexGuard,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+use tokio::sync::broadcast;
+
+/// kchatd's own counters, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub reconciles: AtomicU64,
+    pub reconcile_errors: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reload_errors: AtomicU64,
+    pub requests: AtomicU64,
+    pub denied: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Daemon {
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<Event>,
+    pub health: Health,
+    pub config_path: PathBuf,
+    pub started: SystemTime,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    state: State,
+    abi_version: Option<u32>,
+    detached_reason: Option<String>,
+    last_error: Option<String>,
+    /// The rooms as the last reconcile saw them, to report changes.
+    seen: Option<Snapshot>,
+    /// Drift already logged, so it is logged once, not every tick.
+    drift_logged: BTreeMap<RoomName, Vec<String>>,
+}
+
+fn api_error(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+    ApiError {
+        kind,
+        message: message.into(),
+    }
+}
+
+/// An ioctl failure, in the caller's terms.
+fn kernel_error(what: &str, room: &RoomName, err: Errno) -> ApiError {
+    let (kind, why) = match err {
+        Errno::EEXIST => (ErrorKind::AlreadyExists, "it already exists".to_owned()),
+        Errno::ENOENT => (ErrorKind::NotFound, "no such room".to_owned()),
+        Errno::EUSERS => (
+            ErrorKind::Failed,
+            "the module's room limit is reached (raise [limits] max_rooms)".to_owned(),
+        ),
+        Errno::ENOSPC | Errno::ENOMEM => (
+            ErrorKind::Failed,
+            "the module's ring memory limit is reached (raise [limits] max_total_ring_bytes or use a smaller ring_bytes)"
+                .to_owned(),
+        ),
+        Errno::EINVAL => (ErrorKind::Invalid, "the module refused the settings (EINVAL)".to_owned()),
+        other => (ErrorKind::Failed, other.desc().to_owned()),
+    };
+    api_error(kind, format!("cannot {what} room {room}: {why}"))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Daemon {
+    pub fn new(config_path: PathBuf, config: Config, state: State) -> Daemon {
+        Daemon {
+            inner: Mutex::new(Inner {
+                config,
+                state,
+                abi_version: None,
+                detached_reason: Some("not attached yet".to_owned()),
+                last_error: None,
+                seen: None,
+                drift_logged: BTreeMap::new(),
+            }),
+            events: broadcast::channel(1024).0,
+            health: Health::default(),
+            config_path,
+            started: SystemTime::now(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic under the lock would have left consistent data (no step
+        // is half-written in memory), so a poisoned lock is still usable.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    pub fn config(&self) -> Config {
+        self.lock().config.clone()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, kind: EventKind, room: Option<RoomName>, count: u64) {
+        // No subscriber is fine.
+        let _ = self.events.send(Event {
+            time: now(),
+            kind,
+            room,
+            count,
+        });
+    }
+
+    /// Whether kchatd is attached to the module now.
+    pub fn attached(&self) -> bool {
+        self.lock().abi_version.is_some()
+    }
+
+    /// Brings the kernel in line with the declared rooms. Runs at start,
+    /// every tick (so a reloaded module gets its rooms back within one) and
+    /// after every change.
+    pub fn reconcile(&self) {
+        self.health.reconciles.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.lock();
+        let control = match kernel::attach() {
+            Ok((control, version)) => {
+                if inner.abi_version.is_none() {
+                    tracing::info!(abi_version = version, "attached to the kchat module");
+                    self.emit(EventKind::Attached, None, 0);
+                    inner.abi_version = Some(version);
+                    inner.detached_reason = None;
+                    inner.seen = Some(Snapshot::default());
+                    self.apply_global_limits(&mut inner, &control);
+                }
+                control
+            }
+            Err(reason) => {
+                if inner.abi_version.is_some() || inner.detached_reason.as_deref() != Some(&reason)
+                {
+                    tracing::warn!(%reason, "detached from the kchat module");
+                    if inner.abi_version.is_some() {
+                        self.emit(EventKind::Detached, None, 0);
+                    }
+                }
+                inner.abi_version = None;
+                inner.detached_reason = Some(reason);
+                inner.seen = None;
+                return;
+            }
+        };
+        let errors = self.converge(&mut inner, &control);
+        inner.last_error = errors.last().cloned();
+        if !errors.is_empty() {
+            self.health.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn apply_global_limits(&self, inner: &mut Inner, control: &Control) {
+        let Some(limits) = inner.config.limits else {
+            return;
+        };
+        let result = control
+            .limits()
+            .and_then(|current| control.set_limits(&limits.merged(current)));
+        if let Err(err) = result {
+            tracing::error!(%err, "cannot set the module's global limits");
+            inner.last_error = Some(format!("cannot set the module's global limits: {err}"));
+        }
+    }
+
+    /// Plans and carries out the steps; returns what failed.
+    fn converge(&self, inner: &mut Inner, control: &Control) -> Vec<String> {
+        let snapshot = match kernel::snapshot(control) {
+            Ok(snapshot) => snapshot,
+            Err(err) => return vec![format!("cannot list the module's rooms: {err}")],
+        };
+        self.report_changes(inner, &snapshot);
+        let actual = decls(&snapshot);
+        let desired = plan::desired(&inner.config.rooms, &inner.state);
+        let steps = plan::plan(&desired, &actual, &inner.state.limits, &inner.state.owned);
+        let mut errors = Vec::new();
+        let mut owned_changed = false;
+        let mut drift = BTreeMap::new();
+        for step in steps {
+            if let Step::Drift(room, diffs) = &step {
+                drift.insert(room.clone(), diffs.clone());
+                continue;
+            }
+            match execute(control, &step) {
+                Ok(()) => {
+                    tracing::info!(room = %step.room(), change = %step.change().detail, action = ?step.change().action, "reconciled");
+                    match &step {
+                        Step::Create(room, _) => {
+                            owned_changed |= inner.state.owned.insert(room.clone());
+                        }
+                        Step::Delete(room) => {
+                            owned_changed |= inner.state.owned.remove(room);
+                        }
+                        _ => {}
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(message = %err.message, "reconcile step failed");
+                    errors.push(err.message);
+                }
+            }
+        }
+        for (room, diffs) in &drift {
+            if inner.drift_logged.get(room) != Some(diffs) {
+                tracing::warn!(%room, drift = %diffs.join(", "), "room differs from its declaration in settings fixed at creation; delete and create it to apply");
+            }
+        }
+        inner.drift_logged = drift;
+        if owned_changed && let Err(err) = inner.state.save(&self.state_path(inner)) {
+            tracing::error!(%err, "cannot save state");
+            errors.push(err.to_string());
+        }
+        // What the steps changed is reported on the next tick.
+        errors
+    }
+
+    fn state_path(&self, inner: &Inner) -> PathBuf {
+        State::path(&inner.config.state_dir)
+    }
+
+    /// Turns the difference between the last snapshot and `now` into events.
+    fn report_changes(&self, inner: &mut Inner, now: &Snapshot) {
+        if let Some(seen) = &inner.seen {
+            for (room, info) in &now.rooms {
+                match seen.rooms.get(room) {
+                    None => self.emit(EventKind::RoomCreated, Some(room.clone()), 0),
+                    Some(old) => {
+                        let lost = info.lost.saturating_sub(old.lost);
+                        if lost > 0 {
+                            self.emit(EventKind::Lost, Some(room.clone()), lost);
+                        }
+                        let throttled = info.throttled.saturating_sub(old.throttled);
+                        if throttled > 0 {
+                            self.emit(EventKind::Throttled, Some(room.clone()), throttled);
+                        }
+                    }
+                }
+            }
+            for room in seen.rooms.keys().filter(|r| !now.rooms.contains_key(*r)) {
+                self.emit(EventKind::RoomDeleted, Some(room.clone()), 0);
+            }
+        }
+        inner.seen = Some(now.clone());
+    }
+
+    /// Rereads the config file (SIGHUP). A bad file changes nothing: the
+    /// running config stays, and the error says why.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        self.health.reloads.fetch_add(1, Ordering::Relaxed);
+        let config = match Config::load(&self.config_path) {
+            Ok(config) => config,
+            Err(err) => {
+                self.health.reload_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(err);
+            }
+        };
+        {
+            let mut inner = self.lock();
+            let limits_changed = config.limits != inner.config.limits;
+            inner.config = config;
+            if limits_changed && let Ok((control, _)) = kernel::attach() {
+                self.apply_global_limits(&mut inner, &control);
+            }
+        }
+        self.reconcile();
+        Ok(())
+    }
+
+    /// Every room the kernel has, as the API shows them.
+    pub fn rooms(&self) -> Result<Vec<RoomView>, ApiError> {
+        let inner = self.lock();
+        let (control, _) =
+            kernel::attach().map_err(|reason| api_error(ErrorKind::Unavailable, reason))?;
+        let snapshot = kernel::snapshot(&control).map_err(|err| {
+            api_error(
+                ErrorKind::Failed,
+                format!("cannot list the module's rooms: {err}"),
+            )
+        })?;
+        let desired = plan::desired(&inner.config.rooms, &inner.state);
+        Ok(snapshot
+            .rooms
+            .iter()
+            .map(|(name, info)| view(name, info, desired.get(name)))
+            .collect())
+    }
+
+    fn status(&self) -> Status {
+        let inner = self.lock();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            attached: inner.abi_version.is_some(),
+            detached_reason: inner.detached_reason.clone(),
+            abi_version: inner.abi_version,
+            rooms: inner.seen.as_ref().map_or(0, |s| s.rooms.len()),
+            config_path: self.config_path.display().to_string(),
+            state_path: self.state_path(&inner).display().to_string(),
+            last_error: inner.last_error.clone(),
+        }
+    }
+
+    /// Answers one request; `admin` says whether the caller may change
+    /// things. `Events` is served by the socket layer.
+    pub fn handle(&self, request: Request, admin: bool) -> Reply {
+        self.health.requests.fetch_add(1, Ordering::Relaxed);
+        if request.changes_state() && !admin {
+            self.health.denied.fetch_add(1, Ordering::Relaxed);
+            return Reply::Error(api_error(
+                ErrorKind::Denied,
+                "permission denied: changing rooms needs root or the admin group (admin_group in kchatd.toml)",
+            ));
+        }
+        let result = match request {
+            Request::Status => Ok(Reply::Status(self.status())),
+            Request::List => self.rooms().map(Reply::Rooms),
+            Request::Info { room } => self.rooms().and_then(|rooms| {
+                rooms
+                    .into_iter()
+                    .find(|view| view.name == room)
+                    .map(Reply::Room)
+                    .ok_or_else(|| api_error(ErrorKind::NotFound, format!("no room named {room}")))
+            }),
+            Request::CreateRoom { room, settings } => RoomDecl::try_from(settings)
+                .map_err(|err| api_error(ErrorKind::Invalid, err))
+                .and_then(|decl| self.create(room, decl)),
+            Request::DeleteRoom { room } => self.delete(room),
+            Request::SetLimit { room, limit } => self.set_limit(room, limit),
+            Request::Apply { config, dry_run } => self.apply(&config, dry_run),
+            Request::Events => Err(api_error(
+                ErrorKind::Invalid,
+                "events are streamed by the socket, not answered",
+            )),
+        };
+        result.unwrap_or_else(Reply::Error)
+    }
+
+    /// Runs `edit` on the state under the lock, with the control node;
+    /// saves the state if `edit` succeeds, and undoes the kernel side with
+    /// `undo` if the save fails, so a change is all or nothing.
+    fn change(
+        &self,
+        edit: impl FnOnce(&mut State, &Control) -> Result<String, ApiError>,
+        undo: impl FnOnce(&Control),
+    ) -> Result<Reply, ApiError> {
+        let mut inner = self.lock();
+        let (control, _) =
+            kernel::attach().map_err(|reason| api_error(ErrorKind::Unavailable, reason))?;
+        let before = inner.state.clone();
+        let message = edit(&mut inner.state, &control)?;
+        if let Err(err) = inner.state.save(&self.state_path(&inner)) {
+            undo(&control);
+            inner.state = before;
+            return Err(api_error(
+                ErrorKind::Failed,
+                format!("{err}; the change was undone"),
+            ));
+        }
+        drop(inner);
+        self.reconcile();
+        Ok(Reply::Done(message))
+    }
+
+    fn create(&self, room: RoomName, decl: RoomDecl) -> Result<Reply, ApiError> {
+        if self.lock().config.rooms.contains_key(&room) {
+            return Err(api_error(
+                ErrorKind::Conflict,
+                format!(
+                    "room {room} is declared in {}; change it there",
+                    self.config_path.display()
+                ),
+            ));
+        }
+        let undo_room = room.clone();
+        self.change(
+            |state, control| {
+                control
+                    .create(&decl.to_abi(&room))
+                    .map_err(|err| kernel_error("create", &room, err))?;
+                if !decl.rate_limit.is_unlimited()
+                    && let Err(err) = control.set_limit(&decl.rate_limit.to_abi(&room))
+                {
+                    let _ = control.delete(room.as_str());
+                    return Err(kernel_error("set the rate limit of", &room, err));
+                }
+                state.rooms.insert(room.clone(), decl);
+                state.deleted.remove(&room);
+                state.limits.remove(&room);
+                state.owned.insert(room.clone());
+                Ok(format!(
+                    "created room {room} ({})",
+                    kchat_client::room_path(room.as_str()).display()
+                ))
+            },
+            |control| {
+                let _ = control.delete(undo_room.as_str());
+            },
+        )
+    }
+
+    fn delete(&self, room: RoomName) -> Result<Reply, ApiError> {
+        let declared = self.lock().config.rooms.contains_key(&room);
+        // A deleted room cannot be brought back as it was (its readers and
+        // history are gone), so a failed save cannot undo it; it is then
+        // recreated by the next reconcile, which the error says.
+        self.change(
+            |state, control| {
+                control
+                    .delete(room.as_str())
+                    .map_err(|err| kernel_error("delete", &room, err))?;
+                state.rooms.remove(&room);
+                state.limits.remove(&room);
+                state.owned.remove(&room);
+                if declared {
+                    state.deleted.insert(room.clone());
+                }
+                Ok(format!("deleted room {room}"))
+            },
+            |_| {},
+        )
+    }
+
+    fn set_limit(
+        &self,
+        room: RoomName,
+        limit: kchat_proto::room::RateLimit,
+    ) -> Result<Reply, ApiError> {
+        let previous = self
+            .lock()
+            .seen
+            .as_ref()
+            .and_then(|s| s.rooms.get(&room))
+            .map(|info| RoomDecl::from_info(info).rate_limit);
+        let undo_room = room.clone();
+        self.change(
+            |state, control| {
+                control
+                    .set_limit(&limit.to_abi(&room))
+                    .map_err(|err| kernel_error("set the rate limit of", &room, err))?;
+                match state.rooms.get_mut(&room) {
+                    Some(decl) => decl.rate_limit = limit,
+                    None => {
+                        state.limits.insert(room.clone(), limit);
+                    }
+                }
+                Ok(format!(
+                    "room {room}: rate limit {}",
+                    plan::describe_limit(&limit)
+                ))
+            },
+            |control| {
+                if let Some(previous) = previous {
+                    let _ = control.set_limit(&previous.to_abi(&undo_room));
+                }
+            },
+        )
+    }
+
+    /// `kchatctl apply`: the file's rooms become the runtime rooms.
+    fn apply(&self, text: &str, dry_run: bool) -> Result<Reply, ApiError> {
+        let file: RoomsFile = toml::from_str(text).map_err(|err| {
+            api_error(
+                ErrorKind::Invalid,
+                format!("the rooms file is invalid: {err}"),
+            )
+        })?;
+        let mut inner = self.lock();
+        if let Some(room) = file
+            .rooms
+            .keys()
+            .find(|r| inner.config.rooms.contains_key(*r))
+        {
+            return Err(api_error(
+                ErrorKind::Conflict,
+                format!(
+                    "room {room} is declared in {}; leave it out of the applied file",
+                    self.config_path.display()
+                ),
+            ));
+        }
+        let mut next = inner.state.clone();
+        for room in file.rooms.keys() {
+            next.limits.remove(room);
+        }
+        next.rooms = file.rooms;
+        let (control, _) =
+            kernel::attach().map_err(|reason| api_error(ErrorKind::Unavailable, reason))?;
+        let snapshot = kernel::snapshot(&control).map_err(|err| {
+            api_error(
+                ErrorKind::Failed,
+                format!("cannot list the module's rooms: {err}"),
+            )
+        })?;
+        let desired = plan::desired(&inner.config.rooms, &next);
+        let steps = plan::plan(&desired, &decls(&snapshot), &next.limits, &next.owned);
+        let changes: Vec<Change> = steps.iter().map(Step::change).collect();
+        if dry_run {
+            return Ok(Reply::Plan(changes));
+        }
+        next.save(&self.state_path(&inner))
+            .map_err(|err| api_error(ErrorKind::Failed, format!("{err}; nothing was changed")))?;
+        inner.state = next;
+        let errors = self.converge(&mut inner, &control);
+        inner.last_error = errors.last().cloned();
+        if !errors.is_empty() {
+            return Err(api_error(ErrorKind::Failed, errors.join("; ")));
+        }
+        Ok(Reply::Plan(changes))
+    }
+}
+
+fn decls(snapshot: &Snapshot) -> BTreeMap<RoomName, RoomDecl> {
+    snapshot
+        .rooms
+        .iter()
+        .map(|(name, info)| (name.clone(), RoomDecl::from_info(info)))
+        .collect()
+}
+
+fn view(name: &RoomName, info: &kchat_uapi::abi::RoomInfo, desired: Option<&Desired>) -> RoomView {
+    let settings = RoomDecl::from_info(info);
+    RoomView {
+        name: name.clone(),
+        origin: desired.map_or(Origin::Adopted, |d| d.origin),
+        drift: desired.map_or_else(Vec::new, |d| d.decl.fixed_differences(&settings)),
+        settings,
+        counters: kernel::counters(info),
+    }
+}
+
+fn execute(control: &Control, step: &Step) -> Result<(), ApiError> {
+    match step {
+        Step::Create(room, decl) => {
+            control
+                .create(&decl.to_abi(room))
+                .map_err(|err| kernel_error("create", room, err))?;
+            if !decl.rate_limit.is_unlimited() {
+                control
+                    .set_limit(&decl.rate_limit.to_abi(room))
+                    .map_err(|err| kernel_error("set the rate limit of", room, err))?;
+            }
+            Ok(())
+        }
+        Step::Delete(room) => control
+            .delete(room.as_str())
+            .map_err(|err| kernel_error("delete", room, err)),
+        Step::SetLimit(room, limit) => control
+            .set_limit(&limit.to_abi(room))
+            .map_err(|err| kernel_error("set the rate limit of", room, err)),
+        Step::Drift(..) => Ok(()),
+    }
+}

@@ -1,0 +1,136 @@
+//! kchatd: see the library documentation and `kchatd --help`.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use kchatd::{api, config::Config, daemon::Daemon, metrics, state::State};
+use std::{path::PathBuf, sync::Arc, time::Duration};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
+
+/// The kchat daemon: keeps the rooms declared in its config (and changed
+/// with kchatctl) in the kchat module, serves kchatctl on a unix socket and
+/// Prometheus metrics over HTTP. Chat never passes through it.
+///
+/// Signals: SIGHUP rereads the config (a bad file keeps the old one);
+/// SIGTERM and SIGINT stop kchatd and leave the rooms in the kernel.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The config file.
+    #[arg(long, short, default_value = kchatd::config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Check the config file and exit: 0 if valid, 1 with the error if not.
+    #[arg(long)]
+    check: bool,
+    /// Seconds between reconcile passes (how soon a reloaded module gets its
+    /// rooms back).
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    // Under systemd, stderr is the journal already; the journald layer adds
+    // structured fields (room, action) to each entry.
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        registry.with(journald).init();
+        return;
+    }
+    registry
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(false, state) {
+        tracing::debug!(%err, "sd_notify failed");
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let config = Config::load(&args.config)?;
+    if args.check {
+        println!(
+            "{}: ok, {} room(s)",
+            args.config.display(),
+            config.rooms.len()
+        );
+        return Ok(());
+    }
+    init_logging();
+    let interval = Duration::try_from_secs_f64(args.interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--interval must be a positive number of seconds")?;
+    let state = State::load(&State::path(&config.state_dir))?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?
+        .block_on(run(args.config, config, state, interval))
+}
+
+async fn run(config_path: PathBuf, config: Config, state: State, interval: Duration) -> Result<()> {
+    let listener = api::bind(&config.socket).await?;
+    let _socket = api::SocketGuard(config.socket.clone());
+    let daemon = Arc::new(Daemon::new(config_path, config.clone(), state));
+    if config.metrics.enabled {
+        let http = tokio::net::TcpListener::bind(config.metrics.listen)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {}", config.metrics.listen))?;
+        let router = metrics::router(daemon.clone());
+        tokio::spawn(async move {
+            if let Err(err) = axum::serve(http, router).await {
+                tracing::error!(%err, "the metrics server stopped");
+            }
+        });
+    }
+    tokio::task::block_in_place(|| daemon.reconcile());
+    tokio::spawn(api::serve(listener, daemon.clone()));
+    tracing::info!(
+        socket = %config.socket.display(),
+        metrics = %config.metrics.listen,
+        "kchatd ready"
+    );
+    notify(&[sd_notify::NotifyState::Ready]);
+
+    let mut watchdog_usec = 0;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
+        .then(|| Duration::from_micros(watchdog_usec / 2));
+    let mut tick = tokio::time::interval(watchdog.map_or(interval, |w| w.min(interval)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                tokio::task::block_in_place(|| daemon.reconcile());
+                if watchdog.is_some() {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+            _ = hangup.recv() => {
+                notify(&[
+                    sd_notify::NotifyState::Reloading,
+                    sd_notify::NotifyState::monotonic_usec_now()?,
+                ]);
+                match tokio::task::block_in_place(|| daemon.reload()) {
+                    Ok(()) => tracing::info!("config reloaded"),
+                    Err(err) => tracing::error!(%err, "config reload refused; the old config stays"),
+                }
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("kchatd stopping; rooms stay in the kernel");
+    Ok(())
+}

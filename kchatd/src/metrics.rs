@@ -1,0 +1,327 @@
+//! `/metrics` and `/healthz`.
+//!
+//! Room metrics are read from the kernel on each scrape (a Collector), so
+//! they are as fresh as the scrape and cost nothing between scrapes. Names
+//! follow Prometheus conventions: `kchat_` prefix, base units in the name,
+//! `_total` on counters (added by the encoder), one bounded `room` label.
+
+use crate::daemon::Daemon;
+use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
+use kchat_proto::api::{Origin, RoomView};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{text::encode, DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::{Registry, Unit},
+};
+use std::{
+    fmt::Error,
+    sync::{atomic::Ordering, Arc},
+    time::UNIX_EPOCH,
+};
+
+/// Rooms beyond the label cap are summed under this label.
+pub const OTHER_ROOMS: &str = "_other";
+
+#[derive(Debug)]
+struct KchatCollector {
+    daemon: Arc<Daemon>,
+}
+
+/// One room metric: name, help, unit, type, and how to read it.
+struct RoomMetric {
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    counter: bool,
+    value: fn(&RoomView) -> u64,
+}
+
+const ROOM_METRICS: &[RoomMetric] = &[
+    RoomMetric {
+        name: "kchat_room_messages",
+        help: "Messages written to the room.",
+        unit: None,
+        counter: true,
+        value: |r| r.counters.msgs_in,
+    },
+    RoomMetric {
+        name: "kchat_room_written",
+        help: "Payload bytes written to the room.",
+        unit: Some(Unit::Bytes),
+        counter: true,
+        value: |r| r.counters.bytes_in,
+    },
+    RoomMetric {
+        name: "kchat_room_deliveries",
+        help: "Messages delivered, one per reader per message.",
+        unit: None,
+        counter: true,
+        value: |r| r.counters.deliveries,
+    },
+    RoomMetric {
+        name: "kchat_room_lost_messages",
+        help: "Messages readers lost because the ring moved on (drop rooms).",
+        unit: None,
+        counter: true,
+        value: |r| r.counters.lost,
+    },
+    RoomMetric {
+        name: "kchat_room_throttled_writes",
+        help: "Writes refused or delayed by the room's rate limit.",
+        unit: None,
+        counter: true,
+        value: |r| r.counters.throttled,
+    },
+    RoomMetric {
+        name: "kchat_room_writer_waits",
+        help: "Times a writer waited for a slow reader (block rooms).",
+        unit: None,
+        counter: true,
+        value: |r| r.counters.writer_waits,
+    },
+    RoomMetric {
+        name: "kchat_room_readers",
+        help: "Files open for reading.",
+        unit: None,
+        counter: false,
+        value: |r| u64::from(r.counters.readers),
+    },
+    RoomMetric {
+        name: "kchat_room_writers",
+        help: "Files open for writing.",
+        unit: None,
+        counter: false,
+        value: |r| u64::from(r.counters.writers),
+    },
+    RoomMetric {
+        name: "kchat_room_ring_used",
+        help: "Ring budget in use: payloads plus per-message overhead.",
+        unit: Some(Unit::Bytes),
+        counter: false,
+        value: |r| r.counters.ring_used_bytes,
+    },
+    RoomMetric {
+        name: "kchat_room_ring_size",
+        help: "Ring budget of the room.",
+        unit: Some(Unit::Bytes),
+        counter: false,
+        value: |r| u64::from(r.settings.ring_bytes),
+    },
+    RoomMetric {
+        name: "kchat_room_ring_messages",
+        help: "Messages retained in the ring.",
+        unit: None,
+        counter: false,
+        value: |r| r.counters.ring_msgs,
+    },
+];
+
+fn origin_label(origin: Origin) -> &'static str {
+    match origin {
+        Origin::Config => "config",
+        Origin::Runtime => "runtime",
+        Origin::Adopted => "adopted",
+    }
+}
+
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Collector for KchatCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), Error> {
+        let rooms = self.daemon.rooms().ok();
+        let up = ConstGauge::new(i64::from(rooms.is_some()));
+        up.encode(encoder.encode_descriptor(
+            "kchat_up",
+            "Whether kchatd can reach the kchat module (1) or not (0).",
+            None,
+            up.metric_type(),
+        )?)?;
+        let Some(rooms) = rooms else {
+            return Ok(());
+        };
+        let count = ConstGauge::new(as_i64(rooms.len() as u64));
+        count.encode(encoder.encode_descriptor(
+            "kchat_rooms",
+            "Rooms the module has.",
+            None,
+            count.metric_type(),
+        )?)?;
+        // The label cap: the first rooms by name get their own series, the
+        // rest are summed.
+        let cap = self.daemon.config().metrics.max_room_labels;
+        let (named, other) = rooms.split_at(rooms.len().min(cap));
+        let mut info = encoder.encode_descriptor(
+            "kchat_room_info",
+            "Always 1; labels say how the room is set up.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for room in named {
+            let labels = [
+                ("room", room.name.as_str()),
+                (
+                    "policy",
+                    if room.settings.policy == kchat_proto::room::Policy::Block {
+                        "block"
+                    } else {
+                        "drop"
+                    },
+                ),
+                ("origin", origin_label(room.origin)),
+            ];
+            ConstGauge::new(1i64).encode(info.encode_family(&labels)?)?;
+        }
+        for metric in ROOM_METRICS {
+            let kind = if metric.counter {
+                MetricType::Counter
+            } else {
+                MetricType::Gauge
+            };
+            let mut family =
+                encoder.encode_descriptor(metric.name, metric.help, metric.unit.as_ref(), kind)?;
+            let mut series: Vec<(&str, u64)> = named
+                .iter()
+                .map(|room| (room.name.as_str(), (metric.value)(room)))
+                .collect();
+            if !other.is_empty() {
+                series.push((OTHER_ROOMS, other.iter().map(metric.value).sum()));
+            }
+            for (room, value) in series {
+                let labels = [("room", room)];
+                let metric_encoder = family.encode_family(&labels)?;
+                if metric.counter {
+                    ConstCounter::new(value).encode(metric_encoder)?;
+                } else {
+                    ConstGauge::new(as_i64(value)).encode(metric_encoder)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct HealthCollector {
+    daemon: Arc<Daemon>,
+}
+
+impl Collector for HealthCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), Error> {
+        let health = &self.daemon.health;
+        let counters = [
+            (
+                "kchat_daemon_reconciles",
+                "Reconcile passes run.",
+                &health.reconciles,
+            ),
+            (
+                "kchat_daemon_reconcile_errors",
+                "Reconcile passes with a failed step.",
+                &health.reconcile_errors,
+            ),
+            (
+                "kchat_daemon_reloads",
+                "Config reloads (SIGHUP).",
+                &health.reloads,
+            ),
+            (
+                "kchat_daemon_reload_errors",
+                "Config reloads refused (the old config kept running).",
+                &health.reload_errors,
+            ),
+            (
+                "kchat_daemon_requests",
+                "Control socket requests answered.",
+                &health.requests,
+            ),
+            (
+                "kchat_daemon_denied_requests",
+                "Control socket requests refused for lack of privilege.",
+                &health.denied,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let started = self
+            .daemon
+            .started
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let start = ConstGauge::new(started);
+        start.encode(encoder.encode_descriptor(
+            "kchat_daemon_start_time",
+            "When kchatd started, in seconds since the Unix epoch.",
+            Some(&Unit::Seconds),
+            start.metric_type(),
+        )?)?;
+        let mut build = encoder.encode_descriptor(
+            "kchat_daemon_build_info",
+            "Always 1; the version label says which kchatd runs.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1i64)
+            .encode(build.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        Ok(())
+    }
+}
+
+/// The registry kchatd serves.
+pub fn registry(daemon: Arc<Daemon>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(KchatCollector {
+        daemon: daemon.clone(),
+    }));
+    registry.register_collector(Box::new(HealthCollector { daemon }));
+    registry
+}
+
+async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+    let body = tokio::task::block_in_place(|| {
+        let mut body = String::new();
+        encode(&mut body, &registry).map(|()| body)
+    });
+    match body {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding the metrics failed\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn healthz(State(daemon): State<Arc<Daemon>>) -> impl IntoResponse {
+    // Up means kchatd runs; the module being away is kchat_up's business
+    // (and an alert), not a reason to restart kchatd.
+    let attached = daemon.attached();
+    if attached {
+        "ok: attached to the kchat module\n"
+    } else {
+        "ok: running, not attached to the kchat module\n"
+    }
+}
+
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    let registry = Arc::new(registry(daemon.clone()));
+    Router::new()
+        .route("/metrics", get(metrics).with_state(registry))
+        .route("/healthz", get(healthz).with_state(daemon))
+}
