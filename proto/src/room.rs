@@ -46,7 +46,7 @@ impl FromStr for RoomName {
 
 impl fmt::Display for RoomName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -58,6 +58,7 @@ impl Borrow<str> for RoomName {
 
 /// What a full ring does to writers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
     /// Writers never wait; slow readers lose the oldest messages.
@@ -86,7 +87,7 @@ impl Policy {
 
 impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Policy::Drop => "drop",
             Policy::Block => "block",
         })
@@ -95,6 +96,7 @@ impl fmt::Display for Policy {
 
 /// Whose budget a write is charged to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// The writer's uid: more fds or processes do not buy more.

@@ -1,0 +1,341 @@
+//! Human-readable output. Scripts use `--json`; these tables may change.
+
+use kchat_proto::api::{Action, Change, Event, EventKind, Origin, RoomView, Status};
+use std::fmt::Write;
+
+/// Left-aligned columns, two spaces apart, sized to the widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let text: Vec<String> = cells
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+fn origin(origin: Origin) -> &'static str {
+    match origin {
+        Origin::Config => "config",
+        Origin::Runtime => "runtime",
+        Origin::Adopted => "adopted",
+    }
+}
+
+/// Bytes with a binary unit, as `ls -h` would.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "-".into();
+    }
+    format!("{:.0}%", part as f64 * 100.0 / whole as f64)
+}
+
+pub fn status(status: &Status) -> String {
+    let mut out = String::new();
+    let module = if status.attached {
+        format!(
+            "attached (ABI version {})",
+            status.abi_version.unwrap_or_default()
+        )
+    } else {
+        format!(
+            "NOT attached: {}",
+            status.detached_reason.as_deref().unwrap_or("unknown")
+        )
+    };
+    let _ = writeln!(out, "kchatd {}", status.version);
+    let _ = writeln!(out, "module:  {module}");
+    let _ = writeln!(out, "rooms:   {}", status.rooms);
+    let _ = writeln!(out, "config:  {}", status.config_path);
+    let _ = writeln!(out, "state:   {}", status.state_path);
+    if let Some(err) = &status.last_error {
+        let _ = writeln!(out, "last error: {err}");
+    }
+    out
+}
+
+pub fn list(rooms: &[RoomView]) -> String {
+    let rows: Vec<Vec<String>> = rooms
+        .iter()
+        .map(|room| {
+            vec![
+                room.name.to_string(),
+                origin(room.origin).into(),
+                room.settings.policy.to_string(),
+                room.counters.readers.to_string(),
+                room.counters.writers.to_string(),
+                percent(
+                    room.counters.ring_used_bytes,
+                    u64::from(room.settings.ring_bytes),
+                ),
+                bytes(u64::from(room.settings.ring_bytes)),
+                format!("{:04o}", room.settings.mode),
+                format!("{}:{}", room.settings.owner, room.settings.group),
+                if room.drift.is_empty() { "" } else { "drift" }.into(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ROOM", "ORIGIN", "POLICY", "READERS", "WRITERS", "FILL", "RING", "MODE", "OWNER", "",
+        ],
+        &rows,
+    )
+}
+
+pub fn info(room: &RoomView) -> String {
+    let s = &room.settings;
+    let c = &room.counters;
+    let mut out = String::new();
+    let mut field = |key: &str, value: String| {
+        let _ = writeln!(out, "{key:<14} {value}");
+    };
+    field("room", room.name.to_string());
+    field("node", format!("/dev/kchat/{}", room.name));
+    field("origin", origin(room.origin).into());
+    field("policy", s.policy.to_string());
+    field(
+        "ring",
+        format!(
+            "{} ({} used, {} messages)",
+            bytes(u64::from(s.ring_bytes)),
+            bytes(c.ring_used_bytes),
+            c.ring_msgs
+        ),
+    );
+    field("max message", bytes(u64::from(s.max_msg)));
+    field(
+        "owner",
+        format!("{}:{} mode {:04o}", s.owner, s.group, s.mode),
+    );
+    field("rate limit", limit_text(&room.settings.rate_limit));
+    field("readers", c.readers.to_string());
+    field("writers", c.writers.to_string());
+    field("sequence", format!("{} to {}", c.first_seq, c.next_seq));
+    field("messages", format!("{} ({})", c.msgs_in, bytes(c.bytes_in)));
+    field("deliveries", c.deliveries.to_string());
+    field("lost", c.lost.to_string());
+    field("throttled", c.throttled.to_string());
+    field("writer waits", c.writer_waits.to_string());
+    for drift in &room.drift {
+        field("drift", format!("{drift} (recreate the room to apply)"));
+    }
+    out
+}
+
+fn limit_text(limit: &kchat_proto::room::RateLimit) -> String {
+    if limit.is_unlimited() {
+        return "none".into();
+    }
+    let scope = match limit.scope {
+        kchat_proto::room::Scope::Uid => "uid",
+        kchat_proto::room::Scope::File => "file",
+    };
+    format!(
+        "{} msg/s burst {}, {} B/s burst {}, per {scope}",
+        limit.msgs_per_sec, limit.msg_burst, limit.bytes_per_sec, limit.byte_burst
+    )
+}
+
+pub fn stats(rooms: &[RoomView]) -> String {
+    let rows: Vec<Vec<String>> = rooms
+        .iter()
+        .map(|room| {
+            let c = &room.counters;
+            vec![
+                room.name.to_string(),
+                c.msgs_in.to_string(),
+                bytes(c.bytes_in),
+                c.deliveries.to_string(),
+                c.lost.to_string(),
+                c.throttled.to_string(),
+                c.writer_waits.to_string(),
+                c.readers.to_string(),
+                percent(c.ring_used_bytes, u64::from(room.settings.ring_bytes)),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ROOM",
+            "MESSAGES",
+            "BYTES",
+            "DELIVERED",
+            "LOST",
+            "THROTTLED",
+            "WAITS",
+            "READERS",
+            "FILL",
+        ],
+        &rows,
+    )
+}
+
+pub fn plan(changes: &[Change]) -> String {
+    if changes.is_empty() {
+        return "nothing to change\n".into();
+    }
+    let mut out = String::new();
+    for change in changes {
+        let sign = match change.action {
+            Action::Create => "+ create",
+            Action::Delete => "- delete",
+            Action::SetLimit => "~ set-limit",
+            Action::Drift => "! drift",
+        };
+        let _ = writeln!(out, "{sign:<12} {:<16} {}", change.room, change.detail);
+    }
+    out
+}
+
+pub fn event(event: &Event) -> String {
+    let room = event
+        .room
+        .as_ref()
+        .map_or("-".to_owned(), |r| r.to_string());
+    let what = match event.kind {
+        EventKind::Attached => "kchatd attached to the module".to_owned(),
+        EventKind::Detached => "kchatd lost the module".to_owned(),
+        EventKind::RoomCreated => "room created".to_owned(),
+        EventKind::RoomDeleted => "room deleted".to_owned(),
+        EventKind::Lost => format!("{} message(s) lost by slow readers", event.count),
+        EventKind::Throttled => format!("{} write(s) throttled", event.count),
+    };
+    format!("{} {room} {what}\n", event.time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kchat_proto::{api::Counters, room::RoomDecl};
+
+    fn room(name: &str, origin: Origin, settings: &str, counters: Counters) -> RoomView {
+        RoomView {
+            name: name.parse().unwrap(),
+            origin,
+            settings: serde_json::from_str::<RoomDecl>(settings).unwrap(),
+            counters,
+            drift: Vec::new(),
+        }
+    }
+
+    fn rooms() -> Vec<RoomView> {
+        let mut ops = room(
+            "ops",
+            Origin::Config,
+            r#"{"policy":"block","mode":416,"group":0,"ring_bytes":65536,"rate_limit":{"msgs_per_sec":10,"msg_burst":20}}"#,
+            Counters {
+                readers: 3,
+                writers: 1,
+                ring_used_bytes: 16384,
+                ring_msgs: 100,
+                first_seq: 20,
+                next_seq: 120,
+                msgs_in: 120,
+                bytes_in: 9000,
+                deliveries: 360,
+                throttled: 4,
+                writer_waits: 2,
+                ..Counters::default()
+            },
+        );
+        ops.drift = vec!["ring_bytes 65536 -> 131072".into()];
+        vec![
+            room(
+                "lobby",
+                Origin::Adopted,
+                "{}",
+                Counters {
+                    readers: 2,
+                    msgs_in: 5,
+                    bytes_in: 200,
+                    deliveries: 9,
+                    lost: 1,
+                    ..Counters::default()
+                },
+            ),
+            ops,
+        ]
+    }
+
+    #[test]
+    fn list_output() {
+        insta::assert_snapshot!(list(&rooms()));
+    }
+
+    #[test]
+    fn info_output() {
+        insta::assert_snapshot!(info(&rooms()[1]));
+    }
+
+    #[test]
+    fn stats_output() {
+        insta::assert_snapshot!(stats(&rooms()));
+    }
+
+    #[test]
+    fn status_output() {
+        let status = Status {
+            version: "0.1.0".into(),
+            attached: false,
+            detached_reason: Some("/dev/kchat/control does not exist: the kchat module is not loaded (modprobe kchat)".into()),
+            abi_version: None,
+            rooms: 0,
+            config_path: "/etc/kchat/kchatd.toml".into(),
+            state_path: "/var/lib/kchat/state.json".into(),
+            last_error: None,
+        };
+        insta::assert_snapshot!(super::status(&status));
+    }
+
+    #[test]
+    fn plan_output() {
+        let changes = vec![
+            Change {
+                room: "new".parse().unwrap(),
+                action: Action::Create,
+                detail: "drop ring_bytes=262144 max_msg=4096 owner=0 group=0 mode=0o666".into(),
+            },
+            Change {
+                room: "ops".parse().unwrap(),
+                action: Action::SetLimit,
+                detail: "per uid: 5 msg/s (burst 0), 0 B/s (burst 0)".into(),
+            },
+            Change {
+                room: "old".parse().unwrap(),
+                action: Action::Delete,
+                detail: "no longer declared".into(),
+            },
+        ];
+        insta::assert_snapshot!(plan(&changes));
+        assert_eq!(plan(&[]), "nothing to change\n");
+    }
+}
