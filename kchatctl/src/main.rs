@@ -85,7 +85,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let limit = (!follow).then_some(count);
             client.events(limit, |event| {
                 if json {
-                    print_json(&event)
+                    // One object per line, so `--follow` output is JSON lines.
+                    let line = serde_json::to_string(&event)
+                        .map_err(|err| Failure::failed(format!("cannot encode JSON: {err}")))?;
+                    print(&(line + "\n"))
                 } else {
                     print(&render::event(&event))
                 }
@@ -121,9 +124,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
 
 fn print(text: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    // A closed pipe (`kchatctl list | head`) is not an error.
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-    Ok(())
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        // The reader is gone (`kchatctl events -f | head -1`): done, not failed.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(err) => Err(Failure::failed(format!("cannot write the output: {err}"))),
+    }
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {

@@ -291,6 +291,9 @@ impl Daemon {
         };
         {
             let mut inner = self.lock();
+            if config.socket != inner.config.socket || config.metrics != inner.config.metrics {
+                tracing::warn!("socket and [metrics] changes take effect when kchatd restarts");
+            }
             let limits_changed = config.limits != inner.config.limits;
             inner.config = config;
             if limits_changed && let Ok((control, _)) = kernel::attach() {

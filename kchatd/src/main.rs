@@ -76,6 +76,11 @@ fn main() -> Result<()> {
 }
 
 async fn run(config_path: PathBuf, config: Config, state: State, interval: Duration) -> Result<()> {
+    // Before READY: a signal that arrives once systemd (or a test) thinks
+    // kchatd is up must find its handler, not the default action.
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let listener = api::bind(&config.socket).await?;
     let _socket = api::SocketGuard(config.socket.clone());
     let daemon = Arc::new(Daemon::new(config_path, config.clone(), state));
@@ -104,9 +109,6 @@ async fn run(config_path: PathBuf, config: Config, state: State, interval: Durat
         .then(|| Duration::from_micros(watchdog_usec / 2));
     let mut tick = tokio::time::interval(watchdog.map_or(interval, |w| w.min(interval)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = tick.tick() => {

@@ -6,6 +6,7 @@
 mod chat;
 mod client;
 mod control;
+mod daemon;
 mod helper;
 mod limits;
 mod modes;
@@ -32,6 +33,7 @@ fn main() -> std::process::ExitCode {
         modes::TESTS,
         limits::TESTS,
         stress::TESTS,
+        daemon::TESTS,
     ]
     .into_iter()
     .flatten()

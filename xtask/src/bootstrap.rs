@@ -29,6 +29,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "loopback networking in the guest"),
     ("util-linux", "setpriv, setsid and mount in the guest"),
     ("procps", "ps, sysctl in the guest"),
+    ("curl", "the demo scrapes kchatd's /metrics in the guest"),
 ];
 
 /// The bindgen the kernel build uses; 6.12 is tested with 0.65+, and this is

@@ -115,7 +115,16 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
         tally.add_libtest("cargo test", &output, ok);
     }
 
-    let guest_suite = cargo(&["build", "--locked", "-p", "kchat-vmtest"]);
+    let guest_suite = cargo(&[
+        "build",
+        "--locked",
+        "-p",
+        "kchat-vmtest",
+        "-p",
+        "kchatd",
+        "-p",
+        "kchatctl",
+    ]);
     let guest_suite_built = guest_suite.is_ok();
     tally.check("build the guest suite", guest_suite);
 
