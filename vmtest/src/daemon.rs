@@ -30,6 +30,10 @@ pub const TESTS: &[Test] = &[
         starts_ready_and_creates_config_rooms,
     ),
     (
+        "daemon::tells_systemd_about_reloads_stops_and_the_watchdog",
+        tells_systemd_about_reloads_stops_and_the_watchdog,
+    ),
+    (
         "daemon::create_chat_list_limit_delete",
         create_chat_list_limit_delete,
     ),
@@ -99,6 +103,8 @@ struct Kchatd {
     child: Child,
     dir: PathBuf,
     port: u16,
+    /// Where kchatd sends its sd_notify datagrams.
+    notify: UnixDatagram,
 }
 
 impl Kchatd {
@@ -143,16 +149,25 @@ impl Kchatd {
     /// Starts kchatd on `dir` and waits until it tells systemd (here: this
     /// test, on a NOTIFY_SOCKET) that it is ready.
     fn start(dir: &Path) -> Result<Kchatd> {
+        Self::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, env: &[(&str, &str)]) -> Result<Kchatd> {
         let notify_path = dir.join("notify");
         let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path)?;
         notify.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let child = Command::new(bin("kchatd")?)
+        // Through a shell that execs kchatd, so WATCHDOG_PID can name
+        // kchatd's pid as systemd sets it (the watchdog is off without it).
+        let child = Command::new("sh")
+            .args(["-c", "export WATCHDOG_PID=$$; exec \"$@\"", "sh"])
+            .arg(bin("kchatd")?)
             .arg("--config")
             .arg(Self::config_path(dir))
             .args(["--interval", "0.2"])
             .env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stderr(File::create(dir.join("kchatd.log"))?)
             .spawn()
             .context("starting kchatd")?;
@@ -160,24 +175,29 @@ impl Kchatd {
             child,
             dir: dir.to_owned(),
             port: Self::port_of(dir)?,
+            notify,
         };
+        daemon.wait_notify("READY=1")?;
+        Ok(daemon)
+    }
+
+    /// Waits for a notification datagram with the line `want`.
+    fn wait_notify(&mut self, want: &str) -> Result<()> {
         let mut buf = [0u8; 256];
         loop {
-            let n = notify.recv(&mut buf).with_context(|| {
-                format!("kchatd did not say READY=1; its log:\n{}", daemon.log())
+            let n = self.notify.recv(&mut buf).with_context(|| {
+                format!("kchatd did not notify {want}; its log:\n{}", self.log())
             })?;
             if String::from_utf8_lossy(&buf[..n])
                 .lines()
-                .any(|l| l == "READY=1")
+                .any(|l| l == want)
             {
-                break;
+                return Ok(());
             }
-            if let Some(status) = daemon.child.try_wait()? {
-                bail!("kchatd exited with {status}:\n{}", daemon.log());
+            if let Some(status) = self.child.try_wait()? {
+                bail!("kchatd exited with {status}:\n{}", self.log());
             }
         }
-        let _ = notify_path;
-        Ok(daemon)
     }
 
     fn log(&self) -> String {
@@ -303,6 +323,23 @@ fn starts_ready_and_creates_config_rooms() -> Result<()> {
         Path::new("/dev/kchat/cfg-ops").exists(),
         "room gone with the daemon"
     );
+    Ok(())
+}
+
+fn tells_systemd_about_reloads_stops_and_the_watchdog() -> Result<()> {
+    module::ensure_loaded()?;
+    let dir = Kchatd::prepare("notify", "")?;
+    // As systemd sets them for a unit with WatchdogSec=1s.
+    let mut daemon = Kchatd::start_with(&dir, &[("WATCHDOG_USEC", "1000000")])?;
+    daemon.wait_notify("WATCHDOG=1")?;
+    daemon.wait_notify("WATCHDOG=1")?;
+    daemon.signal(Signal::SIGHUP)?;
+    daemon.wait_notify("RELOADING=1")?;
+    daemon.wait_notify("READY=1")?;
+    daemon.signal(Signal::SIGTERM)?;
+    daemon.wait_notify("STOPPING=1")?;
+    let status = daemon.child.wait()?;
+    ensure!(status.success(), "kchatd exited {status} on SIGTERM");
     Ok(())
 }
 

@@ -9,9 +9,9 @@ use std::{
     time::Duration,
 };
 
-pub fn run(extra: &[String]) -> Result<ExitCode> {
+pub fn run(variant: kernel::Variant, extra: &[String]) -> Result<ExitCode> {
     bootstrap::ensure()?;
-    let kernel = kernel::ensure(kernel::Variant::Bench)?;
+    let kernel = kernel::ensure(variant)?;
     let modules = kmod::build(&kernel)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     process::run(
@@ -26,7 +26,7 @@ pub fn run(extra: &[String]) -> Result<ExitCode> {
         bench.display(),
         extra.join(" ")
     );
-    eprintln!("bench: running in the VM (bench kernel, TCG)");
+    eprintln!("bench: running in the VM ({variant} kernel, TCG)");
     let run = vm::run(
         &kernel,
         &vm::VmArgs::scripted(Duration::from_secs(1800)),

@@ -48,8 +48,12 @@ enum Command {
     Test(test::TestArgs),
     /// Boot the VM and show kchat working.
     Demo,
-    /// Measure kchat against a pipe-per-reader tee in the VM.
+    /// Measure kchat against a pipe-per-reader tee in the VM (bench kernel).
     Bench {
+        /// The kernel to measure on: `bench` (no lock validation or debug
+        /// objects) unless comparing with the debug kernel on purpose.
+        #[arg(long, value_enum, default_value_t = Variant::Bench)]
+        variant: Variant,
         /// Arguments for kchat-bench (--readers, --sizes, --millis).
         #[arg(last = true)]
         args: Vec<String>,
@@ -89,6 +93,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Vm(args) => vm::command(args),
         Command::Test(args) => test::run(args),
         Command::Demo => demo::run(),
-        Command::Bench { args } => bench::run(&args),
+        Command::Bench { variant, args } => bench::run(variant, &args),
     }
 }
