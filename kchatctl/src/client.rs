@@ -1,11 +1,11 @@
-//! Talking to kchatd: one request per connection, JSON lines back.
+//! Talking to kchatd (through `kchat_proto::client`), with failures turned
+//! into kchatctl's exit codes.
 
-use kchat_proto::api::{ApiError, ErrorKind, Event, Reply, Request};
-use std::{
-    io::{BufRead, BufReader, Write},
-    os::unix::net::UnixStream,
-    path::PathBuf,
+use kchat_proto::{
+    api::{ApiError, ErrorKind, Event, Reply, Request},
+    client::{ClientError, Exchange},
 };
+use std::path::PathBuf;
 
 /// What went wrong, and the exit code that says so.
 #[derive(Debug)]
@@ -37,6 +37,19 @@ impl Failure {
     }
 }
 
+impl From<ClientError> for Failure {
+    fn from(err: ClientError) -> Failure {
+        let code = match err {
+            ClientError::Connect { .. } => EXIT_UNAVAILABLE,
+            _ => EXIT_FAILED,
+        };
+        Failure {
+            code,
+            message: err.to_string(),
+        }
+    }
+}
+
 pub struct Client {
     socket: PathBuf,
 }
@@ -46,40 +59,8 @@ impl Client {
         Client { socket }
     }
 
-    fn send(&self, request: &Request) -> Result<BufReader<UnixStream>, Failure> {
-        let mut stream = UnixStream::connect(&self.socket).map_err(|err| Failure {
-            code: EXIT_UNAVAILABLE,
-            message: format!(
-                "cannot reach kchatd at {}: {err} (is it running? systemctl status kchatd)",
-                self.socket.display()
-            ),
-        })?;
-        let mut line = serde_json::to_vec(request)
-            .map_err(|err| Failure::failed(format!("cannot encode the request: {err}")))?;
-        line.push(b'\n');
-        stream
-            .write_all(&line)
-            .map_err(|err| Failure::failed(format!("cannot send the request to kchatd: {err}")))?;
-        Ok(BufReader::new(stream))
-    }
-
-    fn receive(reader: &mut BufReader<UnixStream>) -> Result<Option<Reply>, Failure> {
-        let mut line = String::new();
-        let read = reader
-            .read_line(&mut line)
-            .map_err(|err| Failure::failed(format!("cannot read kchatd's reply: {err}")))?;
-        if read == 0 {
-            return Ok(None);
-        }
-        serde_json::from_str(&line)
-            .map(Some)
-            .map_err(|err| Failure::failed(format!("kchatd sent a reply this kchatctl cannot read ({err}); are their versions the same?")))
-    }
-
     pub fn call(&self, request: &Request) -> Result<Reply, Failure> {
-        let mut reader = self.send(request)?;
-        Self::receive(&mut reader)?
-            .ok_or_else(|| Failure::failed("kchatd closed the connection without a reply".into()))
+        Ok(kchat_proto::client::call(&self.socket, request)?)
     }
 
     /// Calls `each` for every event; stops after `limit` events if given.
@@ -88,10 +69,10 @@ impl Client {
         limit: Option<usize>,
         mut each: impl FnMut(Event) -> Result<(), Failure>,
     ) -> Result<(), Failure> {
-        let mut reader = self.send(&Request::Events)?;
+        let mut exchange = Exchange::start(&self.socket, &Request::Events)?;
         let mut seen = 0;
         while limit.is_none_or(|limit| seen < limit) {
-            match Self::receive(&mut reader)? {
+            match exchange.next_reply()? {
                 Some(Reply::Event(event)) => {
                     each(event)?;
                     seen += 1;
@@ -100,12 +81,12 @@ impl Client {
                 Some(_) => {
                     return Err(Failure::failed(
                         "kchatd sent something other than an event".into(),
-                    ))
+                    ));
                 }
                 None => {
                     return Err(Failure::failed(
                         "kchatd ended the event stream (did it stop?)".into(),
-                    ))
+                    ));
                 }
             }
         }

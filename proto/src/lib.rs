@@ -4,4 +4,5 @@
 //! requests, replies and events.
 
 pub mod api;
+pub mod client;
 pub mod room;

@@ -5,7 +5,7 @@
 
 use crate::{
     client::{open, Control},
-    helper::NOBODY,
+    helper::{bin, wait_for, NOBODY},
     module, Test,
 };
 use anyhow::{bail, ensure, Context, Result};
@@ -21,7 +21,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU16, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 pub const TESTS: &[Test] = &[
@@ -74,29 +74,6 @@ pub const TESTS: &[Test] = &[
 /// Each daemon gets its own metrics port, so a restart never waits for the
 /// old one's socket to go.
 static NEXT_PORT: AtomicU16 = AtomicU16::new(19477);
-
-fn bin(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("finding the suite's own binary")?;
-    let path = exe.with_file_name(name);
-    ensure!(
-        path.exists(),
-        "{} is missing: build the workspace first",
-        path.display()
-    );
-    Ok(path)
-}
-
-/// Polls `done` every 50 ms until it holds or `limit` passes.
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done()? {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("timed out after {limit:?} waiting for {what}")
-}
 
 /// A kchatd of this test, killed when dropped.
 struct Kchatd {

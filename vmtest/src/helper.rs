@@ -2,10 +2,11 @@
 //! things as another user or with fewer capabilities: `open_as` re-executes
 //! it under `setpriv`, and it reports the errno of one `open(2)`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, ExitCode},
+    time::{Duration, Instant},
 };
 
 const OPEN_VAR: &str = "KCHAT_VMTEST_HELPER_OPEN";
@@ -61,4 +62,28 @@ pub fn sh_as_nobody(script: &str) -> Result<()> {
         bail!("`{script}` as nobody failed ({status})");
     }
     Ok(())
+}
+
+/// A binary of the workspace, built next to this suite.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the suite's own binary")?;
+    let path = exe.with_file_name(name);
+    ensure!(
+        path.exists(),
+        "{} is missing: build the workspace first",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Polls `done` every 50 ms until it holds or `limit` passes.
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out after {limit:?} waiting for {what}")
 }

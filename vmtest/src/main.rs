@@ -4,6 +4,7 @@
 //! time: loading and unloading are global).
 
 mod chat;
+mod chatclient;
 mod client;
 mod control;
 mod daemon;
@@ -34,6 +35,7 @@ fn main() -> std::process::ExitCode {
         limits::TESTS,
         stress::TESTS,
         daemon::TESTS,
+        chatclient::TESTS,
     ]
     .into_iter()
     .flatten()
