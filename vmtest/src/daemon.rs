@@ -58,6 +58,10 @@ pub const TESTS: &[Test] = &[
         unprivileged_callers_may_read_not_change,
     ),
     (
+        "daemon::the_admin_group_may_change_rooms",
+        the_admin_group_may_change_rooms,
+    ),
+    (
         "daemon::bad_configs_are_refused_and_reload_keeps_the_old",
         bad_configs_are_refused_and_reload_keeps_the_old,
     ),
@@ -696,6 +700,34 @@ fn unprivileged_callers_may_read_not_change() -> Result<()> {
     ensure!(
         sample(&scrape, "kchat_daemon_denied_requests_total") == Some(3.0),
         "{scrape}"
+    );
+    daemon.stop()
+}
+
+/// `admin_group` lets its members (here by primary group) change rooms.
+fn the_admin_group_may_change_rooms() -> Result<()> {
+    module::ensure_loaded()?;
+    let _cleanup = Cleanup(vec!["by-admin"]);
+    let dir = Kchatd::prepare("admins", "")?;
+    let config = Kchatd::config_path(&dir);
+    let text = std::fs::read_to_string(&config)?;
+    // Debian's `daemon` group (gid 1) stands in for a `kchat` admin group.
+    std::fs::write(&config, format!("admin_group = \"daemon\"\n{text}"))?;
+    let daemon = Kchatd::start(&dir)?;
+    let as_member = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=1", "--clear-groups", "--"])
+        .arg(bin("kchatctl")?)
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(["create-room", "by-admin"])
+        .output()?;
+    ensure!(
+        as_member.status.success(),
+        "a member of admin_group was refused: {as_member:?}"
+    );
+    ensure!(
+        Path::new("/dev/kchat/by-admin").exists(),
+        "the room was not made"
     );
     daemon.stop()
 }

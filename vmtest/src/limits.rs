@@ -34,6 +34,10 @@ pub const TESTS: &[Test] = &[
         blocking_writers_sleep_instead,
     ),
     ("limits::bad_limits_are_refused", bad_limits_are_refused),
+    (
+        "limits::senders_beyond_the_table_share_one_budget",
+        senders_beyond_the_table_share_one_budget,
+    ),
 ];
 
 fn limit(
@@ -205,5 +209,50 @@ fn bad_limits_are_refused() -> Result<()> {
     );
     let info = control.info("badlimit")?;
     ensure!(info.msgs_per_sec == 0, "a refused limit was applied anyway");
+    Ok(())
+}
+
+/// Senders the module tracks budgets for, per room (`MAX_SENDERS`).
+const TRACKED_SENDERS: usize = 1024;
+
+/// Per-file budgets for 1024 fds, then the 1025th and 1026th share the
+/// overflow budget: the first of them gets its burst, the second nothing.
+fn senders_beyond_the_table_share_one_budget() -> Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    module::ensure_loaded()?;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let need = (TRACKED_SENDERS + 64) as u64;
+    if soft < need {
+        setrlimit(Resource::RLIMIT_NOFILE, need.max(soft), need.max(hard))?;
+    }
+    let room = TempRoom::create(spec("overflow"))?;
+    // 10 bytes of burst refilling at 1 byte/s: a spent budget stays spent
+    // (not idle, so not forgotten) for the 10 s this test takes at most.
+    Control::open()?.set_limit(&limit("overflow", abi::LIMIT_PER_FILE, 0, 0, 1, 10))?;
+    let mut writers = Vec::new();
+    for n in 0..TRACKED_SENDERS {
+        let mut writer = room.open_write_nonblock()?;
+        ensure!(
+            writes_until_eagain(&mut writer, 10, 2)? == 1,
+            "tracked fd {n} did not get exactly its own burst"
+        );
+        writers.push(writer);
+    }
+    let mut first_extra = room.open_write_nonblock()?;
+    ensure!(
+        writes_until_eagain(&mut first_extra, 10, 2)? == 1,
+        "the first untracked fd did not get the overflow budget's burst"
+    );
+    let mut second_extra = room.open_write_nonblock()?;
+    ensure!(
+        writes_until_eagain(&mut second_extra, 10, 2)? == 0,
+        "the second untracked fd got a budget of its own"
+    );
+    let info = Control::open()?.info("overflow")?;
+    ensure!(
+        info.msgs_in == TRACKED_SENDERS as u64 + 1,
+        "{} messages went in",
+        info.msgs_in
+    );
     Ok(())
 }
