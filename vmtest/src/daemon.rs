@@ -58,6 +58,10 @@ pub const TESTS: &[Test] = &[
         unprivileged_callers_may_read_not_change,
     ),
     (
+        "daemon::dashboards_use_only_real_metrics",
+        dashboards_use_only_real_metrics,
+    ),
+    (
         "daemon::the_admin_group_may_change_rooms",
         the_admin_group_may_change_rooms,
     ),
@@ -927,4 +931,43 @@ fn bad_requests_get_errors_and_kchatd_keeps_serving() -> Result<()> {
 
 fn kchat_proto_max() -> usize {
     kchat_proto::api::MAX_REQUEST_BYTES
+}
+
+/// Every `kchat_*` name the Grafana dashboard and the alert rules use is a
+/// series a real kchatd serves, so they cannot drift apart.
+fn dashboards_use_only_real_metrics() -> Result<()> {
+    module::ensure_loaded()?;
+    let _cleanup = Cleanup(vec!["dash-drop", "dash-block"]);
+    let daemon = Kchatd::start(&Kchatd::prepare(
+        "dashboards",
+        "[rooms.dash-drop]\n[rooms.dash-block]\npolicy = \"block\"\n",
+    )?)?;
+    let scrape = daemon.get("/metrics")?;
+    let served: std::collections::BTreeSet<&str> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in ["dashboards/kchat.json", "dashboards/kchat-alerts.yml"] {
+        let text = std::fs::read_to_string(root.join(file))?;
+        let used: std::collections::BTreeSet<&str> = text
+            .match_indices("kchat_")
+            .map(|(at, _)| {
+                let rest = &text[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        ensure!(used.len() >= 5, "{file} names only {used:?}");
+        for name in &used {
+            ensure!(
+                served.contains(name),
+                "{file} uses {name}, which kchatd does not serve"
+            );
+        }
+    }
+    daemon.stop()
 }

@@ -30,6 +30,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "setpriv, setsid and mount in the guest"),
     ("procps", "ps, sysctl in the guest"),
     ("curl", "the demo scrapes kchatd's /metrics in the guest"),
+    (
+        "prometheus",
+        "promtool checks the alert rules and dashboard queries",
+    ),
+    ("systemd", "systemd-analyze checks kchatd.service"),
 ];
 
 /// The bindgen the kernel build uses; 6.12 is tested with 0.65+, and this is

@@ -5,6 +5,8 @@
 mod bench;
 mod bootstrap;
 mod demo;
+mod deploy;
+mod install;
 mod kernel;
 mod kmod;
 mod logcheck;
@@ -48,6 +50,9 @@ enum Command {
     Test(test::TestArgs),
     /// Boot the VM and show kchat working.
     Demo,
+    /// Install kchat (binaries, module, systemd/udev files) on this machine
+    /// or under --destdir.
+    Install(install::InstallArgs),
     /// Measure kchat against a pipe-per-reader tee in the VM (bench kernel).
     Bench {
         /// The kernel to measure on: `bench` (no lock validation or debug
@@ -93,6 +98,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Vm(args) => vm::command(args),
         Command::Test(args) => test::run(args),
         Command::Demo => demo::run(),
+        Command::Install(args) => install::run(&args).map(|_| ExitCode::SUCCESS),
         Command::Bench { variant, args } => bench::run(variant, &args),
     }
 }

@@ -6,7 +6,7 @@
 //! the kernel log check catches real kernel bug reports.
 
 use crate::{
-    bootstrap,
+    bootstrap, deploy,
     kernel::{self, Variant},
     kmod,
     paths::{self, root},
@@ -124,9 +124,30 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
         "kchatd",
         "-p",
         "kchatctl",
+        "-p",
+        "kchat",
     ]);
     let guest_suite_built = guest_suite.is_ok();
     tally.check("build the guest suite", guest_suite);
+
+    if !args.vm_only && guest_suite_built {
+        tally.check("deploy: kchatd.service verifies", deploy::unit_verifies());
+        match deploy::unit_exposure() {
+            Ok(score) => tally.check(
+                &format!("deploy: kchatd.service exposure {score} (systemd-analyze security)"),
+                Ok(()),
+            ),
+            Err(err) => tally.check("deploy: kchatd.service exposure", Err(err)),
+        }
+        tally.check(
+            "dashboards: promtool check rules",
+            deploy::alert_rules_check(),
+        );
+        tally.check(
+            "dashboards: every dashboard query parses",
+            deploy::dashboard_queries_parse(),
+        );
+    }
 
     // The fast debug kernel first; KASAN, ten times slower, last.
     for variant in [Variant::Debug, Variant::Kasan] {
@@ -160,6 +181,12 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
         )?;
         if variant == Variant::Debug && args.filter.is_none() {
             fixtures(&kernel, &modules, &mut tally)?;
+            if !args.vm_only {
+                tally.check(
+                    "deploy: xtask install --destdir stages every file",
+                    deploy::install_stages_everything(&kernel),
+                );
+            }
         }
     }
 

@@ -1,0 +1,184 @@
+//! Checks of what operators install, run by `cargo xtask test` on the host:
+//! the systemd unit verifies and keeps its exposure score, the alert rules
+//! and every dashboard query parse (promtool), and `xtask install` stages
+//! every file. That the metric names they use exist is checked against a
+//! real scrape in the VM suite (`daemon::dashboards_use_only_real_metrics`).
+
+use crate::{install, kernel::Kernel, paths, process};
+use anyhow::{bail, ensure, Context, Result};
+use std::{fs, path::Path, process::Command};
+
+/// `systemd-analyze security` exposure the unit must stay at or under (it
+/// scores 2.3 "OK" today; 0 is best, 10 worst).
+const MAX_EXPOSURE: f64 = 2.5;
+
+/// The unit with ExecStart pointing at the built kchatd, so
+/// `systemd-analyze` finds an executable.
+fn staged_unit() -> Result<std::path::PathBuf> {
+    let unit = fs::read_to_string(paths::root().join("deploy/systemd/kchatd.service"))?;
+    let kchatd = paths::target().join("debug/kchatd");
+    let dir = paths::target().join("deploy-check");
+    fs::create_dir_all(&dir)?;
+    let staged = dir.join("kchatd.service");
+    fs::write(
+        &staged,
+        unit.replace("/usr/bin/kchatd", &kchatd.display().to_string()),
+    )?;
+    Ok(staged)
+}
+
+pub fn unit_verifies() -> Result<()> {
+    let out = process::output(
+        Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(staged_unit()?),
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // verify exits 0 on unknown keys too; any complaint is a failure.
+    ensure!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+    Ok(())
+}
+
+pub fn unit_exposure() -> Result<f64> {
+    let out = process::output(
+        Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(staged_unit()?),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for ").nth(1))
+        .and_then(|rest| rest.split(": ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .with_context(|| format!("no exposure score in: {text}"))?;
+    ensure!(
+        score <= MAX_EXPOSURE,
+        "kchatd.service exposure is {score}, above {MAX_EXPOSURE}: a hardening option went missing"
+    );
+    Ok(score)
+}
+
+fn promtool_check(rules: &Path) -> Result<()> {
+    let out = process::output(
+        Command::new("promtool")
+            .arg("check")
+            .arg("rules")
+            .arg(rules),
+    )?;
+    if !out.status.success() {
+        bail!(
+            "promtool check rules {}: {}{}",
+            rules.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+pub fn alert_rules_check() -> Result<()> {
+    promtool_check(&paths::root().join("dashboards/kchat-alerts.yml"))
+}
+
+/// Every `expr` in the dashboard, with Grafana's variables filled in.
+fn dashboard_queries() -> Result<Vec<String>> {
+    let path = paths::root().join("dashboards/kchat.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path)?)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().context("no panels")? {
+        for target in panel["targets"]
+            .as_array()
+            .context("panel without targets")?
+        {
+            let expr = target["expr"].as_str().context("target without expr")?;
+            queries.push(
+                expr.replace("$__rate_interval", "5m")
+                    .replace("$room", ".*")
+                    .replace("$job", ".*"),
+            );
+        }
+    }
+    ensure!(!queries.is_empty(), "the dashboard has no queries");
+    Ok(queries)
+}
+
+/// promtool parses PromQL only in rule files, so each query becomes a
+/// recording rule of a throwaway file.
+pub fn dashboard_queries_parse() -> Result<()> {
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (n, query) in dashboard_queries()?.iter().enumerate() {
+        let quoted = serde_json::to_string(query)?;
+        rules.push_str(&format!(
+            "      - record: dashboard:query{n}\n        expr: {quoted}\n"
+        ));
+    }
+    let file = paths::target().join("deploy-check/dashboard-queries.yml");
+    fs::create_dir_all(file.parent().context("path")?)?;
+    fs::write(&file, rules)?;
+    promtool_check(&file)
+}
+
+/// `xtask install --destdir` stages every file an operator needs.
+pub fn install_stages_everything(kernel: &Kernel) -> Result<()> {
+    let dest = paths::target().join("install-check");
+    let _ = fs::remove_dir_all(&dest);
+    let installed = install::run(&install::InstallArgs {
+        destdir: dest.clone(),
+        kdir: Some(kernel.build_dir.clone()),
+        no_module: false,
+        debug: true,
+    })?;
+    for want in [
+        "usr/bin/kchatd",
+        "usr/bin/kchatctl",
+        "usr/bin/kchat",
+        "usr/lib/systemd/system/kchatd.service",
+        "usr/lib/udev/rules.d/60-kchat.rules",
+        "usr/lib/sysusers.d/kchat.conf",
+        "usr/lib/tmpfiles.d/kchat.conf",
+        "usr/lib/modules-load.d/kchat.conf",
+        "etc/kchat/kchatd.toml",
+        "usr/share/man/man1/kchatctl.1",
+        "usr/share/man/man1/kchatctl-create-room.1",
+        "usr/share/bash-completion/completions/kchatctl",
+        "usr/share/kchat/dashboards/kchat.json",
+    ] {
+        ensure!(dest.join(want).is_file(), "install did not stage {want}");
+    }
+    ensure!(
+        installed.iter().any(|p| p.ends_with("extra/kchat.ko")),
+        "install did not stage the module"
+    );
+    // The example config is valid as shipped.
+    let out = process::output(
+        Command::new(dest.join("usr/bin/kchatd"))
+            .arg("--check")
+            .arg("--config")
+            .arg(example_config_for_check(&dest)?),
+    )?;
+    ensure!(
+        out.status.success(),
+        "the example kchatd.toml does not pass --check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The example names the `kchat` group, which sysusers makes on a real
+/// install but this machine may lack: check it with root's group instead.
+fn example_config_for_check(dest: &Path) -> Result<std::path::PathBuf> {
+    let text = fs::read_to_string(dest.join("etc/kchat/kchatd.toml"))?;
+    let file = dest.join("kchatd-check.toml");
+    fs::write(
+        &file,
+        text.replace("admin_group = \"kchat\"", "admin_group = \"root\"")
+            .replace("group = \"kchat\"", "group = \"root\""),
+    )?;
+    Ok(file)
+}
