@@ -167,10 +167,14 @@ impl Registry {
         let index = inner.find(name).ok_or(ENOENT)?;
         let entry = inner.rooms[index].take().ok_or(ENOENT)?;
         inner.ring_bytes -= u64::from(entry.room.settings.ring_bytes);
-        drop(inner);
         let RoomEntry { room, _node } = entry;
-        // Removing the node first means no new open finds the room.
+        // The node goes while the lock still keeps its minor and name from
+        // a concurrent create: until `device_del` is done, a new device
+        // with either would collide with the old one's sysfs entries (found
+        // by the ioctl fuzzer). Removing it before `mark_deleted` also means
+        // no new open finds the room.
         drop(_node);
+        drop(inner);
         room.mark_deleted();
         Ok(())
     }

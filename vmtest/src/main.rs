@@ -8,6 +8,7 @@ mod chatclient;
 mod client;
 mod control;
 mod daemon;
+mod fuzz;
 mod helper;
 mod limits;
 mod modes;
@@ -34,6 +35,7 @@ fn main() -> std::process::ExitCode {
         modes::TESTS,
         limits::TESTS,
         stress::TESTS,
+        fuzz::TESTS,
         daemon::TESTS,
         chatclient::TESTS,
     ]
