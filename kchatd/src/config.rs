@@ -306,4 +306,28 @@ msg_burst = 20
             );
         }
     }
+
+    proptest::proptest! {
+        /// Whatever the file holds, parsing ends in a config or an error
+        /// that says where, never in a panic.
+        #[test]
+        fn any_text_parses_or_says_where(text in "\\PC{0,400}") {
+            if let Err(err) = Config::parse(&text) {
+                let message = err.to_string();
+                proptest::prop_assert!(message.contains("line") || message.contains("TOML"), "{message}");
+            }
+        }
+
+        /// Mangled values of real keys are refused with their line.
+        #[test]
+        fn bad_values_of_real_keys_name_their_line(
+            key in proptest::sample::select(vec!["ring_bytes", "max_msg", "policy", "mode", "owner", "group"]),
+            value in "-?[0-9]{1,12}|\"[a-z/ ]{0,10}\"|0o[0-9]{1,6}|true",
+        ) {
+            let text = format!("[rooms.fuzz]\n{key} = {value}\n");
+            if let Err(err) = Config::parse(&text) {
+                proptest::prop_assert!(err.to_string().contains("line"), "{err}");
+            }
+        }
+    }
 }
