@@ -11,8 +11,50 @@ use std::{
 
 const OPEN_VAR: &str = "KCHAT_VMTEST_HELPER_OPEN";
 
+/// Helper job: open the room non-blocking for writing and write one
+/// 100-byte message; prints "ok" or the errno name.
+const WRITE_VAR: &str = "KCHAT_VMTEST_HELPER_WRITE";
+/// Helper job: open the room for reading as often as allowed, up to the
+/// count in `KCHAT_VMTEST_HELPER_COUNT`; prints how many opened and the
+/// errno that stopped it.
+const READERS_VAR: &str = "KCHAT_VMTEST_HELPER_READERS";
+const COUNT_VAR: &str = "KCHAT_VMTEST_HELPER_COUNT";
+
+fn errno_of(err: &std::io::Error) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(0))
+}
+
 /// In a helper process, does its one job and returns its exit code.
 pub fn run_if_requested() -> Option<ExitCode> {
+    if let Some(path) = std::env::var_os(WRITE_VAR) {
+        use std::{io::Write, os::unix::fs::OpenOptionsExt};
+        let outcome = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&path)
+            .and_then(|mut room| room.write_all(&[b'x'; 100]));
+        match outcome {
+            Ok(()) => println!("ok"),
+            Err(err) => println!("{:?}", errno_of(&err)),
+        }
+        return Some(ExitCode::SUCCESS);
+    }
+    if let Some(path) = std::env::var_os(READERS_VAR) {
+        let count: usize = std::env::var(COUNT_VAR).ok()?.parse().ok()?;
+        let mut open = Vec::new();
+        let mut stopped = "none".to_owned();
+        for _ in 0..count {
+            match std::fs::File::open(&path) {
+                Ok(file) => open.push(file),
+                Err(err) => {
+                    stopped = format!("{:?}", errno_of(&err));
+                    break;
+                }
+            }
+        }
+        println!("{} {stopped}", open.len());
+        return Some(ExitCode::SUCCESS);
+    }
     let path = std::env::var_os(OPEN_VAR)?;
     let outcome = std::fs::OpenOptions::new()
         .read(true)
@@ -86,4 +128,42 @@ pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> Result<bo
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("timed out after {limit:?} waiting for {what}")
+}
+
+/// Runs this binary as a helper under `setpriv` with `setpriv_args` and the
+/// given environment; returns what it printed.
+pub fn helper_as(setpriv_args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+    let exe = std::env::current_exe().context("finding the suite's own binary")?;
+    let out = Command::new("setpriv")
+        .args(setpriv_args)
+        .arg("--")
+        .arg(exe)
+        .envs(env.iter().copied())
+        .output()
+        .context("running setpriv (util-linux)")?;
+    ensure!(out.status.success(), "helper failed: {out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Helper: one non-blocking write of a 100-byte message to `room`.
+pub fn write_once_as(setpriv_args: &[&str], room: &Path) -> Result<String> {
+    helper_as(setpriv_args, &[(WRITE_VAR, &room.display().to_string())])
+}
+
+/// Helper: opens `room` for reading up to `count` times; returns how many
+/// opened and the errno that stopped it ("none" if none did).
+pub fn open_readers_as(
+    setpriv_args: &[&str],
+    room: &Path,
+    count: usize,
+) -> Result<(usize, String)> {
+    let out = helper_as(
+        setpriv_args,
+        &[
+            (READERS_VAR, &room.display().to_string()),
+            (COUNT_VAR, &count.to_string()),
+        ],
+    )?;
+    let (opened, stopped) = out.split_once(' ').context("helper output")?;
+    Ok((opened.parse()?, stopped.to_owned()))
 }

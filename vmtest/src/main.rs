@@ -3,6 +3,7 @@
 //! expects to be the only user of the module while it runs (one test at a
 //! time: loading and unloading are global).
 
+mod abuse;
 mod chat;
 mod chatclient;
 mod client;
@@ -36,6 +37,7 @@ fn main() -> std::process::ExitCode {
         limits::TESTS,
         stress::TESTS,
         fuzz::TESTS,
+        abuse::TESTS,
         daemon::TESTS,
         chatclient::TESTS,
     ]
