@@ -41,18 +41,7 @@ fn create_default_room(registry: &Registry, name: &[u8]) -> Result {
         .get_mut(..name.len())
         .ok_or(EINVAL)?
         .copy_from_slice(name);
-    let spec = abi::RoomSpec {
-        size: core::mem::size_of::<abi::RoomSpec>() as u32,
-        policy: abi::POLICY_DROP,
-        name: field,
-        ring_bytes: 0,
-        max_msg: 0,
-        uid: 0,
-        gid: 0,
-        mode: 0o666,
-        flags: 0,
-    };
-    registry.create(&spec)
+    registry.create(&abi::RoomSpec::chat_room(field))
 }
 
 impl Drop for Kchat {

@@ -35,17 +35,7 @@ pub fn raw_ioctl(fd: impl AsFd, cmd: u32, arg: usize) -> Result<i32, Errno> {
 
 /// A create request with defaults: `drop`, default sizes, root, 0666.
 pub fn spec(name: &str) -> abi::RoomSpec {
-    abi::RoomSpec {
-        size: size_of::<abi::RoomSpec>() as u32,
-        policy: abi::POLICY_DROP,
-        name: abi::name_field(name).unwrap_or([b'?'; abi::NAME_FIELD]),
-        ring_bytes: 0,
-        max_msg: 0,
-        uid: 0,
-        gid: 0,
-        mode: 0o666,
-        flags: 0,
-    }
+    abi::RoomSpec::chat_room(abi::name_field(name).unwrap_or([b'?'; abi::NAME_FIELD]))
 }
 
 /// An unlimited rate-limit request for `name`, to fill in.

@@ -307,14 +307,7 @@ impl Daemon {
     /// Every room the kernel has, as the API shows them.
     pub fn rooms(&self) -> Result<Vec<RoomView>, ApiError> {
         let inner = self.lock();
-        let (control, _) =
-            kernel::attach().map_err(|reason| api_error(ErrorKind::Unavailable, reason))?;
-        let snapshot = kernel::snapshot(&control).map_err(|err| {
-            api_error(
-                ErrorKind::Failed,
-                format!("cannot list the module's rooms: {err}"),
-            )
-        })?;
+        let (_, snapshot) = attach_and_snapshot()?;
         let desired = plan::desired(&inner.config.rooms, &inner.state);
         Ok(snapshot
             .rooms
@@ -381,8 +374,7 @@ impl Daemon {
         undo: impl FnOnce(&Control),
     ) -> Result<Reply, ApiError> {
         let mut inner = self.lock();
-        let (control, _) =
-            kernel::attach().map_err(|reason| api_error(ErrorKind::Unavailable, reason))?;
+        let control = attach_for_request()?;
         let before = inner.state.clone();
         let message = edit(&mut inner.state, &control)?;
         if let Err(err) = inner.state.save(&self.state_path(&inner)) {
@@ -520,14 +512,7 @@ impl Daemon {
             next.limits.remove(room);
         }
         next.rooms = file.rooms;
-        let (control, _) =
-            kernel::attach().map_err(|reason| api_error(ErrorKind::Unavailable, reason))?;
-        let snapshot = kernel::snapshot(&control).map_err(|err| {
-            api_error(
-                ErrorKind::Failed,
-                format!("cannot list the module's rooms: {err}"),
-            )
-        })?;
+        let (control, snapshot) = attach_and_snapshot()?;
         let desired = plan::desired(&inner.config.rooms, &next);
         let steps = plan::plan(&desired, &decls(&snapshot), &next.limits, &next.owned);
         let changes: Vec<Change> = steps.iter().map(Step::change).collect();
@@ -544,6 +529,24 @@ impl Daemon {
         }
         Ok(Reply::Plan(changes))
     }
+}
+
+/// The control node for a request; `Unavailable` with the reason if not.
+fn attach_for_request() -> Result<Control, ApiError> {
+    kernel::attach()
+        .map(|(control, _)| control)
+        .map_err(|reason| api_error(ErrorKind::Unavailable, reason))
+}
+
+fn attach_and_snapshot() -> Result<(Control, Snapshot), ApiError> {
+    let control = attach_for_request()?;
+    let snapshot = kernel::snapshot(&control).map_err(|err| {
+        api_error(
+            ErrorKind::Failed,
+            format!("cannot list the module's rooms: {err}"),
+        )
+    })?;
+    Ok((control, snapshot))
 }
 
 fn decls(snapshot: &Snapshot) -> BTreeMap<RoomName, RoomDecl> {

@@ -126,6 +126,24 @@ pub struct RoomSpec {
     pub flags: u32,
 }
 
+impl RoomSpec {
+    /// A request for a room like the module's default one: `drop`, default
+    /// sizes, root's, everyone may chat (0o666).
+    pub const fn chat_room(name: [u8; NAME_FIELD]) -> RoomSpec {
+        RoomSpec {
+            size: core::mem::size_of::<RoomSpec>() as u32,
+            policy: POLICY_DROP,
+            name,
+            ring_bytes: 0,
+            max_msg: 0,
+            uid: 0,
+            gid: 0,
+            mode: 0o666,
+            flags: 0,
+        }
+    }
+}
+
 /// `IOC_DELETE_ROOM` argument. Extensible like [`RoomSpec`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
