@@ -84,7 +84,7 @@ pub const TESTS: &[Test] = &[
 static NEXT_PORT: AtomicU16 = AtomicU16::new(19477);
 
 /// A kchatd of this test, killed when dropped.
-struct Kchatd {
+pub struct Kchatd {
     child: Child,
     dir: PathBuf,
     port: u16,
@@ -103,7 +103,7 @@ impl Kchatd {
 
     /// A fresh scratch directory with a config: the common keys plus `rooms`
     /// (TOML appended as is).
-    fn prepare(name: &str, rooms: &str) -> Result<PathBuf> {
+    pub fn prepare(name: &str, rooms: &str) -> Result<PathBuf> {
         let dir = PathBuf::from("/run/kchat-test").join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -133,7 +133,7 @@ impl Kchatd {
 
     /// Starts kchatd on `dir` and waits until it tells systemd (here: this
     /// test, on a NOTIFY_SOCKET) that it is ready.
-    fn start(dir: &Path) -> Result<Kchatd> {
+    pub fn start(dir: &Path) -> Result<Kchatd> {
         Self::start_with(dir, &[])
     }
 
@@ -218,7 +218,7 @@ impl Kchatd {
         serde_json::from_str(&text).with_context(|| format!("kchatctl printed {text}"))
     }
 
-    fn room(&self, name: &str) -> Result<Value> {
+    pub fn room(&self, name: &str) -> Result<Value> {
         self.ctl_json(&["info", name])
     }
 
@@ -230,13 +230,13 @@ impl Kchatd {
         Ok(reply.body_mut().read_to_string()?)
     }
 
-    fn signal(&self, signal: Signal) -> Result<()> {
+    pub fn signal(&self, signal: Signal) -> Result<()> {
         kill(Pid::from_raw(self.child.id() as i32), signal)?;
         Ok(())
     }
 
     /// SIGTERM, then waits for a clean exit.
-    fn stop(mut self) -> Result<()> {
+    pub fn stop(mut self) -> Result<()> {
         self.signal(Signal::SIGTERM)?;
         let status = self.child.wait()?;
         ensure!(

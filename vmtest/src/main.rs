@@ -15,6 +15,7 @@ mod limits;
 mod modes;
 mod module;
 mod rooms;
+mod soak;
 mod stress;
 
 use libtest_mimic::{Arguments, Trial};
@@ -38,6 +39,7 @@ fn main() -> std::process::ExitCode {
         stress::TESTS,
         fuzz::TESTS,
         abuse::TESTS,
+        soak::TESTS,
         daemon::TESTS,
         chatclient::TESTS,
     ]

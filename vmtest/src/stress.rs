@@ -41,20 +41,6 @@ const ROOMS: [(&str, u32); 3] = [
 const RUN: Duration = Duration::from_secs(6);
 const MAX_MSG: u32 = 256;
 
-/// xorshift64: deterministic per thread, no dependency for a test.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A message: writer id, its counter, then a fill derived from both, so a
 /// torn or interleaved message cannot pass the check.
 fn message(writer: u32, counter: u32, len: usize) -> Vec<u8> {
@@ -87,7 +73,7 @@ fn check_message(payload: &[u8]) -> Result<(u32, u32)> {
 }
 
 fn writer_thread(id: u32, stop: Arc<AtomicBool>) -> Result<u64> {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(id + 1));
+    let mut rng = fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15 ^ u64::from(id + 1));
     let mut files: Vec<File> = ROOMS
         .iter()
         .map(|(name, _)| {
@@ -102,8 +88,8 @@ fn writer_thread(id: u32, stop: Arc<AtomicBool>) -> Result<u64> {
     let mut counters = [0u32; ROOMS.len()];
     let mut sent = 0;
     while !stop.load(Ordering::Relaxed) {
-        let room = rng.below(ROOMS.len() as u64) as usize;
-        let len = 8 + rng.below(u64::from(MAX_MSG) - 8) as usize;
+        let room = rng.usize(..ROOMS.len());
+        let len = rng.usize(8..MAX_MSG as usize);
         match files[room].write(&message(id, counters[room], len)) {
             Ok(n) => {
                 ensure!(n == len, "a {len}-byte write wrote {n}");
@@ -192,13 +178,13 @@ fn open_framed(room: usize) -> Result<File> {
 /// Reads in sessions of random length; when writers stop, finishes the
 /// current session by draining it and checks its accounting exactly.
 fn reader_thread(id: u32, stop: Arc<AtomicBool>, drained: Arc<AtomicBool>) -> Result<u64> {
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ u64::from(id + 1));
+    let mut rng = fastrand::Rng::with_seed(0x2545_f491_4f6c_dd1d ^ u64::from(id + 1));
     let room = (id as usize) % ROOMS.len();
     let mut sessions = 0;
     loop {
         let mut file = open_framed(room)?;
         let mut session = Session::default();
-        let until = Instant::now() + Duration::from_millis(50 + rng.below(400));
+        let until = Instant::now() + Duration::from_millis(rng.u64(50..450));
         read_session(room, &mut file, &mut session, until)?;
         sessions += 1;
         let Some(open) = session.first_seen else {
@@ -245,7 +231,18 @@ fn reader_thread(id: u32, stop: Arc<AtomicBool>, drained: Arc<AtomicBool>) -> Re
     }
 }
 
-fn writers_readers_churn_and_kills() -> Result<()> {
+/// What a traffic run did.
+pub struct Report {
+    pub sent: u64,
+    pub sessions: u64,
+    pub disruptions: u64,
+}
+
+/// Runs the writers and churning readers on the stress rooms for `run`,
+/// calling `disrupt` over and over meanwhile (each call one round of
+/// trouble, returning how many things it broke); then checks every reader
+/// session's accounting.
+pub fn traffic(run: Duration, mut disrupt: impl FnMut() -> Result<u64>) -> Result<Report> {
     module::ensure_loaded()?;
     let _rooms: Vec<TempRoom> = ROOMS
         .iter()
@@ -273,24 +270,16 @@ fn writers_readers_churn_and_kills() -> Result<()> {
             thread::spawn(move || writer_thread(id, stop))
         })
         .collect();
-
-    // Meanwhile, processes that die mid-read and mid-write.
     let started = Instant::now();
-    let mut killed = 0;
-    while started.elapsed() < RUN {
-        let cat = Command::new("cat")
-            .arg("/dev/kchat/stress-a")
-            .stdout(Stdio::null())
-            .spawn()?;
-        let spam = Command::new("sh")
-            .arg("-c")
-            .arg("while :; do echo spam-from-a-doomed-shell; done > /dev/kchat/stress-spam")
-            .spawn()?;
-        thread::sleep(Duration::from_millis(300));
-        for mut child in [cat, spam] {
-            child.kill()?;
-            child.wait()?;
-            killed += 1;
+    let mut disruptions = 0;
+    let mut trouble = Ok(());
+    while started.elapsed() < run {
+        match disrupt() {
+            Ok(n) => disruptions += n,
+            Err(err) => {
+                trouble = Err(err);
+                break;
+            }
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -303,10 +292,41 @@ fn writers_readers_churn_and_kills() -> Result<()> {
     for reader in readers {
         sessions += reader.join().map_err(|_| anyhow!("a reader panicked"))??;
     }
+    trouble?;
     ensure!(
         sent > 100 && sessions > 64,
         "too little happened: {sent} messages, {sessions} sessions"
     );
-    eprintln!("stress: {sent} messages, {sessions} reader sessions, {killed} processes killed");
+    Ok(Report {
+        sent,
+        sessions,
+        disruptions,
+    })
+}
+
+/// One round of processes that die mid-read and mid-write.
+pub fn kill_a_reader_and_a_writer() -> Result<u64> {
+    let cat = Command::new("cat")
+        .arg("/dev/kchat/stress-a")
+        .stdout(Stdio::null())
+        .spawn()?;
+    let spam = Command::new("sh")
+        .arg("-c")
+        .arg("while :; do echo spam-from-a-doomed-shell; done > /dev/kchat/stress-spam")
+        .spawn()?;
+    thread::sleep(Duration::from_millis(300));
+    for mut child in [cat, spam] {
+        child.kill()?;
+        child.wait()?;
+    }
+    Ok(2)
+}
+
+fn writers_readers_churn_and_kills() -> Result<()> {
+    let report = traffic(RUN, kill_a_reader_and_a_writer)?;
+    eprintln!(
+        "stress: {} messages, {} reader sessions, {} processes killed",
+        report.sent, report.sessions, report.disruptions
+    );
     Ok(())
 }

@@ -50,6 +50,11 @@ enum Command {
     Test(test::TestArgs),
     /// Boot the VM and show kchat working.
     Demo,
+    /// The soak test alone, for longer than CI runs it (on both kernels).
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Install kchat (binaries, module, systemd/udev files) on this machine
     /// or under --destdir.
     Install(install::InstallArgs),
@@ -98,6 +103,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Vm(args) => vm::command(args),
         Command::Test(args) => test::run(args),
         Command::Demo => demo::run(),
+        Command::Soak { minutes } => test::run(test::TestArgs {
+            vm_only: true,
+            filter: Some("soak::".into()),
+            soak_seconds: Some(minutes * 60),
+        }),
         Command::Install(args) => install::run(&args).map(|_| ExitCode::SUCCESS),
         Command::Bench { variant, args } => bench::run(variant, &args),
     }

@@ -27,6 +27,9 @@ pub struct TestArgs {
     /// Run only the guest tests whose name contains this (skips fixtures).
     #[arg(long)]
     pub filter: Option<String>,
+    /// How long the soak test runs, in seconds (default: its CI length).
+    #[arg(long)]
+    pub soak_seconds: Option<u64>,
 }
 
 /// Passed and failed checks, by name.
@@ -176,6 +179,7 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
             &kernel,
             &modules,
             args.filter.as_deref(),
+            args.soak_seconds,
             &mut tally,
             &label,
         )?;
@@ -207,12 +211,14 @@ fn guest_suite_run(
     kernel: &kernel::Kernel,
     modules: &kmod::Modules,
     filter: Option<&str>,
+    soak_seconds: Option<u64>,
     tally: &mut Tally,
     label: &dyn Fn(&str) -> String,
 ) -> Result<()> {
     let suite = paths::target().join("debug/kchat-vmtest");
+    let soak_env = soak_seconds.map_or_else(String::new, |s| format!("KCHAT_SOAK_SECONDS={s} "));
     let script = format!(
-        "KCHAT_KMOD={} {} --test-threads 1 --color never {}",
+        "{soak_env}KCHAT_KMOD={} {} --test-threads 1 --color never {}",
         modules.kchat.display(),
         suite.display(),
         shell_quote(filter.unwrap_or(""))
@@ -221,9 +227,10 @@ fn guest_suite_run(
         "vm: running the guest suite on the {} kernel",
         kernel.variant
     );
+    let soak = Duration::from_secs(soak_seconds.unwrap_or(0));
     let timeout = match kernel.variant {
-        Variant::Debug | Variant::Bench => Duration::from_secs(600),
-        Variant::Kasan => Duration::from_secs(1800),
+        Variant::Debug | Variant::Bench => Duration::from_secs(600) + soak * 2,
+        Variant::Kasan => Duration::from_secs(1800) + soak * 2,
     };
     let run = vm::run(kernel, &VmArgs::scripted(timeout), Some(&script), true)?;
     tally.add_libtest(
