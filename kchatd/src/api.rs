@@ -83,7 +83,7 @@ fn invalid(message: String) -> Reply {
 
 async fn connection(stream: UnixStream, daemon: &Daemon) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
-    let admin_gid = daemon.config().admin_group.map(|g| g.gid);
+    let admin_gid = daemon.with_config(|c| c.admin_group.as_ref().map(|g| g.gid));
     let admin = auth::is_admin(cred.uid(), cred.gid(), admin_gid);
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);

@@ -123,8 +123,9 @@ impl Daemon {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    pub fn config(&self) -> Config {
-        self.lock().config.clone()
+    /// Reads the running config without copying it.
+    pub fn with_config<R>(&self, read: impl FnOnce(&Config) -> R) -> R {
+        read(&self.lock().config)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {

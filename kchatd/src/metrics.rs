@@ -151,7 +151,7 @@ impl Collector for KchatCollector {
         )?)?;
         // The label cap: the first rooms by name get their own series, the
         // rest are summed.
-        let cap = self.daemon.config().metrics.max_room_labels;
+        let cap = self.daemon.with_config(|c| c.metrics.max_room_labels);
         let (named, other) = rooms.split_at(rooms.len().min(cap));
         let mut info = encoder.encode_descriptor(
             "kchat_room_info",
