@@ -1,6 +1,6 @@
 //! Human-readable output. Scripts use `--json`; these tables may change.
 
-use kchat_proto::api::{Action, Change, Event, EventKind, Origin, RoomView, Status};
+use kchat_proto::api::{Action, Change, Event, EventKind, RoomView, Status};
 use std::fmt::Write;
 
 /// Left-aligned columns, two spaces apart, sized to the widest cell.
@@ -25,14 +25,6 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         line(&mut row.iter().map(String::as_str));
     }
     out
-}
-
-fn origin(origin: Origin) -> &'static str {
-    match origin {
-        Origin::Config => "config",
-        Origin::Runtime => "runtime",
-        Origin::Adopted => "adopted",
-    }
 }
 
 /// Bytes with a binary unit, as `ls -h` would.
@@ -88,7 +80,7 @@ pub fn list(rooms: &[RoomView]) -> String {
         .map(|room| {
             vec![
                 room.name.to_string(),
-                origin(room.origin).into(),
+                room.origin.as_str().into(),
                 room.settings.policy.to_string(),
                 room.counters.readers.to_string(),
                 room.counters.writers.to_string(),
@@ -120,7 +112,7 @@ pub fn info(room: &RoomView) -> String {
     };
     field("room", room.name.to_string());
     field("node", format!("/dev/kchat/{}", room.name));
-    field("origin", origin(room.origin).into());
+    field("origin", room.origin.as_str().into());
     field("policy", s.policy.to_string());
     field(
         "ring",
@@ -155,13 +147,13 @@ fn limit_text(limit: &kchat_proto::room::RateLimit) -> String {
     if limit.is_unlimited() {
         return "none".into();
     }
-    let scope = match limit.scope {
-        kchat_proto::room::Scope::Uid => "uid",
-        kchat_proto::room::Scope::File => "file",
-    };
     format!(
-        "{} msg/s burst {}, {} B/s burst {}, per {scope}",
-        limit.msgs_per_sec, limit.msg_burst, limit.bytes_per_sec, limit.byte_burst
+        "{} msg/s burst {}, {} B/s burst {}, per {}",
+        limit.msgs_per_sec,
+        limit.msg_burst,
+        limit.bytes_per_sec,
+        limit.byte_burst,
+        limit.scope.as_str()
     )
 }
 
@@ -235,7 +227,10 @@ pub fn event(event: &Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kchat_proto::{api::Counters, room::RoomDecl};
+    use kchat_proto::{
+        api::{Counters, Origin},
+        room::RoomDecl,
+    };
 
     fn room(name: &str, origin: Origin, settings: &str, counters: Counters) -> RoomView {
         RoomView {

@@ -7,7 +7,7 @@
 
 use crate::daemon::Daemon;
 use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
-use kchat_proto::api::{Origin, RoomView};
+use kchat_proto::api::RoomView;
 use prometheus_client::{
     collector::Collector,
     encoding::{text::encode, DescriptorEncoder, EncodeMetric},
@@ -117,14 +117,6 @@ const ROOM_METRICS: &[RoomMetric] = &[
     },
 ];
 
-fn origin_label(origin: Origin) -> &'static str {
-    match origin {
-        Origin::Config => "config",
-        Origin::Runtime => "runtime",
-        Origin::Adopted => "adopted",
-    }
-}
-
 fn as_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -162,15 +154,8 @@ impl Collector for KchatCollector {
         for room in named {
             let labels = [
                 ("room", room.name.as_str()),
-                (
-                    "policy",
-                    if room.settings.policy == kchat_proto::room::Policy::Block {
-                        "block"
-                    } else {
-                        "drop"
-                    },
-                ),
-                ("origin", origin_label(room.origin)),
+                ("policy", room.settings.policy.as_str()),
+                ("origin", room.origin.as_str()),
             ];
             ConstGauge::new(1i64).encode(info.encode_family(&labels)?)?;
         }

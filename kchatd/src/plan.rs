@@ -5,7 +5,7 @@
 use crate::state::State;
 use kchat_proto::{
     api::{Action, Change, Origin},
-    room::{RateLimit, RoomDecl, RoomName, Scope},
+    room::{RateLimit, RoomDecl, RoomName},
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -98,13 +98,13 @@ pub fn describe_limit(limit: &RateLimit) -> String {
     if limit.is_unlimited() {
         return "unlimited".to_owned();
     }
-    let scope = match limit.scope {
-        Scope::Uid => "uid",
-        Scope::File => "file",
-    };
     format!(
-        "per {scope}: {} msg/s (burst {}), {} B/s (burst {})",
-        limit.msgs_per_sec, limit.msg_burst, limit.bytes_per_sec, limit.byte_burst
+        "per {}: {} msg/s (burst {}), {} B/s (burst {})",
+        limit.scope.as_str(),
+        limit.msgs_per_sec,
+        limit.msg_burst,
+        limit.bytes_per_sec,
+        limit.byte_burst
     )
 }
 

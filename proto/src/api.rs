@@ -114,6 +114,17 @@ pub enum Origin {
     Adopted,
 }
 
+impl Origin {
+    /// The name used in the API, kchatctl's tables and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Runtime => "runtime",
+            Origin::Adopted => "adopted",
+        }
+    }
+}
+
 /// A room's counters, as the kernel keeps them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {

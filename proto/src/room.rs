@@ -85,12 +85,19 @@ impl Policy {
     }
 }
 
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
+impl Policy {
+    /// The name used in the config file, the API and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Policy::Drop => "drop",
             Policy::Block => "block",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
     }
 }
 
@@ -107,6 +114,14 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The name used in the config file and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Uid => "uid",
+            Scope::File => "file",
+        }
+    }
+
     pub fn to_abi(self) -> u32 {
         match self {
             Scope::Uid => abi::LIMIT_PER_UID,
