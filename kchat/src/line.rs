@@ -3,7 +3,7 @@
 
 use crate::{
     render::{self, Names},
-    room::{Incoming, Room, Sent},
+    room::{Flushed, Incoming, Room},
     Args, EXIT_DELETED,
 };
 use anyhow::{Context, Result};
@@ -33,26 +33,23 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let mut shown = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // Send what is queued, as far as the room takes it.
-        while let Some(message) = outgoing.front_mut() {
-            match room.send(message)? {
-                Sent::Done => {
-                    outgoing.pop_front();
+        // Send what is queued, as far as the room takes it; say so once
+        // each time it stalls after progress.
+        match room.flush(&mut outgoing)? {
+            Flushed::All => throttled = false,
+            Flushed::Stalled { sent } => {
+                if sent > 0 {
                     throttled = false;
                 }
-                Sent::Again(taken) => {
-                    message.drain(..taken);
-                    if !throttled {
-                        eprintln!(
-                            "kchat: {} is throttling you (rate limit, or a full block room); retrying",
-                            room.name
-                        );
-                        throttled = true;
-                    }
-                    break;
+                if !throttled {
+                    eprintln!(
+                        "kchat: {} is throttling you (rate limit, or a full block room); retrying",
+                        room.name
+                    );
+                    throttled = true;
                 }
-                Sent::Deleted => return deleted(&room),
             }
+            Flushed::Deleted => return deleted(&room),
         }
         if !input_open && outgoing.is_empty() && !args.listen {
             return Ok(ExitCode::SUCCESS);

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use kchat_uapi::abi::{self, FrameHeader};
 use nix::errno::Errno;
 use std::{
+    collections::VecDeque,
     fs::File,
     io::{Read, Write},
     os::unix::fs::OpenOptionsExt,
@@ -31,12 +32,24 @@ pub enum Incoming {
 }
 
 /// What one write did.
-pub enum Sent {
+enum Sent {
     Done,
     /// Rate-limited, or a `block` room is full: the first `.0` bytes went
     /// (a message longer than the room's `max_msg` goes in parts); send the
     /// rest later.
     Again(usize),
+    Deleted,
+}
+
+/// What sending the queue came to.
+pub enum Flushed {
+    /// Everything queued went.
+    All,
+    /// The room stalled (rate limit, or a full `block` room) after `sent`
+    /// whole messages; the rest stays queued.
+    Stalled {
+        sent: usize,
+    },
     Deleted,
 }
 
@@ -126,8 +139,28 @@ impl Room {
         ))
     }
 
+    /// Sends queued messages in order until the room stalls; a message the
+    /// room took in part keeps only its rest.
+    pub fn flush(&mut self, queue: &mut VecDeque<Vec<u8>>) -> Result<Flushed> {
+        let mut sent = 0;
+        while let Some(message) = queue.front_mut() {
+            match self.send(message)? {
+                Sent::Done => {
+                    queue.pop_front();
+                    sent += 1;
+                }
+                Sent::Again(taken) => {
+                    message.drain(..taken);
+                    return Ok(Flushed::Stalled { sent });
+                }
+                Sent::Deleted => return Ok(Flushed::Deleted),
+            }
+        }
+        Ok(Flushed::All)
+    }
+
     /// Sends one message.
-    pub fn send(&mut self, message: &[u8]) -> Result<Sent> {
+    fn send(&mut self, message: &[u8]) -> Result<Sent> {
         let mut taken = 0;
         while taken < message.len() {
             match self.file.write(&message[taken..]) {

@@ -3,7 +3,7 @@
 
 use crate::{
     render::{self, Names},
-    room::{Incoming, Room, Sent},
+    room::{Flushed, Incoming, Room},
     Args, EXIT_DELETED,
 };
 use anyhow::{Context, Result};
@@ -132,19 +132,10 @@ impl Screen {
 
     /// Sends what is queued and takes in what arrived; `Some` to exit.
     fn pump(&mut self) -> Result<Option<ExitCode>> {
-        while let Some(message) = self.outgoing.front_mut() {
-            match self.room.send(message)? {
-                Sent::Done => {
-                    self.outgoing.pop_front();
-                    self.throttled = false;
-                }
-                Sent::Again(taken) => {
-                    message.drain(..taken);
-                    self.throttled = true;
-                    break;
-                }
-                Sent::Deleted => return Ok(Some(ExitCode::from(EXIT_DELETED))),
-            }
+        match self.room.flush(&mut self.outgoing)? {
+            Flushed::All => self.throttled = false,
+            Flushed::Stalled { .. } => self.throttled = true,
+            Flushed::Deleted => return Ok(Some(ExitCode::from(EXIT_DELETED))),
         }
         loop {
             match self.room.read()? {
