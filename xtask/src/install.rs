@@ -4,7 +4,7 @@
 //! sysusers/tmpfiles/modules-load snippets, the example config, man pages,
 //! shell completions, the dashboards and alert rules.
 
-use crate::{paths, process};
+use crate::{kernel, paths, process};
 use anyhow::{bail, Context, Result};
 use std::{
     fs,
@@ -107,15 +107,7 @@ fn build_module(kdir: &Path) -> Result<(PathBuf, String)> {
         .trim()
         .to_owned();
     let config = fs::read_to_string(kdir.join(".config")).unwrap_or_default();
-    let mut make = Command::new("make");
-    for (name, _) in std::env::vars_os() {
-        if name
-            .to_str()
-            .is_some_and(|n| n.starts_with("CARGO_") && n != "CARGO_HOME")
-        {
-            make.env_remove(name);
-        }
-    }
+    let mut make = kernel::kbuild_make();
     // The pinned toolchain unless the caller picked one: make runs in the
     // kernel tree, outside this checkout's rust-toolchain.toml.
     if std::env::var_os("RUSTUP_TOOLCHAIN").is_none() {

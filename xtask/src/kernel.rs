@@ -75,17 +75,7 @@ impl Kernel {
     /// `make` in the kernel's build system, with the toolchain the kernel was
     /// built with (modules must use the same rustc and compiler).
     pub fn make(&self) -> Command {
-        let mut cmd = Command::new("make");
-        // cargo's variables leak into clippy-driver (CARGO_PKG_RUST_VERSION
-        // overrides the kernel's MSRV); the kernel build wants none of them.
-        for (name, _) in std::env::vars_os() {
-            if name
-                .to_str()
-                .is_some_and(|n| n.starts_with("CARGO_") && n != "CARGO_HOME")
-            {
-                cmd.env_remove(name);
-            }
-        }
+        let mut cmd = kbuild_make();
         cmd.env("RUSTUP_TOOLCHAIN", &self.toolchain)
             .arg("ARCH=x86_64")
             .arg("LLVM=1")
@@ -97,6 +87,22 @@ impl Kernel {
     pub fn rustfmt_config(&self) -> PathBuf {
         self.source_dir.join(".rustfmt.toml")
     }
+}
+
+/// `make` for a kernel tree, without cargo's variables: they leak into
+/// clippy-driver (CARGO_PKG_RUST_VERSION overrides the kernel's MSRV), and
+/// the kernel build wants none of them.
+pub fn kbuild_make() -> Command {
+    let mut cmd = Command::new("make");
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_str()
+            .is_some_and(|n| n.starts_with("CARGO_") && n != "CARGO_HOME")
+        {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
 }
 
 /// Returns the test kernel, building it first if the cache has no build for
