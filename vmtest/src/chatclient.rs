@@ -261,13 +261,47 @@ fn full_screen_mode_sends_and_shows() -> Result<()> {
         .spawn()
         .context("running script (util-linux)")?;
     let mut keys = child.stdin.take().context("stdin")?;
+    // Collect the screen as it is drawn: keys typed before the client has
+    // put the terminal in raw mode would be cooked (Enter arriving as ^J).
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let screen_bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let collector = {
+        let screen_bytes = screen_bytes.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut bytes) = screen_bytes.lock() {
+                    bytes.extend_from_slice(&chunk[..n]);
+                }
+            }
+        })
+    };
+    // ratatui switches to the alternate screen right after raw mode.
     wait_for(
-        "the client to open the room",
+        "the client to take the terminal",
         Duration::from_secs(20),
-        || Ok(readers(&room.name)? >= 2),
+        || {
+            let bytes = screen_bytes
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+            Ok(String::from_utf8_lossy(&bytes).contains("\x1b[?1049h"))
+        },
     )?;
+    ensure!(
+        readers(&room.name)? >= 2,
+        "the client has not opened the room"
+    );
     keys.write_all(b"hi from the tui\r")?;
     keys.flush()?;
+    // Bounded, so a lost line fails the test instead of hanging the suite.
+    wait_for(
+        "the typed line to reach the room",
+        Duration::from_secs(20),
+        || Ok(Control::open()?.info(&room.name)?.msgs_in >= 1),
+    )?;
     let mut got = [0u8; 64];
     let n = reader.read(&mut got)?;
     ensure!(
@@ -280,13 +314,15 @@ fn full_screen_mode_sends_and_shows() -> Result<()> {
     keys.write_all(b"\x1b")?;
     keys.flush()?;
     drop(keys);
-    let out = child.wait_with_output()?;
-    let screen = visible_text(&String::from_utf8_lossy(&out.stdout));
-    ensure!(
-        out.status.success(),
-        "kchat --tui exited {}: {screen}",
-        out.status
-    );
+    let status = child.wait()?;
+    collector
+        .join()
+        .map_err(|_| anyhow::anyhow!("the screen collector panicked"))?;
+    let bytes = screen_bytes
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let screen = visible_text(&String::from_utf8_lossy(&bytes));
+    ensure!(status.success(), "kchat --tui exited {status}: {screen}");
     ensure!(
         screen.contains("kc-tui | readers ? | lost 0"),
         "no status bar drawn"
