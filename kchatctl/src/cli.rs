@@ -61,7 +61,8 @@ pub enum Command {
         dry_run: bool,
     },
     /// Show rooms created and deleted, messages lost and writes throttled,
-    /// as they happen.
+    /// as they happen. "listening for events" on stderr says the
+    /// subscription is in place: whatever happens after it is shown.
     Events {
         /// Keep going until interrupted.
         #[arg(long, short)]

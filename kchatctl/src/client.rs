@@ -2,7 +2,7 @@
 //! into kchatctl's exit codes.
 
 use kchat_proto::{
-    api::{ApiError, ErrorKind, Event, Reply, Request},
+    api::{ApiError, ErrorKind, Event, Reply, Request, SUBSCRIBED},
     client::{ClientError, Exchange},
 };
 use std::path::PathBuf;
@@ -63,13 +63,24 @@ impl Client {
         Ok(kchat_proto::client::call(&self.socket, request)?)
     }
 
-    /// Calls `each` for every event; stops after `limit` events if given.
+    /// Calls `subscribed` once kchatd has the subscription in place, then
+    /// `each` for every event; stops after `limit` events if given.
     pub fn events(
         &self,
         limit: Option<usize>,
+        subscribed: impl FnOnce(),
         mut each: impl FnMut(Event) -> Result<(), Failure>,
     ) -> Result<(), Failure> {
         let mut exchange = Exchange::start(&self.socket, &Request::Events)?;
+        match exchange.next_reply()? {
+            Some(Reply::Done(ack)) if ack == SUBSCRIBED => subscribed(),
+            Some(Reply::Error(err)) => return Err(Failure::from_api(err)),
+            _ => {
+                return Err(Failure::failed(
+                    "kchatd did not confirm the subscription (is it older than kchatctl?)".into(),
+                ));
+            }
+        }
         let mut seen = 0;
         while limit.is_none_or(|limit| seen < limit) {
             match exchange.next_reply()? {

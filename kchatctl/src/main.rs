@@ -83,7 +83,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Events { follow, count } => {
             let limit = (!follow).then_some(count);
-            client.events(limit, |event| {
+            // On stderr, so stdout stays events only; scripts and tests wait
+            // for it before causing the events they want to see.
+            let subscribed = || eprintln!("kchatctl: listening for events");
+            client.events(limit, subscribed, |event| {
                 if json {
                     // One object per line, so `--follow` output is JSON lines.
                     let line = serde_json::to_string(&event)

@@ -6,7 +6,7 @@
 //! task for a while and never holds up anyone else.
 
 use crate::{auth, daemon::Daemon};
-use kchat_proto::api::{ApiError, ErrorKind, Reply, Request, MAX_REQUEST_BYTES};
+use kchat_proto::api::{ApiError, ErrorKind, Reply, Request, MAX_REQUEST_BYTES, SUBSCRIBED};
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -120,6 +120,9 @@ async fn events(
     write: &mut tokio::net::unix::OwnedWriteHalf,
 ) -> std::io::Result<()> {
     let mut events = daemon.subscribe();
+    // Tells the client that every event from now on reaches it, so a caller
+    // can act and know it will see what its action causes.
+    send(write, &Reply::Done(SUBSCRIBED.to_owned())).await?;
     let mut scratch = [0u8; 64];
     loop {
         let next = tokio::select! {

@@ -1,12 +1,17 @@
 //! The control socket's protocol: one JSON object per line. A client sends
 //! one [`Request`] and reads [`Reply`] lines: one for every request except
-//! [`Request::Events`], which streams events until the client hangs up.
+//! [`Request::Events`], which gets `done` with [`SUBSCRIBED`] once the
+//! subscription is in place and then events until the client hangs up.
 //!
 //! JSON lines rather than a binary RPC: an admin can speak it with `socat`,
 //! and both ends are ours, so there is no schema tooling to win.
 
 use crate::room::{RateLimit, RoomDecl, RoomDraft, RoomName};
 use serde::{Deserialize, Serialize};
+
+/// The `done` reply that opens an event stream: from it on, the client
+/// sees every event.
+pub const SUBSCRIBED: &str = "subscribed";
 
 /// Where kchatd listens unless configured otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/kchat/kchatd.sock";

@@ -141,7 +141,10 @@ impl Kchatd {
         let notify_path = dir.join("notify");
         let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path)?;
-        notify.set_read_timeout(Some(Duration::from_secs(30)))?;
+        // Generous: on the KASAN kernel under TCG, with the soak's dozens of
+        // busy clients sharing two vCPUs, exec and start-up alone took over
+        // 30 s once.
+        notify.set_read_timeout(Some(Duration::from_secs(120)))?;
         // Through a shell that execs kchatd, so WATCHDOG_PID can name
         // kchatd's pid as systemd sets it (the watchdog is off without it).
         let child = Command::new("sh")
@@ -171,7 +174,11 @@ impl Kchatd {
         let mut buf = [0u8; 256];
         loop {
             let n = self.notify.recv(&mut buf).with_context(|| {
-                format!("kchatd did not notify {want}; its log:\n{}", self.log())
+                format!(
+                    "kchatd did not notify {want}; its log:\n{}\nwhere its threads are:\n{}",
+                    self.log(),
+                    self.threads()
+                )
             })?;
             if String::from_utf8_lossy(&buf[..n])
                 .lines()
@@ -187,6 +194,24 @@ impl Kchatd {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("kchatd.log")).unwrap_or_default()
+    }
+
+    /// Each thread's state and kernel stack, to tell a stuck kchatd (a
+    /// stack in kchat.ko) from a starved one (running or runnable).
+    fn threads(&self) -> String {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let mut out = String::new();
+        for task in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+            let path = task.path();
+            let read = |name: &str| std::fs::read_to_string(path.join(name)).unwrap_or_default();
+            let state = read("status")
+                .lines()
+                .filter(|l| l.starts_with("Name:") || l.starts_with("State:"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            out += &format!("{} {state}\n{}", path.display(), read("stack"));
+        }
+        out
     }
 
     fn ctl_output(&self, args: &[&str]) -> Result<Output> {
@@ -428,15 +453,25 @@ fn events_follow_rooms_and_throttling() -> Result<()> {
     module::ensure_loaded()?;
     let _cleanup = Cleanup(vec!["ev-room"]);
     let daemon = Kchatd::start(&Kchatd::prepare("events", "")?)?;
-    let mut follow = Command::new(bin("kchatctl")?)
+    // `timeout` bounds every read below: a follower that hears nothing
+    // ends, and its pipes with it.
+    let mut follow = Command::new("timeout")
+        .arg("120")
+        .arg(bin("kchatctl")?)
         .arg("--socket")
         .arg(daemon.socket())
         .args(["--json", "events", "--follow"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()?;
     let stdout = follow.stdout.take().context("events stdout")?;
-    // Let the subscription land before acting.
-    std::thread::sleep(Duration::from_millis(300));
+    // Everything after this line on stderr reaches the follower.
+    let mut said = String::new();
+    BufReader::new(follow.stderr.take().context("events stderr")?).read_line(&mut said)?;
+    ensure!(
+        said.trim() == "kchatctl: listening for events",
+        "kchatctl events said {said:?}"
+    );
     daemon.ctl(&[
         "create-room",
         "ev-room",
@@ -468,7 +503,8 @@ fn events_follow_rooms_and_throttling() -> Result<()> {
             break;
         }
     }
-    let _ = follow.kill();
+    // SIGTERM, which `timeout` passes on to kchatctl.
+    let _ = kill(Pid::from_raw(follow.id() as i32), Signal::SIGTERM);
     let _ = follow.wait();
     ensure!(
         kinds.first().map(String::as_str) == Some("room-created"),
