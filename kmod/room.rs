@@ -21,7 +21,7 @@ use crate::{
 };
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use kernel::{
-    alloc::KVVec,
+    alloc::{flags::__GFP_NOWARN, KVVec},
     c_str, new_condvar, new_mutex,
     prelude::*,
     rbtree::RBTree,
@@ -294,7 +294,9 @@ impl Room {
         // Every record costs at least RECORD_OVERHEAD, so this many slots
         // never limit the ring before its byte budget does.
         let slots = (settings.ring_bytes / abi::RECORD_OVERHEAD) as usize;
-        let mut storage = KVVec::with_capacity(slots, GFP_KERNEL)?;
+        // The size is the caller's choice (up to 64 MiB of ring): failing
+        // is an answer (ENOMEM), not something to warn the log about.
+        let mut storage = KVVec::with_capacity(slots, GFP_KERNEL | __GFP_NOWARN)?;
         for _ in 0..slots {
             storage.push(None, GFP_KERNEL)?;
         }

@@ -1,245 +1,229 @@
-//! `kchat-bench`: fan-out throughput of kchat against its baseline in the
-//! same guest, reported as ratios (absolute numbers under TCG mean little).
-//!
-//! For 1 writer and N readers and a message size, each engine runs for a
-//! fixed time; readers count the bytes they receive:
-//!
-//! - `kchat-block`: a `block` room (lossless, like pipes);
-//! - `kchat-drop`: a `drop` room (the default: writers never wait);
-//! - `pipe-tee`: one pipe per reader, the writer writes each message N times.
-//!
-//! Then the cost of one stopped reader to a `drop` room's writer.
+//! `kchat-bench`: kchat against what people would use instead, in the
+//! same guest and the same run, reported as ratios (absolute numbers under
+//! TCG mean little). `run` measures (in the VM, through `cargo xtask
+//! bench`) and saves JSON; `plot` draws the PNGs from that JSON on the host.
 
-use anyhow::{bail, Context, Result};
-use clap::Parser;
-use kchat_client::{room_path, spec, Control};
-use kchat_uapi::abi;
-use std::{
-    fs::File,
-    io::{ErrorKind, Read, Write},
-    thread,
-    time::{Duration, Instant},
-};
+mod message;
+mod plot;
+mod reference;
+mod report;
+mod stopped;
+mod system;
+mod systems;
+mod tally;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use report::{LatencyRow, Report, Row};
+use std::{path::PathBuf, time::Duration};
+use system::{Pace, System, Workload};
+use systems::{kchat::Kchat, nats::Nats, pipe::PipeTee, redis::Redis};
 
 #[derive(Parser)]
-#[command(about = "Fan-out throughput of kchat against a pipe-per-reader tee")]
-struct Args {
-    /// Reader counts to measure.
+#[command(about = "kchat against a pipe tee, Redis Pub/Sub and NATS, side by side")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure (needs kchat.ko loaded, redis-server and nats-server).
+    Run(RunArgs),
+    /// Draw throughput.png and latency.png from a run's JSON.
+    Plot {
+        json: PathBuf,
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+    /// Print a run's JSON as the Markdown tables.
+    Report { json: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Reader counts.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 256])]
     readers: Vec<usize>,
-    /// Message sizes in bytes.
-    #[arg(long, value_delimiter = ',', default_values_t = [64, 4096])]
+    /// Writer counts.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 4])]
+    writers: Vec<usize>,
+    /// Message sizes in bytes (at least 20: the stamp).
+    #[arg(long, value_delimiter = ',', default_values_t = [64, 1024, 4096])]
     sizes: Vec<usize>,
-    /// How long each run writes, in milliseconds.
+    /// How long each throughput run writes, in milliseconds.
     #[arg(long, default_value_t = 1500)]
     millis: u64,
+    /// Systems to run (kchat, kchat-block, kchat-epoll, kchat-uring,
+    /// pipe-tee, redis, nats); all by default.
+    #[arg(long, value_delimiter = ',')]
+    systems: Vec<String>,
+    /// Paced latency runs: messages per second from one writer.
+    #[arg(long, default_value_t = 1000)]
+    latency_rate: u32,
+    /// Paced latency runs: reader counts.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 16])]
+    latency_readers: Vec<usize>,
+    /// Where to save the results as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Engine {
-    KchatBlock,
-    KchatDrop,
-    PipeTee,
+fn machine() -> String {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    format!("Linux {}, {cpus} vCPUs ({model})", release.trim())
 }
 
-impl Engine {
-    fn name(self) -> &'static str {
-        match self {
-            Engine::KchatBlock => "kchat-block",
-            Engine::KchatDrop => "kchat-drop",
-            Engine::PipeTee => "pipe-tee",
+/// (quantile, latency) points: every percent, then the tail.
+fn cdf(histogram: &hdrhistogram::Histogram<u64>) -> Vec<(f64, u64)> {
+    let tail = [0.995, 0.999, 0.9995, 0.9999, 1.0];
+    (0..100)
+        .map(|p| f64::from(p) / 100.0)
+        .chain(tail)
+        .map(|q| (q, histogram.value_at_quantile(q)))
+        .collect()
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let wanted = |name: &str| args.systems.is_empty() || args.systems.iter().any(|s| s == name);
+    let mut systems: Vec<Box<dyn System>> = Vec::new();
+    for kchat in Kchat::all() {
+        if wanted(kchat.name()) {
+            systems.push(Box::new(kchat));
         }
     }
-}
-
-/// What one run measured.
-struct Outcome {
-    /// Messages written per second by the writer.
-    written_per_sec: f64,
-    /// Messages received per second, all readers together.
-    delivered_per_sec: f64,
-}
-
-const ROOM: &str = "bench";
-const RING_BYTES: u32 = 1 << 20;
-
-fn create_room(policy: u32, size: usize) -> Result<Control> {
-    let control = Control::open().context("opening /dev/kchat/control (load kchat.ko first)")?;
-    let _ = control.delete(ROOM);
-    let spec = abi::RoomSpec {
-        policy,
-        ring_bytes: RING_BYTES,
-        max_msg: size.max(64) as u32,
-        ..spec(ROOM)
+    if wanted("pipe-tee") {
+        systems.push(Box::new(PipeTee));
+    }
+    if wanted("redis") {
+        systems.push(Box::new(Redis::start()?));
+    }
+    if wanted("nats") {
+        systems.push(Box::new(Nats::start()?));
+    }
+    let duration = Duration::from_millis(args.millis);
+    let mut report = Report {
+        machine: machine(),
+        millis: args.millis,
+        reference: reference::measure(),
+        throughput: Vec::new(),
+        latency: Vec::new(),
+        stopped_reader: Vec::new(),
     };
-    control.create(&spec).context("creating the bench room")?;
-    Ok(control)
-}
-
-/// Reads until end-of-file, counting bytes.
-fn drain(mut source: File) -> u64 {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0;
-    loop {
-        match source.read(&mut buf) {
-            Ok(0) => return total,
-            Ok(n) => total += n as u64,
-            Err(err) if err.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return total,
-        }
-    }
-}
-
-fn run(engine: Engine, readers: usize, size: usize, duration: Duration) -> Result<Outcome> {
-    let message = vec![0x5a; size];
-    let (mut sinks, sources): (Vec<File>, Vec<File>) = match engine {
-        Engine::KchatBlock | Engine::KchatDrop => {
-            let policy = if engine == Engine::KchatBlock {
-                abi::POLICY_BLOCK
-            } else {
-                abi::POLICY_DROP
-            };
-            drop(create_room(policy, size)?);
-            let sources = (0..readers)
-                .map(|_| File::open(room_path(ROOM)))
-                .collect::<std::io::Result<Vec<_>>>()?;
-            let writer = File::options().write(true).open(room_path(ROOM))?;
-            (vec![writer], sources)
-        }
-        Engine::PipeTee => {
-            let mut sinks = Vec::new();
-            let mut sources = Vec::new();
-            for _ in 0..readers {
-                let (reader, writer) = std::io::pipe()?;
-                sources.push(File::from(std::os::fd::OwnedFd::from(reader)));
-                sinks.push(File::from(std::os::fd::OwnedFd::from(writer)));
-            }
-            (sinks, sources)
-        }
-    };
-    let counters: Vec<_> = sources
-        .into_iter()
-        .map(|source| thread::spawn(move || drain(source)))
-        .collect();
-    let started = Instant::now();
-    let mut written = 0u64;
-    while started.elapsed() < duration {
-        for _ in 0..64 {
-            for sink in sinks.iter_mut() {
-                sink.write_all(&message)?;
-            }
-            written += 1;
-        }
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    // End of input: deleting the room ends its readers after they drain,
-    // closing the pipes ends theirs.
-    match engine {
-        Engine::PipeTee => sinks.clear(),
-        _ => Control::open()?
-            .delete(ROOM)
-            .context("deleting the bench room")?,
-    }
-    drop(sinks);
-    let mut received = 0u64;
-    for counter in counters {
-        received += counter
-            .join()
-            .map_err(|_| anyhow::anyhow!("a reader panicked"))?;
-    }
-    let delivered = received / size as u64;
-    if engine != Engine::KchatDrop && delivered != written * readers as u64 {
-        bail!(
-            "{} lost messages: {delivered} of {}",
-            engine.name(),
-            written * readers as u64
+    for &size in &args.sizes {
+        anyhow::ensure!(
+            size >= message::HEADER,
+            "messages must hold the {}-byte stamp",
+            message::HEADER
         );
-    }
-    Ok(Outcome {
-        written_per_sec: written as f64 / elapsed,
-        delivered_per_sec: delivered as f64 / elapsed,
-    })
-}
-
-/// Writer throughput in a drop room with one active reader, with and
-/// without a second reader that never reads.
-fn stopped_reader(size: usize, duration: Duration) -> Result<(f64, f64)> {
-    let mut rates = [0.0; 2];
-    for (stopped, rate) in rates.iter_mut().enumerate() {
-        drop(create_room(abi::POLICY_DROP, size)?);
-        let active = File::open(room_path(ROOM))?;
-        let idle = (stopped == 1)
-            .then(|| File::open(room_path(ROOM)))
-            .transpose()?;
-        let counter = thread::spawn(move || drain(active));
-        let mut writer = File::options().write(true).open(room_path(ROOM))?;
-        let message = vec![0x33; size];
-        let started = Instant::now();
-        let mut written = 0u64;
-        while started.elapsed() < duration {
-            for _ in 0..64 {
-                writer.write_all(&message)?;
-                written += 1;
+        for &writers in &args.writers {
+            for &readers in &args.readers {
+                let workload = Workload {
+                    writers,
+                    readers,
+                    size,
+                };
+                for system in &mut systems {
+                    let name = system.name();
+                    eprintln!("bench: {name}, {writers} writer(s), {readers} reader(s), {size} B");
+                    let measured = system::measure(system.as_mut(), workload, duration, Pace::Flat)
+                        .with_context(|| {
+                            format!("{name} with {writers} writers, {readers} readers, {size} B")
+                        })?;
+                    let seconds = measured.elapsed.as_secs_f64();
+                    let owed = (measured.written * readers as u64).max(1) as f64;
+                    report.throughput.push(Row {
+                        system: name.to_owned(),
+                        writers,
+                        readers,
+                        size,
+                        written_per_sec: measured.written as f64 / seconds,
+                        delivered_per_sec: measured.tally.messages as f64 / seconds,
+                        lost: (1.0 - measured.tally.messages as f64 / owed).max(0.0),
+                        p99_ns: measured.tally.latency.value_at_quantile(0.99),
+                        io_wq_workers: measured.io_wq_workers,
+                    });
+                }
             }
         }
-        *rate = written as f64 / started.elapsed().as_secs_f64();
-        Control::open()?.delete(ROOM)?;
-        drop(idle);
-        counter
-            .join()
-            .map_err(|_| anyhow::anyhow!("the reader panicked"))?;
     }
-    Ok((rates[0], rates[1]))
+    let paced = Duration::from_millis(args.millis.max(2000));
+    for &readers in &args.latency_readers {
+        for system in &mut systems {
+            let name = system.name();
+            eprintln!(
+                "bench: {name}, paced at {} msg/s, {readers} reader(s)",
+                args.latency_rate
+            );
+            let workload = Workload {
+                writers: 1,
+                readers,
+                size: 64,
+            };
+            let measured = system::measure(
+                system.as_mut(),
+                workload,
+                paced,
+                Pace::Rate(args.latency_rate),
+            )
+            .with_context(|| format!("{name} paced with {readers} readers"))?;
+            let latency = &measured.tally.latency;
+            report.latency.push(LatencyRow {
+                system: name.to_owned(),
+                readers,
+                size: 64,
+                rate: args.latency_rate,
+                p50_ns: latency.value_at_quantile(0.5),
+                p99_ns: latency.value_at_quantile(0.99),
+                p999_ns: latency.value_at_quantile(0.999),
+                max_ns: latency.max(),
+                cdf: cdf(latency),
+            });
+        }
+    }
+    if wanted("kchat") {
+        for &size in &args.sizes {
+            eprintln!("bench: a stopped reader, {size} B");
+            report
+                .stopped_reader
+                .push(stopped::measure(size, duration)?);
+        }
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    print!("{}", report.markdown());
+    Ok(())
 }
 
-fn human(rate: f64) -> String {
-    match rate {
-        r if r >= 1e9 => format!("{:.2} G", r / 1e9),
-        r if r >= 1e6 => format!("{:.2} M", r / 1e6),
-        r if r >= 1e3 => format!("{:.1} k", r / 1e3),
-        r => format!("{r:.0} "),
-    }
+fn load(json: &PathBuf) -> Result<Report> {
+    let text = std::fs::read(json).with_context(|| format!("reading {}", json.display()))?;
+    serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a kchat-bench report", json.display()))
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
-    let duration = Duration::from_millis(args.millis);
-    println!("| readers | size | engine | written msg/s | delivered msg/s | delivered B/s | per reader msg/s | vs pipe-tee |");
-    println!("|---:|---:|---|---:|---:|---:|---:|---:|");
-    for &size in &args.sizes {
-        for &readers in &args.readers {
-            let mut results = Vec::new();
-            for engine in [Engine::PipeTee, Engine::KchatBlock, Engine::KchatDrop] {
-                let outcome = run(engine, readers, size, duration).with_context(|| {
-                    format!("{} with {readers} readers of {size} B", engine.name())
-                })?;
-                results.push((engine, outcome));
+    match Cli::parse().command {
+        Command::Run(args) => run(args),
+        Command::Plot { json, out_dir } => {
+            for path in plot::draw(&load(&json)?, &out_dir)? {
+                eprintln!("bench: wrote {}", path.display());
             }
-            let baseline = results[0].1.delivered_per_sec;
-            for (engine, outcome) in &results {
-                println!(
-                    "| {readers} | {size} | {} | {} | {} | {}B | {} | {:.2}x |",
-                    engine.name(),
-                    human(outcome.written_per_sec),
-                    human(outcome.delivered_per_sec),
-                    human(outcome.delivered_per_sec * size as f64),
-                    human(outcome.delivered_per_sec / readers as f64),
-                    outcome.delivered_per_sec / baseline
-                );
-            }
+            Ok(())
+        }
+        Command::Report { json } => {
+            print!("{}", load(&json)?.markdown());
+            Ok(())
         }
     }
-    println!();
-    println!("| size | writer msg/s, 1 reader | with a stopped reader too | ratio |");
-    println!("|---:|---:|---:|---:|");
-    for &size in &args.sizes {
-        let (alone, with_stopped) = stopped_reader(size, duration)?;
-        println!(
-            "| {size} | {} | {} | {:.2} |",
-            human(alone),
-            human(with_stopped),
-            with_stopped / alone
-        );
-    }
-    Ok(())
 }

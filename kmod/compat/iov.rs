@@ -7,7 +7,7 @@
 //! parking an io-wq worker thread on every pending read.
 
 use super::file::File;
-use kernel::{bindings, ffi, prelude::*, types::AsBytes};
+use kernel::{alloc::flags::__GFP_NOWARN, bindings, ffi, prelude::*, types::AsBytes};
 
 extern "C" {
     /// `iov_iter_count()`, a static inline in C; defined in `glue.c`.
@@ -101,7 +101,9 @@ impl IovSource {
     /// Takes the next `len` bytes into a new vector, without zero-filling it
     /// first; `EFAULT` if user memory is bad.
     pub(crate) fn read_vec(&mut self, len: usize) -> Result<KVec<u8>> {
-        let mut out = KVec::<u8>::with_capacity(len, GFP_KERNEL)?;
+        // A writer picks the size (up to the room's max_msg): a failure is
+        // its ENOMEM, not a warning in the log.
+        let mut out = KVec::<u8>::with_capacity(len, GFP_KERNEL | __GFP_NOWARN)?;
         // SAFETY: the vector's buffer is valid for writes of `len` bytes (its
         // capacity); the iter is valid and advances by what was copied.
         let copied = unsafe { bindings::_copy_from_iter(out.as_mut_ptr().cast(), len, self.0) };

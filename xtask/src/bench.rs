@@ -1,6 +1,8 @@
-//! `cargo xtask bench`: runs `kchat-bench` in the test VM and keeps its
-//! tables in `target/bench/latest.md` (copied into BENCHMARKS.md by hand,
-//! with the machine it ran on).
+//! `cargo xtask bench`: runs `kchat-bench run` in the test VM (bench
+//! kernel), with redis-server and nats-server from the host's packages,
+//! then draws the plots on the host. Tables go to `benchmarks/latest.md`,
+//! the raw numbers to `benchmarks/latest.json`, the plots beside them;
+//! BENCHMARKS.md quotes them with the machine they ran on.
 
 use crate::{bootstrap, kernel, kmod, paths, process, vm};
 use anyhow::{Context, Result};
@@ -20,8 +22,9 @@ pub fn run(variant: kernel::Variant, extra: &[String]) -> Result<ExitCode> {
             .current_dir(paths::root()),
     )?;
     let bench = paths::target().join("release/kchat-bench");
+    // The run folder is mounted at /run/kchat-vm in the guest.
     let script = format!(
-        "insmod {} default_room= && {} {}",
+        "insmod {} default_room= && {} run --json /run/kchat-vm/bench.json {}",
         modules.kchat.display(),
         bench.display(),
         extra.join(" ")
@@ -29,7 +32,7 @@ pub fn run(variant: kernel::Variant, extra: &[String]) -> Result<ExitCode> {
     eprintln!("bench: running in the VM ({variant} kernel, TCG)");
     let run = vm::run(
         &kernel,
-        &vm::VmArgs::scripted(Duration::from_secs(1800)),
+        &vm::VmArgs::scripted(Duration::from_secs(3600)),
         Some(&script),
         true,
     )?;
@@ -37,10 +40,21 @@ pub fn run(variant: kernel::Variant, extra: &[String]) -> Result<ExitCode> {
         eprint!("bench: {}", run.verdict(20));
         return Ok(ExitCode::FAILURE);
     }
-    let out = paths::target().join("bench");
+    let out = paths::root().join("benchmarks");
     std::fs::create_dir_all(&out)?;
-    let file = out.join("latest.md");
-    std::fs::write(&file, &run.output).with_context(|| format!("writing {}", file.display()))?;
-    eprintln!("bench: tables saved to {}", file.display());
+    let json = out.join("latest.json");
+    std::fs::copy(run.dir.join("bench.json"), &json)
+        .with_context(|| format!("keeping the results as {}", json.display()))?;
+    let tables = out.join("latest.md");
+    std::fs::write(&tables, &run.output)
+        .with_context(|| format!("writing {}", tables.display()))?;
+    process::run(
+        Command::new(&bench)
+            .arg("plot")
+            .arg(&json)
+            .arg("--out-dir")
+            .arg(&out),
+    )?;
+    eprintln!("bench: tables, JSON and plots in {}", out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -34,7 +34,20 @@ const PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool checks the alert rules and dashboard queries",
     ),
-    ("systemd", "systemd-analyze checks kchatd.service"),
+    (
+        "systemd",
+        "systemd-analyze checks kchatd.service; PID 1 in the deploy VM test",
+    ),
+    (
+        "udev",
+        "applies /dev/kchat/* ownership in the deploy VM test",
+    ),
+    (
+        "redis-server",
+        "a peer in cargo xtask bench (Redis Pub/Sub)",
+    ),
+    ("nats-server", "a peer in cargo xtask bench (NATS core)"),
+    ("fonts-dejavu-core", "the font of the benchmark plots"),
 ];
 
 /// The bindgen the kernel build uses; 6.12 is tested with 0.65+, and this is

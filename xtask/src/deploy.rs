@@ -125,8 +125,13 @@ pub fn dashboard_queries_parse() -> Result<()> {
 }
 
 /// `xtask install --destdir` stages every file an operator needs.
+/// Where `install_stages_everything` stages its tree.
+pub fn install_check_dir() -> std::path::PathBuf {
+    paths::target().join("install-check")
+}
+
 pub fn install_stages_everything(kernel: &Kernel) -> Result<()> {
-    let dest = paths::target().join("install-check");
+    let dest = install_check_dir();
     let _ = fs::remove_dir_all(&dest);
     let installed = install::run(&install::InstallArgs {
         destdir: dest.clone(),

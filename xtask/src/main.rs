@@ -58,13 +58,15 @@ enum Command {
     /// Install kchat (binaries, module, systemd/udev files) on this machine
     /// or under --destdir.
     Install(install::InstallArgs),
-    /// Measure kchat against a pipe-per-reader tee in the VM (bench kernel).
+    /// Measure kchat against a pipe tee, Redis and NATS in the VM (bench
+    /// kernel); tables, JSON and plots go to benchmarks/.
     Bench {
         /// The kernel to measure on: `bench` (no lock validation or debug
         /// objects) unless comparing with the debug kernel on purpose.
         #[arg(long, value_enum, default_value_t = Variant::Bench)]
         variant: Variant,
-        /// Arguments for kchat-bench (--readers, --sizes, --millis).
+        /// Arguments for `kchat-bench run` (--readers, --writers, --sizes,
+        /// --millis, --systems, --latency-rate, --latency-readers).
         #[arg(last = true)]
         args: Vec<String>,
     },

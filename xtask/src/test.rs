@@ -186,10 +186,12 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
         if variant == Variant::Debug && args.filter.is_none() {
             fixtures(&kernel, &modules, &mut tally)?;
             if !args.vm_only {
-                tally.check(
-                    "deploy: xtask install --destdir stages every file",
-                    deploy::install_stages_everything(&kernel),
-                );
+                let staged = deploy::install_stages_everything(&kernel);
+                let staged_ok = staged.is_ok();
+                tally.check("deploy: xtask install --destdir stages every file", staged);
+                if staged_ok {
+                    systemd_boot_run(&kernel, &mut tally)?;
+                }
             }
         }
     }
@@ -244,6 +246,35 @@ fn guest_suite_run(
         Err(anyhow::anyhow!("{}", run.verdict(40)))
     };
     tally.check(&label("guest kernel log is clean after the suite"), clean);
+    Ok(())
+}
+
+/// Boots the debug kernel with systemd as PID 1 and runs the `systemd::`
+/// tests on the tree `install_stages_everything` staged.
+fn systemd_boot_run(kernel: &kernel::Kernel, tally: &mut Tally) -> Result<()> {
+    let suite = paths::target().join("debug/kchat-vmtest");
+    let script = format!(
+        "KCHAT_INSTALL_TREE={} {} --test-threads 1 --color never systemd::",
+        deploy::install_check_dir().display(),
+        suite.display(),
+    );
+    eprintln!("vm: booting with systemd as PID 1 for the deploy tests");
+    let args = VmArgs {
+        systemd: true,
+        ..VmArgs::scripted(Duration::from_secs(600))
+    };
+    let run = vm::run(kernel, &args, Some(&script), true)?;
+    let label = "deploy: systemd boot";
+    tally.add_libtest(label, &run.output, run.exit_status == Some(0));
+    let clean = if run.findings.is_empty() && !run.timed_out {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("{}", run.verdict(40)))
+    };
+    tally.check(
+        "deploy: guest kernel log is clean after the systemd boot",
+        clean,
+    );
     Ok(())
 }
 

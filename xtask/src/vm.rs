@@ -39,6 +39,10 @@ pub struct VmArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 2048)]
     pub memory: u32,
+    /// Boot with systemd as PID 1 (and udev); the command runs as
+    /// kchat-vm.service once sysinit is done.
+    #[arg(long)]
+    pub systemd: bool,
     /// Kill the guest after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -56,6 +60,7 @@ impl VmArgs {
             kasan: false,
             cpus: 2,
             memory: 2048,
+            systemd: false,
             timeout: timeout.as_secs(),
             command: Vec::new(),
         }
@@ -166,20 +171,25 @@ pub fn run(kernel: &Kernel, args: &VmArgs, script: Option<&str>, echo: bool) -> 
     } else {
         qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max"]);
     }
-    let append = [
+    let init = format!("init={root_str}/xtask/vm/init.sh");
+    let kchat_root = format!("kchat_root={root_str}");
+    let mut append = vec![
         "console=ttyS0",
         "root=/dev/root",
         "rootfstype=9p",
         "rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=loose",
         "ro",
-        &format!("init={root_str}/xtask/vm/init.sh"),
-        &format!("kchat_root={root_str}"),
+        &init,
+        &kchat_root,
         "panic=-1",
         "log_buf_len=4M",
         "printk.devkmsg=on",
         "pci=noacpi",
-    ]
-    .join(" ");
+    ];
+    if args.systemd {
+        append.push("kchat_init=systemd");
+    }
+    let append = append.join(" ");
     qemu.args([
         "-nodefaults",
         "-no-reboot",

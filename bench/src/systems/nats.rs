@@ -1,0 +1,160 @@
+//! NATS core over loopback: the bench starts Debian's nats-server; each
+//! reader is its own client connection with one subscription, each writer
+//! its own publishing connection, all on one tokio runtime. NATS core is
+//! at-most-once: a subscriber that falls behind loses messages, which the
+//! tables show as loss.
+
+use crate::{
+    system::{Sender, Started, System, Workload},
+    tally::{Progress, Tally},
+};
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::{
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Arc},
+    thread,
+    time::{Duration, Instant},
+};
+
+const SUBJECT: &str = "bench";
+const ADDRESS: &str = "127.0.0.1:14222";
+
+/// nats-server, for as long as this lives.
+pub struct Nats {
+    server: Child,
+}
+
+impl Nats {
+    pub fn start() -> Result<Nats> {
+        let server = Command::new("nats-server")
+            .args(["--addr", "127.0.0.1", "--port", "14222"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server (Debian package nats-server)")?;
+        let nats = Nats { server };
+        let started = Instant::now();
+        while TcpStream::connect(ADDRESS).is_err() {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("nats-server did not listen on {ADDRESS}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(nats)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+struct Publisher {
+    client: async_nats::Client,
+    runtime: tokio::runtime::Handle,
+    buf: Vec<u8>,
+}
+
+impl Sender for Publisher {
+    fn burst(&mut self, count: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
+        let (client, buf) = (&self.client, &mut self.buf);
+        self.runtime.block_on(async {
+            for _ in 0..count {
+                fill(buf);
+                client.publish(SUBJECT, Bytes::copy_from_slice(buf)).await?;
+            }
+            // Out of the client's buffer now, so the clock is fair.
+            client.flush().await?;
+            Ok::<_, anyhow::Error>(())
+        })
+    }
+}
+
+impl System for Nats {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn lossless(&self) -> bool {
+        false
+    }
+
+    fn start(&mut self, workload: Workload, progress: Arc<Progress>) -> Result<Started> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (ready, subscribed) = mpsc::channel();
+        let tasks: Vec<_> = (0..workload.readers)
+            .map(|_| {
+                let (progress, ready, mut stopped) =
+                    (progress.clone(), ready.clone(), stopped.clone());
+                runtime.spawn(async move {
+                    let setup = async {
+                        let client = async_nats::connect(ADDRESS).await?;
+                        let subscription = client.subscribe(SUBJECT).await?;
+                        // The server has the SUB once a flush returns.
+                        client.flush().await?;
+                        Ok::<_, anyhow::Error>((client, subscription))
+                    }
+                    .await;
+                    let _ = ready.send(setup.is_ok());
+                    let (_client, mut subscription) = setup?;
+                    let mut tally = Tally::default();
+                    loop {
+                        tokio::select! {
+                            message = subscription.next() => match message {
+                                Some(message) => {
+                                    tally.record(&message.payload);
+                                    progress.add(1);
+                                }
+                                None => break,
+                            },
+                            _ = stopped.changed() => break,
+                        }
+                    }
+                    Ok::<_, anyhow::Error>(tally)
+                })
+            })
+            .collect();
+        for _ in 0..workload.readers {
+            let ok = subscribed
+                .recv_timeout(Duration::from_secs(60))
+                .context("a NATS subscriber never got ready")?;
+            if !ok {
+                bail!("a NATS subscriber could not connect or subscribe");
+            }
+        }
+        let senders = (0..workload.writers)
+            .map(|_| {
+                let client = runtime.block_on(async_nats::connect(ADDRESS))?;
+                Ok(Box::new(Publisher {
+                    client,
+                    runtime: runtime.handle().clone(),
+                    buf: vec![0; workload.size],
+                }) as Box<dyn Sender>)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Started {
+            senders,
+            finish: Box::new(move || {
+                let _ = stop.send(true);
+                let mut total = Tally::default();
+                for task in tasks {
+                    let tally = runtime
+                        .block_on(task)
+                        .map_err(|err| anyhow!("a NATS subscriber failed: {err}"))??;
+                    total.merge(tally)?;
+                }
+                runtime.shutdown_background();
+                Ok(total)
+            }),
+        })
+    }
+}

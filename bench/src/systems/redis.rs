@@ -1,0 +1,170 @@
+//! Redis Pub/Sub over a unix socket: the bench starts Debian's
+//! redis-server (no persistence, no limit on subscriber output buffers, so
+//! it never drops a slow subscriber and so loses nothing), one connection
+//! per reader subscribed to one channel, one per writer publishing in
+//! pipelines of a burst each.
+
+use crate::{
+    system::{join_all, Sender, Started, System, Workload},
+    tally::{Progress, Tally},
+};
+use anyhow::{bail, Context, Result};
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Barrier,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+const CHANNEL: &str = "bench";
+
+/// redis-server, for as long as this lives.
+pub struct Redis {
+    server: Child,
+    socket: PathBuf,
+}
+
+impl Redis {
+    pub fn start() -> Result<Redis> {
+        let socket =
+            std::env::temp_dir().join(format!("kchat-bench-redis-{}.sock", std::process::id()));
+        let server = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--client-output-buffer-limit", "pubsub 0 0 0"])
+            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server (Debian package redis-server)")?;
+        let redis = Redis { server, socket };
+        let started = Instant::now();
+        while redis.client()?.get_connection().is_err() {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("redis-server did not listen on {}", redis.socket.display());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(redis)
+    }
+
+    fn client(&self) -> Result<redis::Client> {
+        Ok(redis::Client::open(format!(
+            "redis+unix://{}",
+            self.socket.display()
+        ))?)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+struct Publisher {
+    connection: redis::Connection,
+    buf: Vec<u8>,
+}
+
+impl Sender for Publisher {
+    fn burst(&mut self, count: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
+        let mut pipeline = redis::pipe();
+        for _ in 0..count {
+            fill(&mut self.buf);
+            pipeline
+                .cmd("PUBLISH")
+                .arg(CHANNEL)
+                .arg(&self.buf[..])
+                .ignore();
+        }
+        pipeline.query::<()>(&mut self.connection)?;
+        Ok(())
+    }
+}
+
+fn subscriber(
+    client: Result<redis::Client>,
+    ready: Arc<Barrier>,
+    stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+) -> Result<Tally> {
+    let connection = client.and_then(|client| Ok(client.get_connection()?));
+    let mut connection = match connection {
+        Ok(connection) => connection,
+        Err(err) => {
+            // Everyone waits for every subscriber, failed or not.
+            ready.wait();
+            return Err(err);
+        }
+    };
+    let mut pubsub = connection.as_pubsub();
+    let subscribed = pubsub.subscribe(CHANNEL);
+    ready.wait();
+    subscribed?;
+    pubsub.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut tally = Tally::default();
+    while !stop.load(Ordering::Relaxed) {
+        match pubsub.get_message() {
+            Ok(message) => {
+                tally.record(message.get_payload_bytes());
+                progress.add(1);
+            }
+            Err(err) if err.is_timeout() => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(tally)
+}
+
+impl System for Redis {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn lossless(&self) -> bool {
+        true
+    }
+
+    fn start(&mut self, workload: Workload, progress: Arc<Progress>) -> Result<Started> {
+        let ready = Arc::new(Barrier::new(workload.readers + 1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles: Vec<_> = (0..workload.readers)
+            .map(|_| {
+                let (client, ready, stop, progress) =
+                    (self.client(), ready.clone(), stop.clone(), progress.clone());
+                thread::spawn(move || subscriber(client, ready, stop, progress))
+            })
+            .collect();
+        // Every SUBSCRIBE has its reply: publishing now reaches everyone.
+        ready.wait();
+        let senders = (0..workload.writers)
+            .map(|_| {
+                Ok(Box::new(Publisher {
+                    connection: self.client()?.get_connection()?,
+                    buf: vec![0; workload.size],
+                }) as Box<dyn Sender>)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Started {
+            senders,
+            finish: Box::new(move || {
+                stop.store(true, Ordering::Relaxed);
+                join_all(handles)
+            }),
+        })
+    }
+}

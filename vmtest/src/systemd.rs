@@ -1,0 +1,299 @@
+//! kchat as an operator installs it, under the real init: the guest boots
+//! with systemd as PID 1 and udev (`cargo xtask vm --systemd`), the tree
+//! `cargo xtask install --destdir` staged is copied into its root, and
+//! kchatd is run by `systemctl` from the shipped unit.
+//!
+//! These tests run only in that boot (`cargo xtask test` makes it after the
+//! suite); anywhere else they are ignored. They run in order and build on
+//! each other: installed, started, rooms made, reloaded, stopped.
+
+use crate::{client::open, helper::wait_for, Test};
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use std::{
+    io::{Read, Write},
+    os::unix::fs::MetadataExt,
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+pub const TESTS: &[Test] = &[
+    (
+        "systemd::kchatd_starts_after_the_module_and_notifies",
+        kchatd_starts_after_the_module_and_notifies,
+    ),
+    ("systemd::the_sandbox_is_in_force", the_sandbox_is_in_force),
+    (
+        "systemd::room_nodes_get_owner_group_and_mode_through_udev",
+        room_nodes_get_owner_group_and_mode_through_udev,
+    ),
+    (
+        "systemd::reload_applies_a_changed_config",
+        reload_applies_a_changed_config,
+    ),
+    (
+        "systemd::stop_leaves_the_rooms_working",
+        stop_leaves_the_rooms_working,
+    ),
+];
+
+/// Whether systemd is PID 1 here (what `sd_booted()` checks).
+pub fn booted() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+const CONFIG: &str = "/etc/kchat/kchatd.toml";
+const INSTALLED: &str = "/run/kchat-vmtest-installed";
+
+/// Runs a command; fails with its output unless it exits 0.
+fn run(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} {args:?} exited {}:\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One property of a unit, as `systemctl show` gives it.
+fn property(unit: &str, name: &str) -> Result<String> {
+    Ok(run("systemctl", &["show", unit, "--value", "-p", name])?
+        .trim()
+        .to_owned())
+}
+
+/// Puts the staged install tree into the guest's root, as a package would,
+/// and lets systemd, udev, sysusers and tmpfiles see it. Once per boot.
+fn install() -> Result<()> {
+    if Path::new(INSTALLED).exists() {
+        return Ok(());
+    }
+    ensure!(booted(), "systemd is not PID 1 here");
+    let tree = std::env::var("KCHAT_INSTALL_TREE")
+        .context("KCHAT_INSTALL_TREE must name the tree `xtask install --destdir` staged")?;
+    // Merged /usr: the tree's lib/ must land in the directory /lib links
+    // to, which cp would try to replace.
+    run(
+        "sh",
+        &[
+            "-c",
+            "tar -C \"$1\" -cf - . | tar -C / --keep-directory-symlink -xf -",
+            "sh",
+            &tree,
+        ],
+    )?;
+    let release = run("uname", &["-r"])?;
+    run("depmod", &["-a", release.trim()])?;
+    run("systemd-sysusers", &[])?;
+    run("systemd-tmpfiles", &["--create"])?;
+    run("udevadm", &["control", "--reload"])?;
+    run("systemctl", &["daemon-reload"])?;
+    std::fs::write(INSTALLED, "")?;
+    Ok(())
+}
+
+fn start() -> Result<()> {
+    install()?;
+    // Type=notify: this returns once kchatd has said READY=1.
+    run("systemctl", &["start", "kchatd"])?;
+    Ok(())
+}
+
+fn kchatctl(args: &[&str]) -> Result<String> {
+    run("kchatctl", args)
+}
+
+fn group_id(name: &str) -> Result<u32> {
+    let line = run("getent", &["group", name])?;
+    line.split(':')
+        .nth(2)
+        .and_then(|gid| gid.parse().ok())
+        .with_context(|| format!("no gid in {line:?}"))
+}
+
+/// `systemctl start kchatd` pulls in modprobe@kchat, waits for READY=1 and
+/// leaves the unit active with its watchdog armed.
+fn kchatd_starts_after_the_module_and_notifies() -> Result<()> {
+    install()?;
+    ensure!(
+        !Path::new("/sys/module/kchat").exists(),
+        "the module is loaded before kchatd started"
+    );
+    start()?;
+    ensure!(
+        Path::new("/sys/module/kchat").exists(),
+        "starting kchatd did not load the module"
+    );
+    for (name, want) in [
+        ("ActiveState", "active"),
+        ("SubState", "running"),
+        ("Type", "notify"),
+        ("WatchdogUSec", "30s"),
+    ] {
+        let have = property("kchatd.service", name)?;
+        ensure!(have == want, "kchatd.service {name}={have}, want {want}");
+    }
+    ensure!(
+        property("modprobe@kchat.service", "Result")? == "success",
+        "modprobe@kchat did not succeed"
+    );
+    let status: Value = serde_json::from_str(&kchatctl(&["--json", "status"])?)?;
+    ensure!(status["attached"] == true, "kchatctl status: {status}");
+    Ok(())
+}
+
+/// What the unit asks for is what the running kchatd has: only
+/// CAP_SYS_ADMIN in its bounding set, no new privileges, a seccomp filter.
+fn the_sandbox_is_in_force() -> Result<()> {
+    start()?;
+    let pid = property("kchatd.service", "MainPID")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .with_context(|| format!("no {name} in kchatd's status"))
+    };
+    // Bit 21 is CAP_SYS_ADMIN.
+    ensure!(
+        field("CapBnd:")? == format!("{:016x}", 1u64 << 21),
+        "kchatd's bounding set is {}",
+        field("CapBnd:")?
+    );
+    ensure!(field("NoNewPrivs:")? == "1", "kchatd may gain privileges");
+    ensure!(
+        field("Seccomp:")? == "2",
+        "kchatd runs without a seccomp filter"
+    );
+    let exposure = run(
+        "systemd-analyze",
+        &["security", "--no-pager", "kchatd.service"],
+    )?;
+    let score = exposure
+        .lines()
+        .find_map(|l| l.strip_prefix("→ Overall exposure level for kchatd.service: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|score| score.parse::<f64>().ok())
+        .with_context(|| format!("no overall exposure in:\n{exposure}"))?;
+    eprintln!("systemd: systemd-analyze security kchatd.service (running): {score}");
+    ensure!(score <= 2.5, "kchatd.service exposure {score} is above 2.5");
+    Ok(())
+}
+
+/// The config room and a room made with kchatctl get their nodes with the
+/// owner, group and mode asked for, processed by udev (tagged for systemd,
+/// so each has a .device unit); the control node stays root's alone.
+fn room_nodes_get_owner_group_and_mode_through_udev() -> Result<()> {
+    start()?;
+    let kchat = group_id("kchat")?;
+    kchatctl(&[
+        "create-room",
+        "sd-room",
+        "--group",
+        "kchat",
+        "--mode",
+        "0640",
+    ])?;
+    run("udevadm", &["settle", "--timeout=60"])?;
+    for (node, gid, mode) in [
+        ("/dev/kchat/ops", kchat, 0o660),
+        ("/dev/kchat/sd-room", kchat, 0o640),
+        ("/dev/kchat/control", 0, 0o600),
+    ] {
+        let meta = std::fs::metadata(node).with_context(|| format!("no {node}"))?;
+        ensure!(
+            meta.uid() == 0 && meta.gid() == gid && meta.mode() & 0o7777 == mode,
+            "{node} is {}:{} {:o}, want 0:{gid} {mode:o}",
+            meta.uid(),
+            meta.gid(),
+            meta.mode() & 0o7777
+        );
+    }
+    let unit = run(
+        "systemd-escape",
+        &["--path", "--suffix=device", "/dev/kchat/sd-room"],
+    )?;
+    wait_for("the room's .device unit", Duration::from_secs(30), || {
+        Ok(property(unit.trim(), "ActiveState")? == "active")
+    })?;
+    let db = run(
+        "udevadm",
+        &["info", "--query=property", "/dev/kchat/sd-room"],
+    )?;
+    ensure!(
+        db.contains("TAGS=") && db.contains(":systemd:"),
+        "udev: {db}"
+    );
+    Ok(())
+}
+
+/// A room added to kchatd.toml appears after `systemctl reload kchatd`,
+/// and the unit stays active throughout.
+fn reload_applies_a_changed_config() -> Result<()> {
+    start()?;
+    let mut config = std::fs::read_to_string(CONFIG)?;
+    config.push_str("\n[rooms.sd-reloaded]\npolicy = \"block\"\n");
+    std::fs::write(CONFIG, config)?;
+    run("systemctl", &["reload", "kchatd"])?;
+    wait_for("the reloaded room", Duration::from_secs(30), || {
+        Ok(Path::new("/dev/kchat/sd-reloaded").exists())
+    })?;
+    let info: Value = serde_json::from_str(&kchatctl(&["--json", "info", "sd-reloaded"])?)?;
+    ensure!(
+        info["origin"] == "config" && info["settings"]["policy"] == "block",
+        "kchatctl info: {info}"
+    );
+    ensure!(
+        property("kchatd.service", "ActiveState")? == "active",
+        "kchatd is not active after the reload"
+    );
+    let journal = run("journalctl", &["-u", "kchatd", "--no-pager", "-o", "cat"])?;
+    ensure!(
+        journal.contains("config reloaded"),
+        "the journal does not show the reload:\n{journal}"
+    );
+    Ok(())
+}
+
+/// `systemctl stop kchatd` ends the daemon, not the rooms: chat still
+/// flows, kchatctl says the daemon is away (exit 3), and a new start
+/// adopts the rooms as they are.
+fn stop_leaves_the_rooms_working() -> Result<()> {
+    start()?;
+    let room = Path::new("/dev/kchat/sd-room");
+    let mut reader = open(room, true, false, true)?;
+    run("systemctl", &["stop", "kchatd"])?;
+    ensure!(
+        property("kchatd.service", "ActiveState")? == "inactive",
+        "kchatd did not stop"
+    );
+    open(room, false, true, true)?.write_all(b"still here\n")?;
+    let mut got = [0u8; 64];
+    let n = reader.read(&mut got)?;
+    ensure!(&got[..n] == b"still here\n", "read {:?}", &got[..n]);
+    let away = Command::new("kchatctl").arg("status").output()?;
+    ensure!(
+        away.status.code() == Some(3),
+        "kchatctl status with kchatd stopped exited {}",
+        away.status
+    );
+    start()?;
+    let list: Value = serde_json::from_str(&kchatctl(&["--json", "list"])?)?;
+    for room in ["sd-room", "ops", "sd-reloaded"] {
+        if !list
+            .as_array()
+            .is_some_and(|rooms| rooms.iter().any(|r| r["name"] == room))
+        {
+            bail!("{room} is not among the rooms after the restart: {list}");
+        }
+    }
+    Ok(())
+}
