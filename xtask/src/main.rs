@@ -4,6 +4,7 @@
 
 mod bench;
 mod bootstrap;
+mod dashboard;
 mod demo;
 mod deploy;
 mod install;
@@ -58,6 +59,9 @@ enum Command {
     /// Install kchat (binaries, module, systemd/udev files) on this machine
     /// or under --destdir.
     Install(install::InstallArgs),
+    /// Draw docs/dashboard.png: the Grafana dashboard's queries, evaluated
+    /// by Prometheus over kchatd and traffic in the VM.
+    Dashboard,
     /// Measure kchat against a pipe tee, Redis and NATS in the VM (bench
     /// kernel); tables, JSON and plots go to benchmarks/.
     Bench {
@@ -105,6 +109,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Vm(args) => vm::command(args),
         Command::Test(args) => test::run(args),
         Command::Demo => demo::run(),
+        Command::Dashboard => dashboard::run(),
         Command::Soak { minutes } => test::run(test::TestArgs {
             vm_only: true,
             filter: Some("soak::".into()),

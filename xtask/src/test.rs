@@ -129,6 +129,8 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
         "kchatctl",
         "-p",
         "kchat",
+        "-p",
+        "kchat-dashplot",
     ]);
     let guest_suite_built = guest_suite.is_ok();
     tally.check("build the guest suite", guest_suite);
@@ -192,6 +194,16 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
                 if staged_ok {
                     systemd_boot_run(&kernel, &mut tally)?;
                 }
+                eprintln!("vm: kchatd, Prometheus and traffic for the dashboard's queries");
+                let recorded = crate::dashboard::record(&kernel, 8).and_then(|recording| {
+                    recording.map(drop).ok_or_else(|| {
+                        anyhow::anyhow!("a dashboard query had no data, or the run failed (above)")
+                    })
+                });
+                tally.check(
+                    "dashboards: every panel has data in a real Prometheus over a real kchatd",
+                    recorded,
+                );
             }
         }
     }
