@@ -93,7 +93,27 @@ fn cdf(histogram: &hdrhistogram::Histogram<u64>) -> Vec<(f64, u64)> {
         .collect()
 }
 
+/// A pipe tee with 4 writers and 256 readers holds 1,280 pipe ends, past
+/// the usual soft limit of 1,024 files: take the hard limit.
+fn raise_file_limit() -> Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit reads one rlimit from the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
+    }
+    Ok(())
+}
+
 fn run(args: RunArgs) -> Result<()> {
+    raise_file_limit()?;
     let wanted = |name: &str| args.systems.is_empty() || args.systems.iter().any(|s| s == name);
     let mut systems: Vec<Box<dyn System>> = Vec::new();
     for kchat in Kchat::all() {

@@ -54,11 +54,15 @@ const PACKAGES: &[(&str, &str)] = &[
 /// the version the project pins.
 const BINDGEN_VERSION: &str = "0.73.2";
 
+/// The cargo-deb `cargo xtask deb` and the package test use.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 /// Makes sure everything is installed.
 pub fn ensure() -> Result<()> {
     ensure_packages()?;
     ensure_toolchain()?;
     bindgen()?;
+    cargo_deb()?;
     Ok(())
 }
 
@@ -144,32 +148,36 @@ fn ensure_toolchain() -> Result<()> {
 
 /// The path of the pinned bindgen, installed with `cargo install` if missing.
 pub fn bindgen() -> Result<PathBuf> {
+    cargo_tool("bindgen-cli", "bindgen", BINDGEN_VERSION, "about 2 minutes")
+}
+
+/// The path of the pinned cargo-deb (`cargo xtask deb`), installed with
+/// `cargo install` if missing.
+pub fn cargo_deb() -> Result<PathBuf> {
+    cargo_tool("cargo-deb", "cargo-deb", CARGO_DEB_VERSION, "about 4 minutes")
+}
+
+/// `binary` of `krate` at `version` in CARGO_HOME/bin, installed if it is
+/// missing or another version.
+fn cargo_tool(krate: &str, binary: &str, version: &str, takes: &str) -> Result<PathBuf> {
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
         .context("neither CARGO_HOME nor HOME is set")?;
-    let path = cargo_home.join("bin/bindgen");
-    let version = Command::new(&path).arg("--version").output();
-    let wanted = format!("bindgen {BINDGEN_VERSION}");
-    if let Ok(out) = version
-        && String::from_utf8_lossy(&out.stdout).trim() == wanted
+    let path = cargo_home.join("bin").join(binary);
+    let out = Command::new(&path).arg("--version").output();
+    if let Ok(out) = out
+        && String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .any(|word| word == version)
     {
         return Ok(path);
     }
-    eprintln!(
-        "bootstrap: installing bindgen-cli {BINDGEN_VERSION} (cargo install, about 2 minutes)"
-    );
+    eprintln!("bootstrap: installing {krate} {version} (cargo install, {takes})");
     let mut cmd = Command::new("cargo");
-    cmd.args([
-        "install",
-        "--locked",
-        "--force",
-        "bindgen-cli",
-        "--version",
-        BINDGEN_VERSION,
-    ])
-    .env("RUSTUP_TOOLCHAIN", paths::toolchain()?)
-    .env("CARGO_HOME", &cargo_home);
-    process::run(&mut cmd).with_context(|| format!("installing bindgen with `{}`", show(&cmd)))?;
+    cmd.args(["install", "--locked", "--force", krate, "--version", version])
+        .env("RUSTUP_TOOLCHAIN", paths::toolchain()?)
+        .env("CARGO_HOME", &cargo_home);
+    process::run(&mut cmd).with_context(|| format!("installing {krate} with `{}`", show(&cmd)))?;
     Ok(path)
 }

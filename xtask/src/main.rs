@@ -5,6 +5,7 @@
 mod bench;
 mod bootstrap;
 mod dashboard;
+mod deb;
 mod demo;
 mod deploy;
 mod install;
@@ -59,6 +60,9 @@ enum Command {
     /// Install kchat (binaries, module, systemd/udev files) on this machine
     /// or under --destdir.
     Install(install::InstallArgs),
+    /// Build the Debian package of the userspace (cargo-deb) into
+    /// target/deb/kchat.deb.
+    Deb(deb::DebArgs),
     /// Draw docs/dashboard.png: the Grafana dashboard's queries, evaluated
     /// by Prometheus over kchatd and traffic in the VM.
     Dashboard,
@@ -110,6 +114,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Test(args) => test::run(args),
         Command::Demo => demo::run(),
         Command::Dashboard => dashboard::run(),
+        Command::Deb(args) => deb::run(args),
         Command::Soak { minutes } => test::run(test::TestArgs {
             vm_only: true,
             filter: Some("soak::".into()),

@@ -191,8 +191,15 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
                 let staged = deploy::install_stages_everything(&kernel);
                 let staged_ok = staged.is_ok();
                 tally.check("deploy: xtask install --destdir stages every file", staged);
-                if staged_ok {
-                    systemd_boot_run(&kernel, &mut tally)?;
+                let deb = crate::deb::build(true)
+                    .and_then(|deb| crate::deb::check(&deb).map(|()| deb));
+                let deb_path = deb.as_ref().ok().cloned();
+                tally.check(
+                    "deploy: cargo deb packages every file, with maintainer scripts",
+                    deb.map(drop),
+                );
+                if staged_ok && let Some(deb) = deb_path {
+                    systemd_boot_run(&kernel, &deb, &mut tally)?;
                 }
                 eprintln!("vm: kchatd, Prometheus and traffic for the dashboard's queries");
                 let recorded = crate::dashboard::record(&kernel, 8).and_then(|recording| {
@@ -262,11 +269,13 @@ fn guest_suite_run(
 }
 
 /// Boots the debug kernel with systemd as PID 1 and runs the `systemd::`
-/// tests on the tree `install_stages_everything` staged.
-fn systemd_boot_run(kernel: &kernel::Kernel, tally: &mut Tally) -> Result<()> {
+/// tests: the package installed with dpkg, the module from the tree
+/// `install_stages_everything` staged.
+fn systemd_boot_run(kernel: &kernel::Kernel, deb: &std::path::Path, tally: &mut Tally) -> Result<()> {
     let suite = paths::target().join("debug/kchat-vmtest");
     let script = format!(
-        "KCHAT_INSTALL_TREE={} {} --test-threads 1 --color never systemd::",
+        "KCHAT_DEB={} KCHAT_INSTALL_TREE={} {} --test-threads 1 --color never systemd::",
+        deb.display(),
         deploy::install_check_dir().display(),
         suite.display(),
     );

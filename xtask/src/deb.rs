@@ -1,0 +1,98 @@
+//! `cargo xtask deb`: the Debian package of kchat's userspace, made by
+//! cargo-deb from the files `cargo xtask install --no-module` stages (so a
+//! package and a plain install hold the same files). The module is built
+//! per kernel with `cargo xtask install --kdir`.
+
+use crate::{bootstrap, install, paths, process};
+use anyhow::{Context, Result, ensure};
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+#[derive(clap::Args)]
+pub struct DebArgs {
+    /// Package debug builds (quicker to build; what the tests install).
+    #[arg(long)]
+    pub debug: bool,
+}
+
+/// Builds the package; returns its path.
+pub fn build(debug: bool) -> Result<PathBuf> {
+    let cargo_deb = bootstrap::cargo_deb()?;
+    let out = paths::target().join("deb");
+    let stage = out.join("root");
+    let _ = std::fs::remove_dir_all(&stage);
+    install::run(&install::InstallArgs {
+        destdir: stage,
+        kdir: None,
+        no_module: true,
+        debug,
+    })?;
+    let deb = out.join("kchat.deb");
+    let mut cmd = Command::new(cargo_deb);
+    // cargo-deb runs as a cargo subcommand: its first argument is "deb".
+    cmd.args(["deb", "-p", "kchatd", "--no-build", "--output"])
+        .arg(&deb)
+        .current_dir(paths::root());
+    if debug {
+        // Debug binaries are big: keep their symbols, and use gzip, which
+        // the emulated guest unpacks several times faster than xz.
+        cmd.args(["--no-strip", "--fast", "--compress-type", "gz"]);
+    }
+    process::run(&mut cmd)?;
+    Ok(deb)
+}
+
+/// The package holds every file an install does, with the fields a Debian
+/// admin expects.
+pub fn check(deb: &std::path::Path) -> Result<()> {
+    let contents = process::stdout(Command::new("dpkg-deb").arg("--contents").arg(deb))?;
+    for want in [
+        "./usr/bin/kchatd",
+        "./usr/bin/kchatctl",
+        "./usr/bin/kchat",
+        "./usr/lib/systemd/system/kchatd.service",
+        "./usr/lib/udev/rules.d/60-kchat.rules",
+        "./usr/lib/sysusers.d/kchat.conf",
+        "./usr/lib/tmpfiles.d/kchat.conf",
+        "./usr/lib/modules-load.d/kchat.conf",
+        "./usr/lib/modprobe.d/kchat.conf",
+        // cargo-deb compresses man pages, as Debian policy asks.
+        "./usr/share/man/man1/kchatctl.1.gz",
+        "./usr/share/bash-completion/completions/kchatctl",
+        "./usr/share/kchat/dashboards/kchat.json",
+        "./etc/kchat/kchatd.toml",
+    ] {
+        ensure!(
+            contents.lines().any(|line| line.ends_with(want)),
+            "the package lacks {want}"
+        );
+    }
+    let fields = process::stdout(
+        Command::new("dpkg-deb")
+            .arg("--field")
+            .arg(deb)
+            .args(["Package", "Depends"]),
+    )?;
+    ensure!(fields.contains("Package: kchat"), "{fields}");
+    ensure!(
+        fields.contains("systemd") && fields.contains("libc6"),
+        "dependencies: {fields}"
+    );
+    // The maintainer scripts and the config kept as a conffile.
+    let info = process::stdout(Command::new("dpkg-deb").arg("--info").arg(deb))
+        .context("reading the package's control part")?;
+    for part in ["postinst", "prerm", "postrm", "conffiles"] {
+        ensure!(info.contains(part), "the package has no {part}:\n{info}");
+    }
+    Ok(())
+}
+
+pub fn run(args: DebArgs) -> Result<ExitCode> {
+    bootstrap::ensure()?;
+    let deb = build(args.debug)?;
+    check(&deb)?;
+    eprintln!("deb: {}", deb.display());
+    Ok(ExitCode::SUCCESS)
+}
