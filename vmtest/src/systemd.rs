@@ -134,7 +134,10 @@ fn group_id(name: &str) -> Result<u32> {
 fn the_package_enables_and_starts_kchatd() -> Result<()> {
     install()?;
     let status = run("dpkg-query", &["-W", "-f=${Status}", "kchat"])?;
-    ensure!(status == "install ok installed", "dpkg says kchat is {status:?}");
+    ensure!(
+        status == "install ok installed",
+        "dpkg says kchat is {status:?}"
+    );
     ensure!(
         run("systemctl", &["is-enabled", "kchatd"])?.trim() == "enabled",
         "the package did not enable kchatd"

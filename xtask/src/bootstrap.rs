@@ -154,7 +154,12 @@ pub fn bindgen() -> Result<PathBuf> {
 /// The path of the pinned cargo-deb (`cargo xtask deb`), installed with
 /// `cargo install` if missing.
 pub fn cargo_deb() -> Result<PathBuf> {
-    cargo_tool("cargo-deb", "cargo-deb", CARGO_DEB_VERSION, "about 4 minutes")
+    cargo_tool(
+        "cargo-deb",
+        "cargo-deb",
+        CARGO_DEB_VERSION,
+        "about 4 minutes",
+    )
 }
 
 /// `binary` of `krate` at `version` in CARGO_HOME/bin, installed if it is
@@ -175,9 +180,16 @@ fn cargo_tool(krate: &str, binary: &str, version: &str, takes: &str) -> Result<P
     }
     eprintln!("bootstrap: installing {krate} {version} (cargo install, {takes})");
     let mut cmd = Command::new("cargo");
-    cmd.args(["install", "--locked", "--force", krate, "--version", version])
-        .env("RUSTUP_TOOLCHAIN", paths::toolchain()?)
-        .env("CARGO_HOME", &cargo_home);
+    cmd.args([
+        "install",
+        "--locked",
+        "--force",
+        krate,
+        "--version",
+        version,
+    ])
+    .env("RUSTUP_TOOLCHAIN", paths::toolchain()?)
+    .env("CARGO_HOME", &cargo_home);
     process::run(&mut cmd).with_context(|| format!("installing {krate} with `{}`", show(&cmd)))?;
     Ok(path)
 }

@@ -4,7 +4,7 @@
 //! per kernel with `cargo xtask install --kdir`.
 
 use crate::{bootstrap, install, paths, process};
-use anyhow::{Context, Result, ensure};
+use anyhow::{ensure, Context, Result};
 use std::{
     path::PathBuf,
     process::{Command, ExitCode},

@@ -191,8 +191,8 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
                 let staged = deploy::install_stages_everything(&kernel);
                 let staged_ok = staged.is_ok();
                 tally.check("deploy: xtask install --destdir stages every file", staged);
-                let deb = crate::deb::build(true)
-                    .and_then(|deb| crate::deb::check(&deb).map(|()| deb));
+                let deb =
+                    crate::deb::build(true).and_then(|deb| crate::deb::check(&deb).map(|()| deb));
                 let deb_path = deb.as_ref().ok().cloned();
                 tally.check(
                     "deploy: cargo deb packages every file, with maintainer scripts",
@@ -271,7 +271,11 @@ fn guest_suite_run(
 /// Boots the debug kernel with systemd as PID 1 and runs the `systemd::`
 /// tests: the package installed with dpkg, the module from the tree
 /// `install_stages_everything` staged.
-fn systemd_boot_run(kernel: &kernel::Kernel, deb: &std::path::Path, tally: &mut Tally) -> Result<()> {
+fn systemd_boot_run(
+    kernel: &kernel::Kernel,
+    deb: &std::path::Path,
+    tally: &mut Tally,
+) -> Result<()> {
     let suite = paths::target().join("debug/kchat-vmtest");
     let script = format!(
         "KCHAT_DEB={} KCHAT_INSTALL_TREE={} {} --test-threads 1 --color never systemd::",
