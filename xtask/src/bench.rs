@@ -11,7 +11,9 @@ use std::{
     time::Duration,
 };
 
-pub fn run(variant: kernel::Variant, extra: &[String]) -> Result<ExitCode> {
+/// Runs the bench; with `perf`, under `perf record -a -g` in the guest,
+/// keeping `perf report`'s flat profile as `benchmarks/profile.txt`.
+pub fn run(variant: kernel::Variant, perf: bool, extra: &[String]) -> Result<ExitCode> {
     bootstrap::ensure()?;
     let kernel = kernel::ensure(variant)?;
     let modules = kmod::build(&kernel)?;
@@ -23,11 +25,25 @@ pub fn run(variant: kernel::Variant, extra: &[String]) -> Result<ExitCode> {
     )?;
     let bench = paths::target().join("release/kchat-bench");
     // The run folder is mounted at /run/kchat-vm in the guest.
-    let script = format!(
-        "insmod {} default_room= && {} run --json /run/kchat-vm/bench.json {}",
-        modules.kchat.display(),
+    let bench_cmd = format!(
+        "{} run --json /run/kchat-vm/bench.json {}",
         bench.display(),
         extra.join(" ")
+    );
+    let bench_cmd = if perf {
+        // Kernel and user stacks of every CPU; the report is made in the
+        // guest, where its kallsyms (and kchat.ko's symbols) are.
+        format!(
+            "perf record -q -a -g -o /tmp/perf.data -- {bench_cmd} && \
+             perf report -i /tmp/perf.data --stdio --no-children --sort dso,symbol \
+             --percent-limit 0.5 > /run/kchat-vm/profile.txt 2>/dev/null"
+        )
+    } else {
+        bench_cmd
+    };
+    let script = format!(
+        "insmod {} default_room= && {bench_cmd}",
+        modules.kchat.display()
     );
     eprintln!("bench: running in the VM ({variant} kernel, TCG)");
     let run = vm::run(
@@ -55,6 +71,10 @@ pub fn run(variant: kernel::Variant, extra: &[String]) -> Result<ExitCode> {
             .arg("--out-dir")
             .arg(&out),
     )?;
+    if perf {
+        std::fs::copy(run.dir.join("profile.txt"), out.join("profile.txt"))
+            .context("keeping perf's profile")?;
+    }
     eprintln!("bench: tables, JSON and plots in {}", out.display());
     Ok(ExitCode::SUCCESS)
 }

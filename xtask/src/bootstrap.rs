@@ -48,6 +48,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("nats-server", "a peer in cargo xtask bench (NATS core)"),
     ("fonts-dejavu-core", "the font of the benchmark plots"),
+    (
+        "linux-perf",
+        "cargo xtask bench --perf: where the time goes, in the VM",
+    ),
 ];
 
 /// The bindgen the kernel build uses; 6.12 is tested with 0.65+, and this is

@@ -73,6 +73,10 @@ enum Command {
         /// objects) unless comparing with the debug kernel on purpose.
         #[arg(long, value_enum, default_value_t = Variant::Bench)]
         variant: Variant,
+        /// Record a system-wide profile with perf while it runs
+        /// (benchmarks/profile.txt).
+        #[arg(long)]
+        perf: bool,
         /// Arguments for `kchat-bench run` (--readers, --writers, --sizes,
         /// --millis, --systems, --latency-rate, --latency-readers).
         #[arg(last = true)]
@@ -121,6 +125,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             soak_seconds: Some(minutes * 60),
         }),
         Command::Install(args) => install::run(&args).map(|_| ExitCode::SUCCESS),
-        Command::Bench { variant, args } => bench::run(variant, &args),
+        Command::Bench {
+            variant,
+            perf,
+            args,
+        } => bench::run(variant, perf, &args),
     }
 }
