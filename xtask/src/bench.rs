@@ -35,7 +35,7 @@ pub fn run(variant: kernel::Variant, perf: bool, extra: &[String]) -> Result<Exi
         // guest, where its kallsyms (and kchat.ko's symbols) are.
         format!(
             "perf record -q -a -g -o /tmp/perf.data -- {bench_cmd} && \
-             perf report -i /tmp/perf.data --stdio --no-children --sort dso,symbol \
+             perf report -i /tmp/perf.data --stdio --no-children -g none --sort dso,symbol \
              --percent-limit 0.5 > /run/kchat-vm/profile.txt 2>/dev/null"
         )
     } else {
