@@ -41,6 +41,26 @@ fn ordered_systems<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     systems
 }
 
+/// The legend box both plots use.
+fn draw_legend<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    CT: plotters::coord::CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .draw()?;
+    Ok(())
+}
+
 /// `throughput.png`: one panel per size, one writer.
 fn throughput(report: &Report, path: &Path) -> Result<()> {
     let mut sizes: Vec<usize> = report.throughput.iter().map(|r| r.size).collect();
@@ -95,13 +115,7 @@ fn throughput(report: &Report, path: &Path) -> Result<()> {
                     .map(|p| Circle::new(p, 3, colour.filled())),
             )?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 12))
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::LowerLeft)?;
     }
     root.present()?;
     Ok(())
@@ -158,13 +172,7 @@ fn latency(report: &Report, path: &Path) -> Result<()> {
                     PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 12))
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     }
     root.present()?;
     Ok(())
