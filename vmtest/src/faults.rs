@@ -43,6 +43,8 @@ const PROBABILITY: u32 = 20;
 /// The fault budget each attribute starts with; what is left tells how many
 /// were injected (the kernel counts `times` down on every failure).
 const BUDGET: u64 = 1_000_000;
+/// The room of the I/O test.
+const IO_ROOM: &str = "fault-io";
 const KINDS: [&str; 3] = ["failslab", "fail_page_alloc", "fail_usercopy"];
 
 fn iterations() -> u64 {
@@ -254,22 +256,20 @@ fn failed_creates_and_deletes_leave_no_half_made_room() -> Result<()> {
 fn io_under_failures_delivers_exactly_what_was_accepted() -> Result<()> {
     module::ensure_loaded()?;
     let control = Control::open()?;
-    let name = "fault-io";
-    let _ = control.delete(name);
-    let mut room_spec = spec(name);
+    let _ = control.delete(IO_ROOM);
+    let mut room_spec = spec(IO_ROOM);
     room_spec.max_msg = 4096;
     // Room for every message, so nothing is lost to the ring moving on.
     room_spec.ring_bytes = 1 << 20;
     control.create(&room_spec)?;
-    let node = kchat_client::room_path(name);
+    let node = kchat_client::room_path(IO_ROOM);
     let result = io_under_failures(&control, &node);
-    let _ = control.delete(name);
+    let _ = control.delete(IO_ROOM);
     result
 }
 
 fn io_under_failures(control: &Control, node: &Path) -> Result<()> {
     const READERS: usize = 3;
-    let name = "fault-io";
     let mut writer = open(node, false, true, true)?;
     let mut faults = Faults::aim()?;
     let mut open_errors = 0;
@@ -295,7 +295,7 @@ fn io_under_failures(control: &Control, node: &Path) -> Result<()> {
                 open_errors += 1;
             }
         }
-        let info = control.info(name)?;
+        let info = control.info(IO_ROOM)?;
         ensure!(
             info.readers as usize == readers.len(),
             "{} readers counted, {} open",
@@ -332,7 +332,7 @@ fn io_under_failures(control: &Control, node: &Path) -> Result<()> {
                 }
             }
         }
-        if let Err(err) = control.info(name) {
+        if let Err(err) = control.info(IO_ROOM) {
             injected_error("info", err)?;
             ioctl_errors += 1;
         }
@@ -360,7 +360,7 @@ fn io_under_failures(control: &Control, node: &Path) -> Result<()> {
             );
         }
     }
-    let info = control.info(name)?;
+    let info = control.info(IO_ROOM)?;
     let accepted_count = accepted.len() as u64;
     ensure!(
         info.msgs_in == accepted_count,

@@ -259,12 +259,10 @@ fn guest_suite_run(
         &run.output,
         run.exit_status == Some(0),
     );
-    let clean = if run.findings.is_empty() && !run.timed_out {
-        Ok(())
-    } else {
-        Err(anyhow::anyhow!("{}", run.verdict(40)))
-    };
-    tally.check(&label("guest kernel log is clean after the suite"), clean);
+    tally.check(
+        &label("guest kernel log is clean after the suite"),
+        log_clean(&run),
+    );
     Ok(())
 }
 
@@ -291,16 +289,20 @@ fn systemd_boot_run(
     let run = vm::run(kernel, &args, Some(&script), true)?;
     let label = "deploy: systemd boot";
     tally.add_libtest(label, &run.output, run.exit_status == Some(0));
-    let clean = if run.findings.is_empty() && !run.timed_out {
+    tally.check(
+        "deploy: guest kernel log is clean after the systemd boot",
+        log_clean(&run),
+    );
+    Ok(())
+}
+
+/// A run's kernel log check, as a check result: nothing reported, no timeout.
+fn log_clean(run: &vm::VmRun) -> Result<()> {
+    if run.findings.is_empty() && !run.timed_out {
         Ok(())
     } else {
         Err(anyhow::anyhow!("{}", run.verdict(40)))
-    };
-    tally.check(
-        "deploy: guest kernel log is clean after the systemd boot",
-        clean,
-    );
-    Ok(())
+    }
 }
 
 /// Loads the deliberately broken fixture modules in one VM run; the run must
