@@ -2,7 +2,9 @@
 //! Module load and unload.
 //!
 //! Unload cannot race with an open file: every `file_operations` names this
-//! module as owner, so the VFS holds a module reference per open file.
+//! module as owner, so the VFS holds a module reference per open file. A
+//! failed load frees the module whatever references there are, so nothing
+//! can be opened before loading has fully succeeded.
 
 use crate::{abi, compat::params, registry::Registry};
 use kernel::{prelude::*, sync::Arc};
@@ -14,7 +16,11 @@ pub(crate) struct Kchat {
 
 impl kernel::Module for Kchat {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        let registry = Registry::publish()?;
+        // Nothing opens until everything that can fail has succeeded: a
+        // file opened during a load that then fails would point into the
+        // freed module. Until `publish`, opens get ENXIO, and the control
+        // node is made last.
+        let registry = Registry::new()?;
         let default_room = params::default_room();
         if !default_room.is_empty() {
             if let Err(err) = create_default_room(&registry, default_room.as_bytes()) {
@@ -22,10 +28,11 @@ impl kernel::Module for Kchat {
                     "cannot create the default room (default_room=): {:?}\n",
                     err
                 );
-                Registry::unpublish();
                 return Err(err);
             }
         }
+        registry.add_control_node()?;
+        Registry::publish(&registry);
         pr_info!("loaded, ABI version {}\n", abi::ABI_VERSION);
         Ok(Kchat {
             _registry: registry,

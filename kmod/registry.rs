@@ -44,11 +44,28 @@ struct RoomEntry {
 struct RegistryInner {
     /// Indexed by minor; slot 0 (the control node) stays empty.
     rooms: KVec<Option<RoomEntry>>,
+    /// The minor after the last one handed out: minors go round, so a
+    /// deleted room's number is not reused soon (a stale node made with
+    /// `mknod` would reach whichever room got it).
+    next_minor: usize,
+    /// The control node, made once everything else is ready; dropped after
+    /// the rooms.
+    control_node: Option<Node>,
     ring_bytes: u64,
     limits: abi::GlobalLimits,
 }
 
 impl RegistryInner {
+    /// The first free room minor from `next_minor` on, going round.
+    fn free_minor(&self) -> Option<usize> {
+        let count = self.rooms.len();
+        (0..count)
+            .filter_map(|step| (self.next_minor + step).checked_rem(count))
+            .find(|&minor| {
+                minor != abi::CONTROL_MINOR as usize && matches!(self.rooms.get(minor), Some(None))
+            })
+    }
+
     fn find(&self, name: &[u8]) -> Option<usize> {
         self.rooms.iter().position(|slot| {
             slot.as_ref()
@@ -57,13 +74,12 @@ impl RegistryInner {
     }
 }
 
-/// Fields drop top to bottom: rooms and their nodes, then the control node,
-/// the class, and the major last.
+/// Fields drop top to bottom: rooms and their nodes, then the control node
+/// (both in `inner`), the class, and the major last.
 #[pin_data]
 pub(crate) struct Registry {
     #[pin]
     inner: Mutex<RegistryInner>,
-    _control_node: Node,
     class: Class,
     major: Major<MinorRouter>,
 }
@@ -73,28 +89,20 @@ pub(crate) struct Registry {
 static REGISTRY: AtomicPtr<ffi::c_void> = AtomicPtr::new(ptr::null_mut());
 
 impl Registry {
-    /// Registers the major, the class and the control node, and publishes
-    /// the registry to the open router.
-    pub(crate) fn publish() -> Result<Arc<Registry>> {
+    /// Registers the major and the class. Nothing opens yet: the open
+    /// router answers `ENXIO` until [`Registry::publish`], and there is no
+    /// control node until [`Registry::add_control_node`].
+    pub(crate) fn new() -> Result<Arc<Registry>> {
         let major = Major::<MinorRouter>::register(c_str!("kchat"), abi::MAX_MINORS)?;
         let class = Class::register()?;
-        let control_perms = NodePerms {
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-        };
-        let control_node = Node::new(
-            &class,
-            major.devt(abi::CONTROL_MINOR),
-            c_str!("control"),
-            control_perms,
-        )?;
         let mut rooms = KVec::with_capacity(abi::MAX_MINORS as usize, GFP_KERNEL)?;
         for _ in 0..abi::MAX_MINORS {
             rooms.push(None, GFP_KERNEL)?;
         }
         let inner = RegistryInner {
             rooms,
+            next_minor: 1,
+            control_node: None,
             ring_bytes: 0,
             limits: abi::GlobalLimits {
                 size: core::mem::size_of::<abi::GlobalLimits>() as u32,
@@ -104,17 +112,38 @@ impl Registry {
                 max_total_ring_bytes: DEFAULT_TOTAL_RING_BYTES,
             },
         };
-        let registry = Arc::pin_init(
+        Arc::pin_init(
             pin_init!(Registry {
                 inner <- new_mutex!(inner, "Registry::inner"),
-                _control_node: control_node,
                 class,
                 major,
             }),
             GFP_KERNEL,
+        )
+    }
+
+    /// Makes `/dev/kchat/control`: the last thing that can fail at load.
+    pub(crate) fn add_control_node(&self) -> Result {
+        let control_perms = NodePerms {
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+        };
+        let node = Node::new(
+            &self.class,
+            self.major.devt(abi::CONTROL_MINOR),
+            c_str!("control"),
+            control_perms,
         )?;
+        self.inner.lock().control_node = Some(node);
+        Ok(())
+    }
+
+    /// Hands the registry to the open router; from now on opens work. Call
+    /// once loading can no longer fail: a file opened before a failed load
+    /// would keep pointers into the freed module.
+    pub(crate) fn publish(registry: &Arc<Registry>) {
         REGISTRY.store(registry.clone().into_foreign() as *mut _, Ordering::Release);
-        Ok(registry)
     }
 
     /// Withdraws the registry from the open router (at unload).
@@ -140,13 +169,7 @@ impl Registry {
         if in_use >= limits.max_rooms as usize || ring_bytes > limits.max_total_ring_bytes {
             return Err(ENOSPC);
         }
-        let minor = inner
-            .rooms
-            .iter()
-            .skip(1)
-            .position(|slot| slot.is_none())
-            .map(|index| index + 1)
-            .ok_or(ENOSPC)?;
+        let minor = inner.free_minor().ok_or(ENOSPC)?;
         let room = Room::new(settings, minor as u32)?;
         let name_len = settings.name().len();
         let name = CStr::from_bytes_with_nul(&settings.name[..=name_len])?;
@@ -157,6 +180,7 @@ impl Registry {
         };
         let node = Node::new(&self.class, self.major.devt(minor as u32), name, perms)?;
         inner.rooms[minor] = Some(RoomEntry { room, _node: node });
+        inner.next_minor = minor + 1;
         inner.ring_bytes = ring_bytes;
         Ok(())
     }

@@ -17,7 +17,7 @@ use crate::{
         task::{monotonic_ns, ns_to_jiffies, realtime_ns, Identity},
     },
     rate::Limiter,
-    ring::{Cost, Lookup, Ring},
+    ring::{Cost, Ring},
 };
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use kernel::{
@@ -142,20 +142,21 @@ pub(crate) struct ReaderMark {
     pub(crate) lost: AtomicU64,
 }
 
-impl ReaderMark {
-    /// Moves a reader that fell behind the ring to its oldest record,
-    /// counting what it skipped; whether it had to. Call with `Room::inner`
-    /// held.
-    pub(crate) fn catch_up(&self, inner: &RoomInner, stats: &Stats) -> bool {
-        let seq = self.seq.load(Ordering::Relaxed);
-        if let Lookup::Lost { first, lost } = inner.ring.get(seq) {
-            self.lost.fetch_add(lost, Ordering::Relaxed);
-            Stats::add(&stats.lost, lost);
-            self.seq.store(first, Ordering::Relaxed);
-            return true;
-        }
-        false
-    }
+/// Whether readers or writers sleep on a room, as seen under its lock.
+/// Wakers skip `notify_all` when none do: the common case, where it would
+/// take the wait queue's spinlock for nobody.
+#[derive(Clone, Copy)]
+pub(crate) struct Asleep {
+    pub(crate) readers: bool,
+    pub(crate) writers: bool,
+}
+
+impl Asleep {
+    /// For wakers that do not know (deletion wakes everyone).
+    pub(crate) const ANY: Asleep = Asleep {
+        readers: true,
+        writers: true,
+    };
 }
 
 pub(crate) struct RoomInner {
@@ -177,10 +178,17 @@ pub(crate) struct RoomInner {
 
 impl RoomInner {
     /// Takes a message of `len` bytes from its writer's budget (by uid or by
-    /// file, as the limit's scope says), or says how many nanoseconds to wait.
-    fn admit(&mut self, uid: u32, file_id: u64, now_ns: u64, len: u64) -> Result<Option<u64>> {
+    /// file, as the limit's scope says): `Ok(key)` names the budget charged
+    /// (`None` when unlimited), `Err(ns)` how long to wait first.
+    fn admit(
+        &mut self,
+        uid: u32,
+        file_id: u64,
+        now_ns: u64,
+        len: u64,
+    ) -> Result<core::result::Result<Option<u64>, u64>> {
         if self.limit.is_unlimited() {
-            return Ok(None);
+            return Ok(Ok(None));
         }
         let mut key = match self.limit.scope {
             Scope::Uid => u64::from(uid),
@@ -200,7 +208,14 @@ impl RoomInner {
             }
         }
         let limiter = self.senders.get_mut(&key).ok_or(EINVAL)?;
-        Ok(limiter.admit(now_ns, len).err())
+        Ok(limiter.admit(now_ns, len).map(|()| Some(key)))
+    }
+
+    /// Gives back what `admit` charged for a message that was not sent.
+    fn refund(&mut self, key: Option<u64>, len: u64) {
+        if let Some(limiter) = key.and_then(|key| self.senders.get_mut(&key)) {
+            limiter.refund(len);
+        }
     }
 
     /// Drops budgets that have refilled: such a sender is no different from
@@ -231,6 +246,14 @@ impl RoomInner {
         }
     }
 
+    /// Who sleeps on the room now.
+    pub(crate) fn asleep(&self) -> Asleep {
+        Asleep {
+            readers: self.sleeping_readers > 0,
+            writers: self.sleeping_writers > 0,
+        }
+    }
+
     pub(crate) fn reader_count(&self) -> usize {
         self.readers.iter().flatten().count()
     }
@@ -255,18 +278,27 @@ impl RoomInner {
         }
     }
 
-    /// Makes room for a record of `cost` if the policy allows; whether it fits.
-    fn make_room(&mut self, policy: Policy, cost: usize) -> bool {
+    /// Makes room for a record of `cost` if the policy allows: `None` if it
+    /// cannot, else whether a reader lost a message to make it.
+    fn make_room(&mut self, policy: Policy, cost: usize) -> Option<bool> {
+        if self.ring.fits(cost) {
+            return Some(false);
+        }
+        // Only reads move readers, and none happens under this lock.
+        let slowest = self.slowest_reader();
+        let mut loss = false;
         while !self.ring.fits(cost) {
+            let first = self.ring.first_seq();
             let evictable = match policy {
                 Policy::Drop => true,
-                Policy::Block => self.slowest_reader() > self.ring.first_seq(),
+                Policy::Block => slowest > first,
             };
             if !evictable || self.ring.pop_oldest().is_none() {
-                return false;
+                return None;
             }
+            loss |= slowest <= first;
         }
-        true
+        Some(loss)
     }
 }
 
@@ -325,24 +357,41 @@ impl Room {
         )
     }
 
+    /// Tells whoever waits on the room what changed, after the room lock
+    /// is dropped: `events` says what (`IN`: a message to read, `PRI`: a
+    /// loss, `OUT`: room to write or budget back, `HUP`: deleted). Sleeping
+    /// readers and writers are woken only for what they wait for, and only
+    /// if the caller saw any asleep (`asleep`, counted under the lock);
+    /// pollers get the events as epoll's key.
+    pub(crate) fn changed(&self, events: u32, asleep: Asleep) {
+        if events & (events::IN | events::HUP) != 0 && asleep.readers {
+            self.readable.notify_all();
+        }
+        if events & (events::OUT | events::HUP) != 0 && asleep.writers {
+            self.writable.notify_all();
+        }
+        self.poll.wake(events);
+    }
+
     /// Replaces the rate limit; every sender starts with a full budget.
     pub(crate) fn set_limit(&self, limit: LimitConfig) {
         let mut inner = self.inner.lock();
         inner.limit = limit;
         inner.senders = RBTree::new();
         inner.sender_count = 0;
+        let asleep = inner.asleep();
         drop(inner);
-        self.writable.notify_all();
+        self.changed(events::OUT | events::WRNORM, asleep);
     }
 
     /// Marks the room deleted and wakes everyone: readers drain what is
     /// left, then read end-of-file; writers get `EIDRM`.
     pub(crate) fn mark_deleted(&self) {
         self.inner.lock().deleted = true;
-        self.readable.notify_all();
-        self.writable.notify_all();
-        self.poll
-            .wake(events::HUP | events::IN | events::OUT | events::ERR);
+        self.changed(
+            events::HUP | events::IN | events::RDNORM | events::OUT | events::ERR,
+            Asleep::ANY,
+        );
     }
 
     /// Writes `src` as messages of at most `max_msg` bytes each; returns how
@@ -386,13 +435,13 @@ impl Room {
         let cost = record.cost();
         let mut inner = self.inner.lock();
         let mut throttled = false;
-        loop {
+        let charged = loop {
             if inner.deleted {
                 return Err(eidrm());
             }
-            let Some(wait_ns) = inner.admit(sender.uid, file_id, monotonic_ns(), len as u64)?
-            else {
-                break;
+            let wait_ns = match inner.admit(sender.uid, file_id, monotonic_ns(), len as u64)? {
+                Ok(charged) => break charged,
+                Err(wait_ns) => wait_ns,
             };
             if !throttled {
                 throttled = true;
@@ -409,37 +458,47 @@ impl Room {
             if matches!(woke, CondVarTimeoutResult::Signal { .. }) {
                 return Err(ERESTARTSYS);
             }
-        }
-        loop {
+        };
+        let made_room: Result<bool> = loop {
             if inner.deleted {
-                return Err(eidrm());
+                break Err(eidrm());
             }
-            if inner.make_room(self.settings.policy, cost) {
-                break;
+            if let Some(loss) = inner.make_room(self.settings.policy, cost) {
+                break Ok(loss);
             }
             if nonblock {
-                return Err(EAGAIN);
+                break Err(EAGAIN);
             }
             Stats::add(&self.stats.writer_waits, 1);
             inner.sleeping_writers += 1;
             let interrupted = self.writable.wait_interruptible(&mut inner);
             inner.sleeping_writers -= 1;
             if interrupted {
-                return Err(ERESTARTSYS);
+                break Err(ERESTARTSYS);
             }
-        }
+        };
+        let loss = match made_room {
+            Ok(loss) => loss,
+            Err(err) => {
+                // Nothing was sent: a writer is throttled only for what it
+                // sent.
+                inner.refund(charged, len as u64);
+                return Err(err);
+            }
+        };
         if inner.ring.push(record).is_err() {
             // make_room() just said it fits.
             return Err(ENOSPC);
         }
-        let wake_readers = inner.sleeping_readers > 0;
+        let asleep = inner.asleep();
         drop(inner);
         Stats::add(&self.stats.msgs_in, 1);
         Stats::add(&self.stats.bytes_in, len as u64);
-        if wake_readers {
-            self.readable.notify_all();
+        let mut what = events::IN | events::RDNORM;
+        if loss {
+            what |= events::PRI;
         }
-        self.poll.wake(events::IN | events::RDNORM);
+        self.changed(what, asleep);
         Ok(())
     }
 
@@ -476,8 +535,8 @@ impl Room {
         if let Some(slot) = slot {
             *slot = None;
         }
+        let asleep = inner.asleep();
         drop(inner);
-        self.writable.notify_all();
-        self.poll.wake(events::OUT | events::WRNORM);
+        self.changed(events::OUT | events::WRNORM, asleep);
     }
 }

@@ -19,7 +19,7 @@ use crate::{
         poll::{events, PollTable},
     },
     ring::Lookup,
-    room::{Policy, ReaderMark, Record, Room, Stats},
+    room::{Policy, ReaderMark, Record, Room, RoomInner, Stats},
 };
 use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::{
@@ -34,10 +34,35 @@ const BATCH: usize = 16;
 
 const HEADER: usize = core::mem::size_of::<abi::FrameHeader>();
 
-/// Per-file read position within a message, behind the cursor lock.
+/// Where this file reads: the message (`ReaderMark::seq`, which the room
+/// reads too) and how many of its bytes stream reads already returned.
+///
+/// Behind `RoomFile::cursor`. The sequence number moves only through
+/// [`Cursor::place`], which sets the byte offset with it, so an offset can
+/// never outlive the message it belongs to (it once did: a loss query moved
+/// the sequence past an evicted message and the next read subtracted the
+/// stale offset from a shorter one).
 struct Cursor {
-    /// Bytes of the message at the cursor already returned (stream reads).
     offset: usize,
+}
+
+impl Cursor {
+    /// Puts the cursor `offset` bytes into message `seq`. `_inner` proves
+    /// that the room lock is held, as every write of a mark's `seq` needs.
+    fn place(&mut self, mark: &ReaderMark, _inner: &RoomInner, seq: u64, offset: usize) {
+        mark.seq.store(seq, Ordering::Relaxed);
+        self.offset = offset;
+    }
+
+    /// Skips the messages the ring evicted before this reader read them,
+    /// counting them as lost.
+    fn catch_up(&mut self, mark: &ReaderMark, inner: &RoomInner, stats: &Stats) {
+        if let Lookup::Lost { first, lost } = inner.ring.get(mark.seq.load(Ordering::Relaxed)) {
+            mark.lost.fetch_add(lost, Ordering::Relaxed);
+            Stats::add(&stats.lost, lost);
+            self.place(mark, inner, first, 0);
+        }
+    }
 }
 
 #[pin_data(PinnedDrop)]
@@ -75,6 +100,13 @@ impl FileOps for RoomFile {
     type Target = (Arc<Room>, usize);
 
     fn open(file: &File, (room, max_readers): (Arc<Room>, usize)) -> Result<Self::Ptr> {
+        // Access belongs to the room, not to whatever node reached it: a
+        // node made with `mknod`, or a stale one after its room went, may
+        // carry another mode or name another room than it was made for.
+        let settings = &room.settings;
+        if !file.opener_may_access(settings.uid, settings.gid, settings.mode) {
+            return Err(EACCES);
+        }
         let mark = if file.readable() {
             Some(room.add_reader(max_readers)?)
         } else {
@@ -172,12 +204,13 @@ impl FileOps for RoomFile {
             abi::IOC_TAKE_LOST => {
                 let mark = this.mark.as_ref().ok_or(EBADF)?;
                 let mut writer = UserSlice::new(arg, core::mem::size_of::<u64>()).writer();
-                let _cursor = this.cursor.lock();
+                let mut cursor = this.cursor.lock();
                 let lost = {
                     let inner = this.room.inner.lock();
-                    mark.catch_up(&inner, &this.room.stats);
+                    cursor.catch_up(mark, &inner, &this.room.stats);
                     mark.lost.swap(0, Ordering::Relaxed)
                 };
+                drop(cursor);
                 if let Err(err) = writer.write(&lost) {
                     // Nothing was reported, so nothing is forgotten.
                     mark.lost.fetch_add(lost, Ordering::Relaxed);
@@ -226,97 +259,91 @@ impl RoomFile {
         let mark = self.mark.as_ref().ok_or(EBADF)?;
         let mut cursor = self.cursor.lock();
         let inner = self.room.inner.lock();
-        mark.catch_up(&inner, &self.room.stats);
+        cursor.catch_up(mark, &inner, &self.room.stats);
         let here = mark.seq.load(Ordering::Relaxed);
         let seq = pick(inner.ring.first_seq(), inner.ring.next_seq(), here)?;
-        mark.seq.store(seq, Ordering::Relaxed);
-        cursor.offset = 0;
+        cursor.place(mark, &inner, seq, 0);
+        let asleep = inner.asleep();
         drop(inner);
+        drop(cursor);
         if self.room.settings.policy == Policy::Block {
-            // Seeking forward may free writers; back holds them (readers
-            // only ever hold what is retained, so nothing is broken).
-            self.room.writable.notify_all();
+            // Seeking forward may free writers and pollers; back holds them
+            // (readers only ever hold what is retained, so nothing breaks).
+            self.room.changed(events::OUT | events::WRNORM, asleep);
         }
         Ok(seq)
     }
 
     /// Reads in the file's mode; see the module documentation.
+    ///
+    /// A blocking read sleeps without the cursor lock, so another thread's
+    /// seek, ioctl or non-blocking read on the same file never waits for a
+    /// message to arrive.
     fn read_messages(&self, dest: &mut IovDest, nonblock: bool) -> Result<usize> {
         let mark = self.mark.as_ref().ok_or(EBADF)?;
         let room = &self.room;
-        let mode = self.mode.load(Ordering::Relaxed);
-        let mut cursor = self.cursor.lock();
-        let mut batch: [Option<Arc<Record>>; BATCH] = [const { None }; BATCH];
-        let seq;
-        {
+        loop {
+            let mut cursor = self.cursor.lock();
             let mut inner = room.inner.lock();
-            loop {
-                if mark.catch_up(&inner, &room.stats) {
-                    // The message this reader was inside is gone.
-                    cursor.offset = 0;
-                }
-                let at = mark.seq.load(Ordering::Relaxed);
-                match inner.ring.get(at) {
-                    Lookup::Ready(_) => {
-                        seq = at;
-                        break;
-                    }
-                    // catch_up() just moved past any loss.
-                    Lookup::Lost { .. } => {}
-                    Lookup::Pending if inner.deleted => return Ok(0),
-                    Lookup::Pending if nonblock => return Err(EAGAIN),
-                    Lookup::Pending => {
-                        inner.sleeping_readers += 1;
-                        let interrupted = room.readable.wait_interruptible(&mut inner);
-                        inner.sleeping_readers -= 1;
-                        if interrupted {
-                            return Err(ERESTARTSYS);
-                        }
-                    }
-                }
+            cursor.catch_up(mark, &inner, &room.stats);
+            let seq = mark.seq.load(Ordering::Relaxed);
+            if let Lookup::Ready(_) = inner.ring.get(seq) {
+                // The mode is set under the cursor lock, so it holds for
+                // this whole read.
+                let mode = self.mode.load(Ordering::Relaxed);
+                let batch = plan(&inner, seq, cursor.offset, mode, dest.len())?;
+                drop(inner);
+                return self.copy_out(&mut cursor, mark, seq, mode, &batch, dest);
             }
-            let space = dest.len();
-            let mut planned = 0;
-            for (n, slot) in batch.iter_mut().enumerate() {
-                let Lookup::Ready(record) = inner.ring.get(seq + n as u64) else {
-                    break;
-                };
-                let size = match mode {
-                    abi::READ_STREAM if n == 0 => record.data.len() - cursor.offset,
-                    abi::READ_STREAM => record.data.len(),
-                    abi::READ_PACKET if n > 0 => break,
-                    abi::READ_PACKET => record.data.len(),
-                    _ => HEADER + record.data.len(),
-                };
-                if planned + size > space {
-                    if n == 0 && mode != abi::READ_STREAM {
-                        return Err(emsgsize());
-                    }
-                    if n > 0 {
-                        break;
-                    }
-                }
-                *slot = Some(record.clone());
-                planned += size;
-                if planned >= space {
-                    break;
+            if inner.deleted {
+                return Ok(0);
+            }
+            if nonblock {
+                return Err(EAGAIN);
+            }
+            drop(cursor);
+            while !inner.deleted
+                && matches!(
+                    inner.ring.get(mark.seq.load(Ordering::Relaxed)),
+                    Lookup::Pending
+                )
+            {
+                inner.sleeping_readers += 1;
+                let interrupted = room.readable.wait_interruptible(&mut inner);
+                inner.sleeping_readers -= 1;
+                if interrupted {
+                    return Err(ERESTARTSYS);
                 }
             }
         }
+    }
 
-        // Copy without the room lock: user memory may fault and sleep.
+    /// Copies the planned records out, without the room lock (user memory
+    /// may fault and sleep), and moves the cursor past what was returned.
+    fn copy_out(
+        &self,
+        cursor: &mut Cursor,
+        mark: &ReaderMark,
+        seq: u64,
+        mode: u32,
+        batch: &Batch,
+        dest: &mut IovDest,
+    ) -> Result<usize> {
+        let room = &self.room;
         let mut copied = 0;
         let mut finished = 0u64;
+        // Bytes returned of the first record not finished (stream reads).
+        let mut partial = cursor.offset;
         for record in batch.iter().flatten() {
             let result = match mode {
                 abi::READ_STREAM => {
                     let skip = if finished == 0 { cursor.offset } else { 0 };
-                    let rest = &record.data[skip..];
+                    let rest = record.data.get(skip..).unwrap_or(&[]);
                     let take = rest.len().min(dest.len());
                     match dest.write_slice(&rest[..take]) {
                         Ok(()) if take < rest.len() => {
                             copied += take;
-                            cursor.offset = skip + take;
+                            partial = skip + take;
                             break;
                         }
                         Ok(()) => Ok(take),
@@ -351,26 +378,61 @@ impl RoomFile {
             match result {
                 Ok(n) => {
                     copied += n;
-                    cursor.offset = 0;
+                    partial = 0;
                     finished += 1;
                 }
                 Err(err) if copied == 0 => return Err(err),
                 Err(_) => break,
             }
         }
+        let inner = room.inner.lock();
+        cursor.place(mark, &inner, seq + finished, partial);
+        let asleep = inner.asleep();
+        drop(inner);
         if finished > 0 {
-            let inner = room.inner.lock();
-            mark.seq.store(seq + finished, Ordering::Relaxed);
-            let wake_writers = inner.sleeping_writers > 0;
-            drop(inner);
             Stats::add(&room.stats.deliveries, finished);
             if room.settings.policy == Policy::Block {
-                if wake_writers {
-                    room.writable.notify_all();
-                }
-                room.poll.wake(events::OUT | events::WRNORM);
+                room.changed(events::OUT | events::WRNORM, asleep);
             }
         }
         Ok(copied)
     }
+}
+
+/// The records one read returns, oldest first.
+type Batch = [Option<Arc<Record>>; BATCH];
+
+/// Picks the records a read of `space` bytes in `mode` returns, starting
+/// `offset` bytes into record `seq` (which is ready); `EMSGSIZE` when a
+/// packet or frame does not fit.
+fn plan(inner: &RoomInner, seq: u64, offset: usize, mode: u32, space: usize) -> Result<Batch> {
+    let mut batch: Batch = [const { None }; BATCH];
+    let mut planned = 0usize;
+    for (n, slot) in batch.iter_mut().enumerate() {
+        let Lookup::Ready(record) = inner.ring.get(seq + n as u64) else {
+            break;
+        };
+        let len = record.data.len();
+        let size = match mode {
+            abi::READ_STREAM if n == 0 => len.saturating_sub(offset),
+            abi::READ_STREAM => len,
+            abi::READ_PACKET if n > 0 => break,
+            abi::READ_PACKET => len,
+            _ => HEADER + len,
+        };
+        if planned.saturating_add(size) > space {
+            if n == 0 && mode != abi::READ_STREAM {
+                return Err(emsgsize());
+            }
+            if n > 0 {
+                break;
+            }
+        }
+        *slot = Some(record.clone());
+        planned = planned.saturating_add(size);
+        if planned >= space {
+            break;
+        }
+    }
+    Ok(batch)
 }

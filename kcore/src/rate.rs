@@ -101,6 +101,11 @@ impl Bucket {
     fn take(&mut self, n: u64) {
         self.tokens -= n.min(MAX_RATE) as i64;
     }
+
+    /// Gives back what `take(n)` took, never beyond the burst.
+    fn give_back(&mut self, n: u64) {
+        self.tokens = (self.tokens + n.min(MAX_RATE) as i64).min(self.burst as i64);
+    }
 }
 
 /// A writer's message and byte buckets, taken together or not at all.
@@ -168,6 +173,16 @@ impl Limiter {
         }
         Ok(())
     }
+
+    /// Returns what admitting a message of `len` bytes took, for a message
+    /// that was then not sent: a writer is throttled only for what it sent.
+    pub fn refund(&mut self, len: u64) {
+        for (bucket, n) in [(&mut self.msgs, 1), (&mut self.bytes, len)] {
+            if !bucket.is_unlimited() {
+                bucket.give_back(n);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +218,18 @@ mod tests {
             assert_eq!(l.admit(10_000 * MS, 1), Ok(()));
         }
         assert!(l.admit(10_000 * MS, 1).is_err());
+    }
+
+    #[test]
+    fn a_refund_restores_the_budget_but_not_beyond_the_burst() {
+        let mut l = Limiter::new(10, 2, 100, 150, 0);
+        assert_eq!(l.admit(0, 100), Ok(()));
+        assert!(l.admit(0, 100).is_err());
+        l.refund(100);
+        assert_eq!(l.admit(0, 100), Ok(()));
+        l.refund(100);
+        l.refund(100);
+        assert_eq!(l, Limiter::new(10, 2, 100, 150, 0));
     }
 
     #[test]

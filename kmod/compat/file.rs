@@ -44,6 +44,41 @@ impl File {
         self.mode() & FMODE_WRITE != 0
     }
 
+    /// Whether the opener may have this file's access (read, write) to an
+    /// object owned by `uid`:`gid` with permission bits `mode`, by the
+    /// kernel's rule for inodes (`generic_permission`): the owner's bits,
+    /// else the group's, else the others'; `CAP_DAC_OVERRIDE` overrides,
+    /// and `CAP_DAC_READ_SEARCH` for reading. Call from `open` only: it
+    /// reads the current task's groups and capabilities, which are the
+    /// file's then.
+    pub(crate) fn opener_may_access(&self, uid: u32, gid: u32, mode: u16) -> bool {
+        let want = (if self.readable() { 4 } else { 0 }) | (if self.writable() { 2 } else { 0 });
+        // SAFETY: the file is valid, and `f_cred` is set before `open` and
+        // held until the file is freed; the field is read at its offset.
+        let fsuid = unsafe {
+            let cred = (*self.as_raw()).f_cred.cast::<u8>();
+            cred.add(core::mem::offset_of!(bindings::cred, fsuid))
+                .cast::<bindings::kuid_t>()
+                .read()
+                .val
+        };
+        // SAFETY: `in_group_p` reads the current task's credentials, which
+        // during `open` are the file's.
+        let in_group = || unsafe { bindings::in_group_p(bindings::kgid_t { val: gid }) != 0 };
+        let class_bits = if fsuid == uid {
+            mode >> 6
+        } else if in_group() {
+            mode >> 3
+        } else {
+            mode
+        };
+        if class_bits & want == want {
+            return true;
+        }
+        current_capable(Capability::DacOverride)
+            || (want == 4 && current_capable(Capability::DacReadSearch))
+    }
+
     /// Whether `O_NONBLOCK` is set now (`fcntl` may change it at any time).
     pub(crate) fn nonblocking(&self) -> bool {
         self.flags() & bindings::O_NONBLOCK != 0
@@ -103,6 +138,10 @@ impl File {
 pub(crate) enum Capability {
     /// `CAP_SYS_ADMIN`: administering kchat (the control device).
     SysAdmin,
+    /// `CAP_DAC_OVERRIDE`: opening a room its mode does not allow.
+    DacOverride,
+    /// `CAP_DAC_READ_SEARCH`: reading a room its mode does not allow.
+    DacReadSearch,
 }
 
 /// Whether the current task holds `cap` (and records its use, as `capable()`
@@ -110,6 +149,8 @@ pub(crate) enum Capability {
 pub(crate) fn current_capable(cap: Capability) -> bool {
     let cap = match cap {
         Capability::SysAdmin => bindings::CAP_SYS_ADMIN,
+        Capability::DacOverride => bindings::CAP_DAC_OVERRIDE,
+        Capability::DacReadSearch => bindings::CAP_DAC_READ_SEARCH,
     };
     // SAFETY: `capable` only reads the current task's credentials; the
     // capability number is one of the kernel's own constants.

@@ -3,7 +3,7 @@
 //! shell tools as clients.
 
 use crate::{
-    client::{spec, TempRoom},
+    client::{spec, Control, TempRoom},
     module, Test,
 };
 use anyhow::{bail, ensure, Context, Result};
@@ -368,11 +368,15 @@ fn block_policy_waits_for_the_slowest_reader() -> Result<()> {
     // A blocking writer sleeps until the reader makes room.
     while writer.write(&[0; 100]).is_ok() {}
     let path = room.path();
+    let waits_before = Control::open()?.info(&room.name)?.writer_waits;
     let blocked = thread::spawn(move || -> Result<()> {
         crate::client::open(&path, false, true, false)?.write_all(&[1; 100])?;
         Ok(())
     });
-    thread::sleep(Duration::from_millis(300));
+    // The room counts the writer's wait when it starts.
+    crate::helper::wait_for("the writer to wait", Duration::from_secs(30), || {
+        Ok(Control::open()?.info(&room.name)?.writer_waits > waits_before)
+    })?;
     ensure!(
         !blocked.is_finished(),
         "a blocking writer did not wait in a full block room"
@@ -436,13 +440,15 @@ fn cat_and_echo_chat() -> Result<()> {
     module::ensure_loaded()?;
     let room = TempRoom::create(spec("shell"))?;
     let path = room.path();
-    let listener = Command::new("head")
-        .args(["-n", "2"])
+    // `timeout`: a head that misses a line must fail the test, not hang it.
+    let listener = Command::new("timeout")
+        .args(["60", "head", "-n", "2"])
         .arg(&path)
         .stdout(Stdio::piped())
         .spawn()
         .context("starting head")?;
-    thread::sleep(Duration::from_millis(500));
+    // Readers start at the end: speak only once head has the room open.
+    crate::client::wait_for_readers(&room.name, 1)?;
     for line in ["hello from echo", "second line"] {
         let status = Command::new("sh")
             .arg("-c")

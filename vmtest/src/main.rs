@@ -13,12 +13,14 @@ mod faults;
 mod fuzz;
 mod helper;
 mod limits;
+mod model;
 mod modes;
 mod module;
 mod rooms;
 mod soak;
 mod stress;
 mod systemd;
+mod trust;
 
 use libtest_mimic::{Arguments, Trial};
 
@@ -37,6 +39,8 @@ fn main() -> std::process::ExitCode {
         rooms::TESTS,
         chat::TESTS,
         modes::TESTS,
+        model::TESTS,
+        trust::TESTS,
         limits::TESTS,
         stress::TESTS,
         fuzz::TESTS,

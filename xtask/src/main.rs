@@ -57,6 +57,10 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         minutes: u64,
     },
+    /// The model-based test alone (random operation sequences on the
+    /// module and on the reference model), on both kernels: longer than CI
+    /// runs it, from a seed, or one logged case.
+    Model(test::ModelArgs),
     /// Install kchat (binaries, module, systemd/udev files) on this machine
     /// or under --destdir.
     Install(install::InstallArgs),
@@ -123,6 +127,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             vm_only: true,
             filter: Some("soak::".into()),
             soak_seconds: Some(minutes * 60),
+            model: test::ModelArgs::default(),
+        }),
+        Command::Model(model) => test::run(test::TestArgs {
+            vm_only: true,
+            filter: Some("model::the_module_matches_the_model".into()),
+            soak_seconds: None,
+            model,
         }),
         Command::Install(args) => install::run(&args).map(|_| ExitCode::SUCCESS),
         Command::Bench {

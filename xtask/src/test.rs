@@ -30,6 +30,44 @@ pub struct TestArgs {
     /// How long the soak test runs, in seconds (default: its CI length).
     #[arg(long)]
     pub soak_seconds: Option<u64>,
+    /// Settings for the model-based test in the guest (`cargo xtask model`).
+    #[arg(skip)]
+    pub model: ModelArgs,
+}
+
+/// What `cargo xtask model` asks of the model-based test.
+#[derive(clap::Args, Clone, Default)]
+pub struct ModelArgs {
+    /// Run for this many minutes instead of CI's case count.
+    #[arg(long)]
+    pub minutes: Option<u64>,
+    /// Replay a run: the seed it printed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Run one logged case (a model-case.json a failed run left).
+    #[arg(long)]
+    pub replay: Option<std::path::PathBuf>,
+}
+
+impl ModelArgs {
+    /// The guest environment that carries these settings.
+    fn guest_env(&self) -> String {
+        let mut env = String::new();
+        if let Some(minutes) = self.minutes {
+            env += &format!("KCHAT_MODEL_SECONDS={} ", minutes * 60);
+        }
+        if let Some(seed) = self.seed {
+            env += &format!("KCHAT_MODEL_SEED={seed} ");
+        }
+        if let Some(replay) = &self.replay {
+            let path = std::path::absolute(replay).unwrap_or_else(|_| replay.clone());
+            env += &format!(
+                "KCHAT_MODEL_REPLAY={} ",
+                shell_quote(&path.display().to_string())
+            );
+        }
+        env
+    }
 }
 
 /// Passed and failed checks, by name.
@@ -182,6 +220,7 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
             &modules,
             args.filter.as_deref(),
             args.soak_seconds,
+            &args.model,
             &mut tally,
             &label,
         )?;
@@ -233,13 +272,15 @@ fn guest_suite_run(
     modules: &kmod::Modules,
     filter: Option<&str>,
     soak_seconds: Option<u64>,
+    model: &ModelArgs,
     tally: &mut Tally,
     label: &dyn Fn(&str) -> String,
 ) -> Result<()> {
     let suite = paths::target().join("debug/kchat-vmtest");
     let soak_env = soak_seconds.map_or_else(String::new, |s| format!("KCHAT_SOAK_SECONDS={s} "));
+    let model_env = model.guest_env();
     let script = format!(
-        "{soak_env}KCHAT_KMOD={} {} --test-threads 1 --color never {}",
+        "{soak_env}{model_env}KCHAT_KMOD={} {} --test-threads 1 --color never {}",
         modules.kchat.display(),
         suite.display(),
         shell_quote(filter.unwrap_or(""))
@@ -248,12 +289,21 @@ fn guest_suite_run(
         "vm: running the guest suite on the {} kernel",
         kernel.variant
     );
-    let soak = Duration::from_secs(soak_seconds.unwrap_or(0));
+    let soak = Duration::from_secs(soak_seconds.unwrap_or(0) + model.minutes.unwrap_or(0) * 60);
     let timeout = match kernel.variant {
         Variant::Debug | Variant::Bench => Duration::from_secs(600) + soak * 2,
         Variant::Kasan => Duration::from_secs(1800) + soak * 2,
     };
     let run = vm::run(kernel, &VmArgs::scripted(timeout), Some(&script), true)?;
+    let model_case = run.dir.join("model-case.json");
+    if run.exit_status != Some(0) && model_case.exists() {
+        eprintln!(
+            "vm: the model-based test left its last case in {}: replay it with \
+             `cargo xtask model --replay {}`",
+            model_case.display(),
+            model_case.display()
+        );
+    }
     tally.add_libtest(
         &label("guest suite"),
         &run.output,

@@ -1,0 +1,370 @@
+//! What no local user may do to the module: open a room by a node that
+//! does not carry its mode, open anything during a load that then fails,
+//! stall another thread's calls on a shared file, or wait forever for a
+//! wake-up that never comes. Each test failed before its fix.
+
+use crate::{
+    client::{open, spec, Control, TempRoom},
+    helper::{self, NOBODY},
+    module, Test,
+};
+use anyhow::{ensure, Context, Result};
+use kchat_uapi::abi;
+use nix::{
+    errno::Errno,
+    libc,
+    sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout},
+};
+use std::{
+    ffi::CString,
+    io::{ErrorKind, Read, Write},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc, Arc,
+    },
+    thread,
+    time::Duration,
+};
+
+pub const TESTS: &[Test] = &[
+    (
+        "trust::a_node_made_with_mknod_gets_the_rooms_own_mode",
+        a_node_made_with_mknod_gets_the_rooms_own_mode,
+    ),
+    (
+        "trust::a_deleted_rooms_minor_is_not_reused_next",
+        a_deleted_rooms_minor_is_not_reused_next,
+    ),
+    (
+        "trust::a_failed_load_never_shows_a_node",
+        a_failed_load_never_shows_a_node,
+    ),
+    (
+        "trust::a_blocked_read_does_not_hold_its_file",
+        a_blocked_read_does_not_hold_its_file,
+    ),
+    (
+        "trust::a_loss_wakes_a_pri_only_poller",
+        a_loss_wakes_a_pri_only_poller,
+    ),
+    (
+        "trust::a_seek_wakes_block_room_writers_polling",
+        a_seek_wakes_block_room_writers_polling,
+    ),
+    (
+        "trust::a_refused_write_costs_no_rate",
+        a_refused_write_costs_no_rate,
+    ),
+];
+
+/// How long a test waits for something that should take milliseconds.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn room_minor(name: &str) -> Result<u32> {
+    Ok(Control::open()?.info(name)?.minor)
+}
+
+fn a_node_made_with_mknod_gets_the_rooms_own_mode() -> Result<()> {
+    module::ensure_loaded()?;
+    let mut private = spec("private");
+    private.mode = 0o600;
+    let room = TempRoom::create(private)?;
+    let major = module::major()?.context("no kchat major")?;
+    let minor = room_minor(&room.name)?;
+    let node = "/tmp/kchat-mknod-node";
+    let _ = std::fs::remove_file(node);
+    let path = CString::new(node)?;
+    // SAFETY: a plain system call with a valid path.
+    let ret = unsafe {
+        libc::mknod(
+            path.as_ptr(),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(major, minor),
+        )
+    };
+    ensure!(ret == 0, "mknod: {}", Errno::last());
+    std::fs::set_permissions(node, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+    let outcome = helper::open_as(std::path::Path::new(node), &NOBODY);
+    std::fs::remove_file(node).ok();
+    let outcome = outcome?;
+    ensure!(
+        outcome == "EACCES",
+        "nobody opened a root-only room (mode 0600) through a 0666 node made with mknod: {outcome}"
+    );
+    // The room's own node refuses too, and root (CAP_DAC_OVERRIDE) may.
+    ensure!(helper::open_as(&room.path(), &NOBODY)? == "EACCES");
+    open(&room.path(), true, true, true).context("root opening a 0600 room")?;
+    Ok(())
+}
+
+fn a_deleted_rooms_minor_is_not_reused_next() -> Result<()> {
+    module::ensure_loaded()?;
+    let first = TempRoom::create(spec("minor-a"))?;
+    let old = room_minor(&first.name)?;
+    first.delete().context("deleting the first room")?;
+    let second = TempRoom::create(spec("minor-b"))?;
+    let new = room_minor(&second.name)?;
+    ensure!(
+        new != old,
+        "the next room took the deleted room's minor {old} at once"
+    );
+    Ok(())
+}
+
+/// A kobject uevent socket: what udev hears.
+fn uevent_socket() -> Result<OwnedFd> {
+    // SAFETY: plain system calls; the fd is owned right after.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::NETLINK_KOBJECT_UEVENT,
+        )
+    };
+    ensure!(fd >= 0, "netlink socket: {}", Errno::last());
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: zeroed is a valid sockaddr_nl; then the family and group 1
+    // (the kernel's uevents).
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as u16;
+    addr.nl_groups = 1;
+    // SAFETY: `addr` is a valid sockaddr_nl of the given size.
+    let ret = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_nl).cast(),
+            size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    ensure!(ret == 0, "binding the uevent socket: {}", Errno::last());
+    Ok(fd)
+}
+
+/// The uevents queued on `socket`, as text.
+fn drain_uevents(socket: &OwnedFd) -> Vec<String> {
+    let mut events = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            return events;
+        }
+        events.push(String::from_utf8_lossy(&buf[..n as usize]).replace('\0', " "));
+    }
+}
+
+fn a_failed_load_never_shows_a_node() -> Result<()> {
+    module::ensure_unloaded()?;
+    let socket = uevent_socket()?;
+    // A thread tries the control node all along: no open may succeed
+    // while loads fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let opener = {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if std::fs::File::open(crate::control::PATH).is_ok() {
+                    opened.fetch_add(1, Ordering::Relaxed);
+                }
+                thread::yield_now();
+            }
+        })
+    };
+    let mut outcome = Ok(());
+    for _ in 0..20 {
+        // "control" is reserved: creating the default room fails.
+        match module::load_with(c"default_room=control") {
+            Ok(()) => {
+                outcome = Err(anyhow::anyhow!("kchat loaded with default_room=control"));
+                break;
+            }
+            Err(err) => {
+                if err.downcast_ref::<Errno>() != Some(&Errno::EINVAL) {
+                    outcome = Err(err.context("the failing load failed otherwise than EINVAL"));
+                    break;
+                }
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    opener.join().ok();
+    outcome?;
+    ensure!(!module::is_loaded(), "kchat is loaded after failed loads");
+    ensure!(
+        opened.load(Ordering::Relaxed) == 0,
+        "the control node opened during a load that failed"
+    );
+    let nodes: Vec<String> = drain_uevents(&socket)
+        .into_iter()
+        .filter(|event| event.contains("DEVNAME=kchat/"))
+        .collect();
+    ensure!(
+        nodes.is_empty(),
+        "failed loads made device nodes: {nodes:?}"
+    );
+    module::ensure_loaded()
+}
+
+fn a_blocked_read_does_not_hold_its_file() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("quiet"))?;
+    let reader = Arc::new(room.open_read()?);
+    let (done_tx, done_rx) = mpsc::channel();
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let blocked = {
+        let reader = reader.clone();
+        thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() }).ok();
+            let mut buf = [0u8; 64];
+            let got = (&*reader).read(&mut buf).map(|n| buf[..n].to_vec());
+            done_tx.send(got).ok();
+        })
+    };
+    // Wait until the reader sleeps (in the module's read), then seek the
+    // same file from another thread.
+    let tid = tid_rx.recv_timeout(PATIENCE)?;
+    helper::wait_for("the reader to block in read", PATIENCE, || {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))?;
+        Ok(stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('S')))
+    })?;
+    let (seek_tx, seek_rx) = mpsc::channel();
+    let seeker = {
+        let reader = reader.clone();
+        thread::spawn(move || {
+            // SAFETY: a plain system call on an open fd.
+            let pos = unsafe { libc::lseek(reader.as_raw_fd(), 0, libc::SEEK_END) };
+            let lost = kchat_client::take_lost(&*reader);
+            seek_tx.send((pos, lost)).ok();
+        })
+    };
+    let seek = seek_rx.recv_timeout(PATIENCE);
+    // Release the reader whatever happened.
+    room.open_write()?.write_all(b"wake up")?;
+    let read = done_rx
+        .recv_timeout(PATIENCE)
+        .context("the blocked read did not return after a write")?;
+    blocked.join().ok();
+    seeker.join().ok();
+    let (pos, lost) = seek
+        .context("lseek and IOC_TAKE_LOST on a file another thread reads waited for a message")?;
+    ensure!(pos == 0 && lost == Ok(0), "lseek {pos}, lost {lost:?}");
+    ensure!(read? == b"wake up", "the reader got the wrong message");
+    Ok(())
+}
+
+fn epoll_with(file: &impl AsFd, flags: EpollFlags) -> Result<Epoll> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(file, EpollEvent::new(flags, 7))?;
+    Ok(epoll)
+}
+
+fn ready(epoll: &Epoll, wait: Duration) -> Result<EpollFlags> {
+    let mut events = [EpollEvent::empty()];
+    let timeout = EpollTimeout::try_from(wait).map_err(|_| anyhow::anyhow!("timeout"))?;
+    let n = epoll.wait(&mut events, timeout)?;
+    Ok(if n == 0 {
+        EpollFlags::empty()
+    } else {
+        events[0].events()
+    })
+}
+
+fn a_loss_wakes_a_pri_only_poller() -> Result<()> {
+    module::ensure_loaded()?;
+    let mut small = spec("pri");
+    small.ring_bytes = abi::MIN_RING_BYTES;
+    let room = TempRoom::create(small)?;
+    let reader = room.open_read_nonblock()?;
+    let epoll = epoll_with(&reader, EpollFlags::EPOLLPRI)?;
+    ensure!(
+        ready(&epoll, Duration::ZERO)?.is_empty(),
+        "a loss reported before any"
+    );
+    let mut writer = room.open_write_nonblock()?;
+    for i in 0..200u8 {
+        writer.write_all(&[i])?;
+    }
+    let events = ready(&epoll, PATIENCE)?;
+    ensure!(
+        events.contains(EpollFlags::EPOLLPRI),
+        "an epoll set watching only EPOLLPRI got {events:?} after its reader lost messages"
+    );
+    Ok(())
+}
+
+fn a_seek_wakes_block_room_writers_polling() -> Result<()> {
+    module::ensure_loaded()?;
+    let mut block = spec("blockseek");
+    block.policy = abi::POLICY_BLOCK;
+    block.ring_bytes = abi::MIN_RING_BYTES;
+    let room = TempRoom::create(block)?;
+    let reader = room.open_read_nonblock()?;
+    let mut writer = room.open_write_nonblock()?;
+    loop {
+        match writer.write(&[b'x'; 100]) {
+            Ok(_) => {}
+            Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    let epoll = epoll_with(&writer, EpollFlags::EPOLLOUT)?;
+    ensure!(
+        ready(&epoll, Duration::ZERO)?.is_empty(),
+        "a full block room polled writable"
+    );
+    // SAFETY: a plain system call on an open fd.
+    let pos = unsafe { libc::lseek(reader.as_raw_fd(), 0, libc::SEEK_END) };
+    ensure!(pos > 0, "lseek: {}", Errno::last());
+    let events = ready(&epoll, PATIENCE)?;
+    ensure!(
+        events.contains(EpollFlags::EPOLLOUT),
+        "the writer's poller was not woken when the only reader skipped to the end ({events:?})"
+    );
+    Ok(())
+}
+
+fn a_refused_write_costs_no_rate() -> Result<()> {
+    module::ensure_loaded()?;
+    let mut block = spec("refund");
+    block.policy = abi::POLICY_BLOCK;
+    block.ring_bytes = abi::MIN_RING_BYTES;
+    let room = TempRoom::create(block)?;
+    let mut reader = room.open_read_nonblock()?;
+    let mut writer = room.open_write_nonblock()?;
+    loop {
+        match writer.write(&[b'x'; 100]) {
+            Ok(_) => {}
+            Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    // One message a second, a burst of one: the next write is the budget.
+    let mut limit = kchat_client::rate_limit(&room.name);
+    limit.scope = abi::LIMIT_PER_FILE;
+    limit.msgs_per_sec = 1;
+    limit.msg_burst = 1;
+    Control::open()?.set_limit(&limit)?;
+    let refused = writer.write(&[b'y'; 100]);
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::WouldBlock),
+        "a write to a full block room: {refused:?}"
+    );
+    let mut buf = vec![0u8; 1 << 16];
+    while reader.read(&mut buf).is_ok() {}
+    writer
+        .write_all(&[b'z'; 100])
+        .context("the first write after a refused one was throttled for the refused one")?;
+    let info = Control::open()?.info(&room.name)?;
+    ensure!(info.throttled == 0, "{} throttles counted", info.throttled);
+    Ok(())
+}
