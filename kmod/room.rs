@@ -14,7 +14,7 @@ use crate::{
         file::File,
         iov::IovSource,
         poll::{events, PollQueue},
-        task::{monotonic_ns, ns_to_jiffies, realtime_ns, Identity},
+        task::{monotonic_ns, ns_to_jiffies, realtime_ns, Sender},
     },
     rate::Limiter,
     ring::{Cost, Ring},
@@ -32,7 +32,8 @@ use kernel::{
 /// One message, immutable once written; readers share it through `Arc`.
 pub(crate) struct Record {
     pub(crate) time_ns: u64,
-    pub(crate) sender: Identity,
+    /// Who wrote it, translated into each reader's namespaces as it reads.
+    pub(crate) sender: Sender,
     pub(crate) data: KVec<u8>,
 }
 
@@ -140,7 +141,13 @@ impl Stats {
 pub(crate) struct ReaderMark {
     pub(crate) seq: AtomicU64,
     pub(crate) lost: AtomicU64,
+    /// The opener's kernel uid, for the per-uid share of reader slots.
+    uid: u32,
 }
+
+/// The part of a room's reader slots one uid may hold: one slot in this
+/// many (at least one), so one user cannot lock everyone else out.
+const READER_SHARE: usize = 4;
 
 /// Whether readers or writers sleep on a room, as seen under its lock.
 /// Wakers skip `notify_all` when none do: the common case, where it would
@@ -398,14 +405,13 @@ impl Room {
     /// many bytes were taken. Each message is atomic; after the first, an
     /// error ends the write short instead of failing it (pipe semantics).
     pub(crate) fn write(&self, file: &File, src: &mut IovSource, nonblock: bool) -> Result<usize> {
-        let sender = Identity::of_writer(file);
         let file_id = file.id();
         let total = src.len();
         let max = self.settings.max_msg as usize;
         let mut written = 0;
         while written < total {
             let len = max.min(total - written);
-            match self.write_message(src, len, sender, file_id, nonblock) {
+            match self.write_message(src, len, file, file_id, nonblock) {
                 Ok(()) => written += len,
                 Err(_) if written > 0 => break,
                 Err(err) => return Err(err),
@@ -418,12 +424,16 @@ impl Room {
         &self,
         src: &mut IovSource,
         len: usize,
-        sender: Identity,
+        file: &File,
         file_id: u64,
         nonblock: bool,
     ) -> Result {
         // Copy from user space before taking any lock: it may fault and sleep.
         let data = src.read_vec(len)?;
+        // One pid reference per record, which may outlive the writer and
+        // its file; taking it is an atomic increment, as the `Arc` is.
+        let sender = Sender::of_writer(file);
+        let kuid = sender.kuid;
         let record = Arc::new(
             Record {
                 time_ns: realtime_ns(),
@@ -439,7 +449,7 @@ impl Room {
             if inner.deleted {
                 return Err(eidrm());
             }
-            let wait_ns = match inner.admit(sender.uid, file_id, monotonic_ns(), len as u64)? {
+            let wait_ns = match inner.admit(kuid, file_id, monotonic_ns(), len as u64)? {
                 Ok(charged) => break charged,
                 Err(wait_ns) => wait_ns,
             };
@@ -503,7 +513,16 @@ impl Room {
     }
 
     /// Registers a reader starting at the end of the ring.
-    pub(crate) fn add_reader(&self, max_readers: usize) -> Result<Arc<ReaderMark>> {
+    ///
+    /// At most `max_readers` in all, and at most a quarter of them (at
+    /// least one) opened by one `uid`, unless `exempt()` says the opener
+    /// may exceed that (`CAP_SYS_ADMIN`; asked only when it matters).
+    pub(crate) fn add_reader(
+        &self,
+        max_readers: usize,
+        uid: u32,
+        exempt: impl FnOnce() -> bool,
+    ) -> Result<Arc<ReaderMark>> {
         let mut inner = self.inner.lock();
         if inner.deleted {
             return Err(ENOENT);
@@ -511,10 +530,21 @@ impl Room {
         if inner.reader_count() >= max_readers {
             return Err(eusers());
         }
+        let share = (max_readers / READER_SHARE).max(1);
+        let held = inner
+            .readers
+            .iter()
+            .flatten()
+            .filter(|mark| mark.uid == uid)
+            .count();
+        if held >= share && !exempt() {
+            return Err(eusers());
+        }
         let mark = Arc::new(
             ReaderMark {
                 seq: AtomicU64::new(inner.ring.next_seq()),
                 lost: AtomicU64::new(0),
+                uid,
             },
             GFP_KERNEL,
         )?;

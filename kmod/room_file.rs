@@ -13,7 +13,7 @@ use crate::{
     abi,
     compat::{
         errno::{emsgsize, erange},
-        file::File,
+        file::{current_capable, Capability, File},
         fops::FileOps,
         iov::{IovDest, IovSource, Kiocb},
         poll::{events, PollTable},
@@ -108,7 +108,8 @@ impl FileOps for RoomFile {
             return Err(EACCES);
         }
         let mark = if file.readable() {
-            Some(room.add_reader(max_readers)?)
+            let (uid, _) = file.effective_ids();
+            Some(room.add_reader(max_readers, uid, || current_capable(Capability::SysAdmin))?)
         } else {
             None
         };
@@ -149,7 +150,7 @@ impl FileOps for RoomFile {
     }
 
     fn read_iter(this: Pin<&RoomFile>, iocb: &Kiocb, dest: &mut IovDest) -> Result<usize> {
-        this.read_messages(dest, iocb.nonblocking())
+        this.read_messages(iocb.file(), dest, iocb.nonblocking())
     }
 
     fn write_iter(this: Pin<&RoomFile>, iocb: &Kiocb, src: &mut IovSource) -> Result<usize> {
@@ -279,7 +280,7 @@ impl RoomFile {
     /// A blocking read sleeps without the cursor lock, so another thread's
     /// seek, ioctl or non-blocking read on the same file never waits for a
     /// message to arrive.
-    fn read_messages(&self, dest: &mut IovDest, nonblock: bool) -> Result<usize> {
+    fn read_messages(&self, file: &File, dest: &mut IovDest, nonblock: bool) -> Result<usize> {
         let mark = self.mark.as_ref().ok_or(EBADF)?;
         let room = &self.room;
         loop {
@@ -293,7 +294,7 @@ impl RoomFile {
                 let mode = self.mode.load(Ordering::Relaxed);
                 let batch = plan(&inner, seq, cursor.offset, mode, dest.len())?;
                 drop(inner);
-                return self.copy_out(&mut cursor, mark, seq, mode, &batch, dest);
+                return self.copy_out(file, &mut cursor, mark, seq, mode, &batch, dest);
             }
             if inner.deleted {
                 return Ok(0);
@@ -320,8 +321,10 @@ impl RoomFile {
 
     /// Copies the planned records out, without the room lock (user memory
     /// may fault and sleep), and moves the cursor past what was returned.
+    #[allow(clippy::too_many_arguments)]
     fn copy_out(
         &self,
+        file: &File,
         cursor: &mut Cursor,
         mark: &ReaderMark,
         seq: u64,
@@ -357,14 +360,18 @@ impl RoomFile {
                     } else {
                         0
                     };
+                    // As this reader's namespaces see the sender: its pid
+                    // namespace for the pid, its file's user namespace for
+                    // the ids (`SCM_CREDENTIALS`' rule).
+                    let (uid, gid) = file.ids_as_seen(record.sender.kuid, record.sender.kgid);
                     let header = abi::FrameHeader {
                         seq: seq + finished,
                         time_ns: record.time_ns,
                         lost,
                         len: record.data.len() as u32,
-                        pid: record.sender.pid,
-                        uid: record.sender.uid,
-                        gid: record.sender.gid,
+                        pid: record.sender.pid_for_current(),
+                        uid,
+                        gid,
                     };
                     let written = dest
                         .write(&header)

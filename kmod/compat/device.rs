@@ -72,8 +72,10 @@ impl Class {
 
 impl Drop for Class {
     fn drop(&mut self) {
-        // SAFETY: registered by `register`, per the type invariant. Every
-        // `Node` borrows the `Class`, so none is left.
+        // SAFETY: registered by `register`, per the type invariant. The one
+        // `Class` is the registry's, whose nodes (rooms' and the control
+        // node, in `Registry::inner`) drop before it by field order, so no
+        // device of the class is left.
         unsafe { bindings::class_unregister(&KCHAT_CLASS.0) };
     }
 }

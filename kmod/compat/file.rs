@@ -79,6 +79,44 @@ impl File {
             || (want == 4 && current_capable(Capability::DacReadSearch))
     }
 
+    /// The effective uid and gid of the file's credentials (`f_cred`), as
+    /// kernel ids.
+    pub(crate) fn effective_ids(&self) -> (u32, u32) {
+        // SAFETY: the file is valid, and `f_cred` is set at open and held
+        // (refcounted) until the file is freed. Fields are read at their
+        // offsets with their own alignment.
+        unsafe {
+            let cred = (*self.as_raw()).f_cred.cast::<u8>();
+            let uid = cred
+                .add(core::mem::offset_of!(bindings::cred, euid))
+                .cast::<bindings::kuid_t>()
+                .read();
+            let gid = cred
+                .add(core::mem::offset_of!(bindings::cred, egid))
+                .cast::<bindings::kgid_t>()
+                .read();
+            (uid.val, gid.val)
+        }
+    }
+
+    /// Kernel ids as this file's user namespace (its opener's) sees them;
+    /// the overflow id (65534) for one not mapped there.
+    pub(crate) fn ids_as_seen(&self, kuid: u32, kgid: u32) -> (u32, u32) {
+        // SAFETY: as in `effective_ids`; `user_ns` of a live cred is a live
+        // namespace, and the mapping functions only read it.
+        unsafe {
+            let cred = (*self.as_raw()).f_cred.cast::<u8>();
+            let ns = cred
+                .add(core::mem::offset_of!(bindings::cred, user_ns))
+                .cast::<*mut bindings::user_namespace>()
+                .read();
+            (
+                bindings::from_kuid_munged(ns, bindings::kuid_t { val: kuid }),
+                bindings::from_kgid_munged(ns, bindings::kgid_t { val: kgid }),
+            )
+        }
+    }
+
     /// Whether `O_NONBLOCK` is set now (`fcntl` may change it at any time).
     pub(crate) fn nonblocking(&self) -> bool {
         self.flags() & bindings::O_NONBLOCK != 0

@@ -170,7 +170,8 @@ impl<T: FileOps> Vtable<T> {
     ) -> bindings::loff_t {
         // SAFETY: the VFS passes a valid file for the duration of the call.
         let file = unsafe { File::from_raw(raw) };
-        // SAFETY: as in `read`.
+        // SAFETY: `private_data` holds a `T::Ptr` until `release`, which
+        // cannot run while this call holds the file.
         let state = unsafe { T::Ptr::borrow((*raw).private_data) };
         match T::llseek(state, file, offset, whence as u32) {
             Ok(position) => position,
@@ -226,7 +227,8 @@ impl<T: FileOps> Vtable<T> {
     ) -> bindings::__poll_t {
         // SAFETY: the VFS passes a valid file for the duration of the call.
         let file = unsafe { File::from_raw(raw) };
-        // SAFETY: as in `read`.
+        // SAFETY: `private_data` holds a `T::Ptr` until `release`, which
+        // cannot run while this call holds the file.
         let state = unsafe { T::Ptr::borrow((*raw).private_data) };
         // SAFETY: `table` is this call's poll table.
         let table = unsafe { PollTable::from_raw(table) };

@@ -1,59 +1,77 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Who is writing and when: the identity and clock kchat stamps on each
-//! message. 6.12 has no `Credential` type, so this reads them directly.
+//! message. 6.12 has no `Credential` or `Pid` type, so this reads them
+//! directly.
 //!
 //! The ids are the *file's* credentials (`f_cred`, fixed at open), as the
 //! kernel's own rule says for any check after open: a setuid program handed
 //! an fd cannot be tricked into speaking as itself, and an fd passed on
-//! keeps its opener's identity, as its write permission does.
+//! keeps its opener's identity, as its write permission does. The process
+//! is the writer's `struct pid`, referenced, not a number: a number means
+//! something only in one pid namespace, and a writer in its own namespace
+//! would otherwise choose it (`unshare -pf`, `clone3` with `set_tid`).
+//! Readers get both translated into their own namespaces, the rule of
+//! `SCM_CREDENTIALS` and `SO_PEERCRED`.
 //!
 //! `task_struct` is never dereferenced from Rust: bindgen gives it 64-byte
 //! alignment the allocator does not, so with `CONFIG_RUST_DEBUG_ASSERTIONS`
 //! any raw dereference panics (6.12's own `Task::group_leader` does here).
 
 use super::file::File;
-use core::mem::offset_of;
 use kernel::bindings;
 
-/// A message's sender: the writing process and the ids of the file.
-#[derive(Clone, Copy)]
-pub(crate) struct Identity {
-    pub(crate) pid: u32,
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
+/// A message's sender: the writing process and the writing file's ids, as
+/// kernel objects (the same in every namespace).
+///
+/// # Invariants
+///
+/// `pid` is null or a `struct pid` this value holds a reference on.
+pub(crate) struct Sender {
+    pid: *mut bindings::pid,
+    /// Kernel uid and gid (`kuid_t`, `kgid_t`): the initial user
+    /// namespace's numbers.
+    pub(crate) kuid: u32,
+    pub(crate) kgid: u32,
 }
 
-impl Identity {
+// SAFETY: a `struct pid` reference may be used and dropped from any thread
+// (`put_pid` is atomic).
+unsafe impl Send for Sender {}
+// SAFETY: `&Sender` only reads the pointer and calls `pid_vnr`, which is
+// safe from any thread.
+unsafe impl Sync for Sender {}
+
+impl Sender {
+    /// The current process writing through `file`.
     pub(crate) fn of_writer(file: &File) -> Self {
-        // SAFETY: `get_current` is valid in process context; the exported
-        // helper reads the thread-group id under RCU itself.
+        // SAFETY: `get_current` is valid in process context and is not
+        // dereferenced here; `get_task_pid` takes a reference on the thread
+        // group's pid under RCU itself (or returns null).
         let pid = unsafe {
-            bindings::__task_pid_nr_ns(
-                bindings::get_current(),
-                bindings::pid_type_PIDTYPE_TGID,
-                core::ptr::null_mut(),
-            )
+            bindings::get_task_pid(bindings::get_current(), bindings::pid_type_PIDTYPE_TGID)
         };
-        // SAFETY: the file is valid, and `f_cred` is set at open and held
-        // (refcounted) until the file is freed. Fields are read at their
-        // offsets with their own alignment.
-        let (uid, gid) = unsafe {
-            let cred = (*file.as_raw()).f_cred.cast::<u8>();
-            let uid = cred
-                .add(offset_of!(bindings::cred, euid))
-                .cast::<bindings::kuid_t>()
-                .read();
-            let gid = cred
-                .add(offset_of!(bindings::cred, egid))
-                .cast::<bindings::kgid_t>()
-                .read();
-            (uid.val, gid.val)
-        };
-        Identity {
-            pid: pid as u32,
-            uid,
-            gid,
+        let (kuid, kgid) = file.effective_ids();
+        // INVARIANT: `get_task_pid` returned a reference or null.
+        Sender { pid, kuid, kgid }
+    }
+
+    /// The writer's pid as the current task's pid namespace sees it; 0 if
+    /// it is not visible there (an outer or a sibling namespace).
+    pub(crate) fn pid_for_current(&self) -> u32 {
+        if self.pid.is_null() {
+            return 0;
         }
+        // SAFETY: `pid` is referenced (type invariant); `pid_vnr` reads it
+        // and the current task's namespace.
+        unsafe { bindings::pid_vnr(self.pid) as u32 }
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        // SAFETY: drops the reference the type invariant says this value
+        // holds; `put_pid` accepts null.
+        unsafe { bindings::put_pid(self.pid) };
     }
 }
 

@@ -19,6 +19,9 @@ const WRITE_VAR: &str = "KCHAT_VMTEST_HELPER_WRITE";
 /// errno that stopped it.
 const READERS_VAR: &str = "KCHAT_VMTEST_HELPER_READERS";
 const COUNT_VAR: &str = "KCHAT_VMTEST_HELPER_COUNT";
+/// Helper job: open the room for reading in framed mode, read one message
+/// (at most 20 s) and print its header's "pid uid gid", or the errno name.
+const FRAMED_VAR: &str = "KCHAT_VMTEST_HELPER_FRAMED";
 
 fn errno_of(err: &std::io::Error) -> nix::errno::Errno {
     nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(0))
@@ -26,6 +29,13 @@ fn errno_of(err: &std::io::Error) -> nix::errno::Errno {
 
 /// In a helper process, does its one job and returns its exit code.
 pub fn run_if_requested() -> Option<ExitCode> {
+    if let Some(path) = std::env::var_os(FRAMED_VAR) {
+        match read_one_frame(Path::new(&path)) {
+            Ok(header) => println!("{} {} {}", header.pid, header.uid, header.gid),
+            Err(err) => println!("{err:#}"),
+        }
+        return Some(ExitCode::SUCCESS);
+    }
     if let Some(path) = std::env::var_os(WRITE_VAR) {
         use std::{io::Write, os::unix::fs::OpenOptionsExt};
         let outcome = std::fs::OpenOptions::new()
@@ -166,4 +176,31 @@ pub fn open_readers_as(
     )?;
     let (opened, stopped) = out.split_once(' ').context("helper output")?;
     Ok((opened.parse()?, stopped.to_owned()))
+}
+
+fn read_one_frame(path: &Path) -> Result<kchat_uapi::abi::FrameHeader> {
+    use std::io::Read;
+    let mut room = std::fs::File::open(path).context("opening the room")?;
+    kchat_client::set_read_mode(&room, kchat_uapi::abi::READ_FRAMED)?;
+    // SAFETY: alarm only schedules SIGALRM, whose default action ends this
+    // helper: a read that never returns cannot hang the test.
+    unsafe { nix::libc::alarm(20) };
+    let mut buf = [0u8; 4096];
+    let n = room.read(&mut buf).context("reading")?;
+    let frames = kchat_client::split_frames(&buf[..n]).context("a torn frame")?;
+    Ok(frames.first().context("no frame")?.0)
+}
+
+/// Runs the helper that reads one framed message from `room` under
+/// `wrapper` (e.g. `unshare -U -r`), in the background; its output is the
+/// first frame's "pid uid gid".
+pub fn framed_reader_under(wrapper: &[&str], room: &Path) -> Result<std::process::Child> {
+    let exe = std::env::current_exe().context("finding the suite's own binary")?;
+    Command::new(wrapper[0])
+        .args(&wrapper[1..])
+        .arg(exe)
+        .env(FRAMED_VAR, room)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {wrapper:?}"))
 }

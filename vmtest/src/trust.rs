@@ -56,6 +56,14 @@ pub const TESTS: &[Test] = &[
         "trust::a_refused_write_costs_no_rate",
         a_refused_write_costs_no_rate,
     ),
+    (
+        "trust::a_writer_in_its_own_pid_namespace_is_stamped_with_its_real_pid",
+        a_writer_in_its_own_pid_namespace_is_stamped_with_its_real_pid,
+    ),
+    (
+        "trust::a_reader_sees_pids_and_ids_in_its_own_namespaces",
+        a_reader_sees_pids_and_ids_in_its_own_namespaces,
+    ),
 ];
 
 /// How long a test waits for something that should take milliseconds.
@@ -366,5 +374,121 @@ fn a_refused_write_costs_no_rate() -> Result<()> {
         .context("the first write after a refused one was throttled for the refused one")?;
     let info = Control::open()?.info(&room.name)?;
     ensure!(info.throttled == 0, "{} throttles counted", info.throttled);
+    Ok(())
+}
+
+/// The first frame a room file reads, blocking at most `PATIENCE`.
+fn first_frame(reader: &mut std::fs::File) -> Result<abi::FrameHeader> {
+    helper::wait_for("a message", PATIENCE, || {
+        let mut fds = [nix::poll::PollFd::new(
+            reader.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        Ok(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO)? > 0)
+    })?;
+    let mut buf = [0u8; 4096];
+    let n = reader.read(&mut buf)?;
+    let frames = kchat_client::split_frames(&buf[..n]).context("a torn frame")?;
+    Ok(frames.first().context("no frame")?.0)
+}
+
+fn a_writer_in_its_own_pid_namespace_is_stamped_with_its_real_pid() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("pidns"))?;
+    let mut reader = room.open_read_nonblock()?;
+    kchat_client::set_read_mode(&reader, abi::READ_FRAMED)?;
+    // The writer is pid 1 of a new namespace, and stays alive until its
+    // stdin closes, so its real pid can be looked up.
+    let mut writer = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--", "sh", "-c"])
+        .arg(format!(
+            "echo \"I am $$\" > {}; read _",
+            room.path().display()
+        ))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("running unshare --pid --fork")?;
+    let header = first_frame(&mut reader);
+    let status = std::fs::read_to_string(format!(
+        "/proc/{}/status",
+        header.as_ref().map_or(0, |h| h.pid)
+    ));
+    drop(writer.stdin.take());
+    writer.wait().ok();
+    let header = header?;
+    ensure!(
+        header.pid != 1,
+        "a reader in the initial pid namespace saw pid 1: the writer's own namespace's number"
+    );
+    let nspid = status
+        .context("the stamped pid names no live process")?
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:").map(str::to_owned))
+        .context("no NSpid line")?;
+    let ids: Vec<&str> = nspid.split_whitespace().collect();
+    ensure!(
+        ids == [header.pid.to_string().as_str(), "1"],
+        "pid {} is not the writer (NSpid: {nspid})",
+        header.pid
+    );
+    Ok(())
+}
+
+fn a_reader_sees_pids_and_ids_in_its_own_namespaces() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("userns"))?;
+    // A reader in its own user namespace (root mapped to root, nothing
+    // else) and one in its own pid namespace.
+    // `timeout`: the helper must not be the namespace's init, which
+    // ignores the SIGALRM that bounds its read.
+    let in_userns = helper::framed_reader_under(
+        &[
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--",
+            "timeout",
+            "30",
+        ],
+        &room.path(),
+    )?;
+    let in_pidns = helper::framed_reader_under(
+        &["unshare", "--pid", "--fork", "--", "timeout", "30"],
+        &room.path(),
+    )?;
+    crate::client::wait_for_readers(&room.name, 2)?;
+    // uid and gid 1000 write: unmapped in the reader's user namespace.
+    helper::write_once_as(
+        &["--reuid=1000", "--regid=1000", "--clear-groups"],
+        &room.path(),
+    )?;
+    let out = |child: std::process::Child| -> Result<String> {
+        let out = child.wait_with_output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let userns = out(in_userns)?;
+    let pidns = out(in_pidns)?;
+    let fields = |text: &str| -> Result<Vec<u32>> {
+        text.split_whitespace()
+            .map(|f| f.parse().with_context(|| format!("helper said {text:?}")))
+            .collect()
+    };
+    let userns = fields(&userns)?;
+    let pidns = fields(&pidns)?;
+    ensure!(
+        userns[1..] == [65534, 65534],
+        "a reader whose user namespace does not map uid 1000 saw ids {:?}, not the overflow id",
+        &userns[1..]
+    );
+    ensure!(
+        pidns[0] == 0,
+        "a reader in its own pid namespace saw the outside writer as pid {}, not 0",
+        pidns[0]
+    );
+    ensure!(
+        pidns[1..] == [1000, 1000],
+        "the pid-namespace reader (initial user namespace) saw ids {:?}",
+        &pidns[1..]
+    );
     Ok(())
 }

@@ -4,7 +4,9 @@
 #
 # Stage 1 runs on the host's root filesystem, shared read-only over 9p: it
 # stacks a tmpfs overlay on it so the guest can write anywhere without
-# touching the host, and chroots into that. Stage 2 mounts the kernel's
+# touching the host, and makes that the root (switch_root: moved to /, not
+# a chroot, which the kernel would hold against user namespaces: unshare
+# --user gives EPERM in a chroot). Stage 2 mounts the kernel's
 # filesystems, runs the command xtask left in the run folder (or a shell),
 # records its exit status, the kernel log and kmemleak's findings, and powers
 # off. Any output here goes to the serial console, beside the kernel log.
@@ -118,16 +120,15 @@ if [ "${1:-}" != stage2 ]; then
 	if [ "${kchat_init:-}" = systemd ]; then
 		boot_systemd
 	fi
-	mount -t tmpfs -o mode=0755 tmpfs /run
-	mkdir -p /run/overlay/upper /run/overlay/work /run/overlay/root
+	mount -t tmpfs -o mode=0755 tmpfs /mnt
+	mkdir -p /mnt/upper /mnt/work /mnt/root
 	if ! mount -t overlay overlay \
-		-o lowerdir=/,upperdir=/run/overlay/upper,workdir=/run/overlay/work \
-		/run/overlay/root; then
+		-o lowerdir=/,upperdir=/mnt/upper,workdir=/mnt/work /mnt/root; then
 		echo "kchat-vm: cannot mount the overlay root" >&2
 		poweroff_now
 	fi
 	stamp "overlay root ready"
-	exec chroot /run/overlay/root "$0" stage2
+	exec switch_root /mnt/root "$0" stage2
 fi
 
 mount -t proc proc /proc
