@@ -14,12 +14,12 @@ use crate::{
     },
     control::Control,
     name,
-    room::{LimitConfig, Policy, Room, Scope, Settings},
+    room::{LimitConfig, Policy, RingCharge, Room, Scope, Settings},
     room_file::RoomFile,
 };
 use core::{
     ptr,
-    sync::atomic::{AtomicPtr, Ordering},
+    sync::atomic::{AtomicPtr, AtomicU64, Ordering},
 };
 use kernel::{
     c_str, ffi, new_mutex,
@@ -51,7 +51,6 @@ struct RegistryInner {
     /// The control node, made once everything else is ready; dropped after
     /// the rooms.
     control_node: Option<Node>,
-    ring_bytes: u64,
     limits: abi::GlobalLimits,
 }
 
@@ -80,6 +79,9 @@ impl RegistryInner {
 pub(crate) struct Registry {
     #[pin]
     inner: Mutex<RegistryInner>,
+    /// Ring bytes of every room whose memory is still there (deleted ones
+    /// included until their last close); checked under `inner`.
+    ring_total: Arc<AtomicU64>,
     class: Class,
     major: Major<MinorRouter>,
 }
@@ -103,7 +105,6 @@ impl Registry {
             rooms,
             next_minor: 1,
             control_node: None,
-            ring_bytes: 0,
             limits: abi::GlobalLimits {
                 size: core::mem::size_of::<abi::GlobalLimits>() as u32,
                 flags: 0,
@@ -112,9 +113,11 @@ impl Registry {
                 max_total_ring_bytes: DEFAULT_TOTAL_RING_BYTES,
             },
         };
+        let ring_total = Arc::new(AtomicU64::new(0), GFP_KERNEL)?;
         Arc::pin_init(
             pin_init!(Registry {
                 inner <- new_mutex!(inner, "Registry::inner"),
+                ring_total,
                 class,
                 major,
             }),
@@ -164,13 +167,20 @@ impl Registry {
             return Err(EEXIST);
         }
         let in_use = inner.rooms.iter().flatten().count();
-        let ring_bytes = inner.ring_bytes + u64::from(settings.ring_bytes);
+        let bytes = u64::from(settings.ring_bytes);
+        // Only creates add to the total, under this lock; last closes only
+        // take away, so the check cannot be overtaken.
+        let ring_bytes = self.ring_total.load(Ordering::Relaxed) + bytes;
         let limits = &inner.limits;
         if in_use >= limits.max_rooms as usize || ring_bytes > limits.max_total_ring_bytes {
             return Err(ENOSPC);
         }
         let minor = inner.free_minor().ok_or(ENOSPC)?;
-        let room = Room::new(settings, minor as u32)?;
+        let room = Room::new(
+            settings,
+            minor as u32,
+            RingCharge::new(&self.ring_total, bytes),
+        )?;
         let name_len = settings.name().len();
         let name = CStr::from_bytes_with_nul(&settings.name[..=name_len])?;
         let perms = NodePerms {
@@ -181,7 +191,6 @@ impl Registry {
         let node = Node::new(&self.class, self.major.devt(minor as u32), name, perms)?;
         inner.rooms[minor] = Some(RoomEntry { room, _node: node });
         inner.next_minor = minor + 1;
-        inner.ring_bytes = ring_bytes;
         Ok(())
     }
 
@@ -190,7 +199,6 @@ impl Registry {
         let mut inner = self.inner.lock();
         let index = inner.find(name).ok_or(ENOENT)?;
         let entry = inner.rooms[index].take().ok_or(ENOENT)?;
-        inner.ring_bytes -= u64::from(entry.room.settings.ring_bytes);
         let RoomEntry { room, _node } = entry;
         // The node goes while the lock still keeps its minor and name from
         // a concurrent create: until `device_del` is done, a new device

@@ -21,12 +21,18 @@ use crate::{
 };
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use kernel::{
-    alloc::{flags::__GFP_NOWARN, KVVec},
+    alloc::{
+        flags::{__GFP_NOWARN, GFP_KERNEL_ACCOUNT},
+        KVVec,
+    },
     c_str, new_condvar, new_mutex,
     prelude::*,
     rbtree::RBTree,
     static_lock_class,
-    sync::{Arc, CondVar, CondVarTimeoutResult, Mutex},
+    sync::{
+        lock::{mutex::MutexBackend, Guard},
+        Arc, CondVar, CondVarTimeoutResult, Mutex,
+    },
 };
 
 /// One message, immutable once written; readers share it through `Arc`.
@@ -34,7 +40,7 @@ pub(crate) struct Record {
     pub(crate) time_ns: u64,
     /// Who wrote it, translated into each reader's namespaces as it reads.
     pub(crate) sender: Sender,
-    pub(crate) data: KVec<u8>,
+    pub(crate) data: KVVec<u8>,
 }
 
 impl Cost for Arc<Record> {
@@ -210,7 +216,9 @@ impl RoomInner {
             }
             if self.senders.get(&key).is_none() {
                 let fresh = self.limit.fresh(now_ns);
-                self.senders.try_create_and_insert(key, fresh, GFP_KERNEL)?;
+                // Charged to the writer's memory cgroup, as its messages are.
+                self.senders
+                    .try_create_and_insert(key, fresh, GFP_KERNEL_ACCOUNT)?;
                 self.sender_count += 1;
             }
         }
@@ -309,10 +317,36 @@ impl RoomInner {
     }
 }
 
+/// A room's ring budget, counted against the module's total from the
+/// room's creation until its memory goes at its last close (not merely
+/// until it is deleted: open files keep a deleted room's ring alive).
+pub(crate) struct RingCharge {
+    total: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl RingCharge {
+    /// Adds `bytes` to `total` until the charge is dropped.
+    pub(crate) fn new(total: &Arc<AtomicU64>, bytes: u64) -> Self {
+        total.fetch_add(bytes, Ordering::Relaxed);
+        RingCharge {
+            total: total.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Drop for RingCharge {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 /// A chat room.
 #[pin_data]
 pub(crate) struct Room {
     pub(crate) settings: Settings,
+    _ring_charge: RingCharge,
     pub(crate) minor: u32,
     pub(crate) stats: Stats,
     #[pin]
@@ -329,7 +363,7 @@ pub(crate) struct Room {
 
 impl Room {
     /// A new, empty room.
-    pub(crate) fn new(settings: Settings, minor: u32) -> Result<Arc<Room>> {
+    pub(crate) fn new(settings: Settings, minor: u32, charge: RingCharge) -> Result<Arc<Room>> {
         // Every record costs at least RECORD_OVERHEAD, so this many slots
         // never limit the ring before its byte budget does.
         let slots = (settings.ring_bytes / abi::RECORD_OVERHEAD) as usize;
@@ -353,6 +387,7 @@ impl Room {
         Arc::pin_init(
             pin_init!(Room {
                 settings,
+                _ring_charge: charge,
                 minor,
                 stats: Stats::default(),
                 inner <- new_mutex!(inner, "Room::inner"),
@@ -420,6 +455,13 @@ impl Room {
         Ok(written)
     }
 
+    /// Writes one message: waits for the rate budget and for space first,
+    /// holding nothing, then copies it in and stores it.
+    ///
+    /// A writer asleep (over its budget, or in a full `block` room) pins no
+    /// payload: the copy from user space comes after the waits. Space found
+    /// then may be gone by the time the copy is done (another writer took
+    /// it); only then does a blocking writer wait holding its message.
     fn write_message(
         &self,
         src: &mut IovSource,
@@ -428,76 +470,46 @@ impl Room {
         file_id: u64,
         nonblock: bool,
     ) -> Result {
-        // Copy from user space before taking any lock: it may fault and sleep.
-        let data = src.read_vec(len)?;
-        // One pid reference per record, which may outlive the writer and
-        // its file; taking it is an atomic increment, as the `Arc` is.
-        let sender = Sender::of_writer(file);
-        let kuid = sender.kuid;
-        let record = Arc::new(
-            Record {
-                time_ns: realtime_ns(),
-                sender,
-                data,
-            },
-            GFP_KERNEL,
-        )?;
-        let cost = record.cost();
-        let mut inner = self.inner.lock();
-        let mut throttled = false;
-        let charged = loop {
-            if inner.deleted {
-                return Err(eidrm());
-            }
-            let wait_ns = match inner.admit(kuid, file_id, monotonic_ns(), len as u64)? {
-                Ok(charged) => break charged,
-                Err(wait_ns) => wait_ns,
-            };
-            if !throttled {
-                throttled = true;
-                Stats::add(&self.stats.throttled, 1);
-            }
-            if nonblock {
-                return Err(EAGAIN);
-            }
-            inner.sleeping_writers += 1;
-            let woke = self
-                .writable
-                .wait_interruptible_timeout(&mut inner, ns_to_jiffies(wait_ns));
-            inner.sleeping_writers -= 1;
-            if matches!(woke, CondVarTimeoutResult::Signal { .. }) {
-                return Err(ERESTARTSYS);
-            }
-        };
-        let made_room: Result<bool> = loop {
-            if inner.deleted {
-                break Err(eidrm());
-            }
-            if let Some(loss) = inner.make_room(self.settings.policy, cost) {
-                break Ok(loss);
-            }
-            if nonblock {
-                break Err(EAGAIN);
-            }
-            Stats::add(&self.stats.writer_waits, 1);
-            inner.sleeping_writers += 1;
-            let interrupted = self.writable.wait_interruptible(&mut inner);
-            inner.sleeping_writers -= 1;
-            if interrupted {
-                break Err(ERESTARTSYS);
-            }
-        };
-        let loss = match made_room {
-            Ok(loss) => loss,
-            Err(err) => {
+        let (kuid, _) = file.effective_ids();
+        let cost = len + abi::RECORD_OVERHEAD as usize;
+        let charged = {
+            let mut inner = self.inner.lock();
+            let charged = self.wait_for_budget(&mut inner, kuid, file_id, len, nonblock)?;
+            if let Err(err) = self.wait_for_space(&mut inner, cost, nonblock, false) {
                 // Nothing was sent: a writer is throttled only for what it
                 // sent.
                 inner.refund(charged, len as u64);
                 return Err(err);
             }
+            charged
+        };
+        let refund = |err: Error| {
+            self.inner.lock().refund(charged, len as u64);
+            err
+        };
+        // Copy from user space without the room lock: it may fault and sleep.
+        let data = src.read_vec(len).map_err(refund)?;
+        // One pid reference per record, which may outlive the writer and
+        // its file; taking it is an atomic increment, as the `Arc` is.
+        let record = Arc::new(
+            Record {
+                time_ns: realtime_ns(),
+                sender: Sender::of_writer(file),
+                data,
+            },
+            GFP_KERNEL_ACCOUNT,
+        )
+        .map_err(|err| refund(err.into()))?;
+        let mut inner = self.inner.lock();
+        let loss = match self.wait_for_space(&mut inner, cost, nonblock, true) {
+            Ok(loss) => loss,
+            Err(err) => {
+                inner.refund(charged, len as u64);
+                return Err(err);
+            }
         };
         if inner.ring.push(record).is_err() {
-            // make_room() just said it fits.
+            // wait_for_space() just made room.
             return Err(ENOSPC);
         }
         let asleep = inner.asleep();
@@ -510,6 +522,83 @@ impl Room {
         }
         self.changed(what, asleep);
         Ok(())
+    }
+
+    /// Takes a message of `len` bytes from its writer's budget, sleeping
+    /// (or `EAGAIN`) while it is spent; returns the budget charged.
+    fn wait_for_budget(
+        &self,
+        inner: &mut Guard<'_, RoomInner, MutexBackend>,
+        kuid: u32,
+        file_id: u64,
+        len: usize,
+        nonblock: bool,
+    ) -> Result<Option<u64>> {
+        let mut throttled = false;
+        loop {
+            if inner.deleted {
+                return Err(eidrm());
+            }
+            let wait_ns = match inner.admit(kuid, file_id, monotonic_ns(), len as u64)? {
+                Ok(charged) => return Ok(charged),
+                Err(wait_ns) => wait_ns,
+            };
+            if !throttled {
+                throttled = true;
+                Stats::add(&self.stats.throttled, 1);
+            }
+            if nonblock {
+                return Err(EAGAIN);
+            }
+            inner.sleeping_writers += 1;
+            let woke = self
+                .writable
+                .wait_interruptible_timeout(inner, ns_to_jiffies(wait_ns));
+            inner.sleeping_writers -= 1;
+            if matches!(woke, CondVarTimeoutResult::Signal { .. }) {
+                return Err(ERESTARTSYS);
+            }
+        }
+    }
+
+    /// Sleeps (or `EAGAIN`) until a record of `cost` can go in. With
+    /// `evict`, also makes the room (evicting as the policy allows) and
+    /// says whether a reader lost a message to it; without, only checks.
+    fn wait_for_space(
+        &self,
+        inner: &mut Guard<'_, RoomInner, MutexBackend>,
+        cost: usize,
+        nonblock: bool,
+        evict: bool,
+    ) -> Result<bool> {
+        let policy = self.settings.policy;
+        let mut waited = false;
+        loop {
+            if inner.deleted {
+                return Err(eidrm());
+            }
+            if evict {
+                if let Some(loss) = inner.make_room(policy, cost) {
+                    return Ok(loss);
+                }
+            } else if inner.could_write(policy, cost) {
+                return Ok(false);
+            }
+            if nonblock {
+                return Err(EAGAIN);
+            }
+            // One wait per message, however many wake-ups it takes.
+            if !waited {
+                waited = true;
+                Stats::add(&self.stats.writer_waits, 1);
+            }
+            inner.sleeping_writers += 1;
+            let interrupted = self.writable.wait_interruptible(inner);
+            inner.sleeping_writers -= 1;
+            if interrupted {
+                return Err(ERESTARTSYS);
+            }
+        }
     }
 
     /// Registers a reader starting at the end of the ring.
@@ -546,7 +635,7 @@ impl Room {
                 lost: AtomicU64::new(0),
                 uid,
             },
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )?;
         match inner.readers.iter_mut().find(|slot| slot.is_none()) {
             Some(slot) => *slot = Some(mark.clone()),

@@ -133,7 +133,7 @@ impl FileOps for RoomFile {
             mode: AtomicU32::new(mode),
             cursor <- new_mutex!(Cursor { offset: 0 }, "RoomFile::cursor"),
         });
-        let state = match KBox::pin_init(init, GFP_KERNEL) {
+        let state = match KBox::pin_init(init, GFP_KERNEL_ACCOUNT) {
             Ok(state) => state,
             Err(err) => {
                 // The reader must not linger and hold a `block` room back.

@@ -7,7 +7,15 @@
 //! parking an io-wq worker thread on every pending read.
 
 use super::file::File;
-use kernel::{alloc::flags::__GFP_NOWARN, bindings, ffi, prelude::*, types::AsBytes};
+use kernel::{
+    alloc::{
+        flags::{__GFP_NOWARN, GFP_KERNEL_ACCOUNT},
+        KVVec,
+    },
+    bindings, ffi,
+    prelude::*,
+    types::AsBytes,
+};
 
 extern "C" {
     /// `iov_iter_count()`, a static inline in C; defined in `glue.c`.
@@ -100,10 +108,14 @@ impl IovSource {
 
     /// Takes the next `len` bytes into a new vector, without zero-filling it
     /// first; `EFAULT` if user memory is bad.
-    pub(crate) fn read_vec(&mut self, len: usize) -> Result<KVec<u8>> {
+    ///
+    /// The memory is charged to the caller's memory cgroup (a writer's
+    /// messages count against its `memory.max`), and large sizes come from
+    /// vmalloc rather than high-order pages.
+    pub(crate) fn read_vec(&mut self, len: usize) -> Result<KVVec<u8>> {
         // A writer picks the size (up to the room's max_msg): a failure is
         // its ENOMEM, not a warning in the log.
-        let mut out = KVec::<u8>::with_capacity(len, GFP_KERNEL | __GFP_NOWARN)?;
+        let mut out = KVVec::<u8>::with_capacity(len, GFP_KERNEL_ACCOUNT | __GFP_NOWARN)?;
         // SAFETY: the vector's buffer is valid for writes of `len` bytes (its
         // capacity); the iter is valid and advances by what was copied.
         let copied = unsafe { bindings::_copy_from_iter(out.as_mut_ptr().cast(), len, self.0) };

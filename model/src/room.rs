@@ -494,19 +494,16 @@ impl Model {
             budget.charge(len, 1);
         }
         let cost = data.len() + OVERHEAD;
-        while !self.fits(cost) {
-            let evictable = match self.settings.policy {
-                Policy::Drop => true,
-                Policy::Block => self.slowest_reader() > self.first,
-            };
-            if !evictable || self.messages.is_empty() {
-                // Nothing was sent, so nothing is charged.
-                if let Some(budget) = key.and_then(|key| self.budgets.get_mut(&key)) {
-                    budget.charge(len, -1);
-                }
-                debug_assert!(nonblock);
-                return Err(EAGAIN);
+        if !self.could_write(cost) {
+            // A refused write changes nothing: nothing evicted, and nothing
+            // charged for what was not sent.
+            if let Some(budget) = key.and_then(|key| self.budgets.get_mut(&key)) {
+                budget.charge(len, -1);
             }
+            debug_assert!(nonblock);
+            return Err(EAGAIN);
+        }
+        while !self.fits(cost) {
             if let Some(evicted) = self.messages.pop_front() {
                 self.bytes -= evicted.data.len() + OVERHEAD;
             }

@@ -22,6 +22,9 @@ const COUNT_VAR: &str = "KCHAT_VMTEST_HELPER_COUNT";
 /// Helper job: open the room for reading in framed mode, read one message
 /// (at most 20 s) and print its header's "pid uid gid", or the errno name.
 const FRAMED_VAR: &str = "KCHAT_VMTEST_HELPER_FRAMED";
+/// Helper job: write `KCHAT_VMTEST_HELPER_COUNT` messages of 1 KiB to the
+/// room and print this process's cgroup's `memory.current` before and after.
+const MEMCG_VAR: &str = "KCHAT_VMTEST_HELPER_MEMCG";
 
 fn errno_of(err: &std::io::Error) -> nix::errno::Errno {
     nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(0))
@@ -29,6 +32,14 @@ fn errno_of(err: &std::io::Error) -> nix::errno::Errno {
 
 /// In a helper process, does its one job and returns its exit code.
 pub fn run_if_requested() -> Option<ExitCode> {
+    if let Some(path) = std::env::var_os(MEMCG_VAR) {
+        let count: usize = std::env::var(COUNT_VAR).ok()?.parse().ok()?;
+        match write_and_measure(Path::new(&path), count) {
+            Ok((before, after)) => println!("{before} {after}"),
+            Err(err) => println!("{err:#}"),
+        }
+        return Some(ExitCode::SUCCESS);
+    }
     if let Some(path) = std::env::var_os(FRAMED_VAR) {
         match read_one_frame(Path::new(&path)) {
             Ok(header) => println!("{} {} {}", header.pid, header.uid, header.gid),
@@ -203,4 +214,56 @@ pub fn framed_reader_under(wrapper: &[&str], room: &Path) -> Result<std::process
         .stdout(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("running {wrapper:?}"))
+}
+
+fn memory_current() -> Result<u64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")?;
+    let path = cgroup
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .context("not in a cgroup v2 hierarchy")?;
+    let file = format!("/sys/fs/cgroup{path}/memory.current");
+    Ok(std::fs::read_to_string(&file)
+        .with_context(|| format!("reading {file}"))?
+        .trim()
+        .parse()?)
+}
+
+fn write_and_measure(path: &Path, count: usize) -> Result<(u64, u64)> {
+    use std::io::Write;
+    let mut room = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .context("opening the room")?;
+    let message = [b'm'; 1024];
+    let before = memory_current()?;
+    for _ in 0..count {
+        room.write_all(&message).context("writing")?;
+    }
+    Ok((before, memory_current()?))
+}
+
+/// Runs the memory helper in cgroup `cgroup` (a directory under
+/// /sys/fs/cgroup): `count` 1 KiB messages to `room`; returns
+/// `memory.current` before and after.
+pub fn write_in_cgroup(cgroup: &Path, room: &Path, count: usize) -> Result<(u64, u64)> {
+    let exe = std::env::current_exe().context("finding the suite's own binary")?;
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "sh",
+            "-c",
+            "echo $$ > \"$1/cgroup.procs\" && exec \"$0\"",
+        ])
+        .arg(exe)
+        .arg(cgroup)
+        .env(MEMCG_VAR, room)
+        .env(COUNT_VAR, count.to_string())
+        .output()
+        .context("running the memory helper")?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (before, after) = text
+        .split_once(' ')
+        .with_context(|| format!("the memory helper said {text:?} ({:?})", out.status))?;
+    Ok((before.parse()?, after.parse()?))
 }

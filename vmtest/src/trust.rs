@@ -57,6 +57,14 @@ pub const TESTS: &[Test] = &[
         a_refused_write_costs_no_rate,
     ),
     (
+        "trust::a_deleted_rooms_ring_counts_until_its_last_close",
+        a_deleted_rooms_ring_counts_until_its_last_close,
+    ),
+    (
+        "trust::a_writers_messages_are_charged_to_its_memory_cgroup",
+        a_writers_messages_are_charged_to_its_memory_cgroup,
+    ),
+    (
         "trust::a_writer_in_its_own_pid_namespace_is_stamped_with_its_real_pid",
         a_writer_in_its_own_pid_namespace_is_stamped_with_its_real_pid,
     ),
@@ -489,6 +497,80 @@ fn a_reader_sees_pids_and_ids_in_its_own_namespaces() -> Result<()> {
         pidns[1..] == [1000, 1000],
         "the pid-namespace reader (initial user namespace) saw ids {:?}",
         &pidns[1..]
+    );
+    Ok(())
+}
+
+fn a_deleted_rooms_ring_counts_until_its_last_close() -> Result<()> {
+    module::ensure_loaded()?;
+    let control = Control::open()?;
+    let before = control.limits()?;
+    let (names, _) = control.list(256)?;
+    let mut used = 0u64;
+    for name in &names {
+        used += u64::from(control.info(name)?.ring_bytes);
+    }
+    let ring = 64 * 1024;
+    // Room for exactly two more 64 KiB rings.
+    control.set_limits(&abi::GlobalLimits {
+        max_total_ring_bytes: used + 2 * u64::from(ring),
+        ..before
+    })?;
+    let result = (|| -> Result<()> {
+        let sized = |name: &str| abi::RoomSpec {
+            ring_bytes: ring,
+            ..spec(name)
+        };
+        let first = TempRoom::create(sized("ring-a"))?;
+        let reader = first.open_read()?;
+        first.delete().context("deleting ring-a")?;
+        let _second = TempRoom::create(sized("ring-b"))?;
+        match TempRoom::create(sized("ring-c")) {
+            Err(err) if err.root_cause().downcast_ref::<Errno>() == Some(&Errno::ENOSPC) => {}
+            Err(err) => return Err(err.context("creating ring-c")),
+            Ok(_) => anyhow::bail!(
+                "a deleted room's ring, still held by an open reader, no longer counted"
+            ),
+        }
+        drop(reader);
+        TempRoom::create(sized("ring-c")).context("after the deleted room's last close")?;
+        Ok(())
+    })();
+    control.set_limits(&before)?;
+    result
+}
+
+fn a_writers_messages_are_charged_to_its_memory_cgroup() -> Result<()> {
+    module::ensure_loaded()?;
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    if !root.join("cgroup.controllers").exists() {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "cgroup2", "cgroup2"])
+            .arg(root)
+            .status()?;
+        ensure!(status.success(), "mounting cgroup2 failed");
+    }
+    std::fs::write(root.join("cgroup.subtree_control"), "+memory")
+        .context("enabling the memory controller")?;
+    let cgroup = root.join("kchat-memcg");
+    if !cgroup.exists() {
+        std::fs::create_dir(&cgroup)?;
+    }
+    let room = TempRoom::create(abi::RoomSpec {
+        ring_bytes: 16 << 20,
+        ..spec("memcg")
+    })?;
+    let count = 2048;
+    let measured = helper::write_in_cgroup(&cgroup, &room.path(), count);
+    room.delete().ok();
+    std::fs::remove_dir(&cgroup).ok();
+    let (before, after) = measured?;
+    let grew = after.saturating_sub(before);
+    // 2 MiB of payload, at least three quarters of it seen.
+    ensure!(
+        grew >= 3 * (count as u64 * 1024) / 4,
+        "2 MiB of messages grew the writer's memory cgroup by {grew} bytes only: \
+         kchat's memory is not charged to the writer"
     );
     Ok(())
 }
