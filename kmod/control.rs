@@ -13,7 +13,7 @@ use crate::{
         fops::FileOps,
     },
     registry::Registry,
-    uabi::read_extensible,
+    uabi::{read_extensible, read_extensible_from},
 };
 use kernel::{
     prelude::*,
@@ -48,7 +48,8 @@ impl FileOps for Control {
                 writer.write(&abi::ABI_VERSION)?;
             }
             abi::IOC_CREATE_ROOM => {
-                let spec = read_extensible::<abi::RoomSpec>(arg)?;
+                let spec =
+                    read_extensible_from::<abi::RoomSpec>(arg, abi::ROOM_SPEC_V1_SIZE as usize)?;
                 registry.create(&spec)?;
             }
             abi::IOC_DELETE_ROOM => {

@@ -10,6 +10,20 @@
 #include <linux/poll.h>
 #include <linux/uio.h>
 
+/*
+ * Values compat/ copies from macros that are __force casts, which bindgen
+ * cannot evaluate (compat/file.rs: FMODE_*, compat/iov.rs: IOCB_NOWAIT).
+ * A kernel that changes one fails this build instead of running with a
+ * wrong flag.
+ */
+static_assert((__force unsigned int)FMODE_READ == 1u << 0);
+static_assert((__force unsigned int)FMODE_WRITE == 1u << 1);
+static_assert((__force unsigned int)FMODE_PREAD == 1u << 3);
+static_assert((__force unsigned int)FMODE_PWRITE == 1u << 4);
+static_assert((__force unsigned int)FMODE_CAN_ODIRECT == 1u << 22);
+static_assert((__force unsigned int)FMODE_NOWAIT == 1u << 27);
+static_assert(IOCB_NOWAIT == 0x8);
+
 const char *kchat_default_room(void);
 void kchat_poll_wait(struct file *filp, wait_queue_head_t *queue, poll_table *table);
 

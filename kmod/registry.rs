@@ -277,6 +277,7 @@ impl Registry {
         info.gid = settings.gid;
         info.mode = u32::from(settings.mode);
         info.minor = room.minor;
+        info.max_wait_ms = settings.max_wait_ms;
         {
             let inner = room.inner.lock();
             info.readers = inner.reader_count() as u32;
@@ -303,6 +304,7 @@ impl Registry {
         info.lost = load(&stats.lost);
         info.throttled = load(&stats.throttled);
         info.writer_waits = load(&stats.writer_waits);
+        info.laggard_evictions = load(&stats.laggard_evictions) as u32;
         Ok(())
     }
 
@@ -336,7 +338,7 @@ impl Registry {
 
 /// Checks a create request and fills in defaults.
 fn validate(spec: &abi::RoomSpec) -> Result<Settings> {
-    if spec.flags != 0 || spec.mode & !0o777 != 0 {
+    if spec.flags != 0 || spec.reserved != 0 || spec.mode & !0o777 != 0 {
         return Err(EINVAL);
     }
     let policy = match spec.policy {
@@ -356,11 +358,18 @@ fn validate(spec: &abi::RoomSpec) -> Result<Settings> {
         n if n <= abi::MAX_MAX_MSG && n + abi::RECORD_OVERHEAD <= ring_bytes => n,
         _ => return Err(EINVAL),
     };
+    let max_wait_ms = match (policy, spec.max_wait_ms) {
+        (Policy::Drop, 0) => 0,
+        (Policy::Drop, _) => return Err(EINVAL),
+        (Policy::Block, 0) => abi::DEFAULT_MAX_WAIT_MS,
+        (Policy::Block, ms) => ms,
+    };
     Ok(Settings {
         name: spec.name,
         policy,
         ring_bytes,
         max_msg,
+        max_wait_ms,
         uid: spec.uid,
         gid: spec.gid,
         mode: spec.mode as u16,

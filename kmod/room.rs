@@ -65,6 +65,9 @@ pub(crate) struct Settings {
     pub(crate) policy: Policy,
     pub(crate) ring_bytes: u32,
     pub(crate) max_msg: u32,
+    /// `block` rooms: how long a laggard may hold writers back
+    /// (`abi::MAX_WAIT_FOREVER`: no bound).
+    pub(crate) max_wait_ms: u32,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
     pub(crate) mode: u16,
@@ -132,6 +135,7 @@ pub(crate) struct Stats {
     pub(crate) lost: AtomicU64,
     pub(crate) throttled: AtomicU64,
     pub(crate) writer_waits: AtomicU64,
+    pub(crate) laggard_evictions: AtomicU64,
     pub(crate) writers: AtomicU32,
 }
 
@@ -187,6 +191,9 @@ pub(crate) struct RoomInner {
     /// it would take the queue's spinlock for nobody.
     pub(crate) sleeping_readers: u32,
     pub(crate) sleeping_writers: u32,
+    /// `block` rooms: since when (monotonic ns) a reader has kept a writer
+    /// from writing, if one has; cleared when a write goes through.
+    held_since_ns: Option<u64>,
 }
 
 impl RoomInner {
@@ -295,7 +302,9 @@ impl RoomInner {
 
     /// Makes room for a record of `cost` if the policy allows: `None` if it
     /// cannot, else whether a reader lost a message to make it.
-    fn make_room(&mut self, policy: Policy, cost: usize) -> Option<bool> {
+    /// `force` evicts whatever it takes, as a `drop` room does (a `block`
+    /// room whose laggard has held writers back too long).
+    fn make_room(&mut self, policy: Policy, cost: usize, force: bool) -> Option<bool> {
         if self.ring.fits(cost) {
             return Some(false);
         }
@@ -306,7 +315,7 @@ impl RoomInner {
             let first = self.ring.first_seq();
             let evictable = match policy {
                 Policy::Drop => true,
-                Policy::Block => slowest > first,
+                Policy::Block => force || slowest > first,
             };
             if !evictable || self.ring.pop_oldest().is_none() {
                 return None;
@@ -380,6 +389,7 @@ impl Room {
             readers: KVec::new(),
             sleeping_readers: 0,
             sleeping_writers: 0,
+            held_since_ns: None,
             limit: LimitConfig::UNLIMITED,
             senders: RBTree::new(),
             sender_count: 0,
@@ -564,6 +574,10 @@ impl Room {
     /// Sleeps (or `EAGAIN`) until a record of `cost` can go in. With
     /// `evict`, also makes the room (evicting as the policy allows) and
     /// says whether a reader lost a message to it; without, only checks.
+    ///
+    /// In a `block` room, once readers have held writers back for
+    /// `max_wait_ms`, a writer evicts what they hold (they learn it as a
+    /// loss): one reader that stops cannot hold a room forever.
     fn wait_for_space(
         &self,
         inner: &mut Guard<'_, RoomInner, MutexBackend>,
@@ -577,13 +591,23 @@ impl Room {
             if inner.deleted {
                 return Err(eidrm());
             }
+            let overdue = self.laggards_overdue(inner);
+            let force = overdue.is_none();
             if evict {
-                if let Some(loss) = inner.make_room(policy, cost) {
+                if let Some(loss) = inner.make_room(policy, cost, force) {
+                    if force && loss {
+                        Stats::add(&self.stats.laggard_evictions, 1);
+                    }
+                    // It went through: any hold starts afresh.
+                    inner.held_since_ns = None;
                     return Ok(loss);
                 }
-            } else if inner.could_write(policy, cost) {
+            } else if force || inner.could_write(policy, cost) {
                 return Ok(false);
             }
+            // Readers hold this writer back from now on, if not already.
+            let now = monotonic_ns();
+            inner.held_since_ns.get_or_insert(now);
             if nonblock {
                 return Err(EAGAIN);
             }
@@ -593,11 +617,39 @@ impl Room {
                 Stats::add(&self.stats.writer_waits, 1);
             }
             inner.sleeping_writers += 1;
-            let interrupted = self.writable.wait_interruptible(inner);
+            let interrupted = match self.laggards_overdue(inner) {
+                Some(Some(left_ns)) => matches!(
+                    self.writable
+                        .wait_interruptible_timeout(inner, ns_to_jiffies(left_ns)),
+                    CondVarTimeoutResult::Signal { .. }
+                ),
+                _ => self.writable.wait_interruptible(inner),
+            };
             inner.sleeping_writers -= 1;
             if interrupted {
                 return Err(ERESTARTSYS);
             }
+        }
+    }
+
+    /// For a `block` room held back by readers: `None` when they have held
+    /// it for `max_wait_ms` (evict them), `Some(Some(ns))` how long they
+    /// may still, `Some(None)` no bound applies (not held, not `block`, or
+    /// `MAX_WAIT_FOREVER`).
+    pub(crate) fn laggards_overdue(&self, inner: &RoomInner) -> Option<Option<u64>> {
+        let max_wait_ms = self.settings.max_wait_ms;
+        if self.settings.policy != Policy::Block || max_wait_ms == abi::MAX_WAIT_FOREVER {
+            return Some(None);
+        }
+        let Some(since) = inner.held_since_ns else {
+            return Some(Some(u64::from(max_wait_ms) * 1_000_000));
+        };
+        let held = monotonic_ns().saturating_sub(since);
+        let bound = u64::from(max_wait_ms) * 1_000_000;
+        if held >= bound {
+            None
+        } else {
+            Some(Some(bound - held))
         }
     }
 

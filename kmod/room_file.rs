@@ -175,7 +175,10 @@ impl FileOps for RoomFile {
         }
         if file.writable() && !inner.deleted {
             let worst = room.settings.max_msg as usize + abi::RECORD_OVERHEAD as usize;
-            if inner.could_write(room.settings.policy, worst) {
+            // Past a laggard's bound a write evicts it, so it would go in.
+            if inner.could_write(room.settings.policy, worst)
+                || room.laggards_overdue(&inner).is_none()
+            {
                 mask |= events::OUT | events::WRNORM;
             }
         }

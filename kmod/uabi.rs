@@ -35,6 +35,13 @@ unsafe impl AsBytes for abi::GlobalLimits {}
 
 /// Reads a `T` whose first field is its size, from user address `arg`.
 pub(crate) fn read_extensible<T: FromBytes>(arg: usize) -> Result<T> {
+    read_extensible_from::<T>(arg, core::mem::size_of::<T>())
+}
+
+/// As [`read_extensible`], for a struct that grew: a caller may pass any
+/// size from `oldest` (its first version's) on, and fields it does not
+/// know read as zero, as `copy_struct_from_user` does.
+pub(crate) fn read_extensible_from<T: FromBytes>(arg: usize, oldest: usize) -> Result<T> {
     let size = UserSlice::new(arg, core::mem::size_of::<u32>())
         .reader()
         .read::<u32>()?;
@@ -42,11 +49,19 @@ pub(crate) fn read_extensible<T: FromBytes>(arg: usize) -> Result<T> {
         return Err(E2BIG);
     }
     let size = size as usize;
-    if size < core::mem::size_of::<T>() {
+    if size < oldest.min(core::mem::size_of::<T>()) {
         return Err(EINVAL);
     }
     let mut reader = UserSlice::new(arg, size).reader();
-    let value = reader.read::<T>()?;
+    let mut value = core::mem::MaybeUninit::<T>::zeroed();
+    let known = size.min(core::mem::size_of::<T>());
+    // SAFETY: `value` is `size_of::<T>()` bytes, all initialised (zeroed),
+    // and `known` is at most that; the slice ends before `value` is read.
+    let bytes = unsafe { core::slice::from_raw_parts_mut(value.as_mut_ptr().cast::<u8>(), known) };
+    reader.read_slice(bytes)?;
+    // SAFETY: every byte is initialised (zeroed, then partly read), and
+    // `FromBytes` says any bytes are a valid `T`.
+    let value = unsafe { value.assume_init() };
     let mut chunk = [0u8; 64];
     while !reader.is_empty() {
         let len = reader.len().min(chunk.len());

@@ -5,7 +5,8 @@
 
 use kernel::{bindings, types::Opaque};
 
-// `FMODE_*` are `__force` casts in C, which bindgen cannot evaluate.
+// `FMODE_*` are `__force` casts in C, which bindgen cannot evaluate;
+// `glue.c` checks these values against the kernel's at build time.
 const FMODE_READ: u32 = 1 << 0;
 const FMODE_WRITE: u32 = 1 << 1;
 const FMODE_PREAD: u32 = 1 << 3;

@@ -22,7 +22,8 @@ extern "C" {
     fn kchat_iov_iter_count(iter: *const ffi::c_void) -> usize;
 }
 
-/// `IOCB_NOWAIT` (= `RWF_NOWAIT`), a `__force` cast bindgen cannot evaluate.
+/// `IOCB_NOWAIT` (= `RWF_NOWAIT`), a `__force` cast bindgen cannot evaluate;
+/// `glue.c` checks the value against the kernel's at build time.
 const IOCB_NOWAIT: i32 = 0x0000_0008;
 
 /// The I/O control block of one read or write.

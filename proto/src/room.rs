@@ -315,6 +315,8 @@ impl RoomDecl {
             gid: self.group,
             mode: self.mode,
             flags: 0,
+            max_wait_ms: 0,
+            reserved: 0,
         }
     }
 

@@ -101,7 +101,9 @@ pub const MAX_MAX_MSG: u32 = 1024 * 1024;
 pub const RECORD_OVERHEAD: u32 = 64;
 
 /// `IOC_CREATE_ROOM` argument. Extensible: `size` is the size the caller
-/// knows; the kernel accepts larger structs whose extra bytes are zero.
+/// knows; the kernel accepts larger structs whose extra bytes are zero, and
+/// smaller ones down to [`ROOM_SPEC_V1_SIZE`], whose missing fields it reads
+/// as zero (their defaults).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoomSpec {
@@ -124,7 +126,27 @@ pub struct RoomSpec {
     pub mode: u32,
     /// Reserved; must be zero.
     pub flags: u32,
+    // --- v2 (72 bytes) ---
+    /// `block` rooms: how long a reader may hold writers back, in
+    /// milliseconds. A writer that has waited this long for space (or a
+    /// non-blocking one that finds the room held this long) evicts what the
+    /// laggards have not read; they learn it as a loss. 0 means
+    /// [`DEFAULT_MAX_WAIT_MS`], [`MAX_WAIT_FOREVER`] no bound. Must be 0 for
+    /// `drop` rooms.
+    pub max_wait_ms: u32,
+    /// Reserved; must be zero.
+    pub reserved: u32,
 }
+
+/// Size of the first `RoomSpec` (up to `flags`); the ioctl number keeps it.
+pub const ROOM_SPEC_V1_SIZE: u32 = 64;
+
+/// Default bound on how long a `block` room's slowest reader may hold
+/// writers back.
+pub const DEFAULT_MAX_WAIT_MS: u32 = 10_000;
+/// `max_wait_ms` that never evicts a laggard (the room is strictly
+/// lossless, and one stopped reader can hold every writer).
+pub const MAX_WAIT_FOREVER: u32 = u32::MAX;
 
 impl RoomSpec {
     /// A request for a room like the module's default one: `drop`, default
@@ -140,6 +162,8 @@ impl RoomSpec {
             gid: 0,
             mode: 0o666,
             flags: 0,
+            max_wait_ms: 0,
+            reserved: 0,
         }
     }
 }
@@ -157,7 +181,7 @@ pub struct RoomName {
 /// Control ioctl: creates a room. Errors: `EINVAL` (bad name, sizes, policy,
 /// mode or flags), `EEXIST` (name taken), `ENOSPC` (room or memory limit),
 /// `E2BIG` (unknown non-zero trailing bytes), `EFAULT`.
-pub const IOC_CREATE_ROOM: u32 = iow::<RoomSpec>(0x01);
+pub const IOC_CREATE_ROOM: u32 = ioc(IOC_WRITE, 0x01, ROOM_SPEC_V1_SIZE as usize);
 /// Control ioctl: deletes a room. Its node goes at once; open readers drain
 /// what is left, then read end-of-file; writers get `EIDRM`.
 /// Errors: `ENOENT`, `EINVAL`, `E2BIG`, `EFAULT`.
@@ -182,7 +206,9 @@ pub struct RoomInfo {
     /// Open read-mode and write-mode files now.
     pub readers: u32,
     pub writers: u32,
-    pub reserved: u32,
+    /// `block` rooms: the bound on a laggard (`RoomSpec::max_wait_ms`, the
+    /// default filled in); 0 for `drop` rooms.
+    pub max_wait_ms: u32,
     /// Ring fill now: bytes (payload plus overhead) and messages.
     pub ring_used_bytes: u64,
     pub ring_msgs: u64,
@@ -206,7 +232,9 @@ pub struct RoomInfo {
     pub msg_burst: u32,
     pub bytes_per_sec: u32,
     pub byte_burst: u32,
-    pub reserved2: u32,
+    /// `block` rooms: times a writer evicted what laggards held, having
+    /// waited `max_wait_ms` (their losses count in `lost`).
+    pub laggard_evictions: u32,
 }
 
 /// Rate-limit scopes: one budget per writing uid (the default: opening more
@@ -373,7 +401,11 @@ mod tests {
     #[test]
     fn struct_layouts_are_fixed() {
         // The C view: no implicit padding, sizes every ABI user relies on.
-        assert_eq!(core::mem::size_of::<RoomSpec>(), 64);
+        assert_eq!(core::mem::size_of::<RoomSpec>(), 72);
+        assert_eq!(
+            core::mem::offset_of!(RoomSpec, max_wait_ms),
+            ROOM_SPEC_V1_SIZE as usize
+        );
         assert_eq!(core::mem::align_of::<RoomSpec>(), 4);
         assert_eq!(core::mem::offset_of!(RoomSpec, name), 8);
         assert_eq!(core::mem::offset_of!(RoomSpec, flags), 60);

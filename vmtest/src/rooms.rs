@@ -260,15 +260,33 @@ fn struct_size_rules() -> Result<()> {
     };
     let size = size_of::<abi::RoomSpec>();
 
+    let v1 = abi::ROOM_SPEC_V1_SIZE as usize;
     let mut short = spec_bytes(&abi::RoomSpec {
-        size: size as u32 - 4,
+        size: v1 as u32 - 4,
         ..spec("sized")
     });
-    short.truncate(size - 4);
+    short.truncate(v1 - 4);
     ensure!(
         create(&short) == Err(Errno::EINVAL),
         "a struct smaller than v1 was not refused with EINVAL"
     );
+
+    // A v1 caller (no max_wait_ms) still creates rooms: the new field's
+    // default applies.
+    let mut old_caller = spec_bytes(&abi::RoomSpec {
+        size: v1 as u32,
+        policy: abi::POLICY_BLOCK,
+        ..spec("sized")
+    });
+    old_caller.truncate(v1);
+    create(&old_caller).context("a v1-sized create request")?;
+    let info = control.info("sized")?;
+    ensure!(
+        info.max_wait_ms == abi::DEFAULT_MAX_WAIT_MS,
+        "a v1 request's block room got max_wait_ms {}",
+        info.max_wait_ms
+    );
+    control.delete("sized").context("deleting 'sized'")?;
 
     let mut longer = spec_bytes(&abi::RoomSpec {
         size: size as u32 + 16,
@@ -364,7 +382,7 @@ fn info_reports_settings_fill_and_counters() -> Result<()> {
         minor: info.minor,
         readers: 2,
         writers: 1,
-        reserved: 0,
+        max_wait_ms: abi::DEFAULT_MAX_WAIT_MS,
         ring_used_bytes: 3 * (10 + u64::from(abi::RECORD_OVERHEAD)),
         ring_msgs: 3,
         first_seq: 0,
@@ -380,7 +398,7 @@ fn info_reports_settings_fill_and_counters() -> Result<()> {
         msg_burst: 0,
         bytes_per_sec: 0,
         byte_burst: 0,
-        reserved2: 0,
+        laggard_evictions: 0,
     };
     ensure!(
         info == expected,

@@ -203,9 +203,9 @@ fn reader_thread(id: u32, stop: Arc<AtomicBool>, drained: Arc<AtomicBool>) -> Re
             );
             continue;
         }
-        while !drained.load(Ordering::Relaxed) {
-            thread::sleep(Duration::from_millis(10));
-        }
+        crate::helper::wait_for("the writers to finish", Duration::from_secs(120), || {
+            Ok(drained.load(Ordering::Relaxed))
+        })?;
         read_session(
             room,
             &mut file,
@@ -251,6 +251,13 @@ pub fn traffic(run: Duration, mut disrupt: impl FnMut() -> Result<u64>) -> Resul
                 policy: *policy,
                 ring_bytes: 64 * 1024,
                 max_msg: MAX_MSG,
+                // Strictly lossless: a reader starved for seconds on a
+                // loaded guest must hold writers, not be evicted.
+                max_wait_ms: if *policy == abi::POLICY_BLOCK {
+                    abi::MAX_WAIT_FOREVER
+                } else {
+                    0
+                },
                 ..spec(name)
             })
         })

@@ -57,6 +57,10 @@ pub const TESTS: &[Test] = &[
         a_refused_write_costs_no_rate,
     ),
     (
+        "trust::a_stopped_reader_holds_a_block_room_only_for_its_bound",
+        a_stopped_reader_holds_a_block_room_only_for_its_bound,
+    ),
+    (
         "trust::a_deleted_rooms_ring_counts_until_its_last_close",
         a_deleted_rooms_ring_counts_until_its_last_close,
     ),
@@ -276,6 +280,19 @@ fn a_blocked_read_does_not_hold_its_file() -> Result<()> {
     Ok(())
 }
 
+/// Writes 100-byte messages without blocking until the room refuses one
+/// (at most 1,000); returns how many went in.
+fn fill(writer: &mut std::fs::File) -> Result<usize> {
+    for sent in 0..1000 {
+        match writer.write(&[b'x'; 100]) {
+            Ok(_) => {}
+            Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(sent),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    anyhow::bail!("the room took 1,000 messages without refusing one")
+}
+
 fn epoll_with(file: &impl AsFd, flags: EpollFlags) -> Result<Epoll> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     epoll.add(file, EpollEvent::new(flags, 7))?;
@@ -324,13 +341,7 @@ fn a_seek_wakes_block_room_writers_polling() -> Result<()> {
     let room = TempRoom::create(block)?;
     let reader = room.open_read_nonblock()?;
     let mut writer = room.open_write_nonblock()?;
-    loop {
-        match writer.write(&[b'x'; 100]) {
-            Ok(_) => {}
-            Err(err) if err.kind() == ErrorKind::WouldBlock => break,
-            Err(err) => return Err(err.into()),
-        }
-    }
+    fill(&mut writer)?;
     let epoll = epoll_with(&writer, EpollFlags::EPOLLOUT)?;
     ensure!(
         ready(&epoll, Duration::ZERO)?.is_empty(),
@@ -355,13 +366,7 @@ fn a_refused_write_costs_no_rate() -> Result<()> {
     let room = TempRoom::create(block)?;
     let mut reader = room.open_read_nonblock()?;
     let mut writer = room.open_write_nonblock()?;
-    loop {
-        match writer.write(&[b'x'; 100]) {
-            Ok(_) => {}
-            Err(err) if err.kind() == ErrorKind::WouldBlock => break,
-            Err(err) => return Err(err.into()),
-        }
-    }
+    fill(&mut writer)?;
     // One message a second, a burst of one: the next write is the budget.
     let mut limit = kchat_client::rate_limit(&room.name);
     limit.scope = abi::LIMIT_PER_FILE;
@@ -571,6 +576,75 @@ fn a_writers_messages_are_charged_to_its_memory_cgroup() -> Result<()> {
         grew >= 3 * (count as u64 * 1024) / 4,
         "2 MiB of messages grew the writer's memory cgroup by {grew} bytes only: \
          kchat's memory is not charged to the writer"
+    );
+    Ok(())
+}
+
+fn a_stopped_reader_holds_a_block_room_only_for_its_bound() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(abi::RoomSpec {
+        policy: abi::POLICY_BLOCK,
+        ring_bytes: abi::MIN_RING_BYTES,
+        max_wait_ms: 300,
+        ..spec("bounded")
+    })?;
+    let laggard = room.open_read_nonblock()?;
+    let mut writer = room.open_write_nonblock()?;
+    fill(&mut writer)?;
+    // A blocking writer waits out the bound, then evicts what the laggard
+    // holds; bounded here so a writer that waits forever fails the test.
+    let path = room.path();
+    let (done_tx, done_rx) = mpsc::channel();
+    let blocked = thread::spawn(move || {
+        let outcome = open(&path, false, true, false).and_then(|mut file| {
+            file.write_all(&[b'z'; 100])?;
+            Ok(())
+        });
+        done_tx.send(outcome).ok();
+    });
+    let outcome = done_rx.recv_timeout(PATIENCE);
+    if outcome.is_err() {
+        // Release the writer before failing.
+        let _ = Control::open()?.delete(&room.name);
+    }
+    blocked.join().ok();
+    outcome
+        .context("a stopped reader held a block room's writer past max_wait_ms")?
+        .context("the blocking write")?;
+    let info = Control::open()?.info(&room.name)?;
+    ensure!(
+        info.laggard_evictions == 1,
+        "{} laggard evictions counted",
+        info.laggard_evictions
+    );
+    let lost = kchat_client::take_lost(&laggard)?;
+    ensure!(lost > 0, "the evicted laggard was not told of its loss");
+    // A room made with no bound stays strictly lossless.
+    let strict = TempRoom::create(abi::RoomSpec {
+        policy: abi::POLICY_BLOCK,
+        ring_bytes: abi::MIN_RING_BYTES,
+        max_wait_ms: abi::MAX_WAIT_FOREVER,
+        ..spec("strict")
+    })?;
+    let _stopped = strict.open_read_nonblock()?;
+    let mut writer = strict.open_write_nonblock()?;
+    let sent = fill(&mut writer)?;
+    ensure!(
+        fill(&mut writer)? == 0,
+        "a strict block room took more after refusing a writer ({sent} before)"
+    );
+    ensure!(
+        Control::open()?.info(&strict.name)?.lost == 0,
+        "a strict block room lost messages"
+    );
+    // Bad input: a bound on a drop room is refused.
+    let bad = Control::open()?.create(&abi::RoomSpec {
+        max_wait_ms: 100,
+        ..spec("badbound")
+    });
+    ensure!(
+        bad == Err(Errno::EINVAL),
+        "max_wait_ms on a drop room: {bad:?}"
     );
     Ok(())
 }
