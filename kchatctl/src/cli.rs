@@ -1,7 +1,7 @@
 //! The command line: object-verb commands in the habit of `ip` and `wg`.
 
 use clap::{Args, Parser, Subcommand};
-use kchat_proto::room::{Policy, Principal, RateLimit, RoomName, Scope};
+use kchat_proto::room::{Forever, MaxWait, Policy, Principal, RateLimit, RoomName, Scope};
 use std::path::PathBuf;
 
 const EXIT_CODES: &str = "\
@@ -100,8 +100,22 @@ pub struct RoomSettings {
     /// Permission bits of /dev/kchat/ROOM, in octal (default 666).
     #[arg(long, value_parser = parse_mode)]
     pub mode: Option<u32>,
+    /// Block rooms: how long one stopped reader may hold writers back before
+    /// it loses what it has not read, in milliseconds, or "forever" (default
+    /// 10000).
+    #[arg(long, value_name = "MS|forever", value_parser = parse_max_wait)]
+    pub max_wait: Option<MaxWait>,
     #[command(flatten)]
     pub limit: LimitArgs,
+}
+
+fn parse_max_wait(text: &str) -> Result<MaxWait, String> {
+    if text == "forever" {
+        return Ok(MaxWait::Forever(Forever::Forever));
+    }
+    text.parse()
+        .map(MaxWait::Millis)
+        .map_err(|_| format!("{text:?} is neither milliseconds nor \"forever\""))
 }
 
 #[derive(Args)]

@@ -60,6 +60,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 group: settings.group.map(cli::principal),
                 mode: settings.mode,
                 rate_limit: settings.limit.into_limit(None),
+                max_wait: settings.max_wait,
             };
             show(
                 json,

@@ -1,6 +1,9 @@
 //! Human-readable output. Scripts use `--json`; these tables may change.
 
-use kchat_proto::api::{Action, Change, Event, EventKind, RoomView, Status};
+use kchat_proto::{
+    api::{Action, Change, Event, EventKind, RoomView, Status},
+    room::{describe_max_wait, Policy},
+};
 use std::fmt::Write;
 
 /// Left-aligned columns, two spaces apart, sized to the widest cell.
@@ -124,6 +127,17 @@ pub fn info(room: &RoomView) -> String {
         ),
     );
     field("max message", bytes(u64::from(s.max_msg)));
+    if s.policy == Policy::Block {
+        let wait = describe_max_wait(s.max_wait_ms);
+        field(
+            "max wait",
+            if wait == "forever" {
+                wait
+            } else {
+                format!("{wait} ms")
+            },
+        );
+    }
     field(
         "owner",
         format!("{}:{} mode {:04o}", s.owner, s.group, s.mode),

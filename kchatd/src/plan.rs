@@ -5,7 +5,7 @@
 use crate::state::State;
 use kchat_proto::{
     api::{Action, Change, Origin},
-    room::{RateLimit, RoomDecl, RoomName},
+    room::{describe_max_wait, Policy, RateLimit, RoomDecl, RoomName},
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -66,13 +66,16 @@ impl Step {
     /// The step as the API shows it.
     pub fn change(&self) -> Change {
         let (action, detail) = match self {
-            Step::Create(_, decl) => (
-                Action::Create,
-                format!(
+            Step::Create(_, decl) => (Action::Create, {
+                let mut detail = format!(
                     "{} ring_bytes={} max_msg={} owner={} group={} mode={:#o}",
                     decl.policy, decl.ring_bytes, decl.max_msg, decl.owner, decl.group, decl.mode
-                ),
-            ),
+                );
+                if decl.policy == Policy::Block {
+                    detail += &format!(" max_wait={}", describe_max_wait(decl.max_wait_ms));
+                }
+                detail
+            }),
             Step::Delete(_) => (
                 Action::Delete,
                 "no longer declared (readers drain, then see end of file)".to_owned(),

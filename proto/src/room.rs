@@ -232,6 +232,39 @@ pub struct RoomDraft {
     pub mode: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// `block` rooms: how long a stopped reader may hold writers back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait: Option<MaxWait>,
+}
+
+/// A `block` room's bound on a laggard: milliseconds, or `"forever"` for a
+/// strictly lossless room that one stopped reader can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MaxWait {
+    Millis(u32),
+    Forever(Forever),
+}
+
+/// The word `"forever"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forever {
+    Forever,
+}
+
+impl MaxWait {
+    /// As the kernel takes it (`abi::MAX_WAIT_FOREVER` for forever).
+    fn to_abi(self) -> Result<u32, String> {
+        match self {
+            MaxWait::Forever(_) => Ok(abi::MAX_WAIT_FOREVER),
+            MaxWait::Millis(ms) if ms == 0 || ms == abi::MAX_WAIT_FOREVER => Err(format!(
+                "max_wait = {ms} is out of range: 1 to {} milliseconds, or \"forever\"",
+                abi::MAX_WAIT_FOREVER - 1
+            )),
+            MaxWait::Millis(ms) => Ok(ms),
+        }
+    }
 }
 
 /// Mode of a room's node unless declared: anyone may chat, like the
@@ -251,6 +284,27 @@ pub struct RoomDecl {
     pub group: u32,
     pub mode: u32,
     pub rate_limit: RateLimit,
+    /// `block` rooms' bound on a laggard in milliseconds
+    /// (`abi::MAX_WAIT_FOREVER`: none); 0 for `drop` rooms. Written as the
+    /// config's `max_wait`, so a declaration reads back as it was written.
+    #[serde(
+        rename = "max_wait",
+        skip_serializing_if = "is_zero",
+        serialize_with = "serialize_max_wait"
+    )]
+    pub max_wait_ms: u32,
+}
+
+fn is_zero(ms: &u32) -> bool {
+    *ms == 0
+}
+
+fn serialize_max_wait<S: serde::Serializer>(ms: &u32, out: S) -> Result<S::Ok, S::Error> {
+    let wait = match *ms {
+        abi::MAX_WAIT_FOREVER => MaxWait::Forever(Forever::Forever),
+        ms => MaxWait::Millis(ms),
+    };
+    wait.serialize(out)
 }
 
 impl TryFrom<RoomDraft> for RoomDecl {
@@ -290,14 +344,26 @@ impl TryFrom<RoomDraft> for RoomDecl {
         }
         let rate_limit = draft.rate_limit.unwrap_or_default();
         rate_limit.check()?;
+        let policy = draft.policy.unwrap_or_default();
+        let max_wait_ms = match (policy, draft.max_wait) {
+            (Policy::Drop, None) => 0,
+            (Policy::Drop, Some(_)) => {
+                return Err("max_wait applies to block rooms only (a drop room never \
+                            makes writers wait)"
+                    .to_owned());
+            }
+            (Policy::Block, None) => abi::DEFAULT_MAX_WAIT_MS,
+            (Policy::Block, Some(wait)) => wait.to_abi()?,
+        };
         Ok(RoomDecl {
             ring_bytes,
             max_msg,
-            policy: draft.policy.unwrap_or_default(),
+            policy,
             owner: draft.owner.map_or(Ok(0), |p| p.user("owner"))?,
             group: draft.group.map_or(Ok(0), |p| p.group("group"))?,
             mode,
             rate_limit,
+            max_wait_ms,
         })
     }
 }
@@ -315,7 +381,7 @@ impl RoomDecl {
             gid: self.group,
             mode: self.mode,
             flags: 0,
-            max_wait_ms: 0,
+            max_wait_ms: self.max_wait_ms,
             reserved: 0,
         }
     }
@@ -336,6 +402,7 @@ impl RoomDecl {
                 bytes_per_sec: info.bytes_per_sec,
                 byte_burst: info.byte_burst,
             },
+            max_wait_ms: info.max_wait_ms,
         }
     }
 
@@ -367,7 +434,20 @@ impl RoomDecl {
             format!("{:#o}", self.mode),
             format!("{:#o}", other.mode),
         );
+        diff(
+            "max_wait",
+            describe_max_wait(self.max_wait_ms),
+            describe_max_wait(other.max_wait_ms),
+        );
         out
+    }
+}
+
+/// A bound as the config file writes it.
+pub fn describe_max_wait(ms: u32) -> String {
+    match ms {
+        abi::MAX_WAIT_FOREVER => "forever".to_owned(),
+        ms => ms.to_string(),
     }
 }
 
@@ -391,6 +471,14 @@ mod tests {
         assert_eq!(small.max_msg, 4096 - abi::RECORD_OVERHEAD);
         let named = decl("owner = \"root\"\ngroup = \"root\"\nmode = 0o640").unwrap();
         assert_eq!((named.owner, named.group, named.mode), (0, 0, 0o640));
+        assert_eq!(room.max_wait_ms, 0);
+        let block = decl("policy = \"block\"").unwrap();
+        assert_eq!(block.max_wait_ms, abi::DEFAULT_MAX_WAIT_MS);
+        let bounded = decl("policy = \"block\"\nmax_wait = 2500").unwrap();
+        assert_eq!(bounded.max_wait_ms, 2500);
+        assert_eq!(bounded.to_abi(&"x".parse().unwrap()).max_wait_ms, 2500);
+        let strict = decl("policy = \"block\"\nmax_wait = \"forever\"").unwrap();
+        assert_eq!(strict.max_wait_ms, abi::MAX_WAIT_FOREVER);
     }
 
     #[test]
@@ -410,6 +498,12 @@ mod tests {
             ("[rate_limit]\nmsg_burst = 5", "msg_burst needs"),
             ("[rate_limit]\nscope = \"host\"", "unknown variant `host`"),
             ("ring_bytes = -1", "ring_bytes"),
+            ("max_wait = 100", "block rooms only"),
+            (
+                "policy = \"block\"\nmax_wait = 0",
+                "max_wait = 0 is out of range",
+            ),
+            ("policy = \"block\"\nmax_wait = \"soon\"", "max_wait"),
         ] {
             let err = decl(text).expect_err(text);
             assert!(err.contains(needle), "{text:?} gave {err:?}");

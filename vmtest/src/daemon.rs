@@ -310,7 +310,7 @@ fn starts_ready_and_creates_config_rooms() -> Result<()> {
     let _cleanup = Cleanup(vec!["cfg-ops"]);
     let dir = Kchatd::prepare(
         "ready",
-        "[rooms.cfg-ops]\npolicy = \"block\"\nmode = 0o640\nring_bytes = 8192\n[rooms.cfg-ops.rate_limit]\nmsgs_per_sec = 50\nmsg_burst = 100\n",
+        "[rooms.cfg-ops]\npolicy = \"block\"\nmode = 0o640\nring_bytes = 8192\nmax_wait = 2500\n[rooms.cfg-ops.rate_limit]\nmsgs_per_sec = 50\nmsg_burst = 100\n",
     )?;
     let daemon = Kchatd::start(&dir)?;
     ensure!(mode_of("/dev/kchat/cfg-ops")? == 0o640, "node mode");
@@ -318,6 +318,13 @@ fn starts_ready_and_creates_config_rooms() -> Result<()> {
     ensure!(ops["origin"] == "config", "origin: {ops}");
     ensure!(ops["settings"]["policy"] == "block", "policy: {ops}");
     ensure!(ops["settings"]["ring_bytes"] == 8192, "ring: {ops}");
+    ensure!(ops["settings"]["max_wait"] == 2500, "max_wait: {ops}");
+    let kernel = crate::client::Control::open()?.info("cfg-ops")?;
+    ensure!(
+        kernel.max_wait_ms == 2500,
+        "the kernel's room has max_wait_ms {}",
+        kernel.max_wait_ms
+    );
     ensure!(
         ops["settings"]["rate_limit"]["msgs_per_sec"] == 50,
         "limit: {ops}"
@@ -485,10 +492,11 @@ fn events_follow_rooms_and_throttling() -> Result<()> {
     let _ = writer.write_all(b"b");
     let _ = writer.write_all(b"c");
     drop(writer);
-    std::thread::sleep(Duration::from_millis(500));
-    daemon.ctl(&["delete-room", "ev-room"])?;
     let mut kinds = Vec::new();
     let mut throttled = 0;
+    let mut deleting = false;
+    // The room is deleted once both throttles were reported (kchatd reports
+    // them from its next look at the counters), so the order is known.
     for line in BufReader::new(stdout).lines() {
         let event: Value = serde_json::from_str(&line?)?;
         if event["room"] != "ev-room" {
@@ -501,6 +509,10 @@ fn events_follow_rooms_and_throttling() -> Result<()> {
         kinds.push(kind);
         if kinds.last().map(String::as_str) == Some("room-deleted") {
             break;
+        }
+        if throttled >= 2 && !deleting {
+            deleting = true;
+            daemon.ctl(&["delete-room", "ev-room"])?;
         }
     }
     // SIGTERM, which `timeout` passes on to kchatctl.

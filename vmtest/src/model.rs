@@ -54,7 +54,7 @@ pub const TESTS: &[Test] = &[
 const ROOM: &str = "model";
 /// Cases per kernel in CI, and the time they may take at most.
 const CI_CASES: u32 = 400;
-const CI_SECONDS: u64 = 150;
+const CI_SECONDS: u64 = 100;
 /// Longest case, in operations (a burst counts as one).
 const MAX_OPS: usize = 120;
 /// Most shrinking steps after a failure.
