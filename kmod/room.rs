@@ -17,7 +17,7 @@ use crate::{
         task::{monotonic_ns, ns_to_jiffies, realtime_ns, Sender},
     },
     rate::Limiter,
-    ring::{Cost, Ring},
+    ring::{Cost, Ring, Slot},
 };
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use kernel::{
@@ -176,8 +176,12 @@ impl Asleep {
     };
 }
 
+/// A room's ring: records shared with readers through `Arc`, in slots
+/// allocated once at creation.
+pub(crate) type RecordRing = Ring<Arc<Record>, KVVec<Option<Slot<Arc<Record>>>>>;
+
 pub(crate) struct RoomInner {
-    pub(crate) ring: Ring<Arc<Record>, KVVec<Option<Arc<Record>>>>,
+    pub(crate) ring: RecordRing,
     pub(crate) deleted: bool,
     /// Marks of the read-mode opens; `None` slots are reused.
     pub(crate) readers: KVec<Option<Arc<ReaderMark>>>,

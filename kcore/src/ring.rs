@@ -27,16 +27,25 @@ pub enum Lookup<'a, T> {
     Pending,
 }
 
+/// A stored record and the cost of every record pushed before it, so the
+/// cost of any run of records is one subtraction.
+pub struct Slot<T> {
+    record: T,
+    cost_before: u64,
+}
+
 /// A ring of records in caller-provided slots.
-pub struct Ring<T, S: DerefMut<Target = [Option<T>]>> {
+pub struct Ring<T, S: DerefMut<Target = [Option<Slot<T>>]>> {
     slots: S,
     first: u64,
     next: u64,
     bytes: usize,
     max_bytes: usize,
+    /// Cost of every record ever pushed.
+    pushed_cost: u64,
 }
 
-impl<T: Cost, S: DerefMut<Target = [Option<T>]>> Ring<T, S> {
+impl<T: Cost, S: DerefMut<Target = [Option<Slot<T>>]>> Ring<T, S> {
     /// An empty ring over `slots` (all `None`, at least one) holding at most
     /// `max_bytes` of cost.
     pub fn new(slots: S, max_bytes: usize) -> Self {
@@ -46,6 +55,7 @@ impl<T: Cost, S: DerefMut<Target = [Option<T>]>> Ring<T, S> {
             next: 0,
             bytes: 0,
             max_bytes,
+            pushed_cost: 0,
         }
     }
 
@@ -89,25 +99,26 @@ impl<T: Cost, S: DerefMut<Target = [Option<T>]>> Ring<T, S> {
     }
 
     /// Whether a record of `cost` would fit once the records before
-    /// `keep_from` (which nobody needs any more) were evicted.
+    /// `keep_from` (which nobody needs any more) were evicted. Constant
+    /// time, however many records that is.
     pub fn fits_after_evicting_before(&self, keep_from: u64, cost: usize) -> bool {
-        let (mut bytes, mut len) = (self.bytes, self.len());
-        let mut seq = self.first;
-        loop {
-            if len < self.slots.len() && bytes + cost <= self.max_bytes {
-                return true;
-            }
-            if seq >= keep_from.min(self.next) {
-                return false;
-            }
-            match self.get(seq) {
-                Lookup::Ready(record) => {
-                    bytes -= record.cost();
-                    len -= 1;
-                }
-                _ => return false,
-            }
-            seq += 1;
+        let until = keep_from.clamp(self.first, self.next);
+        let (Some(from), Some(to)) = (self.cost_before(self.first), self.cost_before(until)) else {
+            return false;
+        };
+        let freed = to.saturating_sub(from) as usize;
+        let len = self.len() - (until - self.first) as usize;
+        len < self.slots.len() && self.bytes.saturating_sub(freed) + cost <= self.max_bytes
+    }
+
+    /// Cost of every record pushed before `seq` (retained or next).
+    fn cost_before(&self, seq: u64) -> Option<u64> {
+        if seq == self.next {
+            return Some(self.pushed_cost);
+        }
+        match self.slots.get(self.index(seq)) {
+            Some(Some(slot)) if seq >= self.first && seq < self.next => Some(slot.cost_before),
+            _ => None,
         }
     }
 
@@ -134,8 +145,12 @@ impl<T: Cost, S: DerefMut<Target = [Option<T>]>> Ring<T, S> {
         let Some(slot) = self.slots.get_mut(index) else {
             return Err(record);
         };
-        *slot = Some(record);
+        *slot = Some(Slot {
+            record,
+            cost_before: self.pushed_cost,
+        });
         self.bytes += cost;
+        self.pushed_cost += cost as u64;
         self.next += 1;
         Ok(seq)
     }
@@ -146,7 +161,7 @@ impl<T: Cost, S: DerefMut<Target = [Option<T>]>> Ring<T, S> {
             return None;
         }
         let index = self.index(self.first);
-        let record = self.slots.get_mut(index)?.take()?;
+        let record = self.slots.get_mut(index)?.take()?.record;
         self.bytes -= record.cost();
         self.first += 1;
         Some(record)
@@ -164,7 +179,7 @@ impl<T: Cost, S: DerefMut<Target = [Option<T>]>> Ring<T, S> {
             return Lookup::Pending;
         }
         match self.slots.get(self.index(seq)) {
-            Some(Some(record)) => Lookup::Ready(record),
+            Some(Some(slot)) => Lookup::Ready(&slot.record),
             _ => Lookup::Pending,
         }
     }
@@ -182,7 +197,7 @@ mod tests {
     extern crate std;
     use super::*;
     use proptest::prelude::*;
-    use std::{collections::VecDeque, vec, vec::Vec};
+    use std::{collections::VecDeque, vec::Vec};
 
     #[derive(Debug, PartialEq, Eq, Clone)]
     struct Rec(u64, usize);
@@ -192,8 +207,8 @@ mod tests {
         }
     }
 
-    fn ring(slots: usize, max_bytes: usize) -> Ring<Rec, Vec<Option<Rec>>> {
-        Ring::new(vec![None; slots], max_bytes)
+    fn ring(slots: usize, max_bytes: usize) -> Ring<Rec, Vec<Option<Slot<Rec>>>> {
+        Ring::new((0..slots).map(|_| None).collect(), max_bytes)
     }
 
     #[test]
@@ -291,6 +306,18 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(r.bytes(), model.iter().map(|(_, c)| c).sum::<usize>());
+                // Evicting everything before each point, against the plain
+                // sum over the model.
+                for keep in r.first_seq()..=next + 1 {
+                    for cost in [0usize, 1, 5, 19] {
+                        let gone = model.iter().filter(|(s, _)| *s < keep);
+                        let freed: usize = gone.clone().map(|(_, c)| c).sum();
+                        let left = model.len() - gone.count();
+                        let used = model.iter().map(|(_, c)| c).sum::<usize>() - freed;
+                        let fits = left < slots && used + cost <= max_bytes;
+                        prop_assert_eq!(r.fits_after_evicting_before(keep, cost), fits);
+                    }
+                }
                 prop_assert_eq!(r.len(), model.len());
                 prop_assert_eq!(r.next_seq(), next);
                 for seq in 0..next + 2 {
