@@ -9,7 +9,7 @@
 use crate::{
     abi,
     compat::{
-        file::{current_capable, Capability, File},
+        file::{current_capable, Capability, File, OpeningFile},
         fops::FileOps,
     },
     registry::Registry,
@@ -29,7 +29,7 @@ impl FileOps for Control {
     type Ptr = Arc<Registry>;
     type Target = Arc<Registry>;
 
-    fn open(_file: &File, registry: Arc<Registry>) -> Result<Arc<Registry>> {
+    fn open(_file: &OpeningFile, registry: Arc<Registry>) -> Result<Arc<Registry>> {
         if !current_capable(Capability::SysAdmin) {
             return Err(EPERM);
         }

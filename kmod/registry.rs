@@ -9,7 +9,7 @@ use crate::{
     compat::{
         chrdev::{Major, Router},
         device::{Class, Node, NodePerms},
-        file::File,
+        file::OpeningFile,
         fops::open_as,
     },
     control::Control,
@@ -380,7 +380,7 @@ fn validate(spec: &abi::RoomSpec) -> Result<Settings> {
 pub(crate) struct MinorRouter;
 
 impl Router for MinorRouter {
-    fn open(file: &File, minor: u32) -> Result {
+    fn open(file: &OpeningFile, minor: u32) -> Result {
         let raw = REGISTRY.load(Ordering::Acquire);
         if raw.is_null() {
             return Err(ENXIO);

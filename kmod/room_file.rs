@@ -13,7 +13,7 @@ use crate::{
     abi,
     compat::{
         errno::{emsgsize, erange},
-        file::{current_capable, Capability, File},
+        file::{current_capable, Capability, File, OpeningFile},
         fops::FileOps,
         iov::{IovDest, IovSource, Kiocb},
         poll::{events, PollTable},
@@ -99,7 +99,7 @@ impl FileOps for RoomFile {
     /// The room, and how many readers it may have.
     type Target = (Arc<Room>, usize);
 
-    fn open(file: &File, (room, max_readers): (Arc<Room>, usize)) -> Result<Self::Ptr> {
+    fn open(file: &OpeningFile, (room, max_readers): (Arc<Room>, usize)) -> Result<Self::Ptr> {
         // Access belongs to the room, not to whatever node reached it: a
         // node made with `mknod`, or a stale one after its room went, may
         // carry another mode or name another room than it was made for.

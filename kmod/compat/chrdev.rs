@@ -5,7 +5,7 @@
 //! 6.12 has neither a chrdev nor a miscdevice abstraction and `cdev_add` is
 //! out of the bindings' reach, so this wraps `__register_chrdev`.
 
-use super::file::File;
+use super::file::OpeningFile;
 use core::marker::PhantomData;
 use kernel::{bindings, error::to_result, ffi, prelude::*, str::CStr};
 
@@ -13,7 +13,7 @@ use kernel::{bindings, error::to_result, ffi, prelude::*, str::CStr};
 /// [`super::fops::open_as`].
 pub(crate) trait Router: 'static {
     /// Opens `file` on `minor`; `ENXIO` when no device has that minor.
-    fn open(file: &File, minor: u32) -> Result;
+    fn open(file: &OpeningFile, minor: u32) -> Result;
 }
 
 /// A registered major. Unregisters at drop.
@@ -66,8 +66,9 @@ impl<R: Router> Major<R> {
         // SAFETY: the VFS passes a valid inode; `i_rdev` is fixed for a
         // device inode. MINOR() is the low MINORBITS bits.
         let minor = unsafe { (*inode).i_rdev } & ((1 << bindings::MINORBITS) - 1);
-        // SAFETY: the VFS passes a valid file for the duration of the call.
-        let file = unsafe { File::from_raw(raw) };
+        // SAFETY: this is the `open` callback, and `raw` the file it opens;
+        // the borrow ends with the call.
+        let file = unsafe { OpeningFile::from_raw(raw) };
         match R::open(file, minor) {
             Ok(()) => 0,
             Err(err) => err.to_errno(),

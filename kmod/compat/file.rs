@@ -45,41 +45,6 @@ impl File {
         self.mode() & FMODE_WRITE != 0
     }
 
-    /// Whether the opener may have this file's access (read, write) to an
-    /// object owned by `uid`:`gid` with permission bits `mode`, by the
-    /// kernel's rule for inodes (`generic_permission`): the owner's bits,
-    /// else the group's, else the others'; `CAP_DAC_OVERRIDE` overrides,
-    /// and `CAP_DAC_READ_SEARCH` for reading. Call from `open` only: it
-    /// reads the current task's groups and capabilities, which are the
-    /// file's then.
-    pub(crate) fn opener_may_access(&self, uid: u32, gid: u32, mode: u16) -> bool {
-        let want = (if self.readable() { 4 } else { 0 }) | (if self.writable() { 2 } else { 0 });
-        // SAFETY: the file is valid, and `f_cred` is set before `open` and
-        // held until the file is freed; the field is read at its offset.
-        let fsuid = unsafe {
-            let cred = (*self.as_raw()).f_cred.cast::<u8>();
-            cred.add(core::mem::offset_of!(bindings::cred, fsuid))
-                .cast::<bindings::kuid_t>()
-                .read()
-                .val
-        };
-        // SAFETY: `in_group_p` reads the current task's credentials, which
-        // during `open` are the file's.
-        let in_group = || unsafe { bindings::in_group_p(bindings::kgid_t { val: gid }) != 0 };
-        let class_bits = if fsuid == uid {
-            mode >> 6
-        } else if in_group() {
-            mode >> 3
-        } else {
-            mode
-        };
-        if class_bits & want == want {
-            return true;
-        }
-        current_capable(Capability::DacOverride)
-            || (want == 4 && current_capable(Capability::DacReadSearch))
-    }
-
     /// The effective uid and gid of the file's credentials (`f_cred`), as
     /// kernel ids.
     pub(crate) fn effective_ids(&self) -> (u32, u32) {
@@ -133,27 +98,6 @@ impl File {
         self.flags() & bindings::O_DIRECT != 0
     }
 
-    /// Makes `pread`/`pwrite` fail with `ESPIPE` (positions are not byte
-    /// offsets here); call from `open` only.
-    pub(crate) fn refuse_positional_io(&self) {
-        // SAFETY: as in `allow_direct`.
-        unsafe { (*self.as_raw()).f_mode &= !(FMODE_PREAD | FMODE_PWRITE) };
-    }
-
-    /// Tells io_uring that non-blocking attempts work (`FMODE_NOWAIT`), so it
-    /// polls instead of parking a worker; call from `open` only.
-    pub(crate) fn allow_nowait(&self) {
-        // SAFETY: as in `allow_direct`.
-        unsafe { (*self.as_raw()).f_mode |= FMODE_NOWAIT };
-    }
-
-    /// Lets an `O_DIRECT` open succeed; call from `open` only.
-    pub(crate) fn allow_direct(&self) {
-        // SAFETY: during `open` the file is not yet shared with any other
-        // thread, so this read-modify-write cannot race.
-        unsafe { (*self.as_raw()).f_mode |= FMODE_CAN_ODIRECT };
-    }
-
     fn mode(&self) -> u32 {
         // SAFETY: the file is valid; `f_mode` is set before `open` and not
         // changed afterwards except by the driver itself.
@@ -169,6 +113,96 @@ impl File {
     /// The raw pointer, for the compat layer's own callbacks.
     pub(crate) fn as_raw(&self) -> *mut bindings::file {
         self.0.get()
+    }
+}
+
+/// A file during its `open`: not yet visible to any other thread, and the
+/// current task is its opener. What may only be done then (changing its
+/// mode, checking the opener's groups and capabilities) is only here.
+///
+/// # Invariants
+///
+/// The inner file is being opened by the current task and is not yet
+/// installed in any file table.
+#[repr(transparent)]
+pub(crate) struct OpeningFile(File);
+
+impl OpeningFile {
+    /// Borrows the file an `open` callback was given.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be the `struct file` passed to the `open` callback that is
+    /// running now, and `'a` must end before the callback returns.
+    pub(crate) unsafe fn from_raw<'a>(ptr: *mut bindings::file) -> &'a OpeningFile {
+        // SAFETY: `OpeningFile` is `repr(transparent)` over `File`, itself
+        // over the C struct; the caller promises validity and the open
+        // callback (the type invariant).
+        unsafe { &*ptr.cast() }
+    }
+
+    /// Whether the opener may have this file's access (read, write) to an
+    /// object owned by `uid`:`gid` with permission bits `mode`, by the
+    /// kernel's rule for inodes (`generic_permission`): the owner's bits,
+    /// else the group's, else the others'; `CAP_DAC_OVERRIDE` overrides,
+    /// and `CAP_DAC_READ_SEARCH` for reading. It reads the current task's
+    /// groups and capabilities, which during `open` are the file's.
+    pub(crate) fn opener_may_access(&self, uid: u32, gid: u32, mode: u16) -> bool {
+        let want =
+            (if self.0.readable() { 4 } else { 0 }) | (if self.0.writable() { 2 } else { 0 });
+        // SAFETY: the file is valid, and `f_cred` is set before `open` and
+        // held until the file is freed; the field is read at its offset.
+        let fsuid = unsafe {
+            let cred = (*self.0.as_raw()).f_cred.cast::<u8>();
+            cred.add(core::mem::offset_of!(bindings::cred, fsuid))
+                .cast::<bindings::kuid_t>()
+                .read()
+                .val
+        };
+        // SAFETY: `in_group_p` reads the current task's credentials, which
+        // are the opener's (type invariant).
+        let in_group = || unsafe { bindings::in_group_p(bindings::kgid_t { val: gid }) != 0 };
+        let class_bits = if fsuid == uid {
+            mode >> 6
+        } else if in_group() {
+            mode >> 3
+        } else {
+            mode
+        };
+        if class_bits & want == want {
+            return true;
+        }
+        current_capable(Capability::DacOverride)
+            || (want == 4 && current_capable(Capability::DacReadSearch))
+    }
+
+    /// Makes `pread`/`pwrite` fail with `ESPIPE` (positions are not byte
+    /// offsets here).
+    pub(crate) fn refuse_positional_io(&self) {
+        // SAFETY: as in `allow_direct`.
+        unsafe { (*self.0.as_raw()).f_mode &= !(FMODE_PREAD | FMODE_PWRITE) };
+    }
+
+    /// Tells io_uring that non-blocking attempts work (`FMODE_NOWAIT`), so it
+    /// polls instead of parking a worker.
+    pub(crate) fn allow_nowait(&self) {
+        // SAFETY: as in `allow_direct`.
+        unsafe { (*self.0.as_raw()).f_mode |= FMODE_NOWAIT };
+    }
+
+    /// Lets an `O_DIRECT` open succeed.
+    pub(crate) fn allow_direct(&self) {
+        // SAFETY: an `OpeningFile` is not yet shared with any other thread
+        // (type invariant), so this read-modify-write cannot race.
+        unsafe { (*self.0.as_raw()).f_mode |= FMODE_CAN_ODIRECT };
+    }
+}
+
+impl core::ops::Deref for OpeningFile {
+    type Target = File;
+
+    fn deref(&self) -> &File {
+        &self.0
     }
 }
 

@@ -8,7 +8,7 @@
 //! and nowhere else.
 
 use super::{
-    file::File,
+    file::{File, OpeningFile},
     iov::{IovDest, IovSource, Kiocb},
     poll::PollTable,
 };
@@ -26,7 +26,7 @@ pub(crate) trait FileOps: Sized {
     type Target;
 
     /// Sets up a newly opened file.
-    fn open(file: &File, target: Self::Target) -> Result<Self::Ptr>;
+    fn open(file: &OpeningFile, target: Self::Target) -> Result<Self::Ptr>;
 
     /// Tears down the file at its last close.
     fn release(state: Self::Ptr, _file: &File) {
@@ -89,7 +89,7 @@ pub(crate) trait FileOps: Sized {
 /// Called from the major's open router, like `misc_open` does for misc
 /// devices. All of kchat's `file_operations` share one owner module, so
 /// replacing `f_op` keeps the module reference the VFS took balanced.
-pub(crate) fn open_as<T: FileOps>(file: &File, target: T::Target) -> Result {
+pub(crate) fn open_as<T: FileOps>(file: &OpeningFile, target: T::Target) -> Result {
     let state = T::open(file, target)?;
     let raw = file.as_raw();
     // SAFETY: `raw` is the file being opened, not yet visible to any other
