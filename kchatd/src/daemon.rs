@@ -14,7 +14,8 @@ use crate::{
 use kchat_client::Control;
 use kchat_proto::{
     api::{
-        ApiError, Change, ErrorKind, Event, EventKind, Origin, Reply, Request, RoomView, Status,
+        ApiError, Change, Counters, ErrorKind, Event, EventKind, Origin, Reply, Request, RoomView,
+        Status,
     },
     room::{RoomDecl, RoomName},
 };
@@ -565,7 +566,7 @@ fn view(name: &RoomName, info: &kchat_uapi::abi::RoomInfo, desired: Option<&Desi
         origin: desired.map_or(Origin::Adopted, |d| d.origin),
         drift: desired.map_or_else(Vec::new, |d| d.decl.fixed_differences(&settings)),
         settings,
-        counters: kernel::counters(info),
+        counters: Counters::from_info(info),
     }
 }
 

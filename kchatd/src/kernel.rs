@@ -6,7 +6,7 @@
 //! admin unload and reload it, then notice and restore the rooms.
 
 use kchat_client::Control;
-use kchat_proto::{api::Counters, room::RoomName};
+use kchat_proto::room::RoomName;
 use kchat_uapi::abi;
 use nix::errno::Errno;
 use std::collections::BTreeMap;
@@ -64,21 +64,4 @@ pub fn snapshot(control: &Control) -> Result<Snapshot, Errno> {
         }
     }
     Ok(Snapshot { rooms })
-}
-
-pub fn counters(info: &abi::RoomInfo) -> Counters {
-    Counters {
-        readers: info.readers,
-        writers: info.writers,
-        ring_used_bytes: info.ring_used_bytes,
-        ring_msgs: info.ring_msgs,
-        first_seq: info.first_seq,
-        next_seq: info.next_seq,
-        msgs_in: info.msgs_in,
-        bytes_in: info.bytes_in,
-        deliveries: info.deliveries,
-        lost: info.lost,
-        throttled: info.throttled,
-        writer_waits: info.writer_waits,
-    }
 }

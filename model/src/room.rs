@@ -120,41 +120,9 @@ pub enum Outcome {
     Info(Result<InfoView, c_int>),
 }
 
-/// The parts of `IOC_ROOM_INFO` a model can know.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct InfoView {
-    pub readers: u32,
-    pub writers: u32,
-    pub ring_used_bytes: u64,
-    pub ring_msgs: u64,
-    pub first_seq: u64,
-    pub next_seq: u64,
-    pub msgs_in: u64,
-    pub bytes_in: u64,
-    pub deliveries: u64,
-    pub lost: u64,
-    pub throttled: u64,
-    pub writer_waits: u64,
-}
-
-impl InfoView {
-    pub fn from_info(info: &abi::RoomInfo) -> Self {
-        InfoView {
-            readers: info.readers,
-            writers: info.writers,
-            ring_used_bytes: info.ring_used_bytes,
-            ring_msgs: info.ring_msgs,
-            first_seq: info.first_seq,
-            next_seq: info.next_seq,
-            msgs_in: info.msgs_in,
-            bytes_in: info.bytes_in,
-            deliveries: info.deliveries,
-            lost: info.lost,
-            throttled: info.throttled,
-            writer_waits: info.writer_waits,
-        }
-    }
-}
+/// The parts of `IOC_ROOM_INFO` a model can know: the room's counters, as
+/// kchatd reports them.
+pub type InfoView = kchat_proto::api::Counters;
 
 #[derive(Clone, Debug)]
 struct Message {

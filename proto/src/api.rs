@@ -147,6 +147,26 @@ pub struct Counters {
     pub writer_waits: u64,
 }
 
+impl Counters {
+    /// The counters of a kernel `IOC_ROOM_INFO` answer.
+    pub fn from_info(info: &kchat_uapi::abi::RoomInfo) -> Counters {
+        Counters {
+            readers: info.readers,
+            writers: info.writers,
+            ring_used_bytes: info.ring_used_bytes,
+            ring_msgs: info.ring_msgs,
+            first_seq: info.first_seq,
+            next_seq: info.next_seq,
+            msgs_in: info.msgs_in,
+            bytes_in: info.bytes_in,
+            deliveries: info.deliveries,
+            lost: info.lost,
+            throttled: info.throttled,
+            writer_waits: info.writer_waits,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomView {
     pub name: RoomName,

@@ -280,6 +280,24 @@ fn a_blocked_read_does_not_hold_its_file() -> Result<()> {
     Ok(())
 }
 
+/// A 4 KiB `block` room with the given bound, a reader that holds it, and
+/// a non-blocking writer that filled it until it was refused.
+fn full_block_room(
+    name: &str,
+    max_wait_ms: u32,
+) -> Result<(TempRoom, std::fs::File, std::fs::File)> {
+    let room = TempRoom::create(abi::RoomSpec {
+        policy: abi::POLICY_BLOCK,
+        ring_bytes: abi::MIN_RING_BYTES,
+        max_wait_ms,
+        ..spec(name)
+    })?;
+    let reader = room.open_read_nonblock()?;
+    let mut writer = room.open_write_nonblock()?;
+    fill(&mut writer)?;
+    Ok((room, reader, writer))
+}
+
 /// Writes 100-byte messages without blocking until the room refuses one
 /// (at most 1,000); returns how many went in.
 fn fill(writer: &mut std::fs::File) -> Result<usize> {
@@ -335,13 +353,7 @@ fn a_loss_wakes_a_pri_only_poller() -> Result<()> {
 
 fn a_seek_wakes_block_room_writers_polling() -> Result<()> {
     module::ensure_loaded()?;
-    let mut block = spec("blockseek");
-    block.policy = abi::POLICY_BLOCK;
-    block.ring_bytes = abi::MIN_RING_BYTES;
-    let room = TempRoom::create(block)?;
-    let reader = room.open_read_nonblock()?;
-    let mut writer = room.open_write_nonblock()?;
-    fill(&mut writer)?;
+    let (_room, reader, writer) = full_block_room("blockseek", abi::MAX_WAIT_FOREVER)?;
     let epoll = epoll_with(&writer, EpollFlags::EPOLLOUT)?;
     ensure!(
         ready(&epoll, Duration::ZERO)?.is_empty(),
@@ -360,13 +372,7 @@ fn a_seek_wakes_block_room_writers_polling() -> Result<()> {
 
 fn a_refused_write_costs_no_rate() -> Result<()> {
     module::ensure_loaded()?;
-    let mut block = spec("refund");
-    block.policy = abi::POLICY_BLOCK;
-    block.ring_bytes = abi::MIN_RING_BYTES;
-    let room = TempRoom::create(block)?;
-    let mut reader = room.open_read_nonblock()?;
-    let mut writer = room.open_write_nonblock()?;
-    fill(&mut writer)?;
+    let (room, mut reader, mut writer) = full_block_room("refund", abi::MAX_WAIT_FOREVER)?;
     // One message a second, a burst of one: the next write is the budget.
     let mut limit = kchat_client::rate_limit(&room.name);
     limit.scope = abi::LIMIT_PER_FILE;
@@ -582,15 +588,7 @@ fn a_writers_messages_are_charged_to_its_memory_cgroup() -> Result<()> {
 
 fn a_stopped_reader_holds_a_block_room_only_for_its_bound() -> Result<()> {
     module::ensure_loaded()?;
-    let room = TempRoom::create(abi::RoomSpec {
-        policy: abi::POLICY_BLOCK,
-        ring_bytes: abi::MIN_RING_BYTES,
-        max_wait_ms: 300,
-        ..spec("bounded")
-    })?;
-    let laggard = room.open_read_nonblock()?;
-    let mut writer = room.open_write_nonblock()?;
-    fill(&mut writer)?;
+    let (room, laggard, _writer) = full_block_room("bounded", 300)?;
     // A blocking writer waits out the bound, then evicts what the laggard
     // holds; bounded here so a writer that waits forever fails the test.
     let path = room.path();
