@@ -186,8 +186,10 @@ fn blocking_read_wakes_on_write() -> Result<()> {
     let room = TempRoom::create(spec("wake"))?;
     let mut reader = room.open_read()?;
     let path = room.path();
+    let me = crate::helper::thread_id();
     let writer = thread::spawn(move || -> Result<()> {
-        thread::sleep(Duration::from_millis(300));
+        // Speak once the reader blocks, so the write is what wakes it.
+        crate::helper::wait_until_asleep(me)?;
         crate::client::open(&path, false, true, false)?.write_all(b"wake up")?;
         Ok(())
     });
@@ -227,8 +229,13 @@ fn poll_reports_readiness() -> Result<()> {
     );
     // A poller asleep is woken by a write.
     let path = room.path();
+    let name = room.name.clone();
+    let me = crate::helper::thread_id();
     let waker = thread::spawn(move || -> Result<()> {
-        thread::sleep(Duration::from_millis(300));
+        // Speak once the late reader is open (it starts at the end) and
+        // asleep in poll, so the write is what wakes it.
+        crate::client::wait_for_readers(&name, 2)?;
+        crate::helper::wait_until_asleep(me)?;
         crate::client::open(&path, false, true, false)?.write_all(b"y")?;
         Ok(())
     });

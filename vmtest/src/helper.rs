@@ -267,3 +267,25 @@ pub fn write_in_cgroup(cgroup: &Path, room: &Path, count: usize) -> Result<(u64,
         .with_context(|| format!("the memory helper said {text:?} ({:?})", out.status))?;
     Ok((before.parse()?, after.parse()?))
 }
+
+/// This thread's kernel thread id, for [`wait_until_asleep`] in another.
+pub fn thread_id() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { nix::libc::gettid() }
+}
+
+/// Waits (at most 10 s) until thread `tid` of this process sleeps: a test
+/// that wants to wake a blocked call acts only once the call blocks.
+pub fn wait_until_asleep(tid: i32) -> Result<()> {
+    wait_for(
+        &format!("thread {tid} to block"),
+        Duration::from_secs(10),
+        || {
+            let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))?;
+            Ok(stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('S')))
+        },
+    )
+}

@@ -238,8 +238,7 @@ fn a_blocked_read_does_not_hold_its_file() -> Result<()> {
     let blocked = {
         let reader = reader.clone();
         thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            tid_tx.send(unsafe { libc::gettid() }).ok();
+            tid_tx.send(helper::thread_id()).ok();
             let mut buf = [0u8; 64];
             let got = (&*reader).read(&mut buf).map(|n| buf[..n].to_vec());
             done_tx.send(got).ok();
@@ -247,14 +246,7 @@ fn a_blocked_read_does_not_hold_its_file() -> Result<()> {
     };
     // Wait until the reader sleeps (in the module's read), then seek the
     // same file from another thread.
-    let tid = tid_rx.recv_timeout(PATIENCE)?;
-    helper::wait_for("the reader to block in read", PATIENCE, || {
-        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))?;
-        Ok(stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('S')))
-    })?;
+    helper::wait_until_asleep(tid_rx.recv_timeout(PATIENCE)?)?;
     let (seek_tx, seek_rx) = mpsc::channel();
     let seeker = {
         let reader = reader.clone();
