@@ -330,6 +330,17 @@ impl RoomInner {
     }
 }
 
+/// Whether readers that keep a `block` room's writers back may go on
+/// doing so.
+pub(crate) enum Hold {
+    /// No bound: a `drop` room, or `MAX_WAIT_FOREVER`.
+    Unbounded,
+    /// For this many nanoseconds more (the whole bound when nobody is held).
+    Left(u64),
+    /// No longer: the next write evicts what they hold.
+    Overdue,
+}
+
 /// A room's ring budget, counted against the module's total from the
 /// room's creation until its memory goes at its last close (not merely
 /// until it is deleted: open files keep a deleted room's ring alive).
@@ -455,12 +466,15 @@ impl Room {
     /// error ends the write short instead of failing it (pipe semantics).
     pub(crate) fn write(&self, file: &File, src: &mut IovSource, nonblock: bool) -> Result<usize> {
         let file_id = file.id();
+        // The file's ids are fixed at open: read once per write, not per
+        // message.
+        let ids = file.effective_ids();
         let total = src.len();
         let max = self.settings.max_msg as usize;
         let mut written = 0;
         while written < total {
             let len = max.min(total - written);
-            match self.write_message(src, len, file, file_id, nonblock) {
+            match self.write_message(src, len, ids, file_id, nonblock) {
                 Ok(()) => written += len,
                 Err(_) if written > 0 => break,
                 Err(err) => return Err(err),
@@ -480,11 +494,10 @@ impl Room {
         &self,
         src: &mut IovSource,
         len: usize,
-        file: &File,
+        (kuid, kgid): (u32, u32),
         file_id: u64,
         nonblock: bool,
     ) -> Result {
-        let (kuid, _) = file.effective_ids();
         let cost = len + abi::RECORD_OVERHEAD as usize;
         let charged = {
             let mut inner = self.inner.lock();
@@ -508,7 +521,7 @@ impl Room {
         let record = Arc::new(
             Record {
                 time_ns: realtime_ns(),
-                sender: Sender::of_writer(file),
+                sender: Sender::current(kuid, kgid),
                 data,
             },
             GFP_KERNEL_ACCOUNT,
@@ -595,8 +608,7 @@ impl Room {
             if inner.deleted {
                 return Err(eidrm());
             }
-            let overdue = self.laggards_overdue(inner);
-            let force = overdue.is_none();
+            let force = matches!(self.hold(inner), Hold::Overdue);
             if evict {
                 if let Some(loss) = inner.make_room(policy, cost, force) {
                     if force && loss {
@@ -621,8 +633,8 @@ impl Room {
                 Stats::add(&self.stats.writer_waits, 1);
             }
             inner.sleeping_writers += 1;
-            let interrupted = match self.laggards_overdue(inner) {
-                Some(Some(left_ns)) => matches!(
+            let interrupted = match self.hold(inner) {
+                Hold::Left(left_ns) => matches!(
                     self.writable
                         .wait_interruptible_timeout(inner, ns_to_jiffies(left_ns)),
                     CondVarTimeoutResult::Signal { .. }
@@ -636,24 +648,21 @@ impl Room {
         }
     }
 
-    /// For a `block` room held back by readers: `None` when they have held
-    /// it for `max_wait_ms` (evict them), `Some(Some(ns))` how long they
-    /// may still, `Some(None)` no bound applies (not held, not `block`, or
-    /// `MAX_WAIT_FOREVER`).
-    pub(crate) fn laggards_overdue(&self, inner: &RoomInner) -> Option<Option<u64>> {
+    /// Where this room stands against its bound on laggards.
+    pub(crate) fn hold(&self, inner: &RoomInner) -> Hold {
         let max_wait_ms = self.settings.max_wait_ms;
         if self.settings.policy != Policy::Block || max_wait_ms == abi::MAX_WAIT_FOREVER {
-            return Some(None);
+            return Hold::Unbounded;
         }
-        let Some(since) = inner.held_since_ns else {
-            return Some(Some(u64::from(max_wait_ms) * 1_000_000));
-        };
-        let held = monotonic_ns().saturating_sub(since);
+        // `validate` makes a block room's bound at least 1 ms.
         let bound = u64::from(max_wait_ms) * 1_000_000;
+        let held = inner
+            .held_since_ns
+            .map_or(0, |since| monotonic_ns().saturating_sub(since));
         if held >= bound {
-            None
+            Hold::Overdue
         } else {
-            Some(Some(bound - held))
+            Hold::Left(bound - held)
         }
     }
 

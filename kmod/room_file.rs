@@ -19,7 +19,7 @@ use crate::{
         poll::{events, PollTable},
     },
     ring::Lookup,
-    room::{Policy, ReaderMark, Record, Room, RoomInner, Stats},
+    room::{Hold, Policy, ReaderMark, Record, Room, RoomInner, Stats},
 };
 use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::{
@@ -177,7 +177,7 @@ impl FileOps for RoomFile {
             let worst = room.settings.max_msg as usize + abi::RECORD_OVERHEAD as usize;
             // Past a laggard's bound a write evicts it, so it would go in.
             if inner.could_write(room.settings.policy, worst)
-                || room.laggards_overdue(&inner).is_none()
+                || matches!(room.hold(&inner), Hold::Overdue)
             {
                 mask |= events::OUT | events::WRNORM;
             }

@@ -17,7 +17,6 @@
 //! alignment the allocator does not, so with `CONFIG_RUST_DEBUG_ASSERTIONS`
 //! any raw dereference panics (6.12's own `Task::group_leader` does here).
 
-use super::file::File;
 use kernel::bindings;
 
 /// A message's sender: the writing process and the writing file's ids, as
@@ -42,15 +41,15 @@ unsafe impl Send for Sender {}
 unsafe impl Sync for Sender {}
 
 impl Sender {
-    /// The current process writing through `file`.
-    pub(crate) fn of_writer(file: &File) -> Self {
+    /// The current process, writing through a file whose effective ids
+    /// are `kuid` and `kgid` (`File::effective_ids`).
+    pub(crate) fn current(kuid: u32, kgid: u32) -> Self {
         // SAFETY: `get_current` is valid in process context and is not
         // dereferenced here; `get_task_pid` takes a reference on the thread
         // group's pid under RCU itself (or returns null).
         let pid = unsafe {
             bindings::get_task_pid(bindings::get_current(), bindings::pid_type_PIDTYPE_TGID)
         };
-        let (kuid, kgid) = file.effective_ids();
         // INVARIANT: `get_task_pid` returned a reference or null.
         Sender { pid, kuid, kgid }
     }

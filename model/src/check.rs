@@ -254,7 +254,7 @@ fn normalise_frames(outcome: Outcome, window_start: u64) -> Outcome {
     let Outcome::Bytes(Ok(bytes)) = &outcome else {
         return outcome;
     };
-    let Some(frames) = kchat_client_frames(bytes) else {
+    let Some(frames) = kchat_client::split_frames(bytes) else {
         return outcome;
     };
     let now = realtime_ns();
@@ -269,33 +269,6 @@ fn normalise_frames(outcome: Outcome, window_start: u64) -> Outcome {
         out.extend_from_slice(payload);
     }
     Outcome::Bytes(Ok(out))
-}
-
-/// Splits framed bytes into headers and payloads; `None` if they end
-/// inside a frame.
-fn kchat_client_frames(mut bytes: &[u8]) -> Option<Vec<(abi::FrameHeader, &[u8])>> {
-    const HEADER: usize = size_of::<abi::FrameHeader>();
-    let word =
-        |b: &[u8], at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().unwrap_or_default());
-    let half =
-        |b: &[u8], at: usize| u32::from_ne_bytes(b[at..at + 4].try_into().unwrap_or_default());
-    let mut frames = Vec::new();
-    while !bytes.is_empty() {
-        let head = bytes.get(..HEADER)?;
-        let header = abi::FrameHeader {
-            seq: word(head, 0),
-            time_ns: word(head, 8),
-            lost: word(head, 16),
-            len: half(head, 24),
-            pid: half(head, 28),
-            uid: half(head, 32),
-            gid: half(head, 36),
-        };
-        let end = HEADER.checked_add(header.len as usize)?;
-        frames.push((header, bytes.get(HEADER..end)?));
-        bytes = &bytes[end..];
-    }
-    Some(frames)
 }
 
 #[cfg(test)]

@@ -25,6 +25,11 @@ impl TempRoom {
         Ok(TempRoom { name, control })
     }
 
+    /// The control node the room was made through.
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
     pub fn path(&self) -> PathBuf {
         PathBuf::from(format!("/dev/kchat/{}", self.name))
     }

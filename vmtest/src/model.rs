@@ -63,7 +63,6 @@ const MAX_SHRINK: u32 = 2000;
 /// The room and the files a case opened on it, in open order.
 struct Kernel {
     room: TempRoom,
-    control: Control,
     files: Vec<File>,
 }
 
@@ -82,11 +81,8 @@ impl Kernel {
         if case.settings.policy == Policy::Block {
             spec.max_wait_ms = abi::MAX_WAIT_FOREVER;
         }
-        let room = TempRoom::create(spec)?;
-        let control = Control::open().context("opening /dev/kchat/control")?;
         Ok(Kernel {
-            room,
-            control,
+            room: TempRoom::create(spec)?,
             files: Vec::new(),
         })
     }
@@ -259,7 +255,8 @@ impl System for Kernel {
                 }
             }
             Step::Info => Outcome::Info(
-                self.control
+                self.room
+                    .control()
                     .info(ROOM)
                     .map(|info| InfoView::from_info(&info))
                     .map_err(|e| e as i32),
@@ -275,9 +272,9 @@ impl System for Kernel {
                 request.msg_burst = limit.msg_burst;
                 request.bytes_per_sec = limit.bytes_per_sec;
                 request.byte_burst = limit.byte_burst;
-                errno_of(self.control.set_limit(&request))
+                errno_of(self.room.control().set_limit(&request))
             }
-            Step::Delete => errno_of(self.control.delete(ROOM)),
+            Step::Delete => errno_of(self.room.control().delete(ROOM)),
         }
     }
 }
