@@ -64,6 +64,10 @@ impl FileOps for Control {
                 let request = read_extensible::<abi::RateLimit>(arg)?;
                 registry.set_limit(&request)?;
             }
+            abi::IOC_SET_MAX_WAIT => {
+                let request = read_extensible::<abi::MaxWait>(arg)?;
+                registry.set_max_wait(&request)?;
+            }
             abi::IOC_SET_LIMITS => {
                 let limits = read_extensible::<abi::GlobalLimits>(arg)?;
                 registry.set_limits(&limits)?;

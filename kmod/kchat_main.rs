@@ -26,6 +26,9 @@ mod rate;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../kcore/src/ring.rs"]
 mod ring;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../kcore/src/slowest.rs"]
+mod slowest;
 
 use kernel::prelude::*;
 use lifecycle::Kchat;

@@ -261,6 +261,20 @@ impl Registry {
         Ok(())
     }
 
+    /// Changes a `block` room's bound on laggards.
+    pub(crate) fn set_max_wait(&self, request: &abi::MaxWait) -> Result {
+        if request.flags != 0 || request.reserved != 0 {
+            return Err(EINVAL);
+        }
+        let name = abi::field_name(&request.name).ok_or(EINVAL)?;
+        let room = self.find_room(name)?;
+        if room.settings.policy != Policy::Block {
+            return Err(EINVAL);
+        }
+        room.set_max_wait(max_wait(Policy::Block, request.max_wait_ms)?);
+        Ok(())
+    }
+
     /// Fills `info` (whose `name` says which room) with settings, fill and
     /// counters.
     pub(crate) fn info(&self, info: &mut abi::RoomInfo) -> Result {
@@ -277,9 +291,9 @@ impl Registry {
         info.gid = settings.gid;
         info.mode = u32::from(settings.mode);
         info.minor = room.minor;
-        info.max_wait_ms = settings.max_wait_ms;
         {
             let inner = room.inner.lock();
+            info.max_wait_ms = inner.max_wait_ms;
             info.readers = inner.reader_count() as u32;
             info.ring_used_bytes = inner.ring.bytes() as u64;
             info.ring_msgs = inner.ring.len() as u64;
@@ -358,12 +372,7 @@ fn validate(spec: &abi::RoomSpec) -> Result<Settings> {
         n if n <= abi::MAX_MAX_MSG && n + abi::RECORD_OVERHEAD <= ring_bytes => n,
         _ => return Err(EINVAL),
     };
-    let max_wait_ms = match (policy, spec.max_wait_ms) {
-        (Policy::Drop, 0) => 0,
-        (Policy::Drop, _) => return Err(EINVAL),
-        (Policy::Block, 0) => abi::DEFAULT_MAX_WAIT_MS,
-        (Policy::Block, ms) => ms,
-    };
+    let max_wait_ms = max_wait(policy, spec.max_wait_ms)?;
     Ok(Settings {
         name: spec.name,
         policy,
@@ -374,6 +383,17 @@ fn validate(spec: &abi::RoomSpec) -> Result<Settings> {
         gid: spec.gid,
         mode: spec.mode as u16,
     })
+}
+
+/// A requested bound on laggards as the room keeps it: `EINVAL` for a
+/// `drop` room (it has none), 0 is the default.
+fn max_wait(policy: Policy, requested_ms: u32) -> Result<u32> {
+    match (policy, requested_ms) {
+        (Policy::Drop, 0) => Ok(0),
+        (Policy::Drop, _) => Err(EINVAL),
+        (Policy::Block, 0) => Ok(abi::DEFAULT_MAX_WAIT_MS),
+        (Policy::Block, ms) => Ok(ms),
+    }
 }
 
 /// Routes an open of one of kchat's minors to the right kind of file.

@@ -18,6 +18,7 @@ use crate::{
     },
     rate::Limiter,
     ring::{Cost, Ring, Slot},
+    slowest::Slowest,
 };
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use kernel::{
@@ -65,8 +66,8 @@ pub(crate) struct Settings {
     pub(crate) policy: Policy,
     pub(crate) ring_bytes: u32,
     pub(crate) max_msg: u32,
-    /// `block` rooms: how long a laggard may hold writers back
-    /// (`abi::MAX_WAIT_FOREVER`: no bound).
+    /// `block` rooms: the bound on laggards the room was created with;
+    /// the room keeps the current one (`RoomInner::max_wait_ms`).
     pub(crate) max_wait_ms: u32,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
@@ -146,8 +147,10 @@ impl Stats {
 }
 
 /// Where one reader is: the sequence number of the next message it reads,
-/// and how many it lost without being told yet. Written under `Room::inner`;
-/// `block` writers read every reader's `seq`, poll reads `lost`.
+/// and how many it lost without being told yet. Written under `Room::inner`,
+/// `seq` only through [`RoomInner::move_reader`], which keeps the room's
+/// slowest reader known; `block` writers read every reader's `seq`, poll
+/// reads `lost`.
 pub(crate) struct ReaderMark {
     pub(crate) seq: AtomicU64,
     pub(crate) lost: AtomicU64,
@@ -184,7 +187,12 @@ pub(crate) struct RoomInner {
     pub(crate) ring: RecordRing,
     pub(crate) deleted: bool,
     /// Marks of the read-mode opens; `None` slots are reused.
-    pub(crate) readers: KVec<Option<Arc<ReaderMark>>>,
+    readers: KVec<Option<Arc<ReaderMark>>>,
+    /// How many of `readers` are `Some`.
+    reader_total: usize,
+    /// The lowest `seq` of `readers`, kept so that `block` writers and
+    /// pollers do not walk every reader each time.
+    slowest: Slowest,
     pub(crate) limit: LimitConfig,
     /// Rate budgets by sender key (uid or file id).
     senders: RBTree<u64, Limiter>,
@@ -198,6 +206,9 @@ pub(crate) struct RoomInner {
     /// `block` rooms: since when (monotonic ns) a reader has kept a writer
     /// from writing, if one has; cleared when a write goes through.
     held_since_ns: Option<u64>,
+    /// `block` rooms: how long a laggard may hold writers back
+    /// (`abi::MAX_WAIT_FOREVER`: no bound); kchatd may change it.
+    pub(crate) max_wait_ms: u32,
 }
 
 impl RoomInner {
@@ -235,6 +246,29 @@ impl RoomInner {
         }
         let limiter = self.senders.get_mut(&key).ok_or(EINVAL)?;
         Ok(limiter.admit(now_ns, len).map(|()| Some(key)))
+    }
+
+    /// How long until `admit` would take a message of `len` bytes from
+    /// this writer's budget (0: now), taking nothing: what a poller asks.
+    pub(crate) fn budget_wait(&self, uid: u32, file_id: u64, now_ns: u64, len: u64) -> u64 {
+        if self.limit.is_unlimited() {
+            return 0;
+        }
+        let key = match self.limit.scope {
+            Scope::Uid => u64::from(uid),
+            Scope::File => file_id,
+        };
+        let limiter = match self.senders.get(&key) {
+            Some(limiter) => limiter,
+            // A new sender gets a full budget, unless it would share the
+            // overflow one.
+            None if self.sender_count < MAX_SENDERS => return 0,
+            None => match self.senders.get(&OVERFLOW_SENDER) {
+                Some(limiter) => limiter,
+                None => return 0,
+            },
+        };
+        limiter.wait_ns(now_ns, len)
     }
 
     /// Gives back what `admit` charged for a message that was not sent.
@@ -281,26 +315,36 @@ impl RoomInner {
     }
 
     pub(crate) fn reader_count(&self) -> usize {
-        self.readers.iter().flatten().count()
+        self.reader_total
+    }
+
+    /// Moves a reader to `seq`: the only way a reader's position changes.
+    pub(crate) fn move_reader(&mut self, mark: &ReaderMark, seq: u64) {
+        let from = mark.seq.swap(seq, Ordering::Relaxed);
+        self.slowest.moved(from, seq);
     }
 
     /// The oldest record any reader still needs (`u64::MAX`: no readers).
-    fn slowest_reader(&self) -> u64 {
-        self.readers
-            .iter()
-            .flatten()
-            .map(|mark| mark.seq.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(u64::MAX)
+    /// Walks the readers (at most `max_readers`) only after the last one
+    /// on the known lowest position moved on.
+    fn slowest_reader(&mut self) -> u64 {
+        let readers = &self.readers;
+        self.slowest.get(
+            readers
+                .iter()
+                .flatten()
+                .map(|mark| mark.seq.load(Ordering::Relaxed)),
+        )
     }
 
     /// Whether a write of `cost` would go through without waiting.
-    pub(crate) fn could_write(&self, policy: Policy, cost: usize) -> bool {
+    pub(crate) fn could_write(&mut self, policy: Policy, cost: usize) -> bool {
         match policy {
             Policy::Drop => self.ring.could_ever_fit(cost),
-            Policy::Block => self
-                .ring
-                .fits_after_evicting_before(self.slowest_reader(), cost),
+            Policy::Block => {
+                let slowest = self.slowest_reader();
+                self.ring.fits_after_evicting_before(slowest, cost)
+            }
         }
     }
 
@@ -402,9 +446,12 @@ impl Room {
             ring,
             deleted: false,
             readers: KVec::new(),
+            reader_total: 0,
+            slowest: Slowest::new(),
             sleeping_readers: 0,
             sleeping_writers: 0,
             held_since_ns: None,
+            max_wait_ms: settings.max_wait_ms,
             limit: LimitConfig::UNLIMITED,
             senders: RBTree::new(),
             sender_count: 0,
@@ -418,7 +465,12 @@ impl Room {
                 inner <- new_mutex!(inner, "Room::inner"),
                 readable <- new_condvar!("Room::readable"),
                 writable <- new_condvar!("Room::writable"),
-                poll <- PollQueue::new(c_str!("Room::poll"), static_lock_class!()),
+                poll <- PollQueue::new(
+                    c_str!("Room::poll"),
+                    static_lock_class!(),
+                    c_str!("Room::poll_timer"),
+                    static_lock_class!()
+                ),
             }),
             GFP_KERNEL,
         )
@@ -446,6 +498,16 @@ impl Room {
         inner.limit = limit;
         inner.senders = RBTree::new();
         inner.sender_count = 0;
+        let asleep = inner.asleep();
+        drop(inner);
+        self.changed(events::OUT | events::WRNORM, asleep);
+    }
+
+    /// Replaces a `block` room's bound on laggards. Writers asleep wake to
+    /// measure themselves against the new bound, pollers to poll again.
+    pub(crate) fn set_max_wait(&self, max_wait_ms: u32) {
+        let mut inner = self.inner.lock();
+        inner.max_wait_ms = max_wait_ms;
         let asleep = inner.asleep();
         drop(inner);
         self.changed(events::OUT | events::WRNORM, asleep);
@@ -650,7 +712,7 @@ impl Room {
 
     /// Where this room stands against its bound on laggards.
     pub(crate) fn hold(&self, inner: &RoomInner) -> Hold {
-        let max_wait_ms = self.settings.max_wait_ms;
+        let max_wait_ms = inner.max_wait_ms;
         if self.settings.policy != Policy::Block || max_wait_ms == abi::MAX_WAIT_FOREVER {
             return Hold::Unbounded;
         }
@@ -694,9 +756,10 @@ impl Room {
         if held >= share && !exempt() {
             return Err(eusers());
         }
+        let seq = inner.ring.next_seq();
         let mark = Arc::new(
             ReaderMark {
-                seq: AtomicU64::new(inner.ring.next_seq()),
+                seq: AtomicU64::new(seq),
                 lost: AtomicU64::new(0),
                 uid,
             },
@@ -706,6 +769,8 @@ impl Room {
             Some(slot) => *slot = Some(mark.clone()),
             None => inner.readers.push(Some(mark.clone()), GFP_KERNEL)?,
         }
+        inner.reader_total += 1;
+        inner.slowest.joined(seq);
         Ok(mark)
     }
 
@@ -718,6 +783,8 @@ impl Room {
             .find(|slot| slot.as_ref().is_some_and(|m| Arc::ptr_eq(m, mark)));
         if let Some(slot) = slot {
             *slot = None;
+            inner.reader_total -= 1;
+            inner.slowest.left(mark.seq.load(Ordering::Relaxed));
         }
         let asleep = inner.asleep();
         drop(inner);

@@ -17,6 +17,7 @@ use crate::{
         fops::FileOps,
         iov::{IovDest, IovSource, Kiocb},
         poll::{events, PollTable},
+        task::monotonic_ns,
     },
     ring::Lookup,
     room::{Hold, Policy, ReaderMark, Record, Room, RoomInner, Stats},
@@ -47,16 +48,16 @@ struct Cursor {
 }
 
 impl Cursor {
-    /// Puts the cursor `offset` bytes into message `seq`. `_inner` proves
-    /// that the room lock is held, as every write of a mark's `seq` needs.
-    fn place(&mut self, mark: &ReaderMark, _inner: &RoomInner, seq: u64, offset: usize) {
-        mark.seq.store(seq, Ordering::Relaxed);
+    /// Puts the cursor `offset` bytes into message `seq`; `inner` is the
+    /// room's locked state, which tracks every reader's position.
+    fn place(&mut self, mark: &ReaderMark, inner: &mut RoomInner, seq: u64, offset: usize) {
+        inner.move_reader(mark, seq);
         self.offset = offset;
     }
 
     /// Skips the messages the ring evicted before this reader read them,
     /// counting them as lost.
-    fn catch_up(&mut self, mark: &ReaderMark, inner: &RoomInner, stats: &Stats) {
+    fn catch_up(&mut self, mark: &ReaderMark, inner: &mut RoomInner, stats: &Stats) {
         if let Lookup::Lost { first, lost } = inner.ring.get(mark.seq.load(Ordering::Relaxed)) {
             mark.lost.fetch_add(lost, Ordering::Relaxed);
             Stats::add(&stats.lost, lost);
@@ -160,7 +161,7 @@ impl FileOps for RoomFile {
     fn poll(this: Pin<&RoomFile>, file: &File, table: &PollTable) -> u32 {
         let room = &this.room;
         room.poll.register(file, table);
-        let inner = room.inner.lock();
+        let mut inner = room.inner.lock();
         let mut mask = 0;
         if let Some(mark) = &this.mark {
             match inner.ring.get(mark.seq.load(Ordering::Relaxed)) {
@@ -174,11 +175,28 @@ impl FileOps for RoomFile {
             }
         }
         if file.writable() && !inner.deleted {
-            let worst = room.settings.max_msg as usize + abi::RECORD_OVERHEAD as usize;
+            // Writable means a message of any allowed size would go in now:
+            // room for it, and budget for it.
+            let max_msg = room.settings.max_msg;
+            let worst = max_msg as usize + abi::RECORD_OVERHEAD as usize;
+            let hold = room.hold(&inner);
             // Past a laggard's bound a write evicts it, so it would go in.
-            if inner.could_write(room.settings.policy, worst)
-                || matches!(room.hold(&inner), Hold::Overdue)
-            {
+            let space =
+                inner.could_write(room.settings.policy, worst) || matches!(hold, Hold::Overdue);
+            if !space {
+                if let Hold::Left(left_ns) = hold {
+                    // Readiness that only time brings; no event would say so.
+                    room.poll.wake_after(left_ns, events::OUT | events::WRNORM);
+                }
+            }
+            let (uid, _) = file.effective_ids();
+            let budget_ns =
+                inner.budget_wait(uid, this.file_id, monotonic_ns(), u64::from(max_msg));
+            if budget_ns > 0 {
+                room.poll
+                    .wake_after(budget_ns, events::OUT | events::WRNORM);
+            }
+            if space && budget_ns == 0 {
                 mask |= events::OUT | events::WRNORM;
             }
         }
@@ -210,8 +228,8 @@ impl FileOps for RoomFile {
                 let mut writer = UserSlice::new(arg, core::mem::size_of::<u64>()).writer();
                 let mut cursor = this.cursor.lock();
                 let lost = {
-                    let inner = this.room.inner.lock();
-                    cursor.catch_up(mark, &inner, &this.room.stats);
+                    let mut inner = this.room.inner.lock();
+                    cursor.catch_up(mark, &mut inner, &this.room.stats);
                     mark.lost.swap(0, Ordering::Relaxed)
                 };
                 drop(cursor);
@@ -262,11 +280,11 @@ impl RoomFile {
     fn seek(&self, pick: impl FnOnce(u64, u64, u64) -> Result<u64>) -> Result<u64> {
         let mark = self.mark.as_ref().ok_or(EBADF)?;
         let mut cursor = self.cursor.lock();
-        let inner = self.room.inner.lock();
-        cursor.catch_up(mark, &inner, &self.room.stats);
+        let mut inner = self.room.inner.lock();
+        cursor.catch_up(mark, &mut inner, &self.room.stats);
         let here = mark.seq.load(Ordering::Relaxed);
         let seq = pick(inner.ring.first_seq(), inner.ring.next_seq(), here)?;
-        cursor.place(mark, &inner, seq, 0);
+        cursor.place(mark, &mut inner, seq, 0);
         let asleep = inner.asleep();
         drop(inner);
         drop(cursor);
@@ -289,7 +307,7 @@ impl RoomFile {
         loop {
             let mut cursor = self.cursor.lock();
             let mut inner = room.inner.lock();
-            cursor.catch_up(mark, &inner, &room.stats);
+            cursor.catch_up(mark, &mut inner, &room.stats);
             let seq = mark.seq.load(Ordering::Relaxed);
             if let Lookup::Ready(_) = inner.ring.get(seq) {
                 // The mode is set under the cursor lock, so it holds for
@@ -395,8 +413,8 @@ impl RoomFile {
                 Err(_) => break,
             }
         }
-        let inner = room.inner.lock();
-        cursor.place(mark, &inner, seq + finished, partial);
+        let mut inner = room.inner.lock();
+        cursor.place(mark, &mut inner, seq + finished, partial);
         let asleep = inner.asleep();
         drop(inner);
         if finished > 0 {

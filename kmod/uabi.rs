@@ -23,6 +23,8 @@ unsafe impl FromBytes for abi::RoomList {}
 // SAFETY: as above.
 unsafe impl FromBytes for abi::RateLimit {}
 // SAFETY: as above.
+unsafe impl FromBytes for abi::MaxWait {}
+// SAFETY: as above.
 unsafe impl FromBytes for abi::GlobalLimits {}
 // SAFETY: `repr(C)` integers without padding: every byte is initialised.
 unsafe impl AsBytes for abi::FrameHeader {}

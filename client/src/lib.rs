@@ -99,6 +99,24 @@ impl Control {
         raw_ioctl(&self.0, abi::IOC_SET_RATE_LIMIT, limit as *const _ as usize).map(drop)
     }
 
+    /// Changes a `block` room's bound on laggards (0: the default,
+    /// `abi::MAX_WAIT_FOREVER`: none).
+    pub fn set_max_wait(&self, name: &str, max_wait_ms: u32) -> Result<(), Errno> {
+        let request = abi::MaxWait {
+            size: size_of::<abi::MaxWait>() as u32,
+            flags: 0,
+            name: abi::name_field(name).ok_or(Errno::EINVAL)?,
+            max_wait_ms,
+            reserved: 0,
+        };
+        raw_ioctl(
+            &self.0,
+            abi::IOC_SET_MAX_WAIT,
+            &request as *const _ as usize,
+        )
+        .map(drop)
+    }
+
     pub fn limits(&self) -> Result<abi::GlobalLimits, Errno> {
         let mut limits = abi::GlobalLimits {
             size: size_of::<abi::GlobalLimits>() as u32,

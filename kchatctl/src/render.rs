@@ -151,6 +151,7 @@ pub fn info(room: &RoomView) -> String {
     field("lost", c.lost.to_string());
     field("throttled", c.throttled.to_string());
     field("writer waits", c.writer_waits.to_string());
+    field("laggard evictions", c.laggard_evictions.to_string());
     for drift in &room.drift {
         field("drift", format!("{drift} (recreate the room to apply)"));
     }
@@ -215,6 +216,7 @@ pub fn plan(changes: &[Change]) -> String {
             Action::Create => "+ create",
             Action::Delete => "- delete",
             Action::SetLimit => "~ set-limit",
+            Action::SetMaxWait => "~ set-max-wait",
             Action::Drift => "! drift",
         };
         let _ = writeln!(out, "{sign:<12} {:<16} {}", change.room, change.detail);

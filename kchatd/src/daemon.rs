@@ -589,6 +589,9 @@ fn execute(control: &Control, step: &Step) -> Result<(), ApiError> {
         Step::SetLimit(room, limit) => control
             .set_limit(&limit.to_abi(room))
             .map_err(|err| kernel_error("set the rate limit of", room, err)),
+        Step::SetMaxWait(room, ms) => control
+            .set_max_wait(room.as_str(), *ms)
+            .map_err(|err| kernel_error("set the bound on laggards of", room, err)),
         Step::Drift(..) => Ok(()),
     }
 }

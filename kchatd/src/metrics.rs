@@ -81,6 +81,13 @@ const ROOM_METRICS: &[RoomMetric] = &[
         value: |r| r.counters.writer_waits,
     },
     RoomMetric {
+        name: "kchat_room_laggard_evictions",
+        help: "Times a writer evicted readers that held a block room past its max_wait.",
+        unit: None,
+        counter: true,
+        value: |r| r.counters.laggard_evictions,
+    },
+    RoomMetric {
         name: "kchat_room_readers",
         help: "Files open for reading.",
         unit: None,

@@ -49,6 +49,8 @@ pub enum Step {
     /// Delete a room kchatd created that nobody declares any more.
     Delete(RoomName),
     SetLimit(RoomName, RateLimit),
+    /// Set a `block` room's bound on laggards (milliseconds).
+    SetMaxWait(RoomName, u32),
     /// The live room's fixed settings differ from the declaration.
     Drift(RoomName, Vec<String>),
 }
@@ -59,6 +61,7 @@ impl Step {
             Step::Create(name, _)
             | Step::Delete(name)
             | Step::SetLimit(name, _)
+            | Step::SetMaxWait(name, _)
             | Step::Drift(name, _) => name,
         }
     }
@@ -81,6 +84,10 @@ impl Step {
                 "no longer declared (readers drain, then see end of file)".to_owned(),
             ),
             Step::SetLimit(_, limit) => (Action::SetLimit, describe_limit(limit)),
+            Step::SetMaxWait(_, ms) => (
+                Action::SetMaxWait,
+                format!("max_wait={}", describe_max_wait(*ms)),
+            ),
             Step::Drift(_, diffs) => (
                 Action::Drift,
                 format!(
@@ -134,6 +141,9 @@ pub fn plan(
         }
         if want.decl.rate_limit != have.rate_limit {
             steps.push(Step::SetLimit(name.clone(), want.decl.rate_limit));
+        }
+        if let Some(ms) = want.decl.max_wait_change(have) {
+            steps.push(Step::SetMaxWait(name.clone(), ms));
         }
     }
     for (name, have) in actual {
@@ -213,6 +223,33 @@ mod tests {
             matches!(&steps[0], Step::Drift(_, d) if d[0].starts_with("ring_bytes 4096 -> 8192"))
         );
         assert!(matches!(&steps[1], Step::SetLimit(_, l) if l.msgs_per_sec == 5));
+    }
+
+    #[test]
+    fn a_block_rooms_bound_changes_in_place() {
+        let config = rooms(&[("ops", "policy = \"block\"\nmax_wait = 2500")]);
+        let actual = rooms(&[("ops", "policy = \"block\"\nmax_wait = \"forever\"")]);
+        let state = State::default();
+        let steps = plan(
+            &desired(&config, &state),
+            &actual,
+            &state.limits,
+            &state.owned,
+        );
+        assert_eq!(steps, vec![Step::SetMaxWait(name("ops"), 2500)]);
+        assert_eq!(steps[0].change().detail, "max_wait=2500");
+        // A policy that differs is drift; no bound is set on a drop room.
+        let actual = rooms(&[("ops", "")]);
+        let steps = plan(
+            &desired(&config, &state),
+            &actual,
+            &state.limits,
+            &state.owned,
+        );
+        assert!(
+            matches!(&steps[..], [Step::Drift(_, d)] if d[0].starts_with("policy")),
+            "{steps:?}"
+        );
     }
 
     #[test]

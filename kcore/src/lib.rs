@@ -9,3 +9,4 @@
 
 pub mod rate;
 pub mod ring;
+pub mod slowest;

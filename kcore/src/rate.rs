@@ -153,9 +153,9 @@ impl Limiter {
         self.msgs.full_at(now_ns) && self.bytes.full_at(now_ns)
     }
 
-    /// Admits one message of `len` bytes at `now_ns`, or says how many
-    /// nanoseconds to wait before asking again.
-    pub fn admit(&mut self, now_ns: u64, len: u64) -> Result<(), u64> {
+    /// Brings both buckets up to `now_ns`; returns how many nanoseconds
+    /// a message of `len` bytes must wait (0: none).
+    fn refill(&mut self, now_ns: u64, len: u64) -> u64 {
         let mut wait = 0;
         for (bucket, n) in [(&mut self.msgs, 1), (&mut self.bytes, len)] {
             if !bucket.is_unlimited() {
@@ -163,6 +163,20 @@ impl Limiter {
                 wait = wait.max(bucket.wait_ns(now_ns, n));
             }
         }
+        wait
+    }
+
+    /// How many nanoseconds after `now_ns` a message of `len` bytes would
+    /// be admitted (0: now), without taking anything: what a poller asks.
+    pub fn wait_ns(&self, now_ns: u64, len: u64) -> u64 {
+        let mut probe = *self;
+        probe.refill(now_ns, len)
+    }
+
+    /// Admits one message of `len` bytes at `now_ns`, or says how many
+    /// nanoseconds to wait before asking again.
+    pub fn admit(&mut self, now_ns: u64, len: u64) -> Result<(), u64> {
+        let wait = self.refill(now_ns, len);
         if wait > 0 {
             return Err(wait);
         }
@@ -298,6 +312,25 @@ mod tests {
             if let Err(wait) = l.admit(now, len) {
                 now += wait;
                 prop_assert_eq!(l.admit(now, len), Ok(()));
+            }
+        }
+
+        /// What a poller is told (`wait_ns`) is what `admit` would answer,
+        /// and asking takes nothing.
+        #[test]
+        fn asking_agrees_with_admitting(rate in 1u64..1_000_000, burst in 1u64..1_000,
+                                        steps in proptest::collection::vec((0u64..5_000_000, 1u64..2_000), 1..100)) {
+            let mut l = Limiter::new(rate, burst, rate, burst, 0);
+            let mut now = 0;
+            for (dt, len) in steps {
+                now += dt;
+                let before = l;
+                let told = l.wait_ns(now, len);
+                prop_assert_eq!(l, before);
+                match l.admit(now, len) {
+                    Ok(()) => prop_assert_eq!(told, 0),
+                    Err(wait) => prop_assert_eq!(told, wait),
+                }
             }
         }
     }

@@ -4,13 +4,20 @@
 //! Shaped like `kernel::sync::poll` of Linux 6.13+. Sleeping in `read` and
 //! `write` uses the kernel's `CondVar`; this queue only serves pollers.
 //!
+//! Some readiness comes back by itself, with time (a rate budget refills,
+//! a `block` room's bound on laggards runs out) and no event marks it: a
+//! sleeping writer sets itself a timeout, but a poller cannot. So the queue
+//! has a timer (`timer_list`; 6.12 has no Rust timer) that wakes its
+//! pollers at the earliest time a `poll` asked for.
+//!
 //! No `wake_up_pollfree` is needed at drop: every queue lives in a room that
 //! each open file keeps alive (an `Arc`), select/poll remove their entries
 //! before the syscall returns, and epoll removes its entries in `__fput`
 //! before `release` drops the file's reference. So when the queue goes, no
 //! poller is left on it.
 
-use super::file::File;
+use super::{file::File, task::ns_to_jiffies};
+use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::{bindings, ffi, init::PinInit, prelude::*, sync::LockClassKey, types::Opaque};
 
 extern "C" {
@@ -46,11 +53,27 @@ impl PollTable {
     }
 }
 
-/// A wait queue for pollers.
-#[pin_data]
+/// A wait queue for pollers, with a timer for readiness that time brings.
+#[pin_data(PinnedDrop)]
 pub(crate) struct PollQueue {
     #[pin]
     head: Opaque<bindings::wait_queue_head>,
+    /// Fires `wake(later)` at the earliest time `wake_after` asked for.
+    #[pin]
+    timer: Opaque<bindings::timer_list>,
+    /// The events the timer reports, gathered from every `wake_after`.
+    later: AtomicU32,
+}
+
+#[pinned_drop]
+impl PinnedDrop for PollQueue {
+    fn drop(self: Pin<&mut Self>) {
+        // SAFETY: the timer was initialised in `new`. Nothing arms it any
+        // more (arming needs a reference, and this is the last), and its
+        // callback does not re-arm it, so after this it neither runs nor is
+        // queued, and the queue it points into may go.
+        unsafe { bindings::timer_delete_sync(self.timer.get()) };
+    }
 }
 
 // SAFETY: wait queues are meant to be used from any thread; their own
@@ -60,17 +83,68 @@ unsafe impl Send for PollQueue {}
 unsafe impl Sync for PollQueue {}
 
 impl PollQueue {
-    /// A new queue; `name` and `key` are for lockdep.
-    pub(crate) fn new(name: &'static CStr, key: &'static LockClassKey) -> impl PinInit<Self> {
+    /// A new queue; the names and keys are for lockdep (the queue's lock,
+    /// and its timer, which `timer_delete_sync` tracks).
+    pub(crate) fn new(
+        name: &'static CStr,
+        key: &'static LockClassKey,
+        timer_name: &'static CStr,
+        timer_key: &'static LockClassKey,
+    ) -> impl PinInit<Self> {
         // `LockClassKey` is a `repr(transparent)` wrapper of the C key.
         let key = key as *const LockClassKey as *mut bindings::lock_class_key;
+        let timer_key = timer_key as *const LockClassKey as *mut bindings::lock_class_key;
         pin_init!(Self {
             // SAFETY: `slot` is valid for writes; the name and the key are
             // `'static`, as lockdep requires.
             head <- Opaque::ffi_init(|slot| unsafe {
                 bindings::__init_waitqueue_head(slot, name.as_char_ptr(), key)
             }),
+            // SAFETY: as above; `timer_setup()` with no flags. The callback
+            // finds the queue from the timer it is given, which only ever
+            // is this queue's (see `wake_later`).
+            timer <- Opaque::ffi_init(|slot| unsafe {
+                bindings::init_timer_key(
+                    slot,
+                    Some(Self::wake_later),
+                    0,
+                    timer_name.as_char_ptr(),
+                    timer_key,
+                )
+            }),
+            later: AtomicU32::new(0),
         })
+    }
+
+    /// Wakes the pollers with `events` in `delay_ns` (or at an earlier
+    /// time another call asked for): readiness that comes with time.
+    /// A poller woken early polls again and asks again.
+    pub(crate) fn wake_after(&self, delay_ns: u64, events: u32) {
+        self.later.fetch_or(events, Ordering::Relaxed);
+        // SAFETY: reading the jiffies counter, which the timer tick updates;
+        // a torn or stale read only makes the wake-up a tick early or late.
+        let now = unsafe { core::ptr::read_volatile(&raw const bindings::jiffies) };
+        let at = now.wrapping_add(ns_to_jiffies(delay_ns) as ffi::c_ulong);
+        // SAFETY: the timer is initialised and lives as long as `self`;
+        // `timer_reduce` arms it, or brings an armed one forward, never later.
+        unsafe { bindings::timer_reduce(self.timer.get(), at) };
+    }
+
+    /// The timer's callback (softirq context): wakes the pollers with what
+    /// `wake_after` gathered.
+    ///
+    /// # Safety
+    ///
+    /// `timer` is the `timer` field of a live `PollQueue`: only the kernel
+    /// calls this, for the timer `new` set it on.
+    unsafe extern "C" fn wake_later(timer: *mut bindings::timer_list) {
+        let offset = core::mem::offset_of!(PollQueue, timer);
+        // SAFETY: per the contract above (drop stops the timer before the
+        // queue goes); `Opaque` is `repr(transparent)`, so the field's
+        // address is the timer's.
+        let queue = unsafe { &*timer.cast::<u8>().sub(offset).cast::<PollQueue>() };
+        let events = queue.later.swap(0, Ordering::Relaxed);
+        queue.wake(events);
     }
 
     /// Adds the caller's poll table to this queue (`poll_wait`).

@@ -440,13 +440,7 @@ impl Model {
             return Err(EIDRM);
         }
         let len = data.len() as u64;
-        let key = if self.limit.is_unlimited() {
-            None
-        } else if self.limit.per_file {
-            Some(BudgetKey::File(file_id))
-        } else {
-            Some(BudgetKey::Uid(uid))
-        };
+        let key = self.budget_key(uid, file_id);
         if let Some(key) = key {
             let limit = self.limit;
             let budget = self.budgets.entry(key).or_insert_with(|| Budget {
@@ -712,9 +706,14 @@ impl Model {
                 mask |= events::PRI;
             }
         }
-        if file.writable
-            && !self.deleted
-            && self.could_write(self.settings.max_msg as usize + OVERHEAD)
+        // Writable: a message of any allowed size would go in now, with
+        // room and budget for it.
+        let max_msg = self.settings.max_msg;
+        let budget = self
+            .budget_key(file.who.uid(), file.id)
+            .and_then(|key| self.budgets.get(&key))
+            .is_none_or(|budget| budget.admits(u64::from(max_msg)));
+        if file.writable && !self.deleted && budget && self.could_write(max_msg as usize + OVERHEAD)
         {
             mask |= events::OUT | events::WRNORM;
         }
@@ -725,6 +724,18 @@ impl Model {
             }
         }
         mask
+    }
+
+    /// Whose budget a write by `uid` through file `file_id` spends
+    /// (`None`: unlimited).
+    fn budget_key(&self, uid: u32, file_id: u64) -> Option<BudgetKey> {
+        if self.limit.is_unlimited() {
+            None
+        } else if self.limit.per_file {
+            Some(BudgetKey::File(file_id))
+        } else {
+            Some(BudgetKey::Uid(uid))
+        }
     }
 
     fn info(&self) -> Result<InfoView, c_int> {

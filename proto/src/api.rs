@@ -145,6 +145,10 @@ pub struct Counters {
     pub lost: u64,
     pub throttled: u64,
     pub writer_waits: u64,
+    /// Times a `block` room's writer evicted readers that held it past
+    /// its bound (`max_wait`).
+    #[serde(default)]
+    pub laggard_evictions: u64,
 }
 
 impl Counters {
@@ -163,6 +167,7 @@ impl Counters {
             lost: info.lost,
             throttled: info.throttled,
             writer_waits: info.writer_waits,
+            laggard_evictions: u64::from(info.laggard_evictions),
         }
     }
 }
@@ -193,6 +198,8 @@ pub enum Action {
     Create,
     Delete,
     SetLimit,
+    /// A `block` room's bound on laggards changes in place.
+    SetMaxWait,
     /// The room exists with fixed settings other than declared; kchatd
     /// leaves it (recreating would drop its readers) and reports it.
     Drift,

@@ -434,12 +434,14 @@ impl RoomDecl {
             format!("{:#o}", self.mode),
             format!("{:#o}", other.mode),
         );
-        diff(
-            "max_wait",
-            describe_max_wait(self.max_wait_ms),
-            describe_max_wait(other.max_wait_ms),
-        );
         out
+    }
+
+    /// The bound on laggards to set on the live room `have`, if it differs
+    /// (kchatd changes it in place; a `drop` room has none).
+    pub fn max_wait_change(&self, have: &RoomDecl) -> Option<u32> {
+        let both_block = self.policy == Policy::Block && have.policy == Policy::Block;
+        (both_block && self.max_wait_ms != have.max_wait_ms).then_some(self.max_wait_ms)
     }
 }
 

@@ -267,6 +267,27 @@ pub struct RateLimit {
 /// `E2BIG`, `EFAULT`.
 pub const IOC_SET_RATE_LIMIT: u32 = iow::<RateLimit>(0x05);
 
+/// `IOC_SET_MAX_WAIT` argument: a `block` room's new bound on laggards
+/// (as [`RoomSpec::max_wait_ms`]: 0 means [`DEFAULT_MAX_WAIT_MS`],
+/// [`MAX_WAIT_FOREVER`] no bound). It applies at once, to writers already
+/// waiting too, and counts from when the readers began to hold them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxWait {
+    pub size: u32,
+    /// Reserved; must be zero.
+    pub flags: u32,
+    pub name: [u8; NAME_FIELD],
+    pub max_wait_ms: u32,
+    /// Reserved; must be zero.
+    pub reserved: u32,
+}
+
+/// Control ioctl: changes a `block` room's bound on laggards. Errors:
+/// `ENOENT`, `EINVAL` (a `drop` room, or reserved bits set), `E2BIG`,
+/// `EFAULT`.
+pub const IOC_SET_MAX_WAIT: u32 = iow::<MaxWait>(0x08);
+
 /// `IOC_LIST_ROOMS` argument: `names` points at `capacity` name fields; the
 /// kernel fills up to that many and sets `count` to the number of rooms.
 #[repr(C)]
@@ -414,6 +435,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<RoomInfo>(), 184);
         assert_eq!(core::mem::size_of::<RateLimit>(), 64);
         assert_eq!(core::mem::size_of::<GlobalLimits>(), 24);
+        assert_eq!(core::mem::size_of::<MaxWait>(), 48);
+        assert_eq!(IOC_SET_MAX_WAIT, 0x4030_b908);
         assert_eq!(core::mem::offset_of!(RoomInfo, ring_used_bytes), 80);
         assert_eq!(core::mem::size_of::<RoomList>(), 24);
         assert_eq!(core::mem::offset_of!(FrameHeader, len), 24);

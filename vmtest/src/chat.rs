@@ -542,11 +542,21 @@ fn io_uring_polls_instead_of_parking_workers() -> Result<()> {
     // SAFETY: `buf` and `reader` outlive the submission: both live until
     // the completion is reaped below.
     unsafe { ring.submission().push(&read)? };
+    // Submission issues the read inline: by the time `submit` returns it
+    // either armed a poll or went to an io-wq worker (created then).
     ring.submit()?;
-    thread::sleep(Duration::from_millis(300));
+    // A completion would come at once; wait for it, boundedly, to be sure
+    // none does.
+    let timeout = io_uring::types::Timespec::from(Duration::from_millis(300));
+    let waited = ring
+        .submitter()
+        .submit_with_args(1, &io_uring::types::SubmitArgs::new().timespec(&timeout));
     ensure!(
-        ring.completion().next().is_none(),
-        "a read of an empty room completed"
+        waited
+            .as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(nix::libc::ETIME))
+            && ring.completion().next().is_none(),
+        "a read of an empty room completed ({waited:?})"
     );
     let parked = io_wq_workers()?;
     ensure!(

@@ -309,8 +309,17 @@ fn full_screen_mode_sends_and_shows() -> Result<()> {
         "room got {:?}",
         &got[..n]
     );
-    // Let the echo come back and be drawn, then leave with Esc.
-    std::thread::sleep(Duration::from_millis(500));
+    // Leave with Esc once the echo came back and was drawn.
+    wait_for(
+        "the client to draw its own message",
+        Duration::from_secs(20),
+        || {
+            let bytes = screen_bytes
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+            Ok(visible_text(&String::from_utf8_lossy(&bytes)).contains("root: hi from the tui"))
+        },
+    )?;
     keys.write_all(b"\x1b")?;
     keys.flush()?;
     drop(keys);

@@ -334,6 +334,41 @@ fn starts_ready_and_creates_config_rooms() -> Result<()> {
     ensure!(lobby["origin"] == "adopted", "lobby: {lobby}");
     let status = daemon.ctl_json(&["status"])?;
     ensure!(status["attached"] == true, "status: {status}");
+    // A new bound in the config changes the live room in place: readers
+    // stay, nothing is reported as drift.
+    let _reader = crate::client::open(Path::new("/dev/kchat/cfg-ops"), true, false, true)?;
+    let config = std::fs::read_to_string(Kchatd::config_path(&dir))?;
+    std::fs::write(
+        Kchatd::config_path(&dir),
+        config.replace("max_wait = 2500", "max_wait = \"forever\""),
+    )?;
+    daemon.signal(Signal::SIGHUP)?;
+    wait_for(
+        "the new bound on the live room",
+        Duration::from_secs(10),
+        || {
+            Ok(crate::client::Control::open()?.info("cfg-ops")?.max_wait_ms
+                == kchat_uapi::abi::MAX_WAIT_FOREVER)
+        },
+    )?;
+    let ops = daemon.room("cfg-ops")?;
+    ensure!(
+        ops["settings"]["max_wait"] == "forever"
+            && ops["drift"].as_array().is_some_and(Vec::is_empty),
+        "after the reload: {ops}"
+    );
+    ensure!(
+        crate::client::Control::open()?.info("cfg-ops")?.readers == 1,
+        "the change cost the room its reader"
+    );
+    let scrape = daemon.get("/metrics")?;
+    ensure!(
+        sample(
+            &scrape,
+            "kchat_room_laggard_evictions_total{room=\"cfg-ops\"}"
+        ) == Some(0.0),
+        "no laggard evictions series for cfg-ops:\n{scrape}"
+    );
     daemon.stop()?;
     // Stopping kchatd leaves the rooms to the kernel.
     ensure!(

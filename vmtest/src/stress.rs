@@ -321,12 +321,25 @@ pub fn kill_a_reader_and_a_writer() -> Result<u64> {
         .arg("-c")
         .arg("while :; do echo spam-from-a-doomed-shell; done > /dev/kchat/stress-spam")
         .spawn()?;
-    thread::sleep(Duration::from_millis(300));
+    // Kill them mid-flow: once `cat` has the room open and the shell's
+    // lines arrive.
+    let spam_before = Control::open()?.info("stress-spam")?.msgs_in;
+    let flowing = crate::helper::wait_for(
+        "cat to open and the shell to write",
+        Duration::from_secs(10),
+        || {
+            let cat_open = std::fs::read_dir(format!("/proc/{}/fd", cat.id()))?
+                .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                .any(|target| target == std::path::Path::new("/dev/kchat/stress-a"));
+            Ok(cat_open && Control::open()?.info("stress-spam")?.msgs_in > spam_before + 10)
+        },
+    );
+    // Killed whatever happened: a shell left spinning would load the rest.
     for mut child in [cat, spam] {
         child.kill()?;
         child.wait()?;
     }
-    Ok(2)
+    flowing.map(|()| 2)
 }
 
 fn writers_readers_churn_and_kills() -> Result<()> {

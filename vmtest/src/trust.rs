@@ -76,6 +76,18 @@ pub const TESTS: &[Test] = &[
         "trust::a_reader_sees_pids_and_ids_in_its_own_namespaces",
         a_reader_sees_pids_and_ids_in_its_own_namespaces,
     ),
+    (
+        "trust::a_poller_is_writable_only_within_its_budget_and_woken_at_refill",
+        a_poller_is_writable_only_within_its_budget_and_woken_at_refill,
+    ),
+    (
+        "trust::a_poller_is_woken_when_a_laggards_bound_runs_out",
+        a_poller_is_woken_when_a_laggards_bound_runs_out,
+    ),
+    (
+        "trust::a_block_rooms_bound_changes_while_writers_wait",
+        a_block_rooms_bound_changes_while_writers_wait,
+    ),
 ];
 
 /// How long a test waits for something that should take milliseconds.
@@ -635,6 +647,140 @@ fn a_stopped_reader_holds_a_block_room_only_for_its_bound() -> Result<()> {
     ensure!(
         bad == Err(Errno::EINVAL),
         "max_wait_ms on a drop room: {bad:?}"
+    );
+    Ok(())
+}
+
+fn a_poller_is_writable_only_within_its_budget_and_woken_at_refill() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("budget"))?;
+    // Two messages a second, a burst of one: after one write the budget
+    // comes back in 500 ms.
+    let mut limit = kchat_client::rate_limit(&room.name);
+    limit.msgs_per_sec = 2;
+    limit.msg_burst = 1;
+    room.control().set_limit(&limit)?;
+    let mut writer = room.open_write_nonblock()?;
+    let epoll = epoll_with(&writer, EpollFlags::EPOLLOUT)?;
+    ensure!(
+        ready(&epoll, Duration::ZERO)?.contains(EpollFlags::EPOLLOUT),
+        "a writer with its whole budget did not poll writable"
+    );
+    writer.write_all(b"one")?;
+    let refused = writer.write(b"two");
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::WouldBlock),
+        "a write over the budget: {refused:?}"
+    );
+    // Level-triggered pollers would spin on EAGAIN if this said writable.
+    let early = ready(&epoll, Duration::ZERO)?;
+    ensure!(
+        !early.contains(EpollFlags::EPOLLOUT),
+        "a writer that spent its budget polled writable ({early:?})"
+    );
+    // Nothing happens in the room: only the refill can wake the poller.
+    let events = ready(&epoll, PATIENCE)?;
+    ensure!(
+        events.contains(EpollFlags::EPOLLOUT),
+        "a writer polling for EPOLLOUT was not woken when its budget refilled ({events:?})"
+    );
+    writer
+        .write_all(b"two")
+        .context("the write after the poller was told it may write")?;
+    Ok(())
+}
+
+fn a_poller_is_woken_when_a_laggards_bound_runs_out() -> Result<()> {
+    module::ensure_loaded()?;
+    // The refused write in `full_block_room` starts the laggard's hold.
+    let (room, laggard, mut writer) = full_block_room("boundpoll", 300)?;
+    let epoll = epoll_with(&writer, EpollFlags::EPOLLOUT)?;
+    let early = ready(&epoll, Duration::ZERO)?;
+    ensure!(
+        !early.contains(EpollFlags::EPOLLOUT),
+        "a held block room polled writable before its bound ran out ({early:?})"
+    );
+    // Nothing happens in the room: only the bound running out can wake it.
+    let events = ready(&epoll, PATIENCE)?;
+    ensure!(
+        events.contains(EpollFlags::EPOLLOUT),
+        "a writer polling a held block room was not woken when its bound ran out ({events:?})"
+    );
+    writer
+        .write_all(&[b'z'; 100])
+        .context("the write after the bound ran out")?;
+    ensure!(
+        room.control().info(&room.name)?.laggard_evictions == 1,
+        "the laggard was not evicted"
+    );
+    ensure!(
+        kchat_client::take_lost(&laggard)? > 0,
+        "the laggard lost nothing"
+    );
+    Ok(())
+}
+
+fn a_block_rooms_bound_changes_while_writers_wait() -> Result<()> {
+    module::ensure_loaded()?;
+    let (room, _laggard, _writer) = full_block_room("rebound", abi::MAX_WAIT_FOREVER)?;
+    let control = room.control();
+    // A writer that may wait forever, asleep.
+    let path = room.path();
+    let (done_tx, done_rx) = mpsc::channel();
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let blocked = thread::spawn(move || {
+        tid_tx.send(helper::thread_id()).ok();
+        let outcome = open(&path, false, true, false).and_then(|mut file| {
+            file.write_all(&[b'z'; 100])?;
+            Ok(())
+        });
+        done_tx.send(outcome).ok();
+    });
+    let tid = tid_rx.recv_timeout(PATIENCE)?;
+    helper::wait_until_asleep(tid)?;
+    ensure!(
+        done_rx.try_recv().is_err(),
+        "a write to a full strict block room went through"
+    );
+    control.set_max_wait(&room.name, 50)?;
+    let outcome = done_rx.recv_timeout(PATIENCE);
+    if outcome.is_err() {
+        // Release the writer before failing.
+        let _ = control.delete(&room.name);
+    }
+    blocked.join().ok();
+    outcome
+        .context("a writer already waiting did not go on once the room got a bound")?
+        .context("the blocking write")?;
+    let info = control.info(&room.name)?;
+    ensure!(
+        info.max_wait_ms == 50 && info.laggard_evictions == 1,
+        "after the change: max_wait_ms {}, {} laggard evictions",
+        info.max_wait_ms,
+        info.laggard_evictions
+    );
+    // 0 is the default, as at creation; back to no bound.
+    control.set_max_wait(&room.name, 0)?;
+    ensure!(control.info(&room.name)?.max_wait_ms == abi::DEFAULT_MAX_WAIT_MS);
+    control.set_max_wait(&room.name, abi::MAX_WAIT_FOREVER)?;
+    // Bad input changes nothing.
+    let drop_room = TempRoom::create(spec("reboundd"))?;
+    let on_drop = control.set_max_wait(&drop_room.name, 100);
+    ensure!(
+        on_drop == Err(Errno::EINVAL),
+        "a bound on a drop room: {on_drop:?}"
+    );
+    ensure!(control.info(&drop_room.name)?.max_wait_ms == 0);
+    let missing = control.set_max_wait("nosuchroom", 100);
+    ensure!(
+        missing == Err(Errno::ENOENT),
+        "a bound on no room: {missing:?}"
+    );
+    ensure!(
+        control.info(&room.name)?.max_wait_ms == abi::MAX_WAIT_FOREVER,
+        "a refused change changed the room"
     );
     Ok(())
 }
