@@ -24,7 +24,7 @@ use std::{
     collections::BTreeMap,
     path::PathBuf,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Mutex, MutexGuard,
     },
     time::{SystemTime, UNIX_EPOCH},
@@ -40,13 +40,29 @@ pub struct Health {
     pub reload_errors: AtomicU64,
     pub requests: AtomicU64,
     pub denied: AtomicU64,
+    /// Connections turned away over a cap (`api::Gate`).
+    pub refused_connections: AtomicU64,
+    /// Whether the last reload applied (the start counts as one), and when
+    /// the last one that did happened (seconds since the epoch).
+    pub last_reload_ok: AtomicBool,
+    pub last_reload_success: AtomicU64,
 }
+
+/// No admin group, in `Daemon::admin_gid`.
+const NO_ADMIN_GROUP: u64 = u64::MAX;
 
 #[derive(Debug)]
 pub struct Daemon {
     inner: Mutex<Inner>,
     events: broadcast::Sender<Event>,
     pub health: Health,
+    /// Who holds connections to the control socket.
+    pub gate: crate::api::Gate,
+    /// What the async side needs without taking `inner`, which a request
+    /// may hold across a state-file fsync: the admin group's gid
+    /// (`NO_ADMIN_GROUP`: none) and whether kchatd is attached.
+    admin_gid: AtomicU64,
+    attached: AtomicBool,
     pub config_path: PathBuf,
     pub started: SystemTime,
 }
@@ -91,6 +107,13 @@ fn kernel_error(what: &str, room: &RoomName, err: Errno) -> ApiError {
     api_error(kind, format!("cannot {what} room {room}: {why}"))
 }
 
+fn admin_gid_of(config: &Config) -> u64 {
+    config
+        .admin_group
+        .as_ref()
+        .map_or(NO_ADMIN_GROUP, |group| u64::from(group.gid))
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -99,6 +122,7 @@ fn now() -> u64 {
 
 impl Daemon {
     pub fn new(config_path: PathBuf, config: Config, state: State) -> Daemon {
+        let admin_gid = admin_gid_of(&config);
         Daemon {
             inner: Mutex::new(Inner {
                 config,
@@ -110,7 +134,14 @@ impl Daemon {
                 drift_logged: BTreeMap::new(),
             }),
             events: broadcast::channel(1024).0,
-            health: Health::default(),
+            health: Health {
+                last_reload_ok: AtomicBool::new(true),
+                last_reload_success: AtomicU64::new(now()),
+                ..Health::default()
+            },
+            gate: crate::api::Gate::default(),
+            admin_gid: AtomicU64::new(admin_gid),
+            attached: AtomicBool::new(false),
             config_path,
             started: SystemTime::now(),
         }
@@ -143,9 +174,14 @@ impl Daemon {
         });
     }
 
-    /// Whether kchatd is attached to the module now.
+    /// Whether kchatd is attached to the module now; takes no lock.
     pub fn attached(&self) -> bool {
-        self.lock().abi_version.is_some()
+        self.attached.load(Ordering::Relaxed)
+    }
+
+    /// The admin group's gid, if the config names one; takes no lock.
+    pub fn admin_gid(&self) -> Option<u32> {
+        u32::try_from(self.admin_gid.load(Ordering::Relaxed)).ok()
     }
 
     /// Brings the kernel in line with the declared rooms. Runs at start,
@@ -160,9 +196,9 @@ impl Daemon {
                     tracing::info!(abi_version = version, "attached to the kchat module");
                     self.emit(EventKind::Attached, None, 0);
                     inner.abi_version = Some(version);
+                    self.attached.store(true, Ordering::Relaxed);
                     inner.detached_reason = None;
                     inner.seen = Some(Snapshot::default());
-                    self.apply_global_limits(&mut inner, &control);
                 }
                 control
             }
@@ -175,6 +211,7 @@ impl Daemon {
                     }
                 }
                 inner.abi_version = None;
+                self.attached.store(false, Ordering::Relaxed);
                 inner.detached_reason = Some(reason);
                 inner.seen = None;
                 return;
@@ -187,30 +224,48 @@ impl Daemon {
         }
     }
 
-    fn apply_global_limits(&self, inner: &mut Inner, control: &Control) {
+    /// Brings the module-wide limits to what `[limits]` says, like rooms:
+    /// on every pass, so a limit changed behind kchatd's back, a reload
+    /// within one tick or a module reloaded is noticed, and a failed apply
+    /// is retried (and counted) instead of forgotten.
+    fn converge_global_limits(&self, inner: &Inner, control: &Control) -> Result<(), String> {
         let Some(limits) = inner.config.limits else {
-            return;
+            return Ok(());
         };
-        let result = control
-            .limits()
-            .and_then(|current| control.set_limits(&limits.merged(current)));
-        if let Err(err) = result {
-            tracing::error!(%err, "cannot set the module's global limits");
-            inner.last_error = Some(format!("cannot set the module's global limits: {err}"));
+        let failed = |err: Errno| format!("cannot set the module's global limits: {err}");
+        let current = control.limits().map_err(failed)?;
+        let wanted = limits.merged(current);
+        if wanted == current {
+            return Ok(());
         }
+        control.set_limits(&wanted).map_err(failed)?;
+        tracing::info!(
+            max_rooms = wanted.max_rooms,
+            max_readers = wanted.max_readers,
+            max_total_ring_bytes = wanted.max_total_ring_bytes,
+            "set the module's global limits"
+        );
+        Ok(())
     }
 
     /// Plans and carries out the steps; returns what failed.
     fn converge(&self, inner: &mut Inner, control: &Control) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Err(err) = self.converge_global_limits(inner, control) {
+            tracing::error!(message = %err, "reconcile step failed");
+            errors.push(err);
+        }
         let snapshot = match kernel::snapshot(control) {
             Ok(snapshot) => snapshot,
-            Err(err) => return vec![format!("cannot list the module's rooms: {err}")],
+            Err(err) => {
+                errors.push(format!("cannot list the module's rooms: {err}"));
+                return errors;
+            }
         };
         self.report_changes(inner, &snapshot);
         let actual = decls(&snapshot);
         let desired = plan::desired(&inner.config.rooms, &inner.state);
         let steps = plan::plan(&desired, &actual, &inner.state.limits, &inner.state.owned);
-        let mut errors = Vec::new();
         let mut owned_changed = false;
         let mut drift = BTreeMap::new();
         for step in steps {
@@ -288,19 +343,22 @@ impl Daemon {
             Ok(config) => config,
             Err(err) => {
                 self.health.reload_errors.fetch_add(1, Ordering::Relaxed);
+                self.health.last_reload_ok.store(false, Ordering::Relaxed);
                 return Err(err);
             }
         };
+        self.health.last_reload_ok.store(true, Ordering::Relaxed);
+        self.health
+            .last_reload_success
+            .store(now(), Ordering::Relaxed);
         {
             let mut inner = self.lock();
             if config.socket != inner.config.socket || config.metrics != inner.config.metrics {
                 tracing::warn!("socket and [metrics] changes take effect when kchatd restarts");
             }
-            let limits_changed = config.limits != inner.config.limits;
+            self.admin_gid
+                .store(admin_gid_of(&config), Ordering::Relaxed);
             inner.config = config;
-            if limits_changed && let Ok((control, _)) = kernel::attach() {
-                self.apply_global_limits(&mut inner, &control);
-            }
         }
         self.reconcile();
         Ok(())
@@ -316,6 +374,23 @@ impl Daemon {
             .iter()
             .map(|(name, info)| view(name, info, desired.get(name)))
             .collect())
+    }
+
+    /// One line for systemd's `STATUS=` (what `systemctl status` shows).
+    pub fn summary(&self) -> String {
+        let inner = self.lock();
+        match (&inner.abi_version, &inner.detached_reason) {
+            (Some(_), _) => {
+                let rooms = inner.seen.as_ref().map_or(0, |s| s.rooms.len());
+                let mut line = format!("attached, {rooms} room(s)");
+                if let Some(err) = &inner.last_error {
+                    line += &format!("; last error: {err}");
+                }
+                line
+            }
+            (None, Some(reason)) => format!("not attached: {reason}"),
+            (None, None) => "not attached".to_owned(),
+        }
     }
 
     fn status(&self) -> Status {

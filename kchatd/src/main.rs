@@ -2,7 +2,13 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use kchatd::{api, config::Config, daemon::Daemon, metrics, state::State};
+use kchatd::{
+    api,
+    config::Config,
+    daemon::Daemon,
+    metrics,
+    state::{State, StateLock},
+};
 use std::{path::PathBuf, sync::Arc, time::Duration};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
@@ -66,6 +72,7 @@ fn main() -> Result<()> {
         .ok()
         .filter(|d| !d.is_zero())
         .context("--interval must be a positive number of seconds")?;
+    let _lock = StateLock::take(&config.state_dir)?;
     let state = State::load(&State::path(&config.state_dir))?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -102,7 +109,11 @@ async fn run(config_path: PathBuf, config: Config, state: State, interval: Durat
         metrics = %config.metrics.listen,
         "kchatd ready"
     );
-    notify(&[sd_notify::NotifyState::Ready]);
+    let mut shown = daemon.summary();
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&shown),
+    ]);
 
     let mut watchdog_usec = 0;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
@@ -116,6 +127,11 @@ async fn run(config_path: PathBuf, config: Config, state: State, interval: Durat
                 if watchdog.is_some() {
                     notify(&[sd_notify::NotifyState::Watchdog]);
                 }
+                let summary = tokio::task::block_in_place(|| daemon.summary());
+                if summary != shown {
+                    notify(&[sd_notify::NotifyState::Status(&summary)]);
+                    shown = summary;
+                }
             }
             _ = hangup.recv() => {
                 notify(&[
@@ -126,7 +142,11 @@ async fn run(config_path: PathBuf, config: Config, state: State, interval: Durat
                     Ok(()) => tracing::info!("config reloaded"),
                     Err(err) => tracing::error!(%err, "config reload refused; the old config stays"),
                 }
-                notify(&[sd_notify::NotifyState::Ready]);
+                shown = tokio::task::block_in_place(|| daemon.summary());
+                notify(&[
+                    sd_notify::NotifyState::Ready,
+                    sd_notify::NotifyState::Status(&shown),
+                ]);
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,

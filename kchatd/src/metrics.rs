@@ -234,6 +234,11 @@ impl Collector for HealthCollector {
                 "Control socket requests refused for lack of privilege.",
                 &health.denied,
             ),
+            (
+                "kchat_daemon_refused_connections",
+                "Control socket connections turned away: a caller over its share, or too many event streams.",
+                &health.refused_connections,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value.load(Ordering::Relaxed));
@@ -244,6 +249,20 @@ impl Collector for HealthCollector {
                 counter.metric_type(),
             )?)?;
         }
+        let reload_ok = ConstGauge::new(i64::from(health.last_reload_ok.load(Ordering::Relaxed)));
+        reload_ok.encode(encoder.encode_descriptor(
+            "kchat_config_last_reload_successful",
+            "Whether the last config reload applied (1) or was refused and the old config kept (0).",
+            None,
+            reload_ok.metric_type(),
+        )?)?;
+        let reloaded = ConstGauge::new(health.last_reload_success.load(Ordering::Relaxed) as f64);
+        reloaded.encode(encoder.encode_descriptor(
+            "kchat_config_last_reload_success_timestamp",
+            "When the config was last loaded successfully (start or reload), in seconds since the Unix epoch.",
+            Some(&Unit::Seconds),
+            reloaded.metric_type(),
+        )?)?;
         let started = self
             .daemon
             .started

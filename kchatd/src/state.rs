@@ -36,6 +36,58 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "another kchatd (pid {holder}) uses the state directory {dir}; stop it first, or give this one its own state_dir"
+    )]
+    InUse { dir: PathBuf, holder: String },
+    #[error("cannot lock the state directory {dir}: {source}")]
+    Lock {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The state directory's lock, held for the daemon's life: two kchatds on
+/// one state file would overwrite each other's changes.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl StateLock {
+    /// Takes `<state_dir>/kchatd.lock` (an `flock`, released by the kernel
+    /// when kchatd exits however it exits), or says who holds it.
+    pub fn take(state_dir: &Path) -> Result<StateLock, StateError> {
+        let failed = |source| StateError::Lock {
+            dir: state_dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(state_dir).map_err(failed)?;
+        let path = state_dir.join("kchatd.lock");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(failed)?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(mut locked) => {
+                // The holder's pid, for the message another kchatd prints.
+                let pid = std::process::id().to_string();
+                locked.set_len(0).map_err(failed)?;
+                locked.write_all(pid.as_bytes()).map_err(failed)?;
+                Ok(StateLock { _file: locked })
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(StateError::InUse {
+                dir: state_dir.to_owned(),
+                holder: std::fs::read_to_string(&path)
+                    .map(|pid| pid.trim().to_owned())
+                    .unwrap_or_else(|_| "unknown".to_owned()),
+            }),
+            Err((_, errno)) => Err(failed(errno.into())),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -77,6 +77,22 @@ pub const TESTS: &[Test] = &[
         "daemon::bad_requests_get_errors_and_kchatd_keeps_serving",
         bad_requests_get_errors_and_kchatd_keeps_serving,
     ),
+    (
+        "daemon::admin_rights_follow_the_groups_a_caller_holds",
+        admin_rights_follow_the_groups_a_caller_holds,
+    ),
+    (
+        "daemon::idle_connections_from_one_user_do_not_lock_out_admins",
+        idle_connections_from_one_user_do_not_lock_out_admins,
+    ),
+    (
+        "daemon::module_limits_are_reconciled_every_pass",
+        module_limits_are_reconciled_every_pass,
+    ),
+    (
+        "daemon::a_second_kchatd_on_the_same_state_is_refused",
+        a_second_kchatd_on_the_same_state_is_refused,
+    ),
 ];
 
 /// Each daemon gets its own metrics port, so a restart never waits for the
@@ -170,6 +186,7 @@ impl Kchatd {
     }
 
     /// Waits for a notification datagram with the line `want`.
+    /// Waits for a notification line that starts with `want`.
     fn wait_notify(&mut self, want: &str) -> Result<()> {
         let mut buf = [0u8; 256];
         loop {
@@ -182,7 +199,7 @@ impl Kchatd {
             })?;
             if String::from_utf8_lossy(&buf[..n])
                 .lines()
-                .any(|l| l == want)
+                .any(|l| l.starts_with(want))
             {
                 return Ok(());
             }
@@ -388,6 +405,8 @@ fn tells_systemd_about_reloads_stops_and_the_watchdog() -> Result<()> {
     daemon.signal(Signal::SIGHUP)?;
     daemon.wait_notify("RELOADING=1")?;
     daemon.wait_notify("READY=1")?;
+    // What `systemctl status` shows.
+    daemon.wait_notify("STATUS=attached, ")?;
     daemon.signal(Signal::SIGTERM)?;
     daemon.wait_notify("STOPPING=1")?;
     let status = daemon.child.wait()?;
@@ -863,6 +882,13 @@ fn bad_configs_are_refused_and_reload_keeps_the_old() -> Result<()> {
         Ok(sample(&daemon.get("/metrics")?, "kchat_daemon_reload_errors_total") == Some(1.0))
     })?;
     ensure!(
+        sample(
+            &daemon.get("/metrics")?,
+            "kchat_config_last_reload_successful"
+        ) == Some(0.0),
+        "a refused reload is not shown as such"
+    );
+    ensure!(
         daemon.log().contains("unknown field `size`"),
         "log lacks the reason:\n{}",
         daemon.log()
@@ -884,6 +910,16 @@ fn bad_configs_are_refused_and_reload_keeps_the_old() -> Result<()> {
     wait_for("hup-b after a good reload", Duration::from_secs(10), || {
         Ok(Path::new("/dev/kchat/hup-b").exists())
     })?;
+    let scrape = daemon.get("/metrics")?;
+    ensure!(
+        sample(&scrape, "kchat_config_last_reload_successful") == Some(1.0)
+            && sample(
+                &scrape,
+                "kchat_config_last_reload_success_timestamp_seconds"
+            )
+            .is_some_and(|t| t > 1.7e9),
+        "a good reload is not shown as such:\n{scrape}"
+    );
     // Dropping a room from the config deletes it: kchatd made it.
     std::fs::write(Kchatd::config_path(&dir), format!("{good}\n"))?;
     daemon.signal(Signal::SIGHUP)?;
@@ -1053,4 +1089,164 @@ fn dashboards_use_only_real_metrics() -> Result<()> {
         }
     }
     daemon.stop()
+}
+
+/// kchatctl as `setpriv` makes the caller; returns its output.
+fn ctl_as(daemon: &Kchatd, setpriv_args: &[&str], args: &[&str]) -> Result<Output> {
+    Command::new("timeout")
+        .arg("20")
+        .arg("setpriv")
+        .args(setpriv_args)
+        .arg("--")
+        .arg(bin("kchatctl")?)
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(args)
+        .output()
+        .context("running kchatctl under setpriv")
+}
+
+/// The kernel's rule, as for the room nodes: the groups a process holds,
+/// not the ones the user database lists.
+fn admin_rights_follow_the_groups_a_caller_holds() -> Result<()> {
+    module::ensure_loaded()?;
+    let _cleanup = Cleanup(vec!["by-suppl", "by-listed"]);
+    let dir = Kchatd::prepare("groups", "")?;
+    let config = Kchatd::config_path(&dir);
+    let text = std::fs::read_to_string(&config)?;
+    // Debian's `daemon` group (gid 1) stands in for a `kchat` admin group.
+    std::fs::write(&config, format!("admin_group = \"daemon\"\n{text}"))?;
+    let daemon = Kchatd::start(&dir)?;
+    // A process started with the group as a supplementary one (systemd's
+    // SupplementaryGroups=, sg) is an admin.
+    let with_group = ctl_as(
+        &daemon,
+        &["--reuid=65534", "--regid=65534", "--groups=1"],
+        &["create-room", "by-suppl"],
+    )?;
+    ensure!(
+        with_group.status.success(),
+        "a caller holding admin_group as a supplementary group was refused: {with_group:?}"
+    );
+    // nobody listed in the group (the guest's /etc is a throwaway overlay),
+    // running with its groups cleared: not an admin.
+    let group_file = std::fs::read_to_string("/etc/group")?;
+    let listed = group_file
+        .lines()
+        .map(|line| {
+            if line.starts_with("daemon:") {
+                let sep = if line.ends_with(':') { "" } else { "," };
+                format!("{line}{sep}nobody")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write("/etc/group", format!("{listed}\n"))?;
+    let cleared = ctl_as(&daemon, &NOBODY, &["create-room", "by-listed"]);
+    std::fs::write("/etc/group", &group_file)?;
+    let cleared = cleared?;
+    ensure!(
+        cleared.status.code() == Some(1)
+            && String::from_utf8_lossy(&cleared.stderr).contains("permission denied"),
+        "a caller the group file lists but who holds no admin group was not denied: {cleared:?}"
+    );
+    ensure!(
+        !Path::new("/dev/kchat/by-listed").exists(),
+        "the room was made"
+    );
+    daemon.stop()
+}
+
+/// The socket is open to everyone: one user holding connections must not
+/// exhaust kchatd's descriptors and lock out admins.
+fn idle_connections_from_one_user_do_not_lock_out_admins() -> Result<()> {
+    module::ensure_loaded()?;
+    let dir = Kchatd::prepare("fdcap", "")?;
+    let daemon = Kchatd::start(&dir)?;
+    // 2,000 idle connections from nobody, held until we are done.
+    let mut holder = crate::helper::hold_connections_as(&NOBODY, &daemon.socket(), 2000)?;
+    let admin = Command::new("timeout")
+        .arg("20")
+        .arg(bin("kchatctl")?)
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(["--json", "status"])
+        .output();
+    let scrape = daemon.get("/metrics");
+    holder.kill().ok();
+    holder.wait().ok();
+    let admin = admin?;
+    ensure!(
+        admin.status.success(),
+        "an admin request failed while one user held 2,000 connections: {admin:?}\n{}",
+        daemon.log()
+    );
+    let status: Value = serde_json::from_slice(&admin.stdout)?;
+    ensure!(
+        status["attached"] == true,
+        "kchatd lost the module to the connections: {status}"
+    );
+    let refused = sample(&scrape?, "kchat_daemon_refused_connections_total").unwrap_or(0.0);
+    ensure!(
+        refused >= 1000.0,
+        "only {refused} of 2,000 connections were refused"
+    );
+    daemon.stop()
+}
+
+fn a_second_kchatd_on_the_same_state_is_refused() -> Result<()> {
+    module::ensure_loaded()?;
+    let dir = Kchatd::prepare("statelock", "")?;
+    let daemon = Kchatd::start(&dir)?;
+    // Its own socket and port, the same state directory.
+    let second = dir.join("second.toml");
+    let text = std::fs::read_to_string(Kchatd::config_path(&dir))?
+        .replace("kchatd.sock", "second.sock")
+        .replace("listen = \"127.0.0.1:", "listen = \"127.0.0.2:");
+    std::fs::write(&second, text)?;
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(bin("kchatd")?)
+        .arg("--config")
+        .arg(&second)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1) && stderr.contains("another kchatd"),
+        "a second kchatd on the same state directory: {out:?}"
+    );
+    ensure!(
+        stderr.contains(&daemon.child.id().to_string()),
+        "the refusal does not name the holder's pid: {stderr}"
+    );
+    daemon.stop()
+}
+
+/// `[limits]` are declared state like rooms: changed behind kchatd's back
+/// (or by a module reload, or a reload within one tick), they come back.
+fn module_limits_are_reconciled_every_pass() -> Result<()> {
+    module::ensure_loaded()?;
+    let control = crate::client::Control::open()?;
+    let before = control.limits()?;
+    let dir = Kchatd::prepare("limits", "[limits]\nmax_readers = 777\n")?;
+    let daemon = Kchatd::start(&dir)?;
+    let outcome = (|| -> Result<()> {
+        wait_for("max_readers 777", Duration::from_secs(10), || {
+            Ok(control.limits()?.max_readers == 777)
+        })?;
+        control.set_limits(&kchat_uapi::abi::GlobalLimits {
+            max_readers: 10,
+            ..control.limits()?
+        })?;
+        wait_for(
+            "kchatd to put max_readers back to 777",
+            Duration::from_secs(10),
+            || Ok(control.limits()?.max_readers == 777),
+        )
+    })();
+    daemon.stop()?;
+    control.set_limits(&before)?;
+    outcome
 }

@@ -25,6 +25,10 @@ const FRAMED_VAR: &str = "KCHAT_VMTEST_HELPER_FRAMED";
 /// Helper job: write `KCHAT_VMTEST_HELPER_COUNT` messages of 1 KiB to the
 /// room and print this process's cgroup's `memory.current` before and after.
 const MEMCG_VAR: &str = "KCHAT_VMTEST_HELPER_MEMCG";
+/// Helper job: connect `KCHAT_VMTEST_HELPER_COUNT` times to the unix socket
+/// and hold every connection (as far as this process's descriptors allow),
+/// printing "held" once done, until killed.
+const CONNECT_VAR: &str = "KCHAT_VMTEST_HELPER_CONNECT";
 
 fn errno_of(err: &std::io::Error) -> nix::errno::Errno {
     nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(0))
@@ -32,6 +36,21 @@ fn errno_of(err: &std::io::Error) -> nix::errno::Errno {
 
 /// In a helper process, does its one job and returns its exit code.
 pub fn run_if_requested() -> Option<ExitCode> {
+    if let Some(path) = std::env::var_os(CONNECT_VAR) {
+        use std::io::Write;
+        let count: usize = std::env::var(COUNT_VAR).ok()?.parse().ok()?;
+        // SAFETY: alarm only schedules SIGALRM, whose default action ends
+        // this helper if the test never kills it.
+        unsafe { nix::libc::alarm(120) };
+        let held: Vec<_> = (0..count)
+            .filter_map(|_| std::os::unix::net::UnixStream::connect(&path).ok())
+            .collect();
+        println!("held {}", held.len());
+        std::io::stdout().flush().ok();
+        loop {
+            std::thread::park();
+        }
+    }
     if let Some(path) = std::env::var_os(MEMCG_VAR) {
         let count: usize = std::env::var(COUNT_VAR).ok()?.parse().ok()?;
         match write_and_measure(Path::new(&path), count) {
@@ -288,4 +307,43 @@ pub fn wait_until_asleep(tid: i32) -> Result<()> {
                 .is_some_and(|rest| rest.trim_start().starts_with('S')))
         },
     )
+}
+
+/// Starts a helper under `setpriv` that connects `count` times to the unix
+/// socket `path` and holds the connections until killed; returns once it
+/// has made them all (at most 60 s).
+pub fn hold_connections_as(
+    setpriv_args: &[&str],
+    path: &Path,
+    count: usize,
+) -> Result<std::process::Child> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().context("finding the suite's own binary")?;
+    // Descriptors for every connection: raised as root, kept by setpriv.
+    let mut child = Command::new("prlimit")
+        .arg(format!("--nofile={}", count + 64))
+        .arg("setpriv")
+        .args(setpriv_args)
+        .arg("--")
+        .arg(exe)
+        .env(CONNECT_VAR, path)
+        .env(COUNT_VAR, count.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running prlimit and setpriv (util-linux)")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        tx.send(line).ok();
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) if line.starts_with("held ") => Ok(child),
+        outcome => {
+            child.kill().ok();
+            child.wait().ok();
+            bail!("the connection helper did not hold its connections: {outcome:?}")
+        }
+    }
 }

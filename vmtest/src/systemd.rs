@@ -276,6 +276,28 @@ fn reload_applies_a_changed_config() -> Result<()> {
         journal.contains("config reloaded"),
         "the journal does not show the reload:\n{journal}"
     );
+    let status = property("kchatd.service", "StatusText")?;
+    ensure!(
+        status.starts_with("attached, "),
+        "systemctl status shows {status:?}"
+    );
+    // A bad config fails the reload where the admin sees it; the old
+    // config keeps running.
+    let good = std::fs::read_to_string(CONFIG)?;
+    std::fs::write(CONFIG, format!("{good}\n[rooms.sd-bad]\nsize = 1\n"))?;
+    let refused = Command::new("systemctl")
+        .args(["reload", "kchatd"])
+        .output();
+    std::fs::write(CONFIG, &good)?;
+    let refused = refused?;
+    ensure!(
+        !refused.status.success(),
+        "systemctl reload of a bad config succeeded"
+    );
+    ensure!(
+        property("kchatd.service", "ActiveState")? == "active",
+        "kchatd is not active after a refused reload"
+    );
     Ok(())
 }
 
