@@ -1,7 +1,9 @@
 //! The command line: object-verb commands in the habit of `ip` and `wg`.
 
 use clap::{Args, Parser, Subcommand};
-use kchat_proto::room::{Forever, MaxWait, Policy, Principal, RateLimit, RoomName, Scope};
+use kchat_proto::room::{
+    Forever, LimitChange, MaxWait, Policy, Principal, RateLimit, RoomName, Scope,
+};
 use std::path::PathBuf;
 
 const EXIT_CODES: &str = "\
@@ -120,13 +122,18 @@ fn parse_max_wait(text: &str) -> Result<MaxWait, String> {
 
 #[derive(Args)]
 pub struct LimitArgs {
+    /// Messages per second each sender may write (0: no message limit).
     #[arg(long, value_name = "N")]
     pub msgs_per_sec: Option<u32>,
-    /// Messages a sender may send at once after being idle.
+    /// Messages a sender may send at once after being idle (0: one second's
+    /// worth); needs a message rate.
     #[arg(long, value_name = "N")]
     pub burst: Option<u32>,
+    /// Payload bytes per second each sender may write (0: no byte limit).
     #[arg(long, value_name = "N")]
     pub bytes_per_sec: Option<u32>,
+    /// Bytes a sender may send at once after being idle (0: one second's
+    /// worth); needs a byte rate.
     #[arg(long, value_name = "N")]
     pub byte_burst: Option<u32>,
     /// Whose budget a write is charged to: the writer's uid, or each open file.
@@ -135,6 +142,17 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
+    /// For `set-limit`: only the fields given change; kchatd keeps the rest.
+    pub fn into_change(self) -> LimitChange {
+        LimitChange {
+            scope: self.scope,
+            msgs_per_sec: self.msgs_per_sec,
+            msg_burst: self.burst,
+            bytes_per_sec: self.bytes_per_sec,
+            byte_burst: self.byte_burst,
+        }
+    }
+
     /// The limit these flags set, or `unset` when none is given.
     pub fn into_limit(self, unset: Option<RateLimit>) -> Option<RateLimit> {
         let given = self.msgs_per_sec.is_some()

@@ -10,7 +10,7 @@ use cli::{Cli, Command};
 use client::{Client, Failure};
 use kchat_proto::{
     api::{Reply, Request},
-    room::{RateLimit, RoomDraft},
+    room::RoomDraft,
 };
 use std::{io::Write, process::ExitCode};
 
@@ -72,9 +72,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::DeleteRoom { room } => show(json, client.call(&Request::DeleteRoom { room })?),
         Command::SetLimit { room, limit } => {
-            let limit = limit
-                .into_limit(Some(RateLimit::default()))
-                .unwrap_or_default();
+            let limit = limit.into_change();
             show(json, client.call(&Request::SetLimit { room, limit })?)
         }
         Command::Apply { file, dry_run } => {

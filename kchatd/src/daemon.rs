@@ -529,14 +529,28 @@ impl Daemon {
     fn set_limit(
         &self,
         room: RoomName,
-        limit: kchat_proto::room::RateLimit,
+        change: kchat_proto::room::LimitChange,
     ) -> Result<Reply, ApiError> {
-        let previous = self
-            .lock()
-            .seen
-            .as_ref()
-            .and_then(|s| s.rooms.get(&room))
-            .map(|info| RoomDecl::from_info(info).rate_limit);
+        if change.is_empty() {
+            return Err(api_error(
+                ErrorKind::Invalid,
+                "nothing to change: give at least one of --msgs-per-sec, --burst, --bytes-per-sec, --byte-burst, --scope",
+            ));
+        }
+        // The room's limit as the kernel has it now, not as last seen.
+        let control = attach_for_request()?;
+        let info = control
+            .info(room.as_str())
+            .map_err(|err| kernel_error("read the rate limit of", &room, err))?;
+        drop(control);
+        let previous = RoomDecl::from_info(&info).rate_limit;
+        let limit = change.apply_to(previous).map_err(|err| {
+            api_error(
+                ErrorKind::Invalid,
+                format!("room {room}: {err}; nothing was changed"),
+            )
+        })?;
+        let previous = Some(previous);
         let undo_room = room.clone();
         self.change(
             |state, control| {

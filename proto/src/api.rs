@@ -6,7 +6,7 @@
 //! JSON lines rather than a binary RPC: an admin can speak it with `socat`,
 //! and both ends are ours, so there is no schema tooling to win.
 
-use crate::room::{RateLimit, RoomDecl, RoomDraft, RoomName};
+use crate::room::{LimitChange, RoomDecl, RoomDraft, RoomName};
 use serde::{Deserialize, Serialize};
 
 /// The `done` reply that opens an event stream: from it on, the client
@@ -32,8 +32,9 @@ pub enum Request {
     CreateRoom { room: RoomName, settings: RoomDraft },
     /// Deletes a room and forgets it (admin).
     DeleteRoom { room: RoomName },
-    /// Changes a room's rate limit and keeps it (admin).
-    SetLimit { room: RoomName, limit: RateLimit },
+    /// Changes the given fields of a room's rate limit and keeps the
+    /// result (admin).
+    SetLimit { room: RoomName, limit: LimitChange },
     /// Makes the rooms kchatctl manages those of `config` (TOML with
     /// `[rooms.NAME]` tables, as in kchatd.toml); with `dry_run`, only says
     /// what would change (admin unless dry run).

@@ -138,6 +138,43 @@ impl Scope {
     }
 }
 
+/// A change to a room's rate limit: the fields given replace the room's,
+/// the others stay (as `wg set` and `ip link set` do). A client that sends
+/// a whole [`RateLimit`] sets every field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitChange {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msgs_per_sec: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msg_burst: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub byte_burst: Option<u32>,
+}
+
+impl LimitChange {
+    pub fn is_empty(&self) -> bool {
+        *self == LimitChange::default()
+    }
+
+    /// `current` with this change applied, checked as a whole.
+    pub fn apply_to(&self, current: RateLimit) -> Result<RateLimit, String> {
+        let limit = RateLimit {
+            scope: self.scope.unwrap_or(current.scope),
+            msgs_per_sec: self.msgs_per_sec.unwrap_or(current.msgs_per_sec),
+            msg_burst: self.msg_burst.unwrap_or(current.msg_burst),
+            bytes_per_sec: self.bytes_per_sec.unwrap_or(current.bytes_per_sec),
+            byte_burst: self.byte_burst.unwrap_or(current.byte_burst),
+        };
+        limit.check()?;
+        Ok(limit)
+    }
+}
+
 /// A room's rate limit; a rate of 0 is unlimited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -164,6 +201,12 @@ impl RateLimit {
             return Err("rate_limit.byte_burst needs rate_limit.bytes_per_sec".into());
         }
         Ok(())
+    }
+
+    /// Whether the limit is one the kernel will take as meant (a burst
+    /// without its rate would be ignored).
+    pub fn validate(&self) -> Result<(), String> {
+        self.check()
     }
 
     /// The kernel's request for room `name`.

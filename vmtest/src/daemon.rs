@@ -485,6 +485,34 @@ fn create_chat_list_limit_delete() -> Result<()> {
         stats[0]["settings"]["rate_limit"]["msg_burst"] == 1,
         "{stats}"
     );
+    // Only the fields given change: a burst alone keeps the rate.
+    daemon.ctl(&["set-limit", "rt-chat", "--burst", "5"])?;
+    let limit = crate::client::Control::open()?.info("rt-chat")?;
+    ensure!(
+        limit.msgs_per_sec == 1 && limit.msg_burst == 5,
+        "--burst alone left {} msg/s, burst {}",
+        limit.msgs_per_sec,
+        limit.msg_burst
+    );
+    // A change the kernel would not take as meant (a byte burst without a
+    // byte rate) is refused, naming why, and changes nothing.
+    let bad = daemon.ctl_output(&["set-limit", "rt-chat", "--byte-burst", "500"])?;
+    ensure!(
+        bad.status.code() == Some(1)
+            && String::from_utf8_lossy(&bad.stderr).contains("byte_burst needs"),
+        "a byte burst without a byte rate: {bad:?}"
+    );
+    let empty = daemon.ctl_output(&["set-limit", "rt-chat"])?;
+    ensure!(
+        empty.status.code() == Some(1)
+            && String::from_utf8_lossy(&empty.stderr).contains("nothing to change"),
+        "set-limit without flags: {empty:?}"
+    );
+    let kept = crate::client::Control::open()?.info("rt-chat")?;
+    ensure!(
+        kept.msgs_per_sec == 1 && kept.msg_burst == 5 && kept.byte_burst == 0,
+        "a refused change changed the limit"
+    );
 
     daemon.ctl(&["delete-room", "rt-chat"])?;
     ensure!(
