@@ -151,7 +151,7 @@ pub fn info(room: &RoomView) -> String {
     field("lost", c.lost.to_string());
     field("throttled", c.throttled.to_string());
     field("writer waits", c.writer_waits.to_string());
-    field("laggard evictions", c.laggard_evictions.to_string());
+    field("lag evictions", c.laggard_evictions.to_string());
     for drift in &room.drift {
         field("drift", format!("{drift} (recreate the room to apply)"));
     }
