@@ -188,8 +188,24 @@ impl Kchatd {
     /// Waits for a notification datagram with the line `want`.
     /// Waits for a notification line that starts with `want`.
     fn wait_notify(&mut self, want: &str) -> Result<()> {
+        self.wait_notify_all(&[want])
+    }
+
+    /// Waits (at most 120 s in all) for one notification datagram with a
+    /// line starting with each of `wanted`.
+    fn wait_notify_all(&mut self, wanted: &[&str]) -> Result<()> {
+        let want = wanted.join(" + ");
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         let mut buf = [0u8; 256];
         loop {
+            // Other notifications (the watchdog's) keep coming: bound the
+            // whole wait, not each read.
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "kchatd did not notify {want} within 120 s; its log:\n{}",
+                    self.log()
+                );
+            }
             let n = self.notify.recv(&mut buf).with_context(|| {
                 format!(
                     "kchatd did not notify {want}; its log:\n{}\nwhere its threads are:\n{}",
@@ -197,9 +213,10 @@ impl Kchatd {
                     self.threads()
                 )
             })?;
-            if String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .any(|l| l.starts_with(want))
+            let text = String::from_utf8_lossy(&buf[..n]);
+            if wanted
+                .iter()
+                .all(|want| text.lines().any(|l| l.starts_with(want)))
             {
                 return Ok(());
             }
@@ -404,9 +421,8 @@ fn tells_systemd_about_reloads_stops_and_the_watchdog() -> Result<()> {
     daemon.wait_notify("WATCHDOG=1")?;
     daemon.signal(Signal::SIGHUP)?;
     daemon.wait_notify("RELOADING=1")?;
-    daemon.wait_notify("READY=1")?;
-    // What `systemctl status` shows.
-    daemon.wait_notify("STATUS=attached, ")?;
+    // With what `systemctl status` shows.
+    daemon.wait_notify_all(&["READY=1", "STATUS=attached, "])?;
     daemon.signal(Signal::SIGTERM)?;
     daemon.wait_notify("STOPPING=1")?;
     let status = daemon.child.wait()?;
