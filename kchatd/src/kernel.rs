@@ -26,7 +26,9 @@ pub fn attach() -> Result<(Control, u32), String> {
             kchat_client::CONTROL
         ),
         Some(Errno::EACCES | Errno::EPERM) => format!(
-            "not allowed to open {}: kchatd needs root with CAP_SYS_ADMIN",
+            "not allowed to open {}: kchatd needs root with CAP_SYS_ADMIN; under systemd, \
+             a unit whose DeviceAllow= names the node must start after the module made it \
+             (the shipped kchatd.service is bound to it): restart kchatd",
             kchat_client::CONTROL
         ),
         Some(Errno::ENODEV | Errno::ENXIO) => "the kchat module is being unloaded".to_owned(),

@@ -93,6 +93,21 @@ pub fn check(deb: &std::path::Path) -> Result<()> {
     for part in ["postinst", "prerm", "postrm", "conffiles"] {
         ensure!(info.contains(part), "the package has no {part}:\n{info}");
     }
+    // The unit is enabled and restarted through deb-systemd-helper (which
+    // keeps an admin's disable across upgrades), never by hand.
+    let postinst = process::stdout(
+        Command::new("dpkg-deb")
+            .arg("--info")
+            .arg(deb)
+            .arg("postinst"),
+    )?;
+    ensure!(
+        postinst.contains("deb-systemd-helper --quiet was-enabled kchatd.service")
+            && postinst.contains("deb-systemd-invoke try-restart kchatd.service")
+            && !postinst.contains("systemctl enable")
+            && !postinst.contains("#DEBHELPER#"),
+        "postinst does not handle kchatd.service through deb-systemd-helper:\n{postinst}"
+    );
     Ok(())
 }
 
