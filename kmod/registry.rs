@@ -172,10 +172,16 @@ impl Registry {
         // take away, so the check cannot be overtaken.
         let ring_bytes = self.ring_total.load(Ordering::Relaxed) + bytes;
         let limits = &inner.limits;
-        if in_use >= limits.max_rooms as usize || ring_bytes > limits.max_total_ring_bytes {
+        // Distinct answers, so the caller can say which limit to raise: a
+        // count of rooms as inotify's count of instances (EMFILE), bytes as
+        // its watches (ENOSPC).
+        if in_use >= limits.max_rooms as usize {
+            return Err(EMFILE);
+        }
+        if ring_bytes > limits.max_total_ring_bytes {
             return Err(ENOSPC);
         }
-        let minor = inner.free_minor().ok_or(ENOSPC)?;
+        let minor = inner.free_minor().ok_or(EMFILE)?;
         let room = Room::new(
             settings,
             minor as u32,

@@ -92,14 +92,19 @@ fn kernel_error(what: &str, room: &RoomName, err: Errno) -> ApiError {
     let (kind, why) = match err {
         Errno::EEXIST => (ErrorKind::AlreadyExists, "it already exists".to_owned()),
         Errno::ENOENT => (ErrorKind::NotFound, "no such room".to_owned()),
-        Errno::EUSERS => (
+        Errno::EMFILE => (
             ErrorKind::Failed,
-            "the module's room limit is reached (raise [limits] max_rooms)".to_owned(),
-        ),
-        Errno::ENOSPC | Errno::ENOMEM => (
-            ErrorKind::Failed,
-            "the module's ring memory limit is reached (raise [limits] max_total_ring_bytes or use a smaller ring_bytes)"
+            "the module's room limit is reached (raise [limits] max_rooms, or delete a room)"
                 .to_owned(),
+        ),
+        Errno::ENOSPC => (
+            ErrorKind::Failed,
+            "the module's ring memory limit would be exceeded (raise [limits] max_total_ring_bytes or use a smaller ring_bytes)"
+                .to_owned(),
+        ),
+        Errno::ENOMEM => (
+            ErrorKind::Failed,
+            "the kernel could not allocate the ring (ENOMEM): use a smaller ring_bytes".to_owned(),
         ),
         Errno::EINVAL => (ErrorKind::Invalid, "the module refused the settings (EINVAL)".to_owned()),
         other => (ErrorKind::Failed, other.desc().to_owned()),

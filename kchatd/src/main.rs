@@ -56,6 +56,14 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
+/// How often to tell systemd kchatd is alive: half of `WatchdogSec`, at
+/// least 50 ms; `None` without a watchdog.
+fn watchdog_interval() -> Option<Duration> {
+    let mut usec = 0;
+    sd_notify::watchdog_enabled(false, &mut usec)
+        .then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(50)))
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let config = Config::load(&args.config)?;
@@ -115,18 +123,23 @@ async fn run(config_path: PathBuf, config: Config, state: State, interval: Durat
         sd_notify::NotifyState::Status(&shown),
     ]);
 
-    let mut watchdog_usec = 0;
-    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
-        .then(|| Duration::from_micros(watchdog_usec / 2));
-    let mut tick = tokio::time::interval(watchdog.map_or(interval, |w| w.min(interval)));
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Pinged from this loop, so a reconcile that hangs stops the pings.
+    // Its own timer: a tiny WatchdogSec must not make kchatd reconcile
+    // (or tokio's interval, at zero, panic).
+    let mut watchdog = watchdog_interval().map(|period| {
+        let mut dog = tokio::time::interval(period);
+        dog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        dog
+    });
     loop {
         tokio::select! {
+            _ = async { watchdog.as_mut()?.tick().await; Some(()) }, if watchdog.is_some() => {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            }
             _ = tick.tick() => {
                 tokio::task::block_in_place(|| daemon.reconcile());
-                if watchdog.is_some() {
-                    notify(&[sd_notify::NotifyState::Watchdog]);
-                }
                 let summary = tokio::task::block_in_place(|| daemon.summary());
                 if summary != shown {
                     notify(&[sd_notify::NotifyState::Status(&summary)]);

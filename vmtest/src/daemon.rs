@@ -427,7 +427,17 @@ fn tells_systemd_about_reloads_stops_and_the_watchdog() -> Result<()> {
     daemon.wait_notify("STOPPING=1")?;
     let status = daemon.child.wait()?;
     ensure!(status.success(), "kchatd exited {status} on SIGTERM");
-    Ok(())
+    // A watchdog of one microsecond (a typo in WatchdogSec) is clamped,
+    // not a crash.
+    let dir = Kchatd::prepare("tiny-watchdog", "")?;
+    let mut daemon = Kchatd::start_with(&dir, &[("WATCHDOG_USEC", "1")])?;
+    daemon.wait_notify("WATCHDOG=1")?;
+    ensure!(
+        daemon.child.try_wait()?.is_none(),
+        "kchatd died with WATCHDOG_USEC=1:\n{}",
+        daemon.log()
+    );
+    daemon.stop()
 }
 
 fn create_chat_list_limit_delete() -> Result<()> {
@@ -1288,7 +1298,21 @@ fn module_limits_are_reconciled_every_pass() -> Result<()> {
             "kchatd to put max_readers back to 777",
             Duration::from_secs(10),
             || Ok(control.limits()?.max_readers == 777),
-        )
+        )?;
+        // A limit the config leaves alone stays as set; reaching it is
+        // named as that limit, not as the ring total.
+        let (_, rooms_now) = control.list(0)?;
+        control.set_limits(&kchat_uapi::abi::GlobalLimits {
+            max_rooms: rooms_now,
+            ..control.limits()?
+        })?;
+        let full = daemon.ctl_output(&["create-room", "one-too-many"])?;
+        let stderr = String::from_utf8_lossy(&full.stderr);
+        ensure!(
+            full.status.code() == Some(1) && stderr.contains("max_rooms"),
+            "a create over max_rooms: {full:?}"
+        );
+        Ok(())
     })();
     daemon.stop()?;
     control.set_limits(&before)?;

@@ -39,6 +39,7 @@ const DOCUMENTED: &[Errno] = &[
     Errno::ENOENT,
     Errno::EEXIST,
     Errno::ENOSPC,
+    Errno::EMFILE,
     Errno::EUSERS,
     Errno::ENOTTY,
     Errno::EAGAIN,
