@@ -48,6 +48,10 @@ pub enum Command {
     },
     /// Delete a room: readers drain what is left, then see end of file.
     DeleteRoom { room: RoomName },
+    /// Undo what was changed at run time about a room kchatd.toml declares
+    /// (its deletion, a rate limit set with set-limit): kchatd makes it what
+    /// the config says again.
+    Reset { room: RoomName },
     /// Set a room's rate limit (0 or nothing: unlimited).
     SetLimit {
         room: RoomName,

@@ -71,6 +71,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             )
         }
         Command::DeleteRoom { room } => show(json, client.call(&Request::DeleteRoom { room })?),
+        Command::Reset { room } => show(json, client.call(&Request::Reset { room })?),
         Command::SetLimit { room, limit } => {
             let limit = limit.into_change();
             show(json, client.call(&Request::SetLimit { room, limit })?)

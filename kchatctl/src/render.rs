@@ -74,6 +74,34 @@ pub fn status(status: &Status) -> String {
     if let Some(err) = &status.last_error {
         let _ = writeln!(out, "last error: {err}");
     }
+    let names = |rooms: &[kchat_proto::room::RoomName]| {
+        rooms
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !status.missing_rooms.is_empty() {
+        let _ = writeln!(
+            out,
+            "declared but missing: {} (kchatd retries each pass; see last error)",
+            names(&status.missing_rooms)
+        );
+    }
+    if !status.deleted_config_rooms.is_empty() {
+        let _ = writeln!(
+            out,
+            "deleted config rooms: {} (kchatctl reset ROOM brings one back)",
+            names(&status.deleted_config_rooms)
+        );
+    }
+    if !status.overridden_rooms.is_empty() {
+        let _ = writeln!(
+            out,
+            "rate limits set over the config's: {} (kchatctl reset ROOM goes back)",
+            names(&status.overridden_rooms)
+        );
+    }
     out
 }
 
@@ -94,7 +122,7 @@ pub fn list(rooms: &[RoomView]) -> String {
                 bytes(u64::from(room.settings.ring_bytes)),
                 format!("{:04o}", room.settings.mode),
                 format!("{}:{}", room.settings.owner, room.settings.group),
-                if room.drift.is_empty() { "" } else { "drift" }.into(),
+                notes(room),
             ]
         })
         .collect();
@@ -104,6 +132,19 @@ pub fn list(rooms: &[RoomView]) -> String {
         ],
         &rows,
     )
+}
+
+/// What `list` flags about a room: settings that differ from its
+/// declaration, a limit that overrides the config's.
+fn notes(room: &RoomView) -> String {
+    let mut notes = Vec::new();
+    if !room.drift.is_empty() {
+        notes.push("drift");
+    }
+    if room.limit_overridden {
+        notes.push("limit-set");
+    }
+    notes.join(",")
 }
 
 pub fn info(room: &RoomView) -> String {
@@ -142,7 +183,15 @@ pub fn info(room: &RoomView) -> String {
         "owner",
         format!("{}:{} mode {:04o}", s.owner, s.group, s.mode),
     );
-    field("rate limit", limit_text(&room.settings.rate_limit));
+    let overridden = if room.limit_overridden {
+        " (set with kchatctl over the config's; kchatctl reset goes back)"
+    } else {
+        ""
+    };
+    field(
+        "rate limit",
+        format!("{}{overridden}", limit_text(&room.settings.rate_limit)),
+    );
     field("readers", c.readers.to_string());
     field("writers", c.writers.to_string());
     field("sequence", format!("{} to {}", c.first_seq, c.next_seq));
@@ -255,6 +304,7 @@ mod tests {
             settings: serde_json::from_str::<RoomDecl>(settings).unwrap(),
             counters,
             drift: Vec::new(),
+            limit_overridden: false,
         }
     }
 
@@ -279,6 +329,7 @@ mod tests {
             },
         );
         ops.drift = vec!["ring_bytes 65536 -> 131072".into()];
+        ops.limit_overridden = true;
         vec![
             room(
                 "lobby",
@@ -323,8 +374,25 @@ mod tests {
             config_path: "/etc/kchat/kchatd.toml".into(),
             state_path: "/var/lib/kchat/state.json".into(),
             last_error: None,
+            deleted_config_rooms: Vec::new(),
+            missing_rooms: Vec::new(),
+            overridden_rooms: Vec::new(),
         };
         insta::assert_snapshot!(super::status(&status));
+        let attached = Status {
+            attached: true,
+            detached_reason: None,
+            abi_version: Some(1),
+            rooms: 3,
+            last_error: Some(
+                "cannot create room big: the module's ring memory limit would be exceeded".into(),
+            ),
+            deleted_config_rooms: vec!["old".parse().unwrap()],
+            missing_rooms: vec!["big".parse().unwrap()],
+            overridden_rooms: vec!["ops".parse().unwrap()],
+            ..status
+        };
+        insta::assert_snapshot!("status_output_attached", super::status(&attached));
     }
 
     #[test]

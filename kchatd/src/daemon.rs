@@ -299,7 +299,7 @@ impl Daemon {
         }
         for (room, diffs) in &drift {
             if inner.drift_logged.get(room) != Some(diffs) {
-                tracing::warn!(%room, drift = %diffs.join(", "), "room differs from its declaration in settings fixed at creation; delete and create it to apply");
+                tracing::warn!(%room, drift = %diffs.join(", "), "room differs from its declaration in settings fixed at creation; to apply, `kchatctl delete-room` it and `kchatctl reset` it");
             }
         }
         inner.drift_logged = drift;
@@ -377,7 +377,12 @@ impl Daemon {
         Ok(snapshot
             .rooms
             .iter()
-            .map(|(name, info)| view(name, info, desired.get(name)))
+            .map(|(name, info)| {
+                let mut room = view(name, info, desired.get(name));
+                room.limit_overridden =
+                    inner.config.rooms.contains_key(name) && inner.state.limits.contains_key(name);
+                room
+            })
             .collect())
     }
 
@@ -409,6 +414,28 @@ impl Daemon {
             config_path: self.config_path.display().to_string(),
             state_path: self.state_path(&inner).display().to_string(),
             last_error: inner.last_error.clone(),
+            deleted_config_rooms: inner
+                .state
+                .deleted
+                .iter()
+                .filter(|room| inner.config.rooms.contains_key(*room))
+                .cloned()
+                .collect(),
+            missing_rooms: match &inner.seen {
+                Some(seen) => plan::desired(&inner.config.rooms, &inner.state)
+                    .into_keys()
+                    .filter(|room| !seen.rooms.contains_key(room))
+                    .collect(),
+                // Detached: everything is missing, and the status says why.
+                None => Vec::new(),
+            },
+            overridden_rooms: inner
+                .state
+                .limits
+                .keys()
+                .filter(|room| inner.config.rooms.contains_key(*room))
+                .cloned()
+                .collect(),
         }
     }
 
@@ -438,6 +465,7 @@ impl Daemon {
                 .and_then(|decl| self.create(room, decl)),
             Request::DeleteRoom { room } => self.delete(room),
             Request::SetLimit { room, limit } => self.set_limit(room, limit),
+            Request::Reset { room } => self.reset(room),
             Request::Apply { config, dry_run } => self.apply(&config, dry_run),
             Request::Events => Err(api_error(
                 ErrorKind::Invalid,
@@ -526,6 +554,44 @@ impl Daemon {
                     state.deleted.insert(room.clone());
                 }
                 Ok(format!("deleted room {room}"))
+            },
+            |_| {},
+        )
+    }
+
+    /// `kchatctl reset`: a config room goes back to its declaration.
+    fn reset(&self, room: RoomName) -> Result<Reply, ApiError> {
+        {
+            let inner = self.lock();
+            if !inner.config.rooms.contains_key(&room) {
+                let why = if inner.state.rooms.contains_key(&room) {
+                    "it was created with kchatctl; change it with set-limit or delete it"
+                } else {
+                    "nothing declares it"
+                };
+                return Err(api_error(
+                    ErrorKind::Invalid,
+                    format!(
+                        "room {room} is not declared in {}, so there is nothing to reset it to: {why}",
+                        self.config_path.display()
+                    ),
+                ));
+            }
+            if !inner.state.deleted.contains(&room) && !inner.state.limits.contains_key(&room) {
+                return Ok(Reply::Done(format!(
+                    "room {room} is as the config declares it; nothing to reset"
+                )));
+            }
+        }
+        self.change(
+            |state, _| {
+                let undeleted = state.deleted.remove(&room);
+                state.limits.remove(&room);
+                Ok(if undeleted {
+                    format!("room {room} is declared again: kchatd creates it as the config says")
+                } else {
+                    format!("room {room} is back to the config's rate limit")
+                })
             },
             |_| {},
         )
@@ -661,6 +727,7 @@ fn view(name: &RoomName, info: &kchat_uapi::abi::RoomInfo, desired: Option<&Desi
         drift: desired.map_or_else(Vec::new, |d| d.decl.fixed_differences(&settings)),
         settings,
         counters: Counters::from_info(info),
+        limit_overridden: false,
     }
 }
 

@@ -91,7 +91,7 @@ impl Step {
             Step::Drift(_, diffs) => (
                 Action::Drift,
                 format!(
-                    "{}: set at creation; delete and create the room to apply",
+                    "{}: set at creation; to apply, delete the room and bring it back (`kchatctl delete-room ROOM`, then `kchatctl reset ROOM` for a config room), which cuts off its readers",
                     diffs.join(", ")
                 ),
             ),

@@ -35,6 +35,10 @@ pub enum Request {
     /// Changes the given fields of a room's rate limit and keeps the
     /// result (admin).
     SetLimit { room: RoomName, limit: LimitChange },
+    /// Forgets what was changed at run time about a room the config
+    /// declares (its deletion, its rate limit), so the next reconcile makes
+    /// it what the config says (admin).
+    Reset { room: RoomName },
     /// Makes the rooms kchatctl manages those of `config` (TOML with
     /// `[rooms.NAME]` tables, as in kchatd.toml); with `dry_run`, only says
     /// what would change (admin unless dry run).
@@ -47,9 +51,10 @@ impl Request {
     /// Whether the request changes anything (and so needs an admin).
     pub fn changes_state(&self) -> bool {
         match self {
-            Request::CreateRoom { .. } | Request::DeleteRoom { .. } | Request::SetLimit { .. } => {
-                true
-            }
+            Request::CreateRoom { .. }
+            | Request::DeleteRoom { .. }
+            | Request::SetLimit { .. }
+            | Request::Reset { .. } => true,
             Request::Apply { dry_run, .. } => !dry_run,
             Request::Status | Request::List | Request::Info { .. } | Request::Events => false,
         }
@@ -105,6 +110,17 @@ pub struct Status {
     pub state_path: String,
     /// Why the last reconcile failed, if it did.
     pub last_error: Option<String>,
+    /// Rooms the config declares that an admin deleted: kchatd does not
+    /// bring them back until `reset`.
+    #[serde(default)]
+    pub deleted_config_rooms: Vec<RoomName>,
+    /// Rooms declared (config or kchatctl) that the module does not have,
+    /// although kchatd tries to create them (see `last_error`).
+    #[serde(default)]
+    pub missing_rooms: Vec<RoomName>,
+    /// Rooms whose rate limit was set with kchatctl over the config's.
+    #[serde(default)]
+    pub overridden_rooms: Vec<RoomName>,
 }
 
 /// Where kchatd's idea of a room comes from.
@@ -182,6 +198,10 @@ pub struct RoomView {
     /// Declared settings the live room lacks (it must be recreated to get
     /// them), as "key have -> want".
     pub drift: Vec<String>,
+    /// The rate limit was set with kchatctl and wins over the config's
+    /// (`reset` goes back to the config's).
+    #[serde(default)]
+    pub limit_overridden: bool,
 }
 
 /// One step of a reconcile or apply plan.

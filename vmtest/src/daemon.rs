@@ -90,6 +90,10 @@ pub const TESTS: &[Test] = &[
         module_limits_are_reconciled_every_pass,
     ),
     (
+        "daemon::config_rooms_come_back_with_reset",
+        config_rooms_come_back_with_reset,
+    ),
+    (
         "daemon::a_second_kchatd_on_the_same_state_is_refused",
         a_second_kchatd_on_the_same_state_is_refused,
     ),
@@ -1317,4 +1321,76 @@ fn module_limits_are_reconciled_every_pass() -> Result<()> {
     daemon.stop()?;
     control.set_limits(&before)?;
     outcome
+}
+
+/// A config room deleted with kchatctl, or given another limit, is not
+/// lost for good: `reset` brings back what the config declares, and
+/// `status` and `list` show what differs from it meanwhile.
+fn config_rooms_come_back_with_reset() -> Result<()> {
+    module::ensure_loaded()?;
+    let _cleanup = Cleanup(vec!["cfg-rs", "rt-rs"]);
+    let dir = Kchatd::prepare(
+        "reset",
+        "[rooms.cfg-rs]\n[rooms.cfg-rs.rate_limit]\nmsgs_per_sec = 50\n",
+    )?;
+    let daemon = Kchatd::start(&dir)?;
+    let kernel_rate =
+        || -> Result<u32> { Ok(crate::client::Control::open()?.info("cfg-rs")?.msgs_per_sec) };
+    daemon.ctl(&["delete-room", "cfg-rs"])?;
+    let status = daemon.ctl_json(&["status"])?;
+    ensure!(
+        status["deleted_config_rooms"] == serde_json::json!(["cfg-rs"]),
+        "status does not show the deleted config room: {status}"
+    );
+    ensure!(
+        daemon
+            .ctl(&["status"])?
+            .contains("deleted config rooms: cfg-rs"),
+        "human status lacks the deleted room"
+    );
+    // Deleted stays deleted: the reconcile does not bring it back.
+    ensure!(
+        !Path::new("/dev/kchat/cfg-rs").exists(),
+        "a deleted config room came back by itself"
+    );
+    daemon.ctl(&["reset", "cfg-rs"])?;
+    wait_for("cfg-rs back after reset", Duration::from_secs(10), || {
+        Ok(Path::new("/dev/kchat/cfg-rs").exists())
+    })?;
+    wait_for("the declared limit", Duration::from_secs(10), || {
+        Ok(kernel_rate()? == 50)
+    })?;
+    // A limit set over the config's is shown as such, and reset undoes it.
+    daemon.ctl(&["set-limit", "cfg-rs", "--msgs-per-sec", "7"])?;
+    let room = daemon.room("cfg-rs")?;
+    ensure!(room["limit_overridden"] == true, "info: {room}");
+    ensure!(
+        daemon.ctl(&["list"])?.contains("limit-set"),
+        "list does not flag the override"
+    );
+    ensure!(
+        daemon.ctl_json(&["status"])?["overridden_rooms"] == serde_json::json!(["cfg-rs"]),
+        "status does not list the override"
+    );
+    daemon.ctl(&["reset", "cfg-rs"])?;
+    wait_for("the config's limit again", Duration::from_secs(10), || {
+        Ok(kernel_rate()? == 50)
+    })?;
+    ensure!(
+        daemon.room("cfg-rs")?["limit_overridden"] == false,
+        "still flagged after reset"
+    );
+    // Nothing to reset to: a kchatctl room, or no room at all.
+    daemon.ctl(&["create-room", "rt-rs"])?;
+    for (room, why) in [
+        ("rt-rs", "created with kchatctl"),
+        ("no-such", "nothing declares it"),
+    ] {
+        let out = daemon.ctl_output(&["reset", room])?;
+        ensure!(
+            out.status.code() == Some(1) && String::from_utf8_lossy(&out.stderr).contains(why),
+            "reset {room}: {out:?}"
+        );
+    }
+    daemon.stop()
 }
