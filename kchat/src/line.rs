@@ -19,7 +19,7 @@ use std::{
 const RETRY_MS: u16 = 100;
 
 pub fn run(args: &Args) -> Result<ExitCode> {
-    let mut room = Room::open(&args.room, !args.raw, !args.listen)?;
+    let mut room = Room::open(&args.room, !args.listen)?;
     if let Some(count) = args.history {
         room.rewind(count)?;
     }
@@ -80,17 +80,22 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 match room.read()? {
                     Incoming::Empty => break,
                     Incoming::Deleted => return deleted(&room),
-                    Incoming::Raw(bytes) => {
-                        stdout.write_all(&bytes)?;
-                        shown += 1;
-                    }
                     Incoming::Frames(frames) => {
                         for (header, payload) in frames {
-                            if header.lost > 0 {
-                                writeln!(stdout, "{}", render::lost(header.lost))?;
-                            }
-                            for line in render::message(&header, &payload, &mut names) {
-                                writeln!(stdout, "{line}")?;
+                            if args.raw {
+                                // Bare payloads, like `cat`; a loss goes to
+                                // stderr so the data stays clean.
+                                if header.lost > 0 {
+                                    eprintln!("kchat: {}", render::lost(header.lost));
+                                }
+                                stdout.write_all(&payload)?;
+                            } else {
+                                if header.lost > 0 {
+                                    writeln!(stdout, "{}", render::lost(header.lost))?;
+                                }
+                                for line in render::message(&header, &payload, &mut names) {
+                                    writeln!(stdout, "{line}")?;
+                                }
                             }
                             shown += 1;
                             if args.count.is_some_and(|count| shown >= count) {
@@ -99,10 +104,6 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                             }
                         }
                     }
-                }
-                if args.count.is_some_and(|count| shown >= count) {
-                    stdout.flush()?;
-                    return Ok(ExitCode::SUCCESS);
                 }
             }
             stdout.flush()?;

@@ -17,14 +17,12 @@ pub struct Room {
     pub file: File,
     pub name: String,
     pub writable: bool,
-    framed: bool,
     buf: Vec<u8>,
 }
 
 /// What one read brought.
 pub enum Incoming {
     Frames(Vec<(FrameHeader, Vec<u8>)>),
-    Raw(Vec<u8>),
     /// Nothing now.
     Empty,
     /// The room was deleted and everything left in it was read.
@@ -68,7 +66,9 @@ pub fn resolve(room: &str) -> (String, PathBuf) {
 
 impl Room {
     /// Opens the room for reading and, if allowed, writing.
-    pub fn open(room: &str, framed: bool, want_write: bool) -> Result<Room> {
+    /// Reads are framed even for `--raw`, which prints only payloads: one
+    /// frame is one message, so counts are of messages, not of reads.
+    pub fn open(room: &str, want_write: bool) -> Result<Room> {
         let (name, path) = resolve(room);
         let open = |write: bool| {
             File::options()
@@ -93,16 +93,13 @@ impl Room {
             }
             Err(err) => return Err(err).with_context(|| format!("cannot open {}", path.display())),
         };
-        if framed {
-            kchat_client::set_read_mode(&file, abi::READ_FRAMED)
-                .with_context(|| format!("{} is not a kchat room", path.display()))?;
-        }
+        kchat_client::set_read_mode(&file, abi::READ_FRAMED)
+            .with_context(|| format!("{} is not a kchat room", path.display()))?;
         let size = size_of::<FrameHeader>() + abi::MAX_MAX_MSG as usize;
         Ok(Room {
             file,
             name,
             writable,
-            framed,
             buf: vec![0; size],
         })
     }
@@ -126,9 +123,6 @@ impl Room {
             Err(err) => return Err(err).context("reading the room"),
         };
         let bytes = &self.buf[..n];
-        if !self.framed {
-            return Ok(Incoming::Raw(bytes.to_vec()));
-        }
         let frames = kchat_client::split_frames(bytes)
             .context("the room returned a torn frame (module and client versions differ?)")?;
         Ok(Incoming::Frames(

@@ -45,7 +45,7 @@ struct Screen {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
-    let room = Room::open(&args.room, true, !args.listen)?;
+    let room = Room::open(&args.room, !args.listen)?;
     if let Some(count) = args.history {
         room.rewind(count)?;
     }
@@ -141,7 +141,6 @@ impl Screen {
             match self.room.read()? {
                 Incoming::Empty => return Ok(None),
                 Incoming::Deleted => return Ok(Some(ExitCode::from(EXIT_DELETED))),
-                Incoming::Raw(_) => {}
                 Incoming::Frames(frames) => {
                     for (header, payload) in frames {
                         if header.lost > 0 {
@@ -206,7 +205,10 @@ fn ask_readers(socket: &std::path::Path, room: &str) -> Option<u32> {
     let request = Request::Info {
         room: room.parse().ok()?,
     };
-    match kchat_proto::client::call(socket, &request) {
+    // Asked from the UI thread: a kchatd that does not answer at once costs
+    // the status bar its count, not the user their screen.
+    let patience = Some(std::time::Duration::from_millis(500));
+    match kchat_proto::client::call_within(socket, &request, patience) {
         Ok(Reply::Room(view)) => Some(view.counters.readers),
         _ => None,
     }

@@ -9,9 +9,13 @@ use std::path::PathBuf;
 const EXIT_CODES: &str = "\
 Exit status:
   0  success
-  1  the request failed (the message says why: not found, exists, denied, invalid)
+  1  the request failed (the message says why: the room exists, the config owns it, the kernel refused)
   2  usage error (bad command line)
-  3  kchatd is not running, or kchatd cannot reach the kchat module";
+  3  kchatd is not running or did not answer in time, or it cannot reach the kchat module (status: not attached)
+  4  no such room
+  5  permission denied (changes need root or kchatd's admin group)
+  6  invalid request (a value out of range, a bad file)
+With --json, a failure also prints {\"error\": {\"kind\": ..., \"message\": ...}} on stdout.";
 
 /// Manage kchat rooms through kchatd.
 ///
@@ -23,9 +27,12 @@ pub struct Cli {
     /// kchatd's control socket.
     #[arg(long, global = true, env = "KCHAT_SOCKET", default_value = kchat_proto::api::DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Print JSON instead of tables, for scripts.
+    /// Print JSON instead of tables, for scripts (errors too).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Seconds to wait for kchatd's answer (0: no limit).
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 10.0)]
+    pub timeout: f64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -70,12 +77,12 @@ pub enum Command {
     /// as they happen. "listening for events" on stderr says the
     /// subscription is in place: whatever happens after it is shown.
     Events {
-        /// Keep going until interrupted.
-        #[arg(long, short)]
+        /// Stop after this many events (default: stream until interrupted).
+        #[arg(long, value_name = "N")]
+        count: Option<usize>,
+        /// Accepted for older scripts; streaming is the default.
+        #[arg(long, short, hide = true)]
         follow: bool,
-        /// Without --follow, stop after this many events.
-        #[arg(long, default_value_t = 1)]
-        count: usize,
     },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },

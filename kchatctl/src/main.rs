@@ -12,24 +12,55 @@ use kchat_proto::{
     api::{Reply, Request},
     room::RoomDraft,
 };
-use std::{io::Write, process::ExitCode};
+use std::{io::Write, process::ExitCode, time::Duration};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("kchatctl: {}", failure.message);
+            if !failure.message.is_empty() {
+                if json {
+                    // Scripts read stdout; a failure is JSON there too.
+                    let error = serde_json::json!({
+                        "error": { "kind": failure.kind, "message": failure.message }
+                    });
+                    println!("{error}");
+                }
+                eprintln!("kchatctl: {}", failure.message);
+            }
             ExitCode::from(failure.code)
         }
     }
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
-    let client = Client::new(cli.socket.clone());
+    let timeout =
+        if cli.timeout > 0.0 {
+            Some(Duration::try_from_secs_f64(cli.timeout).map_err(|_| {
+                Failure::failed(format!("--timeout {} is not a duration", cli.timeout))
+            })?)
+        } else {
+            None
+        };
+    let client = Client::new(cli.socket.clone(), timeout);
     let json = cli.json;
     match cli.command {
-        Command::Status => show(json, client.call(&Request::Status)?),
+        Command::Status => match client.call(&Request::Status)? {
+            // Detached is a status worth a non-zero exit, as `systemctl
+            // is-active` has: scripts check it without parsing.
+            Reply::Status(status) => {
+                let attached = status.attached;
+                show(json, Reply::Status(status))?;
+                if attached {
+                    Ok(())
+                } else {
+                    Err(Failure::unavailable_quietly())
+                }
+            }
+            other => show(json, other),
+        },
         Command::List => show(json, client.call(&Request::List)?),
         Command::Info { room } => show(json, client.call(&Request::Info { room })?),
         Command::Stats { room } => match client.call(&Request::List)? {
@@ -41,7 +72,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 if let Some(want) = &room
                     && rooms.is_empty()
                 {
-                    return Err(Failure::failed(format!("no room named {want}")));
+                    return Err(Failure::not_found(format!("no room named {want}")));
                 }
                 if json {
                     print_json(&rooms)
@@ -81,8 +112,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|err| Failure::failed(format!("cannot read {}: {err}", file.display())))?;
             show(json, client.call(&Request::Apply { config, dry_run })?)
         }
-        Command::Events { follow, count } => {
-            let limit = (!follow).then_some(count);
+        Command::Events { count, follow: _ } => {
+            let limit = count;
             // On stderr, so stdout stays events only; scripts and tests wait
             // for it before causing the events they want to see.
             let subscribed = || eprintln!("kchatctl: listening for events");

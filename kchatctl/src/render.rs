@@ -286,7 +286,18 @@ pub fn event(event: &Event) -> String {
         EventKind::Lost => format!("{} message(s) lost by slow readers", event.count),
         EventKind::Throttled => format!("{} write(s) throttled", event.count),
     };
-    format!("{} {room} {what}\n", event.time)
+    format!("{} {room} {what}\n", event_time(event))
+}
+
+/// When an event happened, in UTC to the millisecond (as journalctl's
+/// `-o short-iso-precise` does, but one zone for every reader).
+fn event_time(event: &Event) -> String {
+    let time = if event.time_ns > 0 {
+        chrono::DateTime::from_timestamp_nanos(event.time_ns as i64)
+    } else {
+        chrono::DateTime::from_timestamp(event.time as i64, 0).unwrap_or_default()
+    };
+    time.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 #[cfg(test)]

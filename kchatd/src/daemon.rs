@@ -173,6 +173,9 @@ impl Daemon {
         // No subscriber is fine.
         let _ = self.events.send(Event {
             time: now(),
+            time_ns: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
             kind,
             room,
             count,

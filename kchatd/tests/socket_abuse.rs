@@ -174,8 +174,8 @@ fn silent_and_non_reading_clients_hold_nobody_up() {
 #[test]
 fn an_event_stream_opens_with_its_acknowledgement() {
     let daemon = daemon();
-    let mut events =
-        kchat_proto::client::Exchange::start(&daemon.socket, &Request::Events).expect("subscribe");
+    let mut events = kchat_proto::client::Exchange::start(&daemon.socket, &Request::Events, None)
+        .expect("subscribe");
     let first = events.next_reply().expect("a reply");
     assert_eq!(
         first,

@@ -230,6 +230,10 @@ pub enum Action {
 pub struct Event {
     /// Seconds since the Unix epoch.
     pub time: u64,
+    /// The same moment in nanoseconds since the Unix epoch (0 from a
+    /// kchatd older than this field).
+    #[serde(default)]
+    pub time_ns: u64,
     pub kind: EventKind,
     /// The room, for room events.
     pub room: Option<RoomName>,

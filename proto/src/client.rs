@@ -6,7 +6,12 @@ use std::{
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
+    time::Duration,
 };
+
+/// How long a caller waits for kchatd's answer by default: a wedged
+/// kchatd must not hang a script or a chat client's UI.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -21,36 +26,82 @@ pub enum ClientError {
     Decode(#[from] serde_json::Error),
     #[error("kchatd closed the connection without a reply")]
     Closed,
+    #[error("kchatd did not answer within {0:?} (is it stuck? systemctl status kchatd)")]
+    Timeout(Duration),
 }
 
 /// An open exchange: the request is sent, replies can be read.
-pub struct Exchange(BufReader<UnixStream>);
+pub struct Exchange {
+    stream: BufReader<UnixStream>,
+    timeout: Option<Duration>,
+}
 
 impl Exchange {
-    pub fn start(socket: &Path, request: &Request) -> Result<Exchange, ClientError> {
-        let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+    /// Connects and sends `request`; every read and write waits at most
+    /// `timeout` (`None`: forever).
+    pub fn start(
+        socket: &Path,
+        request: &Request,
+        timeout: Option<Duration>,
+    ) -> Result<Exchange, ClientError> {
+        let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
             socket: socket.to_owned(),
             source,
         })?;
+        stream.set_read_timeout(timeout)?;
+        stream.set_write_timeout(timeout)?;
         let mut line = serde_json::to_vec(request)?;
         line.push(b'\n');
-        stream.write_all(&line)?;
-        Ok(Exchange(BufReader::new(stream)))
+        let mut exchange = Exchange {
+            stream: BufReader::new(stream),
+            timeout,
+        };
+        let sent = exchange.stream.get_mut().write_all(&line);
+        sent.map_err(|err| exchange.io_error(err))?;
+        Ok(exchange)
+    }
+
+    /// Changes how long reads wait (an event stream waits for events
+    /// forever once subscribed).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        self.stream.get_ref().set_read_timeout(timeout)?;
+        self.timeout = timeout;
+        Ok(())
+    }
+
+    fn io_error(&self, err: std::io::Error) -> ClientError {
+        match (err.kind(), self.timeout) {
+            (std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut, Some(limit)) => {
+                ClientError::Timeout(limit)
+            }
+            _ => ClientError::Io(err),
+        }
     }
 
     /// The next reply; `None` when kchatd hung up.
     pub fn next_reply(&mut self) -> Result<Option<Reply>, ClientError> {
         let mut line = String::new();
-        if self.0.read_line(&mut line)? == 0 {
+        let read = self.stream.read_line(&mut line);
+        if read.map_err(|err| self.io_error(err))? == 0 {
             return Ok(None);
         }
         Ok(Some(serde_json::from_str(&line)?))
     }
 }
 
-/// Sends `request` and returns the one reply.
+/// Sends `request` and returns the one reply, waiting at most
+/// [`DEFAULT_TIMEOUT`].
 pub fn call(socket: &Path, request: &Request) -> Result<Reply, ClientError> {
-    Exchange::start(socket, request)?
+    call_within(socket, request, Some(DEFAULT_TIMEOUT))
+}
+
+/// Sends `request` and returns the one reply, waiting at most `timeout`.
+pub fn call_within(
+    socket: &Path,
+    request: &Request,
+    timeout: Option<Duration>,
+) -> Result<Reply, ClientError> {
+    Exchange::start(socket, request, timeout)?
         .next_reply()?
         .ok_or(ClientError::Closed)
 }

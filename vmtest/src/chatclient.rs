@@ -41,6 +41,14 @@ pub const TESTS: &[Test] = &[
         raw_mode_prints_bare_payloads,
     ),
     (
+        "kchat::count_counts_messages_history_included",
+        count_counts_messages_history_included,
+    ),
+    (
+        "kchat::a_reader_that_goes_away_ends_raw_mode_quietly",
+        a_reader_that_goes_away_ends_raw_mode_quietly,
+    ),
+    (
         "kchat::a_deleted_room_ends_the_client",
         a_deleted_room_ends_the_client,
     ),
@@ -411,6 +419,76 @@ fn bad_rooms_are_explained() -> Result<()> {
     ensure!(
         Control::open()?.info(&room.name)?.msgs_in == 0,
         "a read-only client wrote"
+    );
+    Ok(())
+}
+
+/// Waits (at most 20 s) for a client to exit; kills it if it does not.
+fn exit_within(mut child: Child, what: &str) -> Result<std::process::ExitStatus> {
+    let mut status = None;
+    let waited = wait_for(what, Duration::from_secs(20), || {
+        status = child.try_wait()?;
+        Ok(status.is_some())
+    });
+    if waited.is_err() {
+        child.kill().ok();
+        child.wait().ok();
+    }
+    waited?;
+    status.context("no exit status")
+}
+
+/// `--count` counts messages, in raw mode too (one read may bring several),
+/// and what `--history` showed counts toward it.
+fn count_counts_messages_history_included() -> Result<()> {
+    let room = room("kc-count")?;
+    let mut writer = room.open_write()?;
+    for n in 1..=3 {
+        writer.write_all(format!("m{n}\n").as_bytes())?;
+    }
+    for (args, want) in [
+        (
+            &["--raw", "--listen", "--history", "3", "--count", "2"][..],
+            "m1\nm2\n",
+        ),
+        // Not listening only: standard input stays open (null here).
+        (&["--raw", "--history", "2", "--count", "2"], "m2\nm3\n"),
+    ] {
+        let mut all = vec![room.name.as_str()];
+        all.extend_from_slice(args);
+        let mut child = spawn(&all)?;
+        let mut stdout = child.stdout.take().context("stdout")?;
+        let status = exit_within(child, &format!("kchat {args:?} to exit"))?;
+        let mut out = String::new();
+        stdout.read_to_string(&mut out)?;
+        ensure!(
+            status.success() && out == want,
+            "kchat {args:?} exited {status} after printing {out:?}"
+        );
+    }
+    Ok(())
+}
+
+/// `kchat --raw lobby | head -1`: once the reader is gone, kchat ends with
+/// status 0 and says nothing, as `cat` does.
+fn a_reader_that_goes_away_ends_raw_mode_quietly() -> Result<()> {
+    let room = room("kc-pipe")?;
+    let mut child = listener(&room.name, &["--raw"])?;
+    let mut writer = room.open_write()?;
+    writer.write_all(b"first\n")?;
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let mut first = [0u8; 6];
+    stdout.read_exact(&mut first)?;
+    drop(stdout);
+    // The next message meets the closed pipe.
+    writer.write_all(b"second\n")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    let status = exit_within(child, "kchat to end on a closed pipe")?;
+    let mut said = String::new();
+    stderr.read_to_string(&mut said)?;
+    ensure!(
+        status.success() && said.is_empty(),
+        "kchat exited {status} on a closed pipe, saying {said:?}"
     );
     Ok(())
 }

@@ -281,6 +281,20 @@ impl Kchatd {
         serde_json::from_str(&text).with_context(|| format!("kchatctl printed {text}"))
     }
 
+    /// `kchatctl --json status`, whose exit says attached (0) or not (3).
+    fn status(&self) -> Result<Value> {
+        let out = self.ctl_output(&["--json", "status"])?;
+        let status: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("kchatctl status printed {out:?}"))?;
+        let want = if status["attached"] == true { 0 } else { 3 };
+        ensure!(
+            out.status.code() == Some(want),
+            "kchatctl status exited {} for {status}",
+            out.status
+        );
+        Ok(status)
+    }
+
     pub fn room(&self, name: &str) -> Result<Value> {
         self.ctl_json(&["info", name])
     }
@@ -528,13 +542,13 @@ fn create_chat_list_limit_delete() -> Result<()> {
     // byte rate) is refused, naming why, and changes nothing.
     let bad = daemon.ctl_output(&["set-limit", "rt-chat", "--byte-burst", "500"])?;
     ensure!(
-        bad.status.code() == Some(1)
+        bad.status.code() == Some(6)
             && String::from_utf8_lossy(&bad.stderr).contains("byte_burst needs"),
         "a byte burst without a byte rate: {bad:?}"
     );
     let empty = daemon.ctl_output(&["set-limit", "rt-chat"])?;
     ensure!(
-        empty.status.code() == Some(1)
+        empty.status.code() == Some(6)
             && String::from_utf8_lossy(&empty.stderr).contains("nothing to change"),
         "set-limit without flags: {empty:?}"
     );
@@ -555,7 +569,7 @@ fn create_chat_list_limit_delete() -> Result<()> {
     ensure!(rest == b"one\n", "drained {rest:?}");
     let missing = daemon.ctl_output(&["info", "rt-chat"])?;
     ensure!(
-        missing.status.code() == Some(1),
+        missing.status.code() == Some(4),
         "info on a deleted room: {missing:?}"
     );
     // The state file forgot it: a restart does not bring it back.
@@ -732,9 +746,9 @@ fn module_reload_restores_rooms() -> Result<()> {
     wait_for(
         "kchatd to notice the module left",
         Duration::from_secs(10),
-        || Ok(daemon.ctl_json(&["status"])?["attached"] == false),
+        || Ok(daemon.status()?["attached"] == false),
     )?;
-    let status = daemon.ctl_json(&["status"])?;
+    let status = daemon.status()?;
     let reason = status["detached_reason"].as_str().unwrap_or("");
     ensure!(reason.contains("not loaded"), "reason: {reason}");
     ensure!(
@@ -847,7 +861,7 @@ fn unprivileged_callers_may_read_not_change() -> Result<()> {
         &["set-limit", "lobby", "--msgs-per-sec", "1"],
     ] {
         let out = as_nobody(args)?;
-        ensure!(out.status.code() == Some(1), "{args:?} as nobody: {out:?}");
+        ensure!(out.status.code() == Some(5), "{args:?} as nobody: {out:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         ensure!(stderr.contains("permission denied"), "{args:?}: {stderr}");
     }
@@ -1047,8 +1061,20 @@ fn apply_shows_then_makes_the_diff() -> Result<()> {
     let out = daemon.ctl_output(&["apply", file])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
-        out.status.code() == Some(1) && stderr.contains("line 2"),
+        out.status.code() == Some(6) && stderr.contains("line 2"),
         "{out:?}"
+    );
+    // Scripts get the failure as JSON on stdout, with its kind.
+    let out = daemon.ctl_output(&["--json", "apply", file])?;
+    let error: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("--json apply of a bad file printed {out:?}"))?;
+    ensure!(
+        out.status.code() == Some(6)
+            && error["error"]["kind"] == "invalid"
+            && error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("line 2")),
+        "--json error: {error}"
     );
     ensure!(
         Path::new("/dev/kchat/ap-two").exists(),
@@ -1206,7 +1232,7 @@ fn admin_rights_follow_the_groups_a_caller_holds() -> Result<()> {
     std::fs::write("/etc/group", &group_file)?;
     let cleared = cleared?;
     ensure!(
-        cleared.status.code() == Some(1)
+        cleared.status.code() == Some(5)
             && String::from_utf8_lossy(&cleared.stderr).contains("permission denied"),
         "a caller the group file lists but who holds no admin group was not denied: {cleared:?}"
     );
@@ -1388,7 +1414,7 @@ fn config_rooms_come_back_with_reset() -> Result<()> {
     ] {
         let out = daemon.ctl_output(&["reset", room])?;
         ensure!(
-            out.status.code() == Some(1) && String::from_utf8_lossy(&out.stderr).contains(why),
+            out.status.code() == Some(6) && String::from_utf8_lossy(&out.stderr).contains(why),
             "reset {room}: {out:?}"
         );
     }
