@@ -193,10 +193,8 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 }
 
 pub fn principal(text: String) -> Principal {
-    match text.parse() {
-        Ok(id) => Principal::Id(id),
-        Err(_) => Principal::Name(text),
-    }
+    // The server says what is wrong with a bad one.
+    text.parse().unwrap_or(Principal::Name(text))
 }
 
 #[cfg(test)]

@@ -23,11 +23,78 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path} is invalid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    #[error("config file {path} is invalid, {problem}")]
+    Parse { path: PathBuf, problem: ParseError },
+}
+
+/// What is wrong with a TOML file, at the line of the key it is about.
+///
+/// toml reports checks that look at a whole table (a value out of range, an
+/// unknown user, limits that do not fit together) at the table's header;
+/// when the message names one of the table's keys, this points at that
+/// key's line instead, as a reader looks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub line: usize,
+    pub message: String,
+    source_line: String,
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            out,
+            "line {}: {}\n  {} | {}",
+            self.line, self.message, self.line, self.source_line
+        )
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+impl ParseError {
+    pub fn new(text: &str, err: &toml::de::Error) -> ParseError {
+        let message = err.message().trim_end().to_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut line = err.span().map_or(1, |span| {
+            text[..span.start.min(text.len())].matches('\n').count() + 1
+        });
+        // The key the message is about: its first word, before " =" or
+        // ":", without a table prefix (`limits.max_rooms` -> `max_rooms`).
+        let key = message
+            .split([' ', ':'])
+            .next()
+            .unwrap_or("")
+            .rsplit('.')
+            .next()
+            .unwrap_or("");
+        let at_header = lines
+            .get(line - 1)
+            .is_some_and(|l| l.trim_start().starts_with('['));
+        if at_header
+            && !key.is_empty()
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            let key_line = lines
+                .iter()
+                .enumerate()
+                .skip(line)
+                .take_while(|(_, l)| !l.trim_start().starts_with('['))
+                .find(|(_, l)| {
+                    l.trim_start()
+                        .strip_prefix(key)
+                        .is_some_and(|rest| rest.trim_start().starts_with('='))
+                });
+            if let Some((index, _)) = key_line {
+                line = index + 1;
+            }
+        }
+        ParseError {
+            line,
+            message,
+            source_line: lines.get(line - 1).unwrap_or(&"").to_string(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -103,14 +170,52 @@ impl TryFrom<String> for AdminGroup {
 pub struct Metrics {
     /// Where `/metrics` and `/healthz` are served; loopback by default. Set
     /// `enabled = false` to serve nothing.
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// Most rooms given their own `room` label; the rest are summed under
     /// `room="_other"`, so a runaway room count cannot blow up the series.
-    #[serde(default = "default_room_labels")]
+    #[serde(default = "default_room_labels", deserialize_with = "room_labels")]
     pub max_room_labels: usize,
+}
+
+/// `listen`: an address and port, `:PORT` for every interface (as
+/// Prometheus exporters take it), or `HOST:PORT` with a name resolved when
+/// the config is read.
+fn listen_address<'de, D: serde::Deserializer<'de>>(input: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(input)?;
+    parse_listen(&text).map_err(serde::de::Error::custom)
+}
+
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let hint = "not an address: give \"127.0.0.1:9477\", \"[::1]:9477\", \":9477\" (every interface) or \"localhost:9477\"";
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| format!("{text:?} is {hint}"))?;
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    match text.to_socket_addrs() {
+        Ok(mut addresses) => addresses
+            .next()
+            .ok_or_else(|| format!("{text:?} resolves to no address")),
+        Err(err) => Err(format!("{text:?} is {hint} ({err})")),
+    }
+}
+
+fn room_labels<'de, D: serde::Deserializer<'de>>(input: D) -> Result<usize, D::Error> {
+    let labels = usize::deserialize(input)?;
+    let most = abi::MAX_MINORS as usize;
+    if (1..=most).contains(&labels) {
+        Ok(labels)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "max_room_labels = {labels} is out of range: 1 to {most}"
+        )))
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -202,9 +307,37 @@ impl GlobalLimits {
     }
 }
 
+/// Parses TOML into `T`, errors at the line of the key they are about.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ParseError> {
+    toml::from_str(text).map_err(|err| ParseError::new(text, &err))
+}
+
 impl Config {
-    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
-        toml::from_str(text)
+    pub fn parse(text: &str) -> Result<Config, ParseError> {
+        let config: Config = parse_toml(text)?;
+        // Relative paths would depend on the directory kchatd was started
+        // in; checked here, after parsing, at the key's own line.
+        for (key, path) in [("socket", &config.socket), ("state_dir", &config.state_dir)] {
+            if path.is_relative() {
+                let line = text
+                    .lines()
+                    .position(|l| {
+                        l.trim_start()
+                            .strip_prefix(key)
+                            .is_some_and(|rest| rest.trim_start().starts_with('='))
+                    })
+                    .map_or(1, |i| i + 1);
+                return Err(ParseError {
+                    line,
+                    message: format!(
+                        "{key} = {:?} is a relative path; give an absolute one",
+                        path.display().to_string()
+                    ),
+                    source_line: text.lines().nth(line - 1).unwrap_or("").to_owned(),
+                });
+            }
+        }
+        Ok(config)
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -212,9 +345,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text).map_err(|source| ConfigError::Parse {
+        Config::parse(&text).map_err(|problem| ConfigError::Parse {
             path: path.to_owned(),
-            source: Box::new(source),
+            problem,
         })
     }
 }
@@ -231,6 +364,17 @@ pub struct RoomsFile {
 mod tests {
     use super::*;
     use kchat_proto::room::Policy;
+
+    #[test]
+    fn listen_takes_the_forms_exporters_take() {
+        assert_eq!(
+            parse_listen("127.0.0.1:9").unwrap().to_string(),
+            "127.0.0.1:9"
+        );
+        assert_eq!(parse_listen(":9477").unwrap().to_string(), "0.0.0.0:9477");
+        assert!(parse_listen("localhost:9477").unwrap().ip().is_loopback());
+        assert!(parse_listen(":x").is_err());
+    }
 
     #[test]
     fn an_empty_file_is_all_defaults() {
@@ -278,24 +422,28 @@ msg_burst = 20
         for (text, line, needle) in [
             ("sokcet = \"/x\"", 1, "unknown field `sokcet`"),
             (
-                "\n[rooms.ops]\nring_bytes = 1",
-                2,
+                "\n[rooms.ops]\nmode = 0o600\nring_bytes = 1",
+                4,
                 "ring_bytes = 1 is out of range",
             ),
             ("\n\n[rooms.\"a/b\"]", 3, "invalid room name"),
+            ("[metrics]\nlisten = \"nowhere\"", 2, "not an address"),
+            ("[limits]\nmax_rooms = 0", 2, "limits.max_rooms = 0"),
             (
-                "[metrics]\nlisten = \"nowhere\"",
-                2,
-                "invalid socket address",
+                "[rooms.a]\npolicy = \"drop\"\nmax_msg = 0\n[rooms.b]\nmax_msg = 0",
+                3,
+                "max_msg = 0",
             ),
-            ("[limits]\nmax_rooms = 0", 1, "limits.max_rooms = 0"),
+            ("[rooms.a]\nowner = -1", 2, "-1 is not an id"),
+            ("state_dir = \"var/lib\"", 1, "relative path"),
+            ("[metrics]\nmax_room_labels = 0", 2, "max_room_labels = 0"),
             (
                 "admin_group = \"no-such-group-kchat\"",
                 1,
                 "admin_group: no group named",
             ),
             ("[rooms.x]\npolicy = \"slow\"", 2, "unknown variant `slow`"),
-            ("[rooms.x]\nmode = 0o7777", 1, "beyond 0o777"),
+            ("[rooms.x]\nmode = 0o7777", 2, "beyond 0o777"),
             ("rooms = 3", 1, "invalid type"),
         ] {
             let err = Config::parse(text).expect_err(text).to_string();

@@ -260,7 +260,7 @@ impl Daemon {
     fn converge(&self, inner: &mut Inner, control: &Control) -> Vec<String> {
         let mut errors = Vec::new();
         if let Err(err) = self.converge_global_limits(inner, control) {
-            tracing::error!(message = %err, "reconcile step failed");
+            tracing::error!(error = %err, "reconcile step failed");
             errors.push(err);
         }
         let snapshot = match kernel::snapshot(control) {
@@ -295,7 +295,7 @@ impl Daemon {
                     }
                 }
                 Err(err) => {
-                    tracing::error!(message = %err.message, "reconcile step failed");
+                    tracing::error!(error = %err.message, "reconcile step failed");
                     errors.push(err.message);
                 }
             }
@@ -652,7 +652,7 @@ impl Daemon {
 
     /// `kchatctl apply`: the file's rooms become the runtime rooms.
     fn apply(&self, text: &str, dry_run: bool) -> Result<Reply, ApiError> {
-        let file: RoomsFile = toml::from_str(text).map_err(|err| {
+        let file: RoomsFile = crate::config::parse_toml(text).map_err(|err| {
             api_error(
                 ErrorKind::Invalid,
                 format!("the rooms file is invalid: {err}"),

@@ -38,16 +38,41 @@ fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     // Under systemd, stderr is the journal already; the journald layer adds
-    // structured fields (room, action) to each entry.
-    if std::env::var_os("JOURNAL_STREAM").is_some()
+    // structured fields (ROOM, ACTION, as docs/kchatd.md names them) to
+    // each entry.
+    if stderr_is_the_journal()
         && let Ok(journald) = tracing_journald::layer()
     {
-        registry.with(journald).init();
+        registry.with(journald.with_field_prefix(None)).init();
         return;
     }
+    // Colours only for a person at a terminal, not in files or pipes.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     registry
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(terminal),
+        )
         .init();
+}
+
+/// Whether stderr is the journal stream systemd connected (`JOURNAL_STREAM`
+/// names its device and inode, as sd_journal_stream_fd(3) says to check): an
+/// inherited variable with stderr redirected elsewhere is not. A handful of
+/// lines, so no crate for them.
+fn stderr_is_the_journal() -> bool {
+    use std::os::fd::AsFd;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((device, inode)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else {
+        return false;
+    };
+    device.parse() == Ok(stat.st_dev) && inode.parse() == Ok(stat.st_ino)
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {

@@ -225,12 +225,63 @@ impl RateLimit {
     }
 }
 
-/// A user or group as written: a name or a numeric id.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A user or group as written: a name or a numeric id (a number, or a
+/// string of digits, as `chown` takes them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Principal {
     Id(u32),
     Name(String),
+}
+
+/// The highest id a user or group may have (`(uid_t)-1` means "none").
+const MAX_ID: u32 = u32::MAX - 1;
+
+impl std::str::FromStr for Principal {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("an empty user or group name".into());
+        }
+        if text.bytes().all(|b| b.is_ascii_digit()) {
+            return match text.parse::<u32>() {
+                Ok(id) if id <= MAX_ID => Ok(Principal::Id(id)),
+                _ => Err(format!("{text} is not an id from 0 to {MAX_ID}")),
+            };
+        }
+        Ok(Principal::Name(text.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Principal {
+    fn deserialize<D: serde::Deserializer<'de>>(input: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Principal;
+
+            fn expecting(&self, out: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(out, "a user or group name, or an id from 0 to {MAX_ID}")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, id: i64) -> Result<Principal, E> {
+                u32::try_from(id)
+                    .ok()
+                    .filter(|id| *id <= MAX_ID)
+                    .map(Principal::Id)
+                    .ok_or_else(|| E::custom(format!("{id} is not an id from 0 to {MAX_ID}")))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, id: u64) -> Result<Principal, E> {
+                self.visit_i64(i64::try_from(id).unwrap_or(i64::MAX))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Principal, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+        input.deserialize_any(Visitor)
+    }
 }
 
 impl Principal {

@@ -447,13 +447,27 @@ fn tells_systemd_about_reloads_stops_and_the_watchdog() -> Result<()> {
     ensure!(status.success(), "kchatd exited {status} on SIGTERM");
     // A watchdog of one microsecond (a typo in WatchdogSec) is clamped,
     // not a crash.
+    // And a JOURNAL_STREAM inherited from elsewhere (stderr is a file
+    // here) does not send the log to the journal.
     let dir = Kchatd::prepare("tiny-watchdog", "")?;
-    let mut daemon = Kchatd::start_with(&dir, &[("WATCHDOG_USEC", "1")])?;
+    let mut daemon = Kchatd::start_with(
+        &dir,
+        &[("WATCHDOG_USEC", "1"), ("JOURNAL_STREAM", "8:12345")],
+    )?;
     daemon.wait_notify("WATCHDOG=1")?;
     ensure!(
         daemon.child.try_wait()?.is_none(),
         "kchatd died with WATCHDOG_USEC=1:\n{}",
         daemon.log()
+    );
+    let log = daemon.log();
+    ensure!(
+        log.contains("kchatd ready"),
+        "a stale JOURNAL_STREAM took the log away from stderr: {log:?}"
+    );
+    ensure!(
+        !log.contains('\x1b'),
+        "colour codes in a log written to a file: {log:?}"
     );
     daemon.stop()
 }

@@ -295,6 +295,15 @@ fn reload_applies_a_changed_config() -> Result<()> {
         journal.contains("config reloaded"),
         "the journal does not show the reload:\n{journal}"
     );
+    // Structured fields under the names the docs give.
+    let fields = run(
+        "journalctl",
+        &["-u", "kchatd", "--no-pager", "-o", "verbose"],
+    )?;
+    ensure!(
+        fields.contains("ROOM=sd-reloaded") && !fields.contains("F_ROOM="),
+        "the journal lacks ROOM= for the reloaded room:\n{fields}"
+    );
     let status = property("kchatd.service", "StatusText")?;
     ensure!(
         status.starts_with("attached, "),
