@@ -174,8 +174,8 @@ pub struct Metrics {
     pub listen: SocketAddr,
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Most rooms given their own `room` label; the rest are summed under
-    /// `room="_other"`, so a runaway room count cannot blow up the series.
+    /// Most rooms given their own `room` label (the first by name); the
+    /// rest get no per-room series, counted by `kchat_rooms_unlabelled`.
     #[serde(default = "default_room_labels", deserialize_with = "room_labels")]
     pub max_room_labels: usize,
 }

@@ -389,6 +389,11 @@ impl Daemon {
             .collect())
     }
 
+    /// The module-wide limits, if the module is there.
+    pub fn module_limits(&self) -> Option<kchat_uapi::abi::GlobalLimits> {
+        kernel::attach().ok()?.0.limits().ok()
+    }
+
     /// One line for systemd's `STATUS=` (what `systemctl status` shows).
     pub fn summary(&self) -> String {
         let inner = self.lock();

@@ -20,9 +20,6 @@ use std::{
     time::UNIX_EPOCH,
 };
 
-/// Rooms beyond the label cap are summed under this label.
-pub const OTHER_ROOMS: &str = "_other";
-
 #[derive(Debug)]
 struct KchatCollector {
     daemon: Arc<Daemon>,
@@ -148,10 +145,57 @@ impl Collector for KchatCollector {
             None,
             count.metric_type(),
         )?)?;
-        // The label cap: the first rooms by name get their own series, the
-        // rest are summed.
+        // The label cap: the first rooms by name get their own series; the
+        // rest get none, only a count. (Summing them under one label made a
+        // series that rooms moved in and out of, which Prometheus reads as
+        // counter resets.) The module itself caps rooms at 255.
         let cap = self.daemon.with_config(|c| c.metrics.max_room_labels);
-        let (named, other) = rooms.split_at(rooms.len().min(cap));
+        let (named, unlabelled) = rooms.split_at(rooms.len().min(cap));
+        let hidden = ConstGauge::new(as_i64(unlabelled.len() as u64));
+        hidden.encode(encoder.encode_descriptor(
+            "kchat_rooms_unlabelled",
+            "Rooms beyond [metrics] max_room_labels, which get no per-room series.",
+            None,
+            hidden.metric_type(),
+        )?)?;
+        let budget: u64 = rooms.iter().map(|r| u64::from(r.settings.ring_bytes)).sum();
+        let budget = ConstGauge::new(as_i64(budget));
+        budget.encode(encoder.encode_descriptor(
+            "kchat_rooms_ring_size",
+            "Ring budgets of all rooms together, against kchat_module_max_total_ring_bytes.",
+            Some(&Unit::Bytes),
+            budget.metric_type(),
+        )?)?;
+        if let Some(limits) = self.daemon.module_limits() {
+            for (name, help, unit, value) in [
+                (
+                    "kchat_module_max_rooms",
+                    "Rooms the module allows at once.",
+                    None,
+                    u64::from(limits.max_rooms),
+                ),
+                (
+                    "kchat_module_max_readers_per_room",
+                    "Read-mode opens the module allows per room.",
+                    None,
+                    u64::from(limits.max_readers),
+                ),
+                (
+                    "kchat_module_max_total_ring",
+                    "Ring budget the module allows for all rooms together.",
+                    Some(Unit::Bytes),
+                    limits.max_total_ring_bytes,
+                ),
+            ] {
+                let gauge = ConstGauge::new(as_i64(value));
+                gauge.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    unit.as_ref(),
+                    gauge.metric_type(),
+                )?)?;
+            }
+        }
         let mut info = encoder.encode_descriptor(
             "kchat_room_info",
             "Always 1; labels say how the room is set up.",
@@ -174,14 +218,10 @@ impl Collector for KchatCollector {
             };
             let mut family =
                 encoder.encode_descriptor(metric.name, metric.help, metric.unit.as_ref(), kind)?;
-            let mut series: Vec<(&str, u64)> = named
+            for (room, value) in named
                 .iter()
                 .map(|room| (room.name.as_str(), (metric.value)(room)))
-                .collect();
-            if !other.is_empty() {
-                series.push((OTHER_ROOMS, other.iter().map(metric.value).sum()));
-            }
-            for (room, value) in series {
+            {
                 let labels = [("room", room)];
                 let metric_encoder = family.encode_family(&labels)?;
                 if metric.counter {
@@ -263,6 +303,7 @@ impl Collector for HealthCollector {
             Some(&Unit::Seconds),
             reloaded.metric_type(),
         )?)?;
+        encode_process(&mut encoder, self.daemon.started)?;
         let started = self
             .daemon
             .started
@@ -288,6 +329,84 @@ impl Collector for HealthCollector {
 }
 
 /// The registry kchatd serves.
+/// The standard `process_*` metrics (as every Prometheus client library
+/// exports them), read from /proc with the `procfs` crate.
+fn encode_process(
+    encoder: &mut DescriptorEncoder<'_>,
+    started: std::time::SystemTime,
+) -> Result<(), Error> {
+    let Ok(me) = procfs::process::Process::myself() else {
+        return Ok(());
+    };
+    let Ok(stat) = me.stat() else {
+        return Ok(());
+    };
+    let ticks = procfs::ticks_per_second().max(1) as f64;
+    let cpu = ConstCounter::new((stat.utime + stat.stime) as f64 / ticks);
+    cpu.encode(encoder.encode_descriptor(
+        "process_cpu",
+        "Total user and system CPU time spent in seconds.",
+        Some(&Unit::Seconds),
+        cpu.metric_type(),
+    )?)?;
+    let mut gauges = vec![
+        (
+            "process_resident_memory",
+            "Resident memory size in bytes.",
+            Some(Unit::Bytes),
+            stat.rss.saturating_mul(procfs::page_size()) as f64,
+        ),
+        (
+            "process_virtual_memory",
+            "Virtual memory size in bytes.",
+            Some(Unit::Bytes),
+            stat.vsize as f64,
+        ),
+        (
+            "process_threads",
+            "Number of OS threads in the process.",
+            None,
+            stat.num_threads as f64,
+        ),
+        (
+            "process_start_time",
+            "Start time of the process since unix epoch in seconds.",
+            Some(Unit::Seconds),
+            started
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        ),
+    ];
+    if let Ok(open) = me.fd_count() {
+        gauges.push((
+            "process_open_fds",
+            "Number of open file descriptors.",
+            None,
+            open as f64,
+        ));
+    }
+    if let Ok(limits) = me.limits()
+        && let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit
+    {
+        gauges.push((
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            None,
+            max as f64,
+        ));
+    }
+    for (name, help, unit, value) in gauges {
+        let gauge = ConstGauge::new(value);
+        gauge.encode(encoder.encode_descriptor(
+            name,
+            help,
+            unit.as_ref(),
+            gauge.metric_type(),
+        )?)?;
+    }
+    Ok(())
+}
+
 pub fn registry(daemon: Arc<Daemon>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(KchatCollector {

@@ -848,7 +848,54 @@ fn metrics_match_the_traffic() -> Result<()> {
         sample(&scrape, "kchat_daemon_reconciles_total").is_some_and(|n| n >= 1.0),
         "{scrape}"
     );
+    // Capacity against the module's limits, and the process's own health.
+    let limits = crate::client::Control::open()?.limits()?;
+    for (series, want) in [
+        ("kchat_module_max_rooms", f64::from(limits.max_rooms)),
+        (
+            "kchat_module_max_readers_per_room",
+            f64::from(limits.max_readers),
+        ),
+        (
+            "kchat_module_max_total_ring_bytes",
+            limits.max_total_ring_bytes as f64,
+        ),
+        ("kchat_rooms_unlabelled", 0.0),
+    ] {
+        let got = sample(&scrape, series);
+        ensure!(got == Some(want), "{series} is {got:?}, not {want}");
+    }
+    for series in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        ensure!(
+            sample(&scrape, series).is_some_and(|v| v > 0.0),
+            "{series} missing or zero:\n{scrape}"
+        );
+    }
     ensure!(daemon.get("/healthz")?.starts_with("ok"), "healthz");
+    daemon.stop()?;
+    // Past the label cap a room gets no series at all (a shared "_other"
+    // series would go up and down as rooms come and go), only a count.
+    let dir = Kchatd::prepare("labels", "[rooms.m-room]\nring_bytes = 8192\n")?;
+    let config = Kchatd::config_path(&dir);
+    let text = std::fs::read_to_string(&config)?
+        .replace("[metrics]\n", "[metrics]\nmax_room_labels = 1\n");
+    std::fs::write(&config, text)?;
+    let daemon = Kchatd::start(&dir)?;
+    let scrape = daemon.get("/metrics")?;
+    let rooms = sample(&scrape, "kchat_rooms").unwrap_or(0.0);
+    ensure!(
+        rooms >= 2.0
+            && sample(&scrape, "kchat_rooms_unlabelled") == Some(rooms - 1.0)
+            && !scrape.contains("_other")
+            && scrape.matches("kchat_room_readers{").count() == 1,
+        "with max_room_labels = 1:\n{scrape}"
+    );
     daemon.stop()
 }
 
