@@ -19,6 +19,8 @@ use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilte
 ///
 /// Signals: SIGHUP rereads the config (a bad file keeps the old one);
 /// SIGTERM and SIGINT stop kchatd and leave the rooms in the kernel.
+///
+/// The config's keys are in kchatd.toml(5); kchatctl(1) is the admin CLI.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -32,6 +34,9 @@ struct Args {
     /// rooms back).
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
+    /// Print the kchatd(8) man page (roff) and exit.
+    #[arg(long, hide = true)]
+    man: bool,
 }
 
 fn init_logging() {
@@ -91,6 +96,15 @@ fn watchdog_interval() -> Option<Duration> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.man {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(<Args as clap::CommandFactory>::command())
+            .section("8")
+            .render(&mut page)
+            .context("cannot render the man page")?;
+        std::io::Write::write_all(&mut std::io::stdout(), &page)?;
+        return Ok(());
+    }
     let config = Config::load(&args.config)?;
     if args.check {
         println!(

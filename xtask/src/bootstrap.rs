@@ -48,6 +48,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("nats-server", "a peer in cargo xtask bench (NATS core)"),
     ("fonts-dejavu-core", "the font of the benchmark plots"),
+    ("groff-base", "checks that the man pages render without warnings"),
     (
         "linux-perf",
         "cargo xtask bench --perf: where the time goes, in the VM",

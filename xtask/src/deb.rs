@@ -67,6 +67,8 @@ pub fn check(deb: &std::path::Path) -> Result<()> {
         "./usr/lib/modprobe.d/kchat.conf",
         // cargo-deb compresses man pages, as Debian policy asks.
         "./usr/share/man/man1/kchatctl.1.gz",
+        "./usr/share/man/man8/kchatd.8.gz",
+        "./usr/share/man/man5/kchatd.toml.5.gz",
         "./usr/share/bash-completion/completions/kchatctl",
         "./usr/share/kchat/dashboards/kchat.json",
         "./etc/kchat/kchatd.toml",

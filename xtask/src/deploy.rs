@@ -151,6 +151,8 @@ pub fn install_stages_everything(kernel: &Kernel) -> Result<()> {
         "etc/kchat/kchatd.toml",
         "usr/share/man/man1/kchatctl.1",
         "usr/share/man/man1/kchatctl-create-room.1",
+        "usr/share/man/man8/kchatd.8",
+        "usr/share/man/man5/kchatd.toml.5",
         "usr/share/bash-completion/completions/kchatctl",
         "usr/share/kchat/dashboards/kchat.json",
     ] {
@@ -160,6 +162,23 @@ pub fn install_stages_everything(kernel: &Kernel) -> Result<()> {
         installed.iter().any(|p| p.ends_with("extra/kchat.ko")),
         "install did not stage the module"
     );
+    // Every man page renders, and groff has nothing to say about it.
+    for page in [
+        "usr/share/man/man1/kchatctl.1",
+        "usr/share/man/man8/kchatd.8",
+        "usr/share/man/man5/kchatd.toml.5",
+    ] {
+        let out = process::output(
+            Command::new("groff")
+                .args(["-man", "-ww", "-z"])
+                .arg(dest.join(page)),
+        )?;
+        ensure!(
+            out.status.success() && out.stderr.is_empty(),
+            "{page} does not render cleanly: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // The example config is valid as shipped.
     let out = process::output(
         Command::new(dest.join("usr/bin/kchatd"))

@@ -191,6 +191,16 @@ pub fn run(args: &InstallArgs) -> Result<Vec<PathBuf>> {
     for page in fs::read_dir(&man_dir)? {
         installed.push(page?.path());
     }
+    // kchatd(8) from its clap definitions, kchatd.toml(5) written by hand.
+    let man8 = dest.join("usr/share/man/man8/kchatd.8");
+    fs::create_dir_all(man8.parent().context("man8 dir")?)?;
+    let page = process::stdout(Command::new(dest.join("usr/bin/kchatd")).arg("--man"))?;
+    fs::write(&man8, page)?;
+    installed.push(man8);
+    let man5 = dest.join("usr/share/man/man5/kchatd.toml.5");
+    fs::create_dir_all(man5.parent().context("man5 dir")?)?;
+    copy(&root.join("deploy/man/kchatd.toml.5"), &man5, 0o644)?;
+    installed.push(man5);
     for (shell, to) in [
         ("bash", "usr/share/bash-completion/completions/kchatctl"),
         ("zsh", "usr/share/zsh/vendor-completions/_kchatctl"),
