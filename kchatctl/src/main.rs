@@ -137,7 +137,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::Man { out_dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), &dir)
+        Command::Man { out_dir: Some(dir) } => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
             .map_err(|err| {
                 Failure::failed(format!(
                     "cannot write man pages to {}: {err}",

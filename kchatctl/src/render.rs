@@ -30,6 +30,22 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A uid as `ls -l` shows it: the name, or the number if it has none.
+fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |user| user.name)
+}
+
+/// A gid as `ls -l` shows it.
+fn group_name(gid: u32) -> String {
+    nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map_or_else(|| gid.to_string(), |group| group.name)
+}
+
 /// Bytes with a binary unit, as `ls -h` would.
 fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
@@ -121,7 +137,11 @@ pub fn list(rooms: &[RoomView]) -> String {
                 ),
                 bytes(u64::from(room.settings.ring_bytes)),
                 format!("{:04o}", room.settings.mode),
-                format!("{}:{}", room.settings.owner, room.settings.group),
+                format!(
+                    "{}:{}",
+                    user_name(room.settings.owner),
+                    group_name(room.settings.group)
+                ),
                 notes(room),
             ]
         })
@@ -181,7 +201,12 @@ pub fn info(room: &RoomView) -> String {
     }
     field(
         "owner",
-        format!("{}:{} mode {:04o}", s.owner, s.group, s.mode),
+        format!(
+            "{}:{} mode {:04o}",
+            user_name(s.owner),
+            group_name(s.group),
+            s.mode
+        ),
     );
     let overridden = if room.limit_overridden {
         " (set with kchatctl over the config's; kchatctl reset goes back)"
@@ -316,6 +341,7 @@ mod tests {
             counters,
             drift: Vec::new(),
             limit_overridden: false,
+            mode_octal: String::new(),
         }
     }
 

@@ -158,7 +158,8 @@ impl TryFrom<String> for AdminGroup {
                 gid: group.gid.as_raw(),
             }),
             Ok(None) => Err(format!(
-                "admin_group: no group named {name:?} on this system (create it, e.g. with sysusers.d)"
+                "admin_group: no group named {name:?} on this system; the kchat package makes \
+                 \"kchat\" (systemd-sysusers kchat.conf), or create one with groupadd"
             )),
             Err(err) => Err(format!("admin_group: looking up {name:?}: {err}")),
         }

@@ -733,6 +733,7 @@ fn view(name: &RoomName, info: &kchat_uapi::abi::RoomInfo, desired: Option<&Desi
         name: name.clone(),
         origin: desired.map_or(Origin::Adopted, |d| d.origin),
         drift: desired.map_or_else(Vec::new, |d| d.decl.fixed_differences(&settings)),
+        mode_octal: format!("{:#o}", settings.mode),
         settings,
         counters: Counters::from_info(info),
         limit_overridden: false,

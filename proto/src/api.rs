@@ -202,6 +202,9 @@ pub struct RoomView {
     /// (`reset` goes back to the config's).
     #[serde(default)]
     pub limit_overridden: bool,
+    /// `settings.mode` as people write it ("0o660"), beside the number.
+    #[serde(default)]
+    pub mode_octal: String,
 }
 
 /// One step of a reconcile or apply plan.

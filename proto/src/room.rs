@@ -432,9 +432,16 @@ impl TryFrom<RoomDraft> for RoomDecl {
         }
         let mode = draft.mode.unwrap_or(DEFAULT_MODE);
         if mode > 0o777 {
-            return Err(format!(
-                "mode = {mode:#o} has bits beyond 0o777 (write it as 0o660 in TOML)"
-            ));
+            // `mode = 660` is decimal in TOML; say so only when that is what
+            // happened (its digits read as octal make a mode).
+            let digits = mode.to_string();
+            let hint = match u32::from_str_radix(&digits, 8) {
+                Ok(octal) if octal <= 0o777 => {
+                    format!(" (TOML reads {digits} as decimal: write 0o{digits})")
+                }
+                _ => String::new(),
+            };
+            return Err(format!("mode = {mode:#o} has bits beyond 0o777{hint}"));
         }
         let rate_limit = draft.rate_limit.unwrap_or_default();
         rate_limit.check()?;
@@ -578,6 +585,12 @@ mod tests {
     }
 
     #[test]
+    fn the_decimal_hint_only_when_it_is_one() {
+        let err = decl("mode = 0o1777").unwrap_err();
+        assert!(!err.contains("decimal"), "{err}");
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         for (text, needle) in [
             ("ring_bytes = 10", "ring_bytes = 10 is out of range"),
@@ -587,6 +600,7 @@ mod tests {
             ),
             ("max_msg = 0", "max_msg = 0 is out of range"),
             ("mode = 0o1777", "beyond 0o777"),
+            ("mode = 660", "TOML reads 660 as decimal: write 0o660"),
             ("policy = \"fast\"", "unknown variant `fast`"),
             ("owner = \"no-such-user-kchat\"", "owner: no user named"),
             ("group = \"no-such-group-kchat\"", "group: no group named"),

@@ -371,6 +371,11 @@ fn starts_ready_and_creates_config_rooms() -> Result<()> {
     ensure!(ops["settings"]["policy"] == "block", "policy: {ops}");
     ensure!(ops["settings"]["ring_bytes"] == 8192, "ring: {ops}");
     ensure!(ops["settings"]["max_wait"] == 2500, "max_wait: {ops}");
+    ensure!(ops["mode_octal"] == "0o640", "mode_octal: {ops}");
+    ensure!(
+        daemon.ctl(&["list"])?.contains("root:root"),
+        "list shows owners as numbers"
+    );
     let kernel = crate::client::Control::open()?.info("cfg-ops")?;
     ensure!(
         kernel.max_wait_ms == 2500,

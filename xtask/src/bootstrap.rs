@@ -48,7 +48,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("nats-server", "a peer in cargo xtask bench (NATS core)"),
     ("fonts-dejavu-core", "the font of the benchmark plots"),
-    ("groff-base", "checks that the man pages render without warnings"),
+    (
+        "groff-base",
+        "checks that the man pages render without warnings",
+    ),
     (
         "linux-perf",
         "cargo xtask bench --perf: where the time goes, in the VM",
