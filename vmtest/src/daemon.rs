@@ -993,7 +993,7 @@ fn bad_configs_are_refused_and_reload_keeps_the_old() -> Result<()> {
         "kchatd started on a bad config: {out:?}"
     );
     ensure!(
-        stderr.contains("line 1") && stderr.contains("mode"),
+        stderr.contains("line 3: mode = 0o1777") && stderr.matches("has bits beyond").count() == 1,
         "message: {stderr}"
     );
     ensure!(
