@@ -38,7 +38,7 @@ impl FileOps for Control {
 
     fn ioctl(
         registry: ArcBorrow<'_, Registry>,
-        _file: &File,
+        file: &File,
         cmd: u32,
         arg: usize,
     ) -> Result<isize> {
@@ -63,6 +63,20 @@ impl FileOps for Control {
             abi::IOC_SET_RATE_LIMIT => {
                 let request = read_extensible::<abi::RateLimit>(arg)?;
                 registry.set_limit(&request)?;
+            }
+            abi::IOC_ROOM_READERS => {
+                let mut list = read_extensible::<abi::ReaderList>(arg)?;
+                let infos = registry.readers(file, &mut list)?;
+                let size = core::mem::size_of::<abi::ReaderInfo>();
+                let mut out =
+                    UserSlice::new(list.readers as usize, infos.len().saturating_mul(size))
+                        .writer();
+                for info in infos.iter() {
+                    out.write(info)?;
+                }
+                UserSlice::new(arg, core::mem::size_of::<abi::ReaderList>())
+                    .writer()
+                    .write(&list)?;
             }
             abi::IOC_SET_MAX_WAIT => {
                 let request = read_extensible::<abi::MaxWait>(arg)?;

@@ -9,7 +9,7 @@ use crate::{
     compat::{
         chrdev::{Major, Router},
         device::{Class, Node, NodePerms},
-        file::OpeningFile,
+        file::{File, OpeningFile},
         fops::open_as,
     },
     control::Control,
@@ -265,6 +265,22 @@ impl Registry {
             byte_burst: request.byte_burst,
         });
         Ok(())
+    }
+
+    /// A room's readers, as `caller` sees them; fills `list.count`.
+    pub(crate) fn readers(
+        &self,
+        caller: &File,
+        list: &mut abi::ReaderList,
+    ) -> Result<KVec<abi::ReaderInfo>> {
+        if list.flags != 0 {
+            return Err(EINVAL);
+        }
+        let name = abi::field_name(&list.name).ok_or(EINVAL)?;
+        let room = self.find_room(name)?;
+        let (infos, total) = room.reader_infos(caller, list.capacity as usize)?;
+        list.count = total as u32;
+        Ok(infos)
     }
 
     /// Changes a `block` room's bound on laggards.

@@ -17,7 +17,7 @@ use crate::{
         task::{monotonic_ns, ns_to_jiffies, realtime_ns, Sender},
     },
     rate::Limiter,
-    ring::{Cost, Ring, Slot},
+    ring::{Cost, Lookup, Ring, Slot},
     slowest::Slowest,
 };
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -154,8 +154,10 @@ impl Stats {
 pub(crate) struct ReaderMark {
     pub(crate) seq: AtomicU64,
     pub(crate) lost: AtomicU64,
-    /// The opener's kernel uid, for the per-uid share of reader slots.
-    uid: u32,
+    /// Who opened it: its process and the file's kernel ids (the uid also
+    /// counts against the per-uid share of reader slots), for admins who
+    /// look for the reader that holds a room back.
+    opener: Sender,
 }
 
 /// The part of a room's reader slots one uid may hold: one slot in this
@@ -736,7 +738,7 @@ impl Room {
     pub(crate) fn add_reader(
         &self,
         max_readers: usize,
-        uid: u32,
+        (uid, gid): (u32, u32),
         exempt: impl FnOnce() -> bool,
     ) -> Result<Arc<ReaderMark>> {
         let mut inner = self.inner.lock();
@@ -751,7 +753,7 @@ impl Room {
             .readers
             .iter()
             .flatten()
-            .filter(|mark| mark.uid == uid)
+            .filter(|mark| mark.opener.kuid == uid)
             .count();
         if held >= share && !exempt() {
             return Err(eusers());
@@ -761,7 +763,7 @@ impl Room {
             ReaderMark {
                 seq: AtomicU64::new(seq),
                 lost: AtomicU64::new(0),
-                uid,
+                opener: Sender::current(uid, gid),
             },
             GFP_KERNEL_ACCOUNT,
         )?;
@@ -772,6 +774,44 @@ impl Room {
         inner.reader_total += 1;
         inner.slowest.joined(seq);
         Ok(mark)
+    }
+
+    /// Where each reader stands (at most `capacity` of them), as `caller`
+    /// (the control file asking) sees their ids and pids; and how many
+    /// readers there are.
+    pub(crate) fn reader_infos(
+        &self,
+        caller: &File,
+        capacity: usize,
+    ) -> Result<(KVec<abi::ReaderInfo>, usize)> {
+        let inner = self.inner.lock();
+        let total = inner.reader_total;
+        let mut infos = KVec::with_capacity(capacity.min(total), GFP_KERNEL)?;
+        let (first, next) = (inner.ring.first_seq(), inner.ring.next_seq());
+        let now = realtime_ns();
+        for mark in inner.readers.iter().flatten().take(capacity) {
+            let seq = mark.seq.load(Ordering::Relaxed);
+            let unread = seq.max(first);
+            let behind_ns = match inner.ring.get(unread) {
+                Lookup::Ready(record) => now.saturating_sub(record.time_ns).max(1),
+                _ => 0,
+            };
+            let (uid, gid) = caller.ids_as_seen(mark.opener.kuid, mark.opener.kgid);
+            infos.push(
+                abi::ReaderInfo {
+                    pid: mark.opener.pid_for_current(),
+                    uid,
+                    gid,
+                    flags: 0,
+                    lag_msgs: next.saturating_sub(unread),
+                    lag_bytes: inner.ring.bytes_from(seq) as u64,
+                    lost: mark.lost.load(Ordering::Relaxed) + first.saturating_sub(seq),
+                    behind_ns,
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        Ok((infos, total))
     }
 
     /// Forgets a reader; a `block` room's writers may go on.

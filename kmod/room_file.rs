@@ -109,8 +109,8 @@ impl FileOps for RoomFile {
             return Err(EACCES);
         }
         let mark = if file.readable() {
-            let (uid, _) = file.effective_ids();
-            Some(room.add_reader(max_readers, uid, || current_capable(Capability::SysAdmin))?)
+            let ids = file.effective_ids();
+            Some(room.add_reader(max_readers, ids, || current_capable(Capability::SysAdmin))?)
         } else {
             None
         };

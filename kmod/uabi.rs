@@ -25,6 +25,8 @@ unsafe impl FromBytes for abi::RateLimit {}
 // SAFETY: as above.
 unsafe impl FromBytes for abi::MaxWait {}
 // SAFETY: as above.
+unsafe impl FromBytes for abi::ReaderList {}
+// SAFETY: as above.
 unsafe impl FromBytes for abi::GlobalLimits {}
 // SAFETY: `repr(C)` integers without padding: every byte is initialised.
 unsafe impl AsBytes for abi::FrameHeader {}
@@ -32,6 +34,10 @@ unsafe impl AsBytes for abi::FrameHeader {}
 unsafe impl AsBytes for abi::RoomInfo {}
 // SAFETY: as above.
 unsafe impl AsBytes for abi::RoomList {}
+// SAFETY: as above.
+unsafe impl AsBytes for abi::ReaderList {}
+// SAFETY: as above.
+unsafe impl AsBytes for abi::ReaderInfo {}
 // SAFETY: as above.
 unsafe impl AsBytes for abi::GlobalLimits {}
 

@@ -153,6 +153,34 @@ impl Control {
             .collect();
         Ok((names, list.count))
     }
+
+    /// Every reader of room `name` and how far behind it is (readers that
+    /// open meanwhile may be left out; the next call sees them).
+    pub fn readers(&self, name: &str) -> Result<Vec<abi::ReaderInfo>, Errno> {
+        let field = abi::name_field(name).ok_or(Errno::EINVAL)?;
+        let mut capacity = 64usize;
+        // Readers come and go meanwhile: a few tries, then what fitted.
+        for tries_left in (0..4).rev() {
+            let mut infos = vec![abi::ReaderInfo::default(); capacity];
+            let mut list = abi::ReaderList {
+                size: size_of::<abi::ReaderList>() as u32,
+                flags: 0,
+                name: field,
+                capacity: capacity as u32,
+                count: 0,
+                readers: infos.as_mut_ptr() as u64,
+            };
+            raw_ioctl(&self.0, abi::IOC_ROOM_READERS, &mut list as *mut _ as usize)?;
+            let count = list.count as usize;
+            if count <= capacity || tries_left == 0 {
+                infos.truncate(count.min(capacity));
+                return Ok(infos);
+            }
+            // More opened than there was room for: once more, with room.
+            capacity = count + 16;
+        }
+        Ok(Vec::new())
+    }
 }
 
 /// Sets a room fd's read mode (`abi::READ_*`).

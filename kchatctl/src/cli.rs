@@ -47,6 +47,10 @@ pub enum Command {
     Info { room: RoomName },
     /// Counters of every room (or one).
     Stats { room: Option<RoomName> },
+    /// Who reads a room and how far behind each reader is, the furthest
+    /// first: the one holding a block room back, or losing messages
+    /// (admin).
+    Readers { room: RoomName },
     /// Create a room; kchatd keeps it across restarts and module reloads.
     CreateRoom {
         room: RoomName,

@@ -103,6 +103,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::DeleteRoom { room } => show(json, client.call(&Request::DeleteRoom { room })?),
         Command::Reset { room } => show(json, client.call(&Request::Reset { room })?),
+        Command::Readers { room } => show(json, client.call(&Request::Readers { room })?),
         Command::SetLimit { room, limit } => {
             let limit = limit.into_change();
             show(json, client.call(&Request::SetLimit { room, limit })?)
@@ -183,6 +184,8 @@ fn show(json: bool, reply: Reply) -> Result<(), Failure> {
         Reply::Plan(plan) if json => print_json(&plan),
         Reply::Done(message) if json => print_json(&serde_json::json!({ "done": message })),
         Reply::Event(event) if json => print_json(&event),
+        Reply::Readers(readers) if json => print_json(&readers),
+        Reply::Readers(readers) => print(&render::readers(&readers)),
         Reply::Status(status) => print(&render::status(&status)),
         Reply::Rooms(rooms) => print(&render::list(&rooms)),
         Reply::Room(room) => print(&render::info(&room)),

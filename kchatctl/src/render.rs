@@ -1,7 +1,7 @@
 //! Human-readable output. Scripts use `--json`; these tables may change.
 
 use kchat_proto::{
-    api::{Action, Change, Event, EventKind, RoomView, Status},
+    api::{Action, Change, Event, EventKind, ReaderView, RoomView, Status},
     room::{describe_max_wait, Policy},
 };
 use std::fmt::Write;
@@ -165,6 +165,47 @@ fn notes(room: &RoomView) -> String {
         notes.push("limit-set");
     }
     notes.join(",")
+}
+
+/// A duration for people: ms under a second, then seconds, minutes, hours.
+fn age(ns: u64) -> String {
+    if ns == 0 {
+        return "-".into();
+    }
+    match ns as f64 / 1e9 {
+        s if s < 1.0 => format!("{:.0} ms", s * 1000.0),
+        s if s < 120.0 => format!("{s:.1} s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s => format!("{:.1} h", s / 3600.0),
+    }
+}
+
+pub fn readers(readers: &[ReaderView]) -> String {
+    if readers.is_empty() {
+        return "no readers\n".into();
+    }
+    let rows: Vec<Vec<String>> = readers
+        .iter()
+        .map(|r| {
+            vec![
+                if r.pid == 0 {
+                    "-".into()
+                } else {
+                    r.pid.to_string()
+                },
+                user_name(r.uid),
+                group_name(r.gid),
+                r.lag_msgs.to_string(),
+                bytes(r.lag_bytes),
+                age(r.behind_ns),
+                r.lost.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["PID", "USER", "GROUP", "UNREAD", "BYTES", "BEHIND", "LOST"],
+        &rows,
+    )
 }
 
 pub fn info(room: &RoomView) -> String {
@@ -398,6 +439,27 @@ mod tests {
     #[test]
     fn stats_output() {
         insta::assert_snapshot!(stats(&rooms()));
+    }
+
+    #[test]
+    fn readers_output() {
+        let reader = |pid, lag_msgs, behind_ns| ReaderView {
+            pid,
+            uid: 0,
+            gid: 0,
+            lag_msgs,
+            lag_bytes: lag_msgs * 80,
+            lost: 0,
+            behind_ns,
+        };
+        let out = readers(&[reader(42, 100, 75_000_000_000), reader(0, 0, 0)]);
+        assert_eq!(
+            out,
+            "PID  USER  GROUP  UNREAD  BYTES    BEHIND  LOST\n\
+             42   root  root   100     7.8 KiB  75.0 s  0\n\
+             -    root  root   0       0 B      -       0\n"
+        );
+        assert_eq!(readers(&[]), "no readers\n");
     }
 
     #[test]

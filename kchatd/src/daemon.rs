@@ -14,8 +14,8 @@ use crate::{
 use kchat_client::Control;
 use kchat_proto::{
     api::{
-        ApiError, Change, Counters, ErrorKind, Event, EventKind, Origin, Reply, Request, RoomView,
-        Status,
+        ApiError, Change, Counters, ErrorKind, Event, EventKind, Origin, ReaderView, Reply,
+        Request, RoomView, Status,
     },
     room::{RoomDecl, RoomName},
 };
@@ -451,11 +451,11 @@ impl Daemon {
     /// things. `Events` is served by the socket layer.
     pub fn handle(&self, request: Request, admin: bool) -> Reply {
         self.health.requests.fetch_add(1, Ordering::Relaxed);
-        if request.changes_state() && !admin {
+        if request.needs_admin() && !admin {
             self.health.denied.fetch_add(1, Ordering::Relaxed);
             return Reply::Error(api_error(
                 ErrorKind::Denied,
-                "permission denied: changing rooms needs root or the admin group (admin_group in kchatd.toml)",
+                "permission denied: changing rooms, and seeing who reads them, needs root or the admin group (admin_group in kchatd.toml)",
             ));
         }
         let result = match request {
@@ -474,6 +474,17 @@ impl Daemon {
             Request::DeleteRoom { room } => self.delete(room),
             Request::SetLimit { room, limit } => self.set_limit(room, limit),
             Request::Reset { room } => self.reset(room),
+            Request::Readers { room } => attach_for_request().and_then(|control| {
+                let mut readers: Vec<ReaderView> = control
+                    .readers(room.as_str())
+                    .map_err(|err| kernel_error("list the readers of", &room, err))?
+                    .iter()
+                    .map(ReaderView::from_info)
+                    .collect();
+                // The one holding the room back first.
+                readers.sort_by(|a, b| b.lag_bytes.cmp(&a.lag_bytes).then(a.pid.cmp(&b.pid)));
+                Ok(Reply::Readers(readers))
+            }),
             Request::Apply { config, dry_run } => self.apply(&config, dry_run),
             Request::Events => Err(api_error(
                 ErrorKind::Invalid,

@@ -111,6 +111,15 @@ impl<T: Cost, S: DerefMut<Target = [Option<Slot<T>>]>> Ring<T, S> {
         len < self.slots.len() && self.bytes.saturating_sub(freed) + cost <= self.max_bytes
     }
 
+    /// What the retained records from `seq` on cost (a reader at `seq`
+    /// has that much to read); `seq` is clamped to the retained ones.
+    /// Constant time.
+    pub fn bytes_from(&self, seq: u64) -> usize {
+        let from = seq.clamp(self.first, self.next);
+        self.cost_before(from)
+            .map_or(0, |before| self.pushed_cost.saturating_sub(before) as usize)
+    }
+
     /// Cost of every record pushed before `seq` (retained or next).
     fn cost_before(&self, seq: u64) -> Option<u64> {
         if seq == self.next {
@@ -317,6 +326,10 @@ mod tests {
                         let fits = left < slots && used + cost <= max_bytes;
                         prop_assert_eq!(r.fits_after_evicting_before(keep, cost), fits);
                     }
+                }
+                for from in 0..=next + 1 {
+                    let owed: usize = model.iter().filter(|(s, _)| *s >= from).map(|(_, c)| c).sum();
+                    prop_assert_eq!(r.bytes_from(from), owed);
                 }
                 prop_assert_eq!(r.len(), model.len());
                 prop_assert_eq!(r.next_seq(), next);

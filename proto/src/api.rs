@@ -45,18 +45,54 @@ pub enum Request {
     Apply { config: String, dry_run: bool },
     /// Streams [`Event`]s as they happen.
     Events,
+    /// Who reads a room and how far behind each is (admin: it names the
+    /// processes and users that listen).
+    Readers { room: RoomName },
 }
 
 impl Request {
-    /// Whether the request changes anything (and so needs an admin).
-    pub fn changes_state(&self) -> bool {
+    /// Whether the request needs an admin: it changes something, or shows
+    /// who is reading.
+    pub fn needs_admin(&self) -> bool {
         match self {
             Request::CreateRoom { .. }
             | Request::DeleteRoom { .. }
             | Request::SetLimit { .. }
-            | Request::Reset { .. } => true,
+            | Request::Reset { .. }
+            | Request::Readers { .. } => true,
             Request::Apply { dry_run, .. } => !dry_run,
             Request::Status | Request::List | Request::Info { .. } | Request::Events => false,
+        }
+    }
+}
+
+/// One reader of a room, as the module reports it (`IOC_ROOM_READERS`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReaderView {
+    /// The opening process, as kchatd's pid namespace sees it (0: not
+    /// visible there).
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Retained messages it has not read, and their cost of the ring.
+    pub lag_msgs: u64,
+    pub lag_bytes: u64,
+    /// Messages it lost and has not been told of.
+    pub lost: u64,
+    /// How old the oldest message it has not read is (0: caught up).
+    pub behind_ns: u64,
+}
+
+impl ReaderView {
+    pub fn from_info(info: &kchat_uapi::abi::ReaderInfo) -> ReaderView {
+        ReaderView {
+            pid: info.pid,
+            uid: info.uid,
+            gid: info.gid,
+            lag_msgs: info.lag_msgs,
+            lag_bytes: info.lag_bytes,
+            lost: info.lost,
+            behind_ns: info.behind_ns,
         }
     }
 }
@@ -70,6 +106,7 @@ pub enum Reply {
     Plan(Vec<Change>),
     Done(String),
     Event(Event),
+    Readers(Vec<ReaderView>),
     Error(ApiError),
 }
 
@@ -272,11 +309,11 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
         let create = r#"{"op":"create-room","room":"ops","settings":{"mode":416}}"#;
         let request: Request = serde_json::from_str(create).unwrap();
-        assert!(request.changes_state());
+        assert!(request.needs_admin());
         assert!(!Request::Apply {
             config: String::new(),
             dry_run: true
         }
-        .changes_state());
+        .needs_admin());
     }
 }

@@ -288,6 +288,50 @@ pub struct MaxWait {
 /// `EFAULT`.
 pub const IOC_SET_MAX_WAIT: u32 = iow::<MaxWait>(0x08);
 
+/// One reader of a room (a read-mode open), as `IOC_ROOM_READERS` reports
+/// it to an admin looking for the one that holds a room back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReaderInfo {
+    /// The opening process as the caller's pid namespace sees it (0 if it
+    /// is not visible there).
+    pub pid: u32,
+    /// The opening file's uid and gid, mapped into the caller's user
+    /// namespace (the overflow id if unmapped).
+    pub uid: u32,
+    pub gid: u32,
+    /// Reserved; zero.
+    pub flags: u32,
+    /// Retained messages it has not read, and what they cost of the ring.
+    pub lag_msgs: u64,
+    pub lag_bytes: u64,
+    /// Messages it lost (evicted before it read them) and was not told of.
+    pub lost: u64,
+    /// How old the oldest message it has not read is, in nanoseconds (0
+    /// when it has read everything).
+    pub behind_ns: u64,
+}
+
+/// `IOC_ROOM_READERS` argument: the caller fills `size`, `name`,
+/// `capacity` and `readers`; the kernel writes up to `capacity` entries
+/// there and sets `count` to the room's number of readers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReaderList {
+    pub size: u32,
+    /// Reserved; must be zero.
+    pub flags: u32,
+    pub name: [u8; NAME_FIELD],
+    pub capacity: u32,
+    pub count: u32,
+    /// User address of `[ReaderInfo; capacity]`.
+    pub readers: u64,
+}
+
+/// Control ioctl: a room's readers and how far behind each is. Errors:
+/// `ENOENT`, `EINVAL`, `E2BIG`, `EFAULT`.
+pub const IOC_ROOM_READERS: u32 = iowr::<ReaderList>(0x09);
+
 /// `IOC_LIST_ROOMS` argument: `names` points at `capacity` name fields; the
 /// kernel fills up to that many and sets `count` to the number of rooms.
 #[repr(C)]
@@ -436,6 +480,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<RateLimit>(), 64);
         assert_eq!(core::mem::size_of::<GlobalLimits>(), 24);
         assert_eq!(core::mem::size_of::<MaxWait>(), 48);
+        assert_eq!(core::mem::size_of::<ReaderInfo>(), 48);
+        assert_eq!(core::mem::size_of::<ReaderList>(), 56);
+        assert_eq!(IOC_ROOM_READERS, 0xc038_b909);
         assert_eq!(IOC_SET_MAX_WAIT, 0x4030_b908);
         assert_eq!(core::mem::offset_of!(RoomInfo, ring_used_bytes), 80);
         assert_eq!(core::mem::size_of::<RoomList>(), 24);

@@ -34,6 +34,10 @@ pub const TESTS: &[Test] = &[
         "control::unknown_minor_gets_enxio",
         unknown_minor_gets_enxio,
     ),
+    (
+        "control::each_reader_shows_who_it_is_and_how_far_behind",
+        each_reader_shows_who_it_is_and_how_far_behind,
+    ),
 ];
 
 fn open() -> Result<File> {
@@ -177,4 +181,91 @@ fn unknown_minor_gets_enxio() -> Result<()> {
         Err(err) if err.raw_os_error() == Some(nix::libc::ENXIO) => Ok(()),
         other => bail!("opening an unused kchat minor: {other:?}, expected ENXIO"),
     }
+}
+
+/// `IOC_ROOM_READERS`: the admin's view of who holds a room back.
+fn each_reader_shows_who_it_is_and_how_far_behind() -> Result<()> {
+    use std::io::{Read, Write};
+    module::ensure_loaded()?;
+    let room = crate::client::TempRoom::create(abi::RoomSpec {
+        ring_bytes: abi::MIN_RING_BYTES,
+        ..crate::client::spec("watched")
+    })?;
+    let control = room.control();
+    let mut keeping_up = room.open_read_nonblock()?;
+    let _behind = room.open_read_nonblock()?;
+    let mut writer = room.open_write()?;
+    for n in 0..5u8 {
+        writer.write_all(&[b'0' + n; 10])?;
+    }
+    let mut buf = [0u8; 4096];
+    ensure!(keeping_up.read(&mut buf)? == 50, "the reader that keeps up");
+    let mut readers = control.readers(&room.name)?;
+    readers.sort_by_key(|r| r.lag_msgs);
+    let me = std::process::id();
+    ensure!(readers.len() == 2, "{} readers reported", readers.len());
+    let (up, behind) = (&readers[0], &readers[1]);
+    ensure!(
+        up.lag_msgs == 0 && up.lag_bytes == 0 && up.behind_ns == 0,
+        "the reader that read everything: {up:?}"
+    );
+    ensure!(
+        behind.lag_msgs == 5
+            && behind.lag_bytes == 5 * (10 + u64::from(abi::RECORD_OVERHEAD))
+            && behind.behind_ns > 0
+            && behind.lost == 0,
+        "the reader that read nothing: {behind:?}"
+    );
+    ensure!(
+        readers
+            .iter()
+            .all(|r| r.pid == me && r.uid == 0 && r.gid == 0),
+        "readers not named as this process and root: {readers:?}"
+    );
+    // Messages evicted before it read them show as losses it was not told
+    // of yet: 4 KiB of 100-byte messages pushes its five out.
+    for _ in 0..60 {
+        writer.write_all(&[b'x'; 100])?;
+    }
+    let behind = control
+        .readers(&room.name)?
+        .into_iter()
+        .max_by_key(|r| r.lost)
+        .context("no readers")?;
+    ensure!(
+        behind.lost >= 5,
+        "evicted unread messages not counted: {behind:?}"
+    );
+    // Bad input: no such room, reserved flags.
+    ensure!(
+        control.readers("no-such-room").err() == Some(Errno::ENOENT),
+        "readers of no room"
+    );
+    let mut list = abi::ReaderList {
+        size: std::mem::size_of::<abi::ReaderList>() as u32,
+        flags: 1,
+        name: abi::name_field(&room.name).context("name")?,
+        capacity: 0,
+        count: 0,
+        readers: 0,
+    };
+    let flagged = raw_ioctl(
+        &control.0,
+        abi::IOC_ROOM_READERS,
+        &mut list as *mut _ as usize,
+    );
+    ensure!(flagged == Err(Errno::EINVAL), "reserved flags: {flagged:?}");
+    // Capacity 0 is a count.
+    list.flags = 0;
+    raw_ioctl(
+        &control.0,
+        abi::IOC_ROOM_READERS,
+        &mut list as *mut _ as usize,
+    )?;
+    ensure!(
+        list.count == 2,
+        "count with no room for entries: {}",
+        list.count
+    );
+    Ok(())
 }

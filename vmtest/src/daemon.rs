@@ -548,6 +548,19 @@ fn create_chat_list_limit_delete() -> Result<()> {
         stats[0]["settings"]["rate_limit"]["msg_burst"] == 1,
         "{stats}"
     );
+    // Who reads it, and how far behind: this test's own reader, which has
+    // not read "one" yet.
+    let readers = daemon.ctl_json(&["readers", "rt-chat"])?;
+    ensure!(
+        readers.as_array().is_some_and(|r| r.len() == 1)
+            && readers[0]["pid"] == std::process::id()
+            && readers[0]["lag_msgs"] == 1,
+        "kchatctl readers: {readers}"
+    );
+    ensure!(
+        daemon.ctl(&["readers", "rt-chat"])?.contains("UNREAD"),
+        "no readers table"
+    );
     // Only the fields given change: a burst alone keeps the rate.
     daemon.ctl(&["set-limit", "rt-chat", "--burst", "5"])?;
     let limit = crate::client::Control::open()?.info("rt-chat")?;
@@ -925,6 +938,8 @@ fn unprivileged_callers_may_read_not_change() -> Result<()> {
         &["create-room", "nobodys"][..],
         &["delete-room", "lobby"],
         &["set-limit", "lobby", "--msgs-per-sec", "1"],
+        // Who listens where is an admin's business.
+        &["readers", "lobby"],
     ] {
         let out = as_nobody(args)?;
         ensure!(out.status.code() == Some(5), "{args:?} as nobody: {out:?}");
