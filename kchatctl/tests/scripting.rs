@@ -83,3 +83,16 @@ fn each_kind_of_failure_has_its_exit_code_and_json_error() {
         );
     }
 }
+
+#[test]
+fn man_pages_go_into_a_directory_that_did_not_exist() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out_dir = dir.path().join("new/man1");
+    let out = Command::new(env!("CARGO_BIN_EXE_kchatctl"))
+        .args(["man", "--out-dir"])
+        .arg(&out_dir)
+        .output()
+        .expect("running kchatctl");
+    assert!(out.status.success(), "{out:?}");
+    assert!(out_dir.join("kchatctl.1").is_file());
+}

@@ -38,6 +38,10 @@ pub const TESTS: &[Test] = &[
         "systemd::stop_leaves_the_rooms_working",
         stop_leaves_the_rooms_working,
     ),
+    (
+        "systemd::an_upgrade_keeps_an_admins_disable",
+        an_upgrade_keeps_an_admins_disable,
+    ),
 ];
 
 /// Whether systemd is PID 1 here (what `sd_booted()` checks).
@@ -163,6 +167,8 @@ fn kchatd_comes_and_goes_with_the_module() -> Result<()> {
         ("SubState", "running"),
         ("Type", "notify"),
         ("WatchdogUSec", "30s"),
+        // Above what kchatd lets callers hold, so they cannot starve it.
+        ("LimitNOFILE", "8192"),
     ] {
         let have = property("kchatd.service", name)?;
         ensure!(have == want, "kchatd.service {name}={have}, want {want}");
@@ -361,5 +367,38 @@ fn stop_leaves_the_rooms_working() -> Result<()> {
             bail!("{room} is not among the rooms after the restart: {list}");
         }
     }
+    Ok(())
+}
+
+/// Upgrading (here: installing the package again) neither re-enables a
+/// kchatd an admin disabled nor starts it; a running, enabled one is
+/// restarted and stays enabled.
+fn an_upgrade_keeps_an_admins_disable() -> Result<()> {
+    start()?;
+    let deb = std::env::var("KCHAT_DEB").context("KCHAT_DEB must name kchat.deb")?;
+    let before = property("kchatd.service", "MainPID")?;
+    run("dpkg", &["-i", &deb])?;
+    ensure!(
+        run("systemctl", &["is-enabled", "kchatd"])?.trim() == "enabled",
+        "an upgrade disabled kchatd"
+    );
+    ensure!(
+        property("kchatd.service", "ActiveState")? == "active"
+            && property("kchatd.service", "MainPID")? != before,
+        "an upgrade did not restart the running kchatd"
+    );
+    run("systemctl", &["disable", "--now", "kchatd"])?;
+    run("dpkg", &["-i", &deb])?;
+    let enabled = Command::new("systemctl")
+        .args(["is-enabled", "kchatd"])
+        .output()?;
+    let state = String::from_utf8_lossy(&enabled.stdout).trim().to_owned();
+    let active = property("kchatd.service", "ActiveState")?;
+    // Leave it as the next boot of this test expects: enabled, running.
+    run("systemctl", &["enable", "--now", "kchatd"])?;
+    ensure!(
+        state == "disabled" && active == "inactive",
+        "after an upgrade, the kchatd an admin disabled is {state} and {active}"
+    );
     Ok(())
 }
