@@ -125,6 +125,18 @@ fn as_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// One unlabelled gauge.
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    value: u64,
+) -> Result<(), Error> {
+    let gauge = ConstGauge::new(as_i64(value));
+    gauge.encode(encoder.encode_descriptor(name, help, unit.as_ref(), gauge.metric_type())?)
+}
+
 impl Collector for KchatCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), Error> {
         let rooms = self.daemon.rooms().ok();
@@ -138,34 +150,33 @@ impl Collector for KchatCollector {
         let Some(rooms) = rooms else {
             return Ok(());
         };
-        let count = ConstGauge::new(as_i64(rooms.len() as u64));
-        count.encode(encoder.encode_descriptor(
+        gauge(
+            &mut encoder,
             "kchat_rooms",
             "Rooms the module has.",
             None,
-            count.metric_type(),
-        )?)?;
+            rooms.len() as u64,
+        )?;
         // The label cap: the first rooms by name get their own series; the
         // rest get none, only a count. (Summing them under one label made a
         // series that rooms moved in and out of, which Prometheus reads as
         // counter resets.) The module itself caps rooms at 255.
         let cap = self.daemon.with_config(|c| c.metrics.max_room_labels);
         let (named, unlabelled) = rooms.split_at(rooms.len().min(cap));
-        let hidden = ConstGauge::new(as_i64(unlabelled.len() as u64));
-        hidden.encode(encoder.encode_descriptor(
+        gauge(
+            &mut encoder,
             "kchat_rooms_unlabelled",
             "Rooms beyond [metrics] max_room_labels, which get no per-room series.",
             None,
-            hidden.metric_type(),
-        )?)?;
-        let budget: u64 = rooms.iter().map(|r| u64::from(r.settings.ring_bytes)).sum();
-        let budget = ConstGauge::new(as_i64(budget));
-        budget.encode(encoder.encode_descriptor(
+            unlabelled.len() as u64,
+        )?;
+        gauge(
+            &mut encoder,
             "kchat_rooms_ring_size",
             "Ring budgets of all rooms together, against kchat_module_max_total_ring_bytes.",
-            Some(&Unit::Bytes),
-            budget.metric_type(),
-        )?)?;
+            Some(Unit::Bytes),
+            rooms.iter().map(|r| u64::from(r.settings.ring_bytes)).sum(),
+        )?;
         if let Some(limits) = self.daemon.module_limits() {
             for (name, help, unit, value) in [
                 (
@@ -187,13 +198,7 @@ impl Collector for KchatCollector {
                     limits.max_total_ring_bytes,
                 ),
             ] {
-                let gauge = ConstGauge::new(as_i64(value));
-                gauge.encode(encoder.encode_descriptor(
-                    name,
-                    help,
-                    unit.as_ref(),
-                    gauge.metric_type(),
-                )?)?;
+                gauge(&mut encoder, name, help, unit, value)?;
             }
         }
         let mut info = encoder.encode_descriptor(
