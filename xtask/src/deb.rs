@@ -95,6 +95,15 @@ pub fn check(deb: &std::path::Path) -> Result<()> {
     for part in ["postinst", "prerm", "postrm", "conffiles"] {
         ensure!(info.contains(part), "the package has no {part}:\n{info}");
     }
+    // Every maintainer script is valid shell once cargo-deb filled it in
+    // (a placeholder in a comment once produced a broken postinst).
+    for script in ["postinst", "prerm", "postrm"] {
+        let text = process::stdout(Command::new("dpkg-deb").arg("--info").arg(deb).arg(script))?;
+        let path = deb.with_file_name(format!("{script}.sh"));
+        std::fs::write(&path, &text)?;
+        process::run(Command::new("sh").arg("-n").arg(&path))
+            .with_context(|| format!("the package's {script} is not valid shell"))?;
+    }
     // The unit is enabled and restarted through deb-systemd-helper (which
     // keeps an admin's disable across upgrades), never by hand.
     let postinst = process::stdout(
