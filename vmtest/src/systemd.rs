@@ -376,6 +376,14 @@ fn stop_leaves_the_rooms_working() -> Result<()> {
 fn an_upgrade_keeps_an_admins_disable() -> Result<()> {
     start()?;
     let deb = std::env::var("KCHAT_DEB").context("KCHAT_DEB must name kchat.deb")?;
+    // The image this guest shares may forbid maintainer scripts to touch
+    // services (a policy-rc.d answering 101, as container images do); the
+    // guest's root is a throwaway overlay, so set it aside, as a machine
+    // that runs services has none.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    if policy.exists() {
+        std::fs::rename(policy, "/usr/sbin/policy-rc.d.kchat-test")?;
+    }
     let before = property("kchatd.service", "MainPID")?;
     run("dpkg", &["-i", &deb])?;
     ensure!(
