@@ -10,7 +10,7 @@
 use crate::{
     abi,
     compat::{
-        errno::{eidrm, eusers},
+        errno::{eidrm, emsgsize, eusers},
         file::File,
         iov::IovSource,
         poll::{events, PollQueue},
@@ -39,8 +39,12 @@ use kernel::{
 /// One message, immutable once written; readers share it through `Arc`.
 pub(crate) struct Record {
     pub(crate) time_ns: u64,
-    /// Who wrote it, translated into each reader's namespaces as it reads.
+    /// Who wrote it, translated into each reader's namespaces as it reads
+    /// (for a relayed message: the relay, a local process).
     pub(crate) sender: Sender,
+    /// For a message that came through a relay: where it was written, as
+    /// the relay stated it (`READ_FRAMED_ORIGIN` readers see it).
+    pub(crate) origin: Option<KBox<abi::OriginHeader>>,
     pub(crate) data: KVVec<u8>,
 }
 
@@ -538,13 +542,51 @@ impl Room {
         let mut written = 0;
         while written < total {
             let len = max.min(total - written);
-            match self.write_message(src, len, ids, file_id, nonblock) {
+            match self.write_message(src, len, ids, file_id, nonblock, None) {
                 Ok(()) => written += len,
                 Err(_) if written > 0 => break,
                 Err(err) => return Err(err),
             }
         }
         Ok(written)
+    }
+
+    /// Writes one relayed message: a `RelayHeader`, then the payload (1 to
+    /// `max_msg` bytes, all of the rest of the write). Returns the bytes
+    /// taken (all of them). A bad header is `EINVAL`, a too long payload
+    /// `EMSGSIZE`; neither stores anything.
+    pub(crate) fn write_relayed(
+        &self,
+        file: &File,
+        src: &mut IovSource,
+        nonblock: bool,
+    ) -> Result<usize> {
+        let total = src.len();
+        let header_len = core::mem::size_of::<abi::RelayHeader>();
+        let Some(len) = total.checked_sub(header_len).filter(|len| *len > 0) else {
+            return Err(EINVAL);
+        };
+        if len > self.settings.max_msg as usize {
+            return Err(emsgsize());
+        }
+        let header: abi::RelayHeader = src.read()?;
+        let origin = header.origin;
+        let valid = header.size as usize == header_len
+            && header.flags == 0
+            && origin.flags == 0
+            && origin.reserved == 0
+            && origin.reserved2 == 0
+            && abi::field_name(&origin.node).is_some_and(|name| crate::name::validate(name).is_ok());
+        if !valid {
+            return Err(EINVAL);
+        }
+        let origin = abi::OriginHeader {
+            flags: abi::ORIGIN_RELAYED,
+            ..origin
+        };
+        let ids = file.effective_ids();
+        self.write_message(src, len, ids, file.id(), nonblock, Some(origin))?;
+        Ok(total)
     }
 
     /// Writes one message: waits for the rate budget and for space first,
@@ -561,6 +603,7 @@ impl Room {
         (kuid, kgid): (u32, u32),
         file_id: u64,
         nonblock: bool,
+        origin: Option<abi::OriginHeader>,
     ) -> Result {
         let cost = len + abi::RECORD_OVERHEAD as usize;
         let charged = {
@@ -580,12 +623,17 @@ impl Room {
         };
         // Copy from user space without the room lock: it may fault and sleep.
         let data = src.read_vec(len).map_err(refund)?;
+        let origin = match origin {
+            Some(origin) => Some(KBox::new(origin, GFP_KERNEL_ACCOUNT).map_err(|err| refund(err.into()))?),
+            None => None,
+        };
         // One pid reference per record, which may outlive the writer and
         // its file; taking it is an atomic increment, as the `Arc` is.
         let record = Arc::new(
             Record {
                 time_ns: realtime_ns(),
                 sender: Sender::current(kuid, kgid),
+                origin,
                 data,
             },
             GFP_KERNEL_ACCOUNT,

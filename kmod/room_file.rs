@@ -22,7 +22,7 @@ use crate::{
     ring::Lookup,
     room::{Hold, Policy, ReaderMark, Record, Room, RoomInner, Stats},
 };
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use kernel::{
     new_mutex,
     prelude::*,
@@ -34,6 +34,15 @@ use kernel::{
 const BATCH: usize = 16;
 
 const HEADER: usize = core::mem::size_of::<abi::FrameHeader>();
+
+/// Bytes before a message's payload in a framed mode.
+fn frame_len(mode: u32) -> usize {
+    if mode == abi::READ_FRAMED_ORIGIN {
+        HEADER + core::mem::size_of::<abi::OriginHeader>()
+    } else {
+        HEADER
+    }
+}
 
 /// Where this file reads: the message (`ReaderMark::seq`, which the room
 /// reads too) and how many of its bytes stream reads already returned.
@@ -77,6 +86,8 @@ pub(crate) struct RoomFile {
     file_id: u64,
     /// `abi::READ_*`.
     mode: AtomicU32,
+    /// A relay (`IOC_SET_RELAY`): its writes are relay frames.
+    relay: AtomicBool,
     #[pin]
     cursor: Mutex<Cursor>,
 }
@@ -132,6 +143,7 @@ impl FileOps for RoomFile {
             writer,
             file_id: file.id(),
             mode: AtomicU32::new(mode),
+            relay: AtomicBool::new(false),
             cursor <- new_mutex!(Cursor { offset: 0 }, "RoomFile::cursor"),
         });
         let state = match KBox::pin_init(init, GFP_KERNEL_ACCOUNT) {
@@ -155,6 +167,11 @@ impl FileOps for RoomFile {
     }
 
     fn write_iter(this: Pin<&RoomFile>, iocb: &Kiocb, src: &mut IovSource) -> Result<usize> {
+        if this.relay.load(Ordering::Relaxed) {
+            return this
+                .room
+                .write_relayed(iocb.file(), src, iocb.nonblocking());
+        }
         this.room.write(iocb.file(), src, iocb.nonblocking())
     }
 
@@ -215,7 +232,10 @@ impl FileOps for RoomFile {
                 let mode = UserSlice::new(arg, core::mem::size_of::<u32>())
                     .reader()
                     .read::<u32>()?;
-                if !matches!(mode, abi::READ_STREAM | abi::READ_PACKET | abi::READ_FRAMED) {
+                if !matches!(
+                    mode,
+                    abi::READ_STREAM | abi::READ_PACKET | abi::READ_FRAMED | abi::READ_FRAMED_ORIGIN
+                ) {
                     return Err(EINVAL);
                 }
                 // A message half read in stream mode restarts in the new mode.
@@ -250,6 +270,24 @@ impl FileOps for RoomFile {
                         Err(erange())
                     }
                 })?;
+            }
+            abi::IOC_SET_RELAY => {
+                let on = UserSlice::new(arg, core::mem::size_of::<u32>())
+                    .reader()
+                    .read::<u32>()?;
+                if on != 1 {
+                    return Err(EINVAL);
+                }
+                if !this.writer {
+                    return Err(EBADF);
+                }
+                // The control plane's privilege: relayed messages carry an
+                // origin the kernel cannot check, so only those trusted
+                // with rooms may relay.
+                if !current_capable(Capability::SysAdmin) {
+                    return Err(EPERM);
+                }
+                this.relay.store(true, Ordering::Relaxed);
             }
             _ => return Err(ENOTTY),
         }
@@ -375,6 +413,7 @@ impl RoomFile {
                     }
                 }
                 abi::READ_PACKET => dest.write_slice(&record.data).map(|()| record.data.len()),
+                // READ_FRAMED, READ_FRAMED_ORIGIN.
                 _ => {
                     let lost = if finished == 0 {
                         mark.lost.swap(0, Ordering::Relaxed)
@@ -394,13 +433,18 @@ impl RoomFile {
                         uid,
                         gid,
                     };
-                    let written = dest
-                        .write(&header)
-                        .and_then(|()| dest.write_slice(&record.data));
+                    let with_origin = mode == abi::READ_FRAMED_ORIGIN;
+                    let written = dest.write(&header).and_then(|()| {
+                        if with_origin {
+                            let local = abi::OriginHeader::default();
+                            dest.write(record.origin.as_deref().unwrap_or(&local))?;
+                        }
+                        dest.write_slice(&record.data)
+                    });
                     if written.is_err() {
                         mark.lost.fetch_add(lost, Ordering::Relaxed);
                     }
-                    written.map(|()| HEADER + record.data.len())
+                    written.map(|()| frame_len(mode) + record.data.len())
                 }
             };
             match result {
@@ -446,7 +490,7 @@ fn plan(inner: &RoomInner, seq: u64, offset: usize, mode: u32, space: usize) -> 
             abi::READ_STREAM => len,
             abi::READ_PACKET if n > 0 => break,
             abi::READ_PACKET => len,
-            _ => HEADER + len,
+            _ => frame_len(mode) + len,
         };
         if planned.saturating_add(size) > space {
             if n == 0 && mode != abi::READ_STREAM {

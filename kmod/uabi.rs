@@ -28,6 +28,8 @@ unsafe impl FromBytes for abi::MaxWait {}
 unsafe impl FromBytes for abi::ReaderList {}
 // SAFETY: as above.
 unsafe impl FromBytes for abi::GlobalLimits {}
+// SAFETY: as above.
+unsafe impl FromBytes for abi::RelayHeader {}
 // SAFETY: `repr(C)` integers without padding: every byte is initialised.
 unsafe impl AsBytes for abi::FrameHeader {}
 // SAFETY: as above.
@@ -38,6 +40,8 @@ unsafe impl AsBytes for abi::RoomList {}
 unsafe impl AsBytes for abi::ReaderList {}
 // SAFETY: as above.
 unsafe impl AsBytes for abi::ReaderInfo {}
+// SAFETY: as above.
+unsafe impl AsBytes for abi::OriginHeader {}
 // SAFETY: as above.
 unsafe impl AsBytes for abi::GlobalLimits {}
 

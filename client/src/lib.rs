@@ -202,22 +202,60 @@ pub fn seek_seq(room: impl AsFd, seq: u64) -> Result<(), Errno> {
 
 /// Splits the bytes of a framed read into headers and payloads; `None` if
 /// they end inside a frame (which the kernel never does).
-pub fn split_frames(mut bytes: &[u8]) -> Option<Vec<(abi::FrameHeader, &[u8])>> {
+pub fn split_frames(bytes: &[u8]) -> Option<Vec<(abi::FrameHeader, &[u8])>> {
+    let frames = split_frames_after(bytes, 0)?;
+    Some(
+        frames
+            .into_iter()
+            .map(|(header, _, payload)| (header, payload))
+            .collect(),
+    )
+}
+
+/// One frame of a framed read: its header, the bytes between header and
+/// payload (an `OriginHeader`'s, or none), and the payload.
+pub type RawFrame<'a> = (abi::FrameHeader, &'a [u8], &'a [u8]);
+
+/// Splits a framed read whose headers are followed by `extra` more bytes
+/// before each payload (`READ_FRAMED_ORIGIN`: an `OriginHeader`); returns
+/// each header, those bytes and the payload, or `None` if the last frame
+/// is torn.
+pub fn split_frames_after(mut bytes: &[u8], extra: usize) -> Option<Vec<RawFrame<'_>>> {
     let header_len = size_of::<abi::FrameHeader>();
     let mut frames = Vec::new();
     while !bytes.is_empty() {
-        if bytes.len() < header_len {
+        if bytes.len() < header_len + extra {
             return None;
         }
         // SAFETY: FrameHeader is plain integers, any bytes are a valid
         // value, and read_unaligned copies from the possibly unaligned buffer.
         let header: abi::FrameHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let end = header_len.checked_add(header.len as usize)?;
-        let payload = bytes.get(header_len..end)?;
-        frames.push((header, payload));
+        let start = header_len + extra;
+        let end = start.checked_add(header.len as usize)?;
+        let payload = bytes.get(start..end)?;
+        frames.push((header, &bytes[header_len..start], payload));
         bytes = &bytes[end..];
     }
     Some(frames)
+}
+
+/// Splits a `READ_FRAMED_ORIGIN` read into header, origin and payload.
+pub fn split_origin_frames(
+    bytes: &[u8],
+) -> Option<Vec<(abi::FrameHeader, abi::OriginHeader, &[u8])>> {
+    let frames = split_frames_after(bytes, size_of::<abi::OriginHeader>())?;
+    Some(
+        frames
+            .into_iter()
+            .map(|(header, origin, payload)| {
+                // SAFETY: OriginHeader is plain integers (any bytes are a
+                // value), and `origin` is exactly its size.
+                let origin: abi::OriginHeader =
+                    unsafe { std::ptr::read_unaligned(origin.as_ptr().cast()) };
+                (header, origin, payload)
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use kernel::{
     },
     bindings, ffi,
     prelude::*,
-    types::AsBytes,
+    types::{AsBytes, FromBytes},
 };
 
 extern "C" {
@@ -105,6 +105,22 @@ impl IovSource {
     pub(crate) fn len(&self) -> usize {
         // SAFETY: the iter is valid for the duration of the callback.
         unsafe { kchat_iov_iter_count(self.0.cast()) }
+    }
+
+    /// Takes the next `size_of::<T>()` bytes as a `T`; `EFAULT` if user
+    /// memory is bad or the write is shorter.
+    pub(crate) fn read<T: FromBytes>(&mut self) -> Result<T> {
+        let mut value = core::mem::MaybeUninit::<T>::uninit();
+        let len = core::mem::size_of::<T>();
+        // SAFETY: `value` is valid for writes of `len` bytes; the iter is
+        // valid and advances by what was copied.
+        let copied = unsafe { bindings::_copy_from_iter(value.as_mut_ptr().cast(), len, self.0) };
+        if copied != len {
+            return Err(EFAULT);
+        }
+        // SAFETY: all `len` bytes were written, and any bytes are a valid
+        // `T` (`FromBytes`).
+        Ok(unsafe { value.assume_init() })
     }
 
     /// Takes the next `len` bytes into a new vector, without zero-filling it

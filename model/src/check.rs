@@ -87,13 +87,15 @@ pub fn run_case(
                 nowait(&mut step);
             }
             let framed = match &step {
-                Step::Read { fd, .. } => model.mode(*fd) == Some(abi::READ_FRAMED),
-                _ => false,
+                Step::Read { fd, .. } => model
+                    .mode(*fd)
+                    .filter(|mode| matches!(*mode, abi::READ_FRAMED | abi::READ_FRAMED_ORIGIN)),
+                _ => None,
             };
             let expected = model.apply(&step);
             let mut actual = real.apply(&step);
-            if framed {
-                actual = normalise_frames(actual, window_start);
+            if let Some(mode) = framed {
+                actual = normalise_frames(actual, window_start, mode == abi::READ_FRAMED_ORIGIN);
             }
             if let Step::SetLimit(_) = step {
                 limit_since = Some(Instant::now());
@@ -250,22 +252,28 @@ fn realtime_ns() -> u64 {
 /// lies in the case's wall-clock window: the one field the model cannot
 /// know. Bytes that do not parse as frames are left for the comparison to
 /// report.
-fn normalise_frames(outcome: Outcome, window_start: u64) -> Outcome {
+fn normalise_frames(outcome: Outcome, window_start: u64, with_origin: bool) -> Outcome {
     let Outcome::Bytes(Ok(bytes)) = &outcome else {
         return outcome;
     };
-    let Some(frames) = kchat_client::split_frames(bytes) else {
+    let origin_len = if with_origin {
+        size_of::<abi::OriginHeader>()
+    } else {
+        0
+    };
+    let Some(frames) = kchat_client::split_frames_after(bytes, origin_len) else {
         return outcome;
     };
     let now = realtime_ns();
     let mut out = Vec::with_capacity(bytes.len());
-    for (mut header, payload) in frames {
+    for (mut header, origin, payload) in frames {
         let plausible = header.time_ns + CLOCK_SLACK_NS >= window_start
             && header.time_ns <= now + CLOCK_SLACK_NS;
         if plausible {
             header.time_ns = 0;
         }
         out.extend_from_slice(&frame_header_bytes(&header));
+        out.extend_from_slice(origin);
         out.extend_from_slice(payload);
     }
     Outcome::Bytes(Ok(out))

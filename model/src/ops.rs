@@ -229,7 +229,8 @@ fn op(max_msg: u32) -> impl Strategy<Value = Op> {
         4 => Just(abi::READ_STREAM),
         4 => Just(abi::READ_PACKET),
         4 => Just(abi::READ_FRAMED),
-        1 => Just(3u32),
+        3 => Just(abi::READ_FRAMED_ORIGIN),
+        1 => Just(4u32),
         1 => any::<u32>(),
     ];
     let whence = prop_oneof![6 => 0u32..3, 1 => 3u32..5];

@@ -32,6 +32,18 @@ pub mod events {
 }
 
 const HEADER: usize = size_of::<abi::FrameHeader>();
+/// The origin header `READ_FRAMED_ORIGIN` adds; all zero for the local
+/// messages the model writes (it does not relay).
+const ORIGIN: usize = size_of::<abi::OriginHeader>();
+
+/// Bytes before a message's payload in a framed mode.
+fn frame_len(mode: u32) -> usize {
+    if mode == abi::READ_FRAMED_ORIGIN {
+        HEADER + ORIGIN
+    } else {
+        HEADER
+    }
+}
 const OVERHEAD: usize = abi::RECORD_OVERHEAD as usize;
 /// Most records one read returns (the module's batch).
 const BATCH: usize = 16;
@@ -541,7 +553,7 @@ impl Model {
                 abi::READ_STREAM => len,
                 abi::READ_PACKET if n > 0 => break,
                 abi::READ_PACKET => len,
-                _ => HEADER + len,
+                _ => frame_len(mode) + len,
             };
             if planned + size > space {
                 if n == 0 && mode != abi::READ_STREAM {
@@ -592,6 +604,9 @@ impl Model {
                         gid: message.uid,
                     };
                     out.extend_from_slice(&frame_header_bytes(&header));
+                    if mode == abi::READ_FRAMED_ORIGIN {
+                        out.extend_from_slice(&[0; ORIGIN]);
+                    }
                     out.extend_from_slice(&message.data);
                 }
             }
@@ -614,7 +629,10 @@ impl Model {
 
     fn set_mode(&mut self, fd: usize, mode: u32) -> Result<(), c_int> {
         let file = self.files.get_mut(fd).ok_or(EBADF)?;
-        if !matches!(mode, abi::READ_STREAM | abi::READ_PACKET | abi::READ_FRAMED) {
+        if !matches!(
+            mode,
+            abi::READ_STREAM | abi::READ_PACKET | abi::READ_FRAMED | abi::READ_FRAMED_ORIGIN
+        ) {
             return Err(EINVAL);
         }
         file.mode = mode;

@@ -389,6 +389,54 @@ pub const READ_PACKET: u32 = 1;
 /// Framed: each message behind a [`FrameHeader`], as many whole frames as
 /// fit; a too small buffer for the first gets `EMSGSIZE`.
 pub const READ_FRAMED: u32 = 2;
+/// Framed with origin: each message behind a [`FrameHeader`] and an
+/// [`OriginHeader`], which says whether the message was relayed from
+/// another machine and, if so, who wrote it there. Readers of
+/// `READ_FRAMED` see a relayed message as written by the relay (the local
+/// bridge process): a remote uid is never presented as a local one.
+pub const READ_FRAMED_ORIGIN: u32 = 3;
+
+/// `OriginHeader::flags`: the message came through a relay fd.
+pub const ORIGIN_RELAYED: u32 = 1;
+
+/// Where a message came from, after its [`FrameHeader`] in
+/// `READ_FRAMED_ORIGIN` reads. All zero for a message written here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OriginHeader {
+    /// `ORIGIN_RELAYED` or 0.
+    pub flags: u32,
+    /// Reserved; zero.
+    pub reserved: u32,
+    /// The node it was written on, NUL-padded (a room name's rules).
+    pub node: [u8; NAME_FIELD],
+    /// Its sequence number in the room there, and when it was written
+    /// there (`CLOCK_REALTIME` ns of that node).
+    pub seq: u64,
+    pub time_ns: u64,
+    /// Its writer as that node's kernel stamped it: that node's pid, uid,
+    /// gid (not this machine's).
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Reserved; zero.
+    pub reserved2: u32,
+}
+
+/// What a relay writes: one message per `write`, this header then the
+/// payload (1 to `max_msg` bytes). The kernel keeps the origin it states
+/// beside its own stamp of the relay process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RelayHeader {
+    /// `size_of::<RelayHeader>()`.
+    pub size: u32,
+    /// Reserved; must be zero.
+    pub flags: u32,
+    /// The origin, as `OriginHeader` reports it (its `flags` and reserved
+    /// fields must be zero).
+    pub origin: OriginHeader,
+}
 
 /// The kernel's stamp on each message in framed reads. Senders cannot forge
 /// it: the ids are those of the writing fd (`f_cred`), the pid the writer's.
@@ -421,6 +469,14 @@ pub const IOC_TAKE_LOST: u32 = ior::<u64>(0x11);
 /// `SEEK_END` from the end (`-N`: the last N), `SEEK_CUR` from here, clamped
 /// to what is retained; it returns the new sequence number.
 pub const IOC_SEEK_SEQ: u32 = iow::<u64>(0x12);
+
+/// Room ioctl: makes this writable fd a relay (the argument must be 1):
+/// from then on each write is a [`RelayHeader`] and one message, and its
+/// messages say they were relayed. Only a process with `CAP_SYS_ADMIN` may
+/// do it (kchatd's control plane: a bridge is given such an fd, or runs
+/// with the capability); it cannot be undone. Errors: `EPERM`, `EBADF`
+/// (not open for writing), `EINVAL`.
+pub const IOC_SET_RELAY: u32 = iow::<u32>(0x13);
 
 /// Copies a room name into a NUL-padded field; `None` if it does not fit.
 pub fn name_field(name: &str) -> Option<[u8; NAME_FIELD]> {
@@ -481,6 +537,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<GlobalLimits>(), 24);
         assert_eq!(core::mem::size_of::<MaxWait>(), 48);
         assert_eq!(core::mem::size_of::<ReaderInfo>(), 48);
+        assert_eq!(core::mem::size_of::<OriginHeader>(), 72);
+        assert_eq!(core::mem::size_of::<RelayHeader>(), 80);
+        assert_eq!(IOC_SET_RELAY, 0x4004_b913);
         assert_eq!(core::mem::size_of::<ReaderList>(), 56);
         assert_eq!(IOC_ROOM_READERS, 0xc038_b909);
         assert_eq!(IOC_SET_MAX_WAIT, 0x4030_b908);

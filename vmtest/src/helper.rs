@@ -29,6 +29,9 @@ const MEMCG_VAR: &str = "KCHAT_VMTEST_HELPER_MEMCG";
 /// and hold every connection (as far as this process's descriptors allow),
 /// printing "held" once done, until killed.
 const CONNECT_VAR: &str = "KCHAT_VMTEST_HELPER_CONNECT";
+/// Helper job: open the room for writing and try `IOC_SET_RELAY`; prints
+/// "ok" or the errno name.
+const RELAY_VAR: &str = "KCHAT_VMTEST_HELPER_RELAY";
 
 fn errno_of(err: &std::io::Error) -> nix::errno::Errno {
     nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(0))
@@ -36,6 +39,25 @@ fn errno_of(err: &std::io::Error) -> nix::errno::Errno {
 
 /// In a helper process, does its one job and returns its exit code.
 pub fn run_if_requested() -> Option<ExitCode> {
+    if let Some(path) = std::env::var_os(RELAY_VAR) {
+        let on = 1u32;
+        let outcome = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|err| errno_of(&err))
+            .and_then(|room| {
+                kchat_client::raw_ioctl(
+                    &room,
+                    kchat_uapi::abi::IOC_SET_RELAY,
+                    &on as *const u32 as usize,
+                )
+            });
+        match outcome {
+            Ok(_) => println!("ok"),
+            Err(errno) => println!("{errno:?}"),
+        }
+        return Some(ExitCode::SUCCESS);
+    }
     if let Some(path) = std::env::var_os(CONNECT_VAR) {
         use std::io::Write;
         let count: usize = std::env::var(COUNT_VAR).ok()?.parse().ok()?;
@@ -346,4 +368,10 @@ pub fn hold_connections_as(
             bail!("the connection helper did not hold its connections: {outcome:?}")
         }
     }
+}
+
+/// Helper: opens `room` for writing under `setpriv` and tries to make the
+/// fd a relay; "ok" or the errno name.
+pub fn set_relay_as(setpriv_args: &[&str], room: &Path) -> Result<String> {
+    helper_as(setpriv_args, &[(RELAY_VAR, &room.display().to_string())])
 }

@@ -16,6 +16,7 @@ mod limits;
 mod model;
 mod modes;
 mod module;
+mod relay;
 mod rooms;
 mod soak;
 mod stress;
@@ -41,6 +42,7 @@ fn main() -> std::process::ExitCode {
         modes::TESTS,
         model::TESTS,
         trust::TESTS,
+        relay::TESTS,
         limits::TESTS,
         stress::TESTS,
         fuzz::TESTS,
