@@ -957,7 +957,7 @@ fn unprivileged_callers_may_read_not_change() -> Result<()> {
     );
     let scrape = daemon.get("/metrics")?;
     ensure!(
-        sample(&scrape, "kchat_daemon_denied_requests_total") == Some(3.0),
+        sample(&scrape, "kchat_daemon_denied_requests_total") == Some(4.0),
         "{scrape}"
     );
     daemon.stop()
