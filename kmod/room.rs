@@ -576,7 +576,8 @@ impl Room {
             && origin.flags == 0
             && origin.reserved == 0
             && origin.reserved2 == 0
-            && abi::field_name(&origin.node).is_some_and(|name| crate::name::validate(name).is_ok());
+            && abi::field_name(&origin.node)
+                .is_some_and(|name| crate::name::validate(name).is_ok());
         if !valid {
             return Err(EINVAL);
         }
@@ -624,7 +625,9 @@ impl Room {
         // Copy from user space without the room lock: it may fault and sleep.
         let data = src.read_vec(len).map_err(refund)?;
         let origin = match origin {
-            Some(origin) => Some(KBox::new(origin, GFP_KERNEL_ACCOUNT).map_err(|err| refund(err.into()))?),
+            Some(origin) => {
+                Some(KBox::new(origin, GFP_KERNEL_ACCOUNT).map_err(|err| refund(err.into()))?)
+            }
             None => None,
         };
         // One pid reference per record, which may outlive the writer and

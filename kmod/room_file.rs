@@ -234,7 +234,10 @@ impl FileOps for RoomFile {
                     .read::<u32>()?;
                 if !matches!(
                     mode,
-                    abi::READ_STREAM | abi::READ_PACKET | abi::READ_FRAMED | abi::READ_FRAMED_ORIGIN
+                    abi::READ_STREAM
+                        | abi::READ_PACKET
+                        | abi::READ_FRAMED
+                        | abi::READ_FRAMED_ORIGIN
                 ) {
                     return Err(EINVAL);
                 }

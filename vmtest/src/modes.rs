@@ -118,7 +118,7 @@ fn packet_mode_by_ioctl_and_bad_modes() -> Result<()> {
     module::ensure_loaded()?;
     let room = TempRoom::create(spec("packets2"))?;
     let mut reader = room.open_read_nonblock()?;
-    for bad in [3u32, 99, u32::MAX] {
+    for bad in [4u32, 99, u32::MAX] {
         ensure!(
             set_mode(&reader, bad) == Err(Errno::EINVAL),
             "read mode {bad} was not refused with EINVAL"
