@@ -4,6 +4,7 @@
 //! time: loading and unloading are global).
 
 mod abuse;
+mod bridge;
 mod chat;
 mod chatclient;
 mod client;
@@ -43,6 +44,7 @@ fn main() -> std::process::ExitCode {
         model::TESTS,
         trust::TESTS,
         relay::TESTS,
+        bridge::TESTS,
         limits::TESTS,
         stress::TESTS,
         fuzz::TESTS,

@@ -1,0 +1,167 @@
+//! `/etc/kchat/bridge.toml`: this node's name, the NATS servers, which
+//! rooms go where. Checked whole when read (`kchat-bridge --check`).
+
+use serde::Deserialize;
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+
+pub const DEFAULT_PATH: &str = "/etc/kchat/bridge.toml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's name in relayed messages (a room name's rules).
+    pub node: String,
+    pub nats: Nats,
+    #[serde(default)]
+    pub metrics: Metrics,
+    pub rooms: BTreeMap<String, RoomBridge>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nats {
+    /// `nats://host:port` URLs.
+    pub servers: Vec<String>,
+    /// A token, or a credentials file (`.creds`), if the server wants one.
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// Subjects are `<subject_prefix>.<room>`.
+    #[serde(default = "default_prefix")]
+    pub subject_prefix: String,
+}
+
+fn default_prefix() -> String {
+    "kchat".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9478))
+}
+
+/// What crosses for one room.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Publish what is written here; relay nothing in.
+    Out,
+    /// Relay in what others publish; publish nothing.
+    In,
+    #[default]
+    Both,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomBridge {
+    #[serde(default)]
+    pub direction: Direction,
+    /// The subject's last part, if not the room's name (a room bridged to
+    /// another room's subject).
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+impl Config {
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|err| err.to_string())?;
+        let valid = |name: &str| kchat_uapi::name::validate(name.as_bytes()).is_ok();
+        if !valid(&config.node) {
+            return Err(format!(
+                "node = {:?}: 1 to 31 letters, digits, '_', '.', '-'",
+                config.node
+            ));
+        }
+        if config.nats.servers.is_empty() {
+            return Err("nats.servers is empty: name at least one nats://host:port".into());
+        }
+        if config.nats.token.is_some() && config.nats.credentials.is_some() {
+            return Err("nats.token and nats.credentials: give one".into());
+        }
+        for (room, bridge) in &config.rooms {
+            if !valid(room) {
+                return Err(format!("[rooms.{room:?}]: not a room name"));
+            }
+            if let Some(subject) = &bridge.subject
+                && !valid(subject)
+            {
+                return Err(format!(
+                    "rooms.{room}.subject = {subject:?}: not a subject part"
+                ));
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| anyhow::anyhow!("cannot read {}: {err}", path.display()))?;
+        Config::parse(&text).map_err(|err| anyhow::anyhow!("{} is invalid: {err}", path.display()))
+    }
+
+    /// The NATS subject of `room`.
+    pub fn subject(&self, room: &str, bridge: &RoomBridge) -> String {
+        format!(
+            "{}.{}",
+            self.nats.subject_prefix,
+            bridge.subject.as_deref().unwrap_or(room)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "node = \"node-a\"\n[nats]\nservers = [\"nats://127.0.0.1:4222\"]\n[rooms.lobby]\n[rooms.ops]\ndirection = \"out\"\nsubject = \"ops-all\"\n";
+
+    #[test]
+    fn a_good_file_parses() {
+        let config = Config::parse(GOOD).unwrap();
+        assert_eq!(config.rooms["lobby"].direction, Direction::Both);
+        assert_eq!(config.subject("ops", &config.rooms["ops"]), "kchat.ops-all");
+        assert_eq!(
+            config.subject("lobby", &config.rooms["lobby"]),
+            "kchat.lobby"
+        );
+    }
+
+    #[test]
+    fn bad_files_say_why() {
+        for (text, needle) in [
+            (GOOD.replace("node-a", "a/b"), "node"),
+            (
+                GOOD.replace("[\"nats://127.0.0.1:4222\"]", "[]"),
+                "servers is empty",
+            ),
+            (
+                GOOD.replace("direction = \"out\"", "direction = \"sideways\""),
+                "sideways",
+            ),
+            (
+                GOOD.replace("[rooms.lobby]", "[rooms.\"a b\"]"),
+                "not a room name",
+            ),
+            (format!("{GOOD}colour = 1\n"), "unknown field"),
+        ] {
+            let err = Config::parse(&text).unwrap_err();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+}

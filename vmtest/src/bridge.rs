@@ -1,0 +1,242 @@
+//! kchat-bridge on the real module and a real nats-server (Debian's), in one
+//! guest: two bridges with their own node names, each on its own room, on
+//! one subject, stand in for two machines. (Two guests, each with its own
+//! kernel, are the next step; the relay semantics are the same.)
+
+use crate::{
+    client::{spec, Control, TempRoom},
+    helper::{bin, wait_for},
+    module, Test,
+};
+use anyhow::{ensure, Context, Result};
+use kchat_uapi::abi;
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+pub const TESTS: &[Test] = &[(
+    "bridge::two_nodes_chat_exactly_once_and_nothing_loops",
+    two_nodes_chat_exactly_once_and_nothing_loops,
+)];
+
+const NATS_PORT: u16 = 14222;
+
+/// Processes killed when the test ends, pass or fail.
+struct Running(Vec<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn bridge(dir: &Path, node: &str, room: &str, metrics_port: u16) -> Result<Child> {
+    let config = dir.join(format!("{node}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "node = \"{node}\"\n[nats]\nservers = [\"nats://127.0.0.1:{NATS_PORT}\"]\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[rooms.{room}]\nsubject = \"fed\"\n"
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join(format!("{node}.log")))?;
+    Command::new(bin("kchat-bridge")?)
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting kchat-bridge")
+}
+
+fn metric(port: u16, series: &str) -> Result<f64> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0))
+}
+
+/// Every frame a room fd in `READ_FRAMED_ORIGIN` has now.
+fn origin_frames(
+    room: &mut std::fs::File,
+) -> Result<Vec<(abi::FrameHeader, abi::OriginHeader, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match room.read(&mut buf) {
+            Ok(n) => {
+                let frames = kchat_client::split_origin_frames(&buf[..n]).context("torn frames")?;
+                out.extend(frames.into_iter().map(|(h, o, p)| (h, o, p.to_vec())));
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Ok(out),
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+fn two_nodes_chat_exactly_once_and_nothing_loops() -> Result<()> {
+    module::ensure_loaded()?;
+    let dir = Path::new("/run/kchat-test/bridge");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let a = TempRoom::create(spec("fed-a"))?;
+    let b = TempRoom::create(spec("fed-b"))?;
+    let mut running = Running(Vec::new());
+    running.0.push(
+        Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &NATS_PORT.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server (Debian's nats-server package)")?,
+    );
+    wait_for("nats-server to listen", Duration::from_secs(20), || {
+        Ok(TcpStream::connect(("127.0.0.1", NATS_PORT)).is_ok())
+    })?;
+    running.0.push(bridge(dir, "node-a", "fed-a", 19478)?);
+    running.0.push(bridge(dir, "node-b", "fed-b", 19479)?);
+    let mut on_a = a.open_read_nonblock()?;
+    kchat_client::set_read_mode(&on_a, abi::READ_FRAMED_ORIGIN)?;
+    let mut on_b = b.open_read_nonblock()?;
+    kchat_client::set_read_mode(&on_b, abi::READ_FRAMED_ORIGIN)?;
+    // Both bridges are up once a probe crosses each way (core NATS drops
+    // what is published before a subscriber is there).
+    let mut writer_a = a.open_write()?;
+    let mut writer_b = b.open_write()?;
+    let logs = || {
+        format!(
+            "node-a: {}\nnode-b: {}",
+            std::fs::read_to_string(dir.join("node-a.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("node-b.log")).unwrap_or_default()
+        )
+    };
+    for (writer, reader, way) in [
+        (&mut writer_a, &mut on_b, "a to b"),
+        (&mut writer_b, &mut on_a, "b to a"),
+    ] {
+        wait_for(
+            &format!("a probe to cross {way}"),
+            Duration::from_secs(30),
+            || {
+                writer.write_all(b"probe")?;
+                std::thread::sleep(Duration::from_millis(200));
+                Ok(origin_frames(reader)?
+                    .iter()
+                    .any(|(_, o, _)| o.flags & abi::ORIGIN_RELAYED != 0))
+            },
+        )
+        .with_context(logs)?;
+    }
+    // Probes still in flight land before the count starts: everything one
+    // bridge published, the other relayed.
+    let published_a = || metric(19478, "kchat_bridge_published_total{room=\"fed-a\"}");
+    let published_b = || metric(19479, "kchat_bridge_published_total{room=\"fed-b\"}");
+    let relayed_in_a = || metric(19478, "kchat_bridge_relayed_total{room=\"fed-a\"}");
+    let relayed_in_b = || metric(19479, "kchat_bridge_relayed_total{room=\"fed-b\"}");
+    wait_for("the probes to settle", Duration::from_secs(20), || {
+        Ok(published_a()? == relayed_in_b()? && published_b()? == relayed_in_a()?)
+    })
+    .with_context(logs)?;
+    let _ = origin_frames(&mut on_a)?;
+    let _ = origin_frames(&mut on_b)?;
+    let before_a = Control::open()?.info("fed-a")?.msgs_in;
+    let before_b = Control::open()?.info("fed-b")?.msgs_in;
+    let (relayed_a, relayed_b) = (relayed_in_a()?, relayed_in_b()?);
+    let (sent_a, sent_b) = (published_a()?, published_b()?);
+
+    // Traffic both ways at once.
+    const N: u64 = 500;
+    for n in 0..N {
+        writer_a.write_all(format!("from a {n}\n").as_bytes())?;
+        writer_b.write_all(format!("from b {n}\n").as_bytes())?;
+    }
+    wait_for("every message to cross", Duration::from_secs(60), || {
+        Ok(relayed_in_a()? >= relayed_a + N as f64 && relayed_in_b()? >= relayed_b + N as f64)
+    })
+    .with_context(logs)?;
+    // On b: a's messages, relayed, from node-a with a's stamp, each once.
+    let frames = origin_frames(&mut on_b)?;
+    let relayed: Vec<_> = frames
+        .iter()
+        .filter(|(_, o, _)| o.flags & abi::ORIGIN_RELAYED != 0)
+        .collect();
+    ensure!(
+        relayed.len() as u64 == N,
+        "b got {} relayed messages, not {N}",
+        relayed.len()
+    );
+    for (n, (header, origin, payload)) in relayed.iter().enumerate() {
+        ensure!(
+            *payload == format!("from a {n}\n").as_bytes()
+                && abi::field_name(&origin.node) == Some(&b"node-a"[..])
+                && origin.pid == std::process::id()
+                && origin.uid == 0,
+            "relayed message {n} on b: {origin:?} {payload:?}"
+        );
+        // The local stamp is the bridge's, never the remote writer's.
+        ensure!(
+            header.pid != std::process::id(),
+            "a relayed message stamped as its remote writer"
+        );
+    }
+    // Nothing looped: each room holds its own N and the other's N, and no
+    // bridge published a relayed message.
+    let msgs_a = Control::open()?.info("fed-a")?.msgs_in - before_a;
+    let msgs_b = Control::open()?.info("fed-b")?.msgs_in - before_b;
+    ensure!(
+        msgs_a == 2 * N && msgs_b == 2 * N,
+        "rooms took {msgs_a} and {msgs_b} messages, not {}",
+        2 * N
+    );
+    ensure!(
+        published_a()? - sent_a == N as f64 && published_b()? - sent_b == N as f64,
+        "the bridges published {} and {} messages, not {N} each: relayed ones went out again",
+        published_a()? - sent_a,
+        published_b()? - sent_b
+    );
+    // A message no bridge sent (no headers) is refused, counted, and the
+    // bridges go on.
+    let mut raw = TcpStream::connect(("127.0.0.1", NATS_PORT))?;
+    raw.write_all(b"CONNECT {\"verbose\":false}\r\nPUB kchat.fed 5\r\nhello\r\nPING\r\n")?;
+    wait_for(
+        "the stray message to be refused",
+        Duration::from_secs(20),
+        || {
+            Ok(metric(
+                19479,
+                "kchat_bridge_dropped_total{room=\"fed-b\",reason=\"malformed\"}",
+            )? >= 1.0)
+        },
+    )?;
+    writer_a.write_all(b"after the stray one\n")?;
+    wait_for(
+        "traffic after a bad message",
+        Duration::from_secs(20),
+        || {
+            Ok(origin_frames(&mut on_b)?
+                .iter()
+                .any(|(_, _, p)| p == b"after the stray one\n"))
+        },
+    )?;
+    drop(a);
+    drop(b);
+    Ok(())
+}
