@@ -169,6 +169,8 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
         "kchat",
         "-p",
         "kchat-dashplot",
+        "-p",
+        "kchat-bridge",
     ]);
     let guest_suite_built = guest_suite.is_ok();
     tally.check("build the guest suite", guest_suite);
