@@ -58,35 +58,39 @@ impl Metrics {
 
 pub fn registry(metrics: &Arc<Metrics>) -> Registry {
     let mut registry = Registry::with_prefix("kchat_bridge");
-    registry.register(
-        "published",
-        "Local messages published to NATS",
-        metrics.published.clone(),
-    );
-    registry.register(
-        "received",
-        "NATS messages received on a bridged subject",
-        metrics.received.clone(),
-    );
-    registry.register(
-        "relayed",
-        "Messages written into a local room as relayed",
-        metrics.relayed.clone(),
-    );
+    for (name, help, family) in [
+        (
+            "published",
+            "Local messages published to NATS",
+            &metrics.published,
+        ),
+        (
+            "received",
+            "NATS messages received on a bridged subject",
+            &metrics.received,
+        ),
+        (
+            "relayed",
+            "Messages written into a local room as relayed",
+            &metrics.relayed,
+        ),
+        (
+            "gaps",
+            "Messages another node sent that never arrived",
+            &metrics.gaps,
+        ),
+        (
+            "local_lost",
+            "Messages a local room lost before the bridge read them",
+            &metrics.local_lost,
+        ),
+    ] {
+        registry.register(name, help, family.clone());
+    }
     registry.register(
         "dropped",
         "Messages not passed on, by reason",
         metrics.dropped.clone(),
-    );
-    registry.register(
-        "gaps",
-        "Messages another node sent that never arrived",
-        metrics.gaps.clone(),
-    );
-    registry.register(
-        "local_lost",
-        "Messages a local room lost before the bridge read them",
-        metrics.local_lost.clone(),
     );
     registry.register(
         "reconnects",
