@@ -136,11 +136,15 @@ fn two_nodes_chat_exactly_once_and_nothing_loops() -> Result<()> {
             &format!("a probe to cross {way}"),
             Duration::from_secs(30),
             || {
+                // A probe sent before the other bridge subscribed is gone
+                // for good: send another unless this one crosses soon.
                 writer.write_all(b"probe")?;
-                std::thread::sleep(Duration::from_millis(200));
-                Ok(origin_frames(reader)?
-                    .iter()
-                    .any(|(_, o, _)| o.flags & abi::ORIGIN_RELAYED != 0))
+                let crossed = wait_for("the probe", Duration::from_secs(2), || {
+                    Ok(origin_frames(reader)?
+                        .iter()
+                        .any(|(_, o, _)| o.flags & abi::ORIGIN_RELAYED != 0))
+                });
+                Ok(crossed.is_ok())
             },
         )
         .with_context(logs)?;
