@@ -100,15 +100,12 @@ async fn relay(bridged: Arc<Bridged>, client: Client, metrics: Arc<Metrics>) -> 
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(&path)
         .map_err(|err| anyhow::anyhow!("cannot open {} for writing: {err}", path.display()))?;
-    let on = 1u32;
-    kchat_client::raw_ioctl(&room, abi::IOC_SET_RELAY, &on as *const u32 as usize).map_err(
-        |err| {
-            anyhow::anyhow!(
-                "cannot make the {} fd a relay ({err}): kchat-bridge needs CAP_SYS_ADMIN",
-                bridged.room
-            )
-        },
-    )?;
+    kchat_client::set_relay(&room).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot make the {} fd a relay ({err}): kchat-bridge needs CAP_SYS_ADMIN",
+            bridged.room
+        )
+    })?;
     let mut subscriber = client.subscribe(bridged.subject.clone()).await?;
     let received = Metrics::room(&metrics.received, &bridged.room);
     let relayed = Metrics::room(&metrics.relayed, &bridged.room);
@@ -131,7 +128,7 @@ async fn relay(bridged: Arc<Bridged>, client: Client, metrics: Arc<Metrics>) -> 
         };
         gaps_seen.inc_by(gaps.note(origin.node, origin.seq));
         // One relay write is one message, taken whole or not at all.
-        match room.write_all(&wire::relay_frame(origin, &message.payload)) {
+        match room.write_all(&kchat_client::relay_frame(origin, &message.payload)) {
             Ok(_) => {
                 relayed.inc();
             }

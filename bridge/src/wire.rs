@@ -77,27 +77,6 @@ pub fn node(headers: Option<&HeaderMap>) -> Option<&str> {
     headers?.get(NODE).map(|v| v.as_str())
 }
 
-/// A relay write: the kernel's relay header stating `origin`, then the
-/// payload.
-pub fn relay_frame(origin: abi::OriginHeader, payload: &[u8]) -> Vec<u8> {
-    let header = abi::RelayHeader {
-        size: size_of::<abi::RelayHeader>() as u32,
-        flags: 0,
-        origin,
-    };
-    let mut out = Vec::with_capacity(size_of::<abi::RelayHeader>() + payload.len());
-    // SAFETY: RelayHeader is repr(C) integers without padding; its bytes
-    // are its value.
-    out.extend_from_slice(unsafe {
-        std::slice::from_raw_parts(
-            (&header as *const abi::RelayHeader).cast::<u8>(),
-            size_of::<abi::RelayHeader>(),
-        )
-    });
-    out.extend_from_slice(payload);
-    out
-}
-
 /// Per origin node, the last sequence number seen: a jump is messages that
 /// node sent and this one never got.
 #[derive(Debug, Default)]
@@ -174,7 +153,7 @@ mod tests {
 
     #[test]
     fn a_relay_frame_is_header_then_payload() {
-        let frame = relay_frame(abi::OriginHeader::default(), b"hi");
+        let frame = kchat_client::relay_frame(abi::OriginHeader::default(), b"hi");
         assert_eq!(frame.len(), size_of::<abi::RelayHeader>() + 2);
         assert_eq!(
             &frame[..4],

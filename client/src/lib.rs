@@ -183,6 +183,34 @@ impl Control {
     }
 }
 
+/// Makes a writable room fd a relay (`IOC_SET_RELAY`; needs
+/// `CAP_SYS_ADMIN`): each write on it is then one [`relay_frame`].
+pub fn set_relay(room: impl AsFd) -> Result<(), Errno> {
+    let on = 1u32;
+    raw_ioctl(room, abi::IOC_SET_RELAY, &on as *const u32 as usize).map(drop)
+}
+
+/// One relay write: the kernel's relay header stating `origin`, then the
+/// payload.
+pub fn relay_frame(origin: abi::OriginHeader, payload: &[u8]) -> Vec<u8> {
+    let header = abi::RelayHeader {
+        size: size_of::<abi::RelayHeader>() as u32,
+        flags: 0,
+        origin,
+    };
+    let mut out = Vec::with_capacity(size_of::<abi::RelayHeader>() + payload.len());
+    // SAFETY: RelayHeader is repr(C) integers without padding; its bytes
+    // are its value.
+    out.extend_from_slice(unsafe {
+        std::slice::from_raw_parts(
+            (&header as *const abi::RelayHeader).cast::<u8>(),
+            size_of::<abi::RelayHeader>(),
+        )
+    });
+    out.extend_from_slice(payload);
+    out
+}
+
 /// Sets a room fd's read mode (`abi::READ_*`).
 pub fn set_read_mode(room: impl AsFd, mode: u32) -> Result<(), Errno> {
     raw_ioctl(room, abi::IOC_SET_READ_MODE, &mode as *const u32 as usize).map(drop)

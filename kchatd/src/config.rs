@@ -52,6 +52,13 @@ impl std::fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
+/// Whether TOML line `line` sets `key` (`key = ...`).
+fn assigns(line: &str, key: &str) -> bool {
+    line.trim_start()
+        .strip_prefix(key)
+        .is_some_and(|rest| rest.trim_start().starts_with('='))
+}
+
 impl ParseError {
     pub fn new(text: &str, err: &toml::de::Error) -> ParseError {
         let message = err.message().trim_end().to_owned();
@@ -80,11 +87,7 @@ impl ParseError {
                 .enumerate()
                 .skip(line)
                 .take_while(|(_, l)| !l.trim_start().starts_with('['))
-                .find(|(_, l)| {
-                    l.trim_start()
-                        .strip_prefix(key)
-                        .is_some_and(|rest| rest.trim_start().starts_with('='))
-                });
+                .find(|(_, l)| assigns(l, key));
             if let Some((index, _)) = key_line {
                 line = index + 1;
             }
@@ -322,11 +325,7 @@ impl Config {
             if path.is_relative() {
                 let line = text
                     .lines()
-                    .position(|l| {
-                        l.trim_start()
-                            .strip_prefix(key)
-                            .is_some_and(|rest| rest.trim_start().starts_with('='))
-                    })
+                    .position(|l| assigns(l, key))
                     .map_or(1, |i| i + 1);
                 return Err(ParseError {
                     line,

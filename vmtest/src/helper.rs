@@ -40,18 +40,11 @@ fn errno_of(err: &std::io::Error) -> nix::errno::Errno {
 /// In a helper process, does its one job and returns its exit code.
 pub fn run_if_requested() -> Option<ExitCode> {
     if let Some(path) = std::env::var_os(RELAY_VAR) {
-        let on = 1u32;
         let outcome = std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
             .map_err(|err| errno_of(&err))
-            .and_then(|room| {
-                kchat_client::raw_ioctl(
-                    &room,
-                    kchat_uapi::abi::IOC_SET_RELAY,
-                    &on as *const u32 as usize,
-                )
-            });
+            .and_then(kchat_client::set_relay);
         match outcome {
             Ok(_) => println!("ok"),
             Err(errno) => println!("{errno:?}"),

@@ -33,25 +33,6 @@ fn set_relay(file: impl AsFd, on: u32) -> Result<(), Errno> {
     raw_ioctl(file, abi::IOC_SET_RELAY, &on as *const u32 as usize).map(drop)
 }
 
-/// A relay frame: the header stating `origin`, then `payload`.
-fn frame(origin: abi::OriginHeader, payload: &[u8]) -> Vec<u8> {
-    let header = abi::RelayHeader {
-        size: std::mem::size_of::<abi::RelayHeader>() as u32,
-        flags: 0,
-        origin,
-    };
-    // SAFETY: RelayHeader is plain integers without padding.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&header as *const abi::RelayHeader).cast::<u8>(),
-            std::mem::size_of::<abi::RelayHeader>(),
-        )
-    };
-    let mut out = bytes.to_vec();
-    out.extend_from_slice(payload);
-    out
-}
-
 fn origin(node: &str) -> abi::OriginHeader {
     abi::OriginHeader {
         node: abi::name_field(node).unwrap_or_default(),
@@ -92,7 +73,7 @@ fn relayed_messages_say_where_they_came_from() -> Result<()> {
     kchat_client::set_read_mode(&with_origin, abi::READ_FRAMED_ORIGIN)?;
     let mut relay = room.open_write()?;
     set_relay(&relay, 1)?;
-    let sent = relay.write(&frame(origin("node-a"), b"hi from a\n"))?;
+    let sent = relay.write(&kchat_client::relay_frame(origin("node-a"), b"hi from a\n"))?;
     ensure!(
         sent == std::mem::size_of::<abi::RelayHeader>() + 10,
         "the relay write took {sent} bytes"
@@ -146,7 +127,7 @@ fn bad_relay_frames_store_nothing() -> Result<()> {
     })?;
     let mut relay = room.open_write()?;
     set_relay(&relay, 1)?;
-    let mut bad_size = frame(origin("node-a"), b"x");
+    let mut bad_size = kchat_client::relay_frame(origin("node-a"), b"x");
     bad_size[0] = 79;
     let mut flagged = origin("node-a");
     flagged.flags = abi::ORIGIN_RELAYED;
@@ -159,26 +140,26 @@ fn bad_relay_frames_store_nothing() -> Result<()> {
         ),
         (
             "a header without payload",
-            frame(origin("node-a"), b""),
+            kchat_client::relay_frame(origin("node-a"), b""),
             ErrorKind::InvalidInput,
             None,
         ),
         ("a wrong size", bad_size, ErrorKind::InvalidInput, None),
         (
             "a bad node name",
-            frame(origin("a/b"), b"x"),
+            kchat_client::relay_frame(origin("a/b"), b"x"),
             ErrorKind::InvalidInput,
             None,
         ),
         (
             "origin flags set",
-            frame(flagged, b"x"),
+            kchat_client::relay_frame(flagged, b"x"),
             ErrorKind::InvalidInput,
             None,
         ),
         (
             "a payload over max_msg",
-            frame(origin("node-a"), &[b'x'; 65]),
+            kchat_client::relay_frame(origin("node-a"), &[b'x'; 65]),
             ErrorKind::Other,
             Some(Errno::EMSGSIZE),
         ),
