@@ -14,6 +14,9 @@ pub struct Config {
     pub nats: Nats,
     #[serde(default)]
     pub metrics: Metrics,
+    /// Where JetStream rooms keep their place across restarts.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
     pub rooms: BTreeMap<String, RoomBridge>,
 }
 
@@ -30,6 +33,10 @@ pub struct Nats {
     /// Subjects are `<subject_prefix>.<room>`.
     #[serde(default = "default_prefix")]
     pub subject_prefix: String,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/kchat-bridge")
 }
 
 fn default_prefix() -> String {
@@ -67,6 +74,24 @@ pub enum Direction {
     Both,
 }
 
+impl Direction {
+    pub fn publishes(self) -> bool {
+        matches!(self, Direction::Out | Direction::Both)
+    }
+
+    pub fn relays(self) -> bool {
+        matches!(self, Direction::In | Direction::Both)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Out => "out",
+            Direction::In => "in",
+            Direction::Both => "both",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoomBridge {
@@ -93,6 +118,19 @@ impl Config {
         }
         if config.nats.token.is_some() && config.nats.credentials.is_some() {
             return Err("nats.token and nats.credentials: give one".into());
+        }
+        if !config.state_dir.is_absolute() {
+            return Err(format!(
+                "state_dir = {:?}: give an absolute path",
+                config.state_dir
+            ));
+        }
+        let prefix_ok = config.nats.subject_prefix.split('.').all(valid);
+        if !prefix_ok {
+            return Err(format!(
+                "nats.subject_prefix = {:?}: dot-separated parts of letters, digits, '_', '-'",
+                config.nats.subject_prefix
+            ));
         }
         for (room, bridge) in &config.rooms {
             if !valid(room) {
@@ -159,6 +197,11 @@ mod tests {
                 "not a room name",
             ),
             (format!("{GOOD}colour = 1\n"), "unknown field"),
+            (format!("state_dir = \"rel\"\n{GOOD}"), "absolute"),
+            (
+                GOOD.replace("[nats]\n", "[nats]\nsubject_prefix = \"a.*\"\n"),
+                "subject_prefix",
+            ),
         ] {
             let err = Config::parse(&text).unwrap_err();
             assert!(err.contains(needle), "{text:?}: {err}");

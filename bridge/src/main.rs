@@ -1,8 +1,13 @@
 //! kchat-bridge: rooms across machines over NATS. See docs/federation.md.
 
 mod config;
+mod core;
+mod local;
 mod metrics;
 mod room;
+mod state;
+mod status;
+mod stream;
 mod wire;
 
 use anyhow::{Context, Result};
@@ -21,10 +26,61 @@ struct Args {
     /// Check the config file and exit.
     #[arg(long)]
     check: bool,
+    /// Print the kchat-bridge(8) man page (roff) and exit.
+    #[arg(long)]
+    man: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn main() -> Result<()> {
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Show each bridged room's state, from the running bridge's /metrics
+    /// (exit 3 if it does not answer).
+    Status {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `kchat-bridge status`: exit 3 when the bridge is not there to ask, as
+/// kchatctl does for an unavailable daemon.
+fn status(config: &Config, json: bool) -> Result<std::process::ExitCode> {
+    let url = format!("http://{}/metrics", config.metrics.listen);
+    let text = match ureq::get(&url)
+        .config()
+        .timeout_global(Some(std::time::Duration::from_secs(5)))
+        .build()
+        .call()
+        .and_then(|mut response| response.body_mut().read_to_string())
+    {
+        Ok(text) => text,
+        Err(err) => {
+            eprintln!("kchat-bridge status: the bridge does not answer at {url} ({err}): is kchat-bridge.service running?");
+            return Ok(std::process::ExitCode::from(3));
+        }
+    };
+    let status = status::from_metrics(config, &text);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        status::print(&status);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn main() -> Result<std::process::ExitCode> {
     let args = Args::parse();
+    if args.man {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(<Args as clap::CommandFactory>::command())
+            .section("8")
+            .render(&mut page)
+            .context("cannot render the man page")?;
+        std::io::Write::write_all(&mut std::io::stdout(), &page)?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     let config = Config::load(&args.config)?;
     if args.check {
         println!(
@@ -32,7 +88,10 @@ fn main() -> Result<()> {
             args.config.display(),
             config.rooms.len()
         );
-        return Ok(());
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Some(Command::Status { json }) = args.command {
+        return status(&config, json);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -47,7 +106,8 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?
-        .block_on(run(config))
+        .block_on(run(config))?;
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn run(config: Config) -> Result<()> {
@@ -85,9 +145,14 @@ async fn run(config: Config) -> Result<()> {
     let client = async_nats::connect_with_options(config.nats.servers.join(","), options)
         .await
         .context("cannot connect to NATS")?;
-    metrics.connected.set(1);
     let registry = metrics::registry(&metrics);
     tokio::spawn(metrics::serve(config.metrics.listen, registry));
+    std::fs::create_dir_all(&config.state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {}",
+            config.state_dir.display()
+        )
+    })?;
     let mut rooms = tokio::task::JoinSet::new();
     for (room, bridge) in &config.rooms {
         let bridged = room::Bridged {
@@ -95,22 +160,21 @@ async fn run(config: Config) -> Result<()> {
             subject: config.subject(room, bridge),
             node: config.node.clone(),
             direction: bridge.direction,
+            state_dir: config.state_dir.clone(),
         };
-        let (client, metrics) = (client.clone(), metrics.clone());
-        let name = room.clone();
-        rooms.spawn(async move { (name, room::run(bridged, client, metrics).await) });
+        rooms.spawn(room::supervise(bridged, client.clone(), metrics.clone()));
     }
-    client.flush().await.context("cannot reach NATS")?;
+    // Ready once set up, whether or not NATS answers yet: a server away at
+    // boot is a state to report (kchat_bridge_connected), not a failed start.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!(node = %config.node, rooms = config.rooms.len(), "kchat-bridge ready");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             done = rooms.join_next() => match done {
-                // One room failing leaves the others served.
-                Some(Ok((room, Err(err)))) => tracing::error!(%room, error = %err, "room no longer bridged"),
-                Some(Ok((room, Ok(())))) => tracing::info!(%room, "room done"),
+                // Rooms retry for ever; only a panic ends one.
                 Some(Err(err)) => tracing::error!(error = %err, "a room task panicked"),
+                Some(Ok(())) => {}
                 None => anyhow::bail!("no room is bridged any more"),
             },
             _ = terminate.recv() => break,

@@ -5,7 +5,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use std::sync::Arc;
+use std::sync::{atomic::AtomicU64, Arc};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoomLabel {
@@ -18,37 +18,120 @@ pub struct DropLabel {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabel {
+    pub room: String,
+    pub delivery: &'static str,
+    pub direction: &'static str,
+}
+
+type Rooms = Family<RoomLabel, Counter>;
+
 #[derive(Default)]
 pub struct Metrics {
-    /// Local messages published to NATS.
-    pub published: Family<RoomLabel, Counter>,
+    /// Local messages published to NATS (acknowledged, for JetStream).
+    pub published: Rooms,
     /// NATS messages received on a room's subject (own echoes included).
-    pub received: Family<RoomLabel, Counter>,
+    pub received: Rooms,
     /// Messages written into the local room as relayed.
-    pub relayed: Family<RoomLabel, Counter>,
+    pub relayed: Rooms,
     /// Messages not passed on, by reason.
     pub dropped: Family<DropLabel, Counter>,
     /// Messages other nodes sent that never arrived (sequence gaps).
-    pub gaps: Family<RoomLabel, Counter>,
+    pub gaps: Rooms,
     /// Messages the local room lost before the bridge read them.
-    pub local_lost: Family<RoomLabel, Counter>,
+    pub local_lost: Rooms,
+    /// Messages seen again and not stored twice (JetStream rooms).
+    pub duplicates: Rooms,
+    /// Publications the server did not acknowledge, tried again.
+    pub retries: Rooms,
+    /// Times a room's bridging stopped on an error (and was started again).
+    pub room_errors: Rooms,
+    /// 1 while the room is bridged, 0 while it is waiting to be.
+    pub room_up: Family<RoomLabel, Gauge>,
+    /// How each room is bridged (value 1).
+    pub room_delivery: Family<DeliveryLabel, Gauge>,
+    /// JetStream messages waiting for this node's consumer.
+    pub pending: Family<RoomLabel, Gauge>,
+    /// Age of the last relayed message when it was written in, by its
+    /// origin's clock.
+    pub lag: Family<RoomLabel, Gauge<f64, AtomicU64>>,
     pub reconnects: Counter,
     /// Whether the NATS connection is up.
     pub connected: Gauge,
 }
 
-impl Metrics {
-    pub fn dropped_one(&self, room: &str, reason: &'static str) {
-        self.dropped
+/// One room's handles on the families (cheap clones of shared atomics).
+#[derive(Clone)]
+pub struct RoomCounters {
+    room: String,
+    metrics: Arc<Metrics>,
+    pub published: Counter,
+    pub received: Counter,
+    pub relayed: Counter,
+    pub gaps: Counter,
+    pub local_lost: Counter,
+    pub duplicates: Counter,
+    pub retries: Counter,
+    pub pending: Gauge,
+    /// 1 once the room's subscription (or consumer) is in place.
+    pub up: Gauge,
+    lag: Gauge<f64, AtomicU64>,
+}
+
+impl RoomCounters {
+    pub fn dropped(&self, reason: &'static str) {
+        self.metrics
+            .dropped
             .get_or_create(&DropLabel {
-                room: room.to_owned(),
+                room: self.room.clone(),
                 reason,
             })
             .inc();
     }
 
-    pub fn room(family: &Family<RoomLabel, Counter>, room: &str) -> Counter {
-        family
+    /// Notes how old a message written at `time_ns` (origin's realtime
+    /// clock) is now.
+    pub fn observe_lag(&self, time_ns: u64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        self.lag.set(now.saturating_sub(time_ns) as f64 / 1e9);
+    }
+}
+
+impl Metrics {
+    pub fn counters(self: &Arc<Self>, room: &str) -> RoomCounters {
+        let label = RoomLabel {
+            room: room.to_owned(),
+        };
+        let counter = |family: &Rooms| family.get_or_create(&label).clone();
+        RoomCounters {
+            room: room.to_owned(),
+            metrics: self.clone(),
+            published: counter(&self.published),
+            received: counter(&self.received),
+            relayed: counter(&self.relayed),
+            gaps: counter(&self.gaps),
+            local_lost: counter(&self.local_lost),
+            duplicates: counter(&self.duplicates),
+            retries: counter(&self.retries),
+            pending: self.pending.get_or_create(&label).clone(),
+            up: self.room_up.get_or_create(&label).clone(),
+            lag: self.lag.get_or_create(&label).clone(),
+        }
+    }
+
+    pub fn room_up(&self, room: &str) -> Gauge {
+        self.room_up
+            .get_or_create(&RoomLabel {
+                room: room.to_owned(),
+            })
+            .clone()
+    }
+
+    pub fn room_errors(&self, room: &str) -> Counter {
+        self.room_errors
             .get_or_create(&RoomLabel {
                 room: room.to_owned(),
             })
@@ -84,6 +167,21 @@ pub fn registry(metrics: &Arc<Metrics>) -> Registry {
             "Messages a local room lost before the bridge read them",
             &metrics.local_lost,
         ),
+        (
+            "duplicates",
+            "Messages seen again and not stored twice (JetStream rooms)",
+            &metrics.duplicates,
+        ),
+        (
+            "publish_retries",
+            "Publications not acknowledged and sent again (JetStream rooms)",
+            &metrics.retries,
+        ),
+        (
+            "room_errors",
+            "Times a room's bridging stopped on an error and was started again",
+            &metrics.room_errors,
+        ),
     ] {
         registry.register(name, help, family.clone());
     }
@@ -91,6 +189,26 @@ pub fn registry(metrics: &Arc<Metrics>) -> Registry {
         "dropped",
         "Messages not passed on, by reason",
         metrics.dropped.clone(),
+    );
+    registry.register(
+        "room_up",
+        "Whether the room is bridged now (0: waiting for it)",
+        metrics.room_up.clone(),
+    );
+    registry.register(
+        "room_delivery",
+        "How the room is bridged: core NATS or JetStream, and which way",
+        metrics.room_delivery.clone(),
+    );
+    registry.register(
+        "pending",
+        "JetStream messages waiting for this node's consumer",
+        metrics.pending.clone(),
+    );
+    registry.register(
+        "relay_lag_seconds",
+        "Age of the last relayed message when written in, by its origin's clock",
+        metrics.lag.clone(),
     );
     registry.register(
         "reconnects",

@@ -1,150 +1,107 @@
-//! One bridged room: what is written here goes out, what others publish
-//! comes in as relayed, and neither comes back.
+//! One bridged room, kept bridged: its delivery follows the room's policy
+//! (`drop`: core NATS, `block`: JetStream), and when it stops (the room
+//! not created yet, deleted, the server refusing) it is logged, counted
+//! and tried again while the other rooms go on.
 
-use crate::{config::Direction, metrics::Metrics, wire};
-use async_nats::Client;
-use futures_util::StreamExt;
+use crate::{config::Direction, metrics::DeliveryLabel, metrics::Metrics};
 use kchat_uapi::abi;
-use std::{
-    io::{ErrorKind, Read, Write},
-    os::unix::fs::OpenOptionsExt,
-    sync::Arc,
-};
-use tokio::io::unix::AsyncFd;
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 pub struct Bridged {
     pub room: String,
     pub subject: String,
     pub node: String,
     pub direction: Direction,
+    pub state_dir: PathBuf,
 }
 
-/// Runs the room's directions until one fails for good.
-pub async fn run(bridged: Bridged, client: Client, metrics: Arc<Metrics>) -> anyhow::Result<()> {
-    let bridged = Arc::new(bridged);
-    let out = matches!(bridged.direction, Direction::Out | Direction::Both);
-    let inward = matches!(bridged.direction, Direction::In | Direction::Both);
-    let publisher =
-        out.then(|| tokio::spawn(publish(bridged.clone(), client.clone(), metrics.clone())));
-    let relayer = inward.then(|| tokio::spawn(relay(bridged.clone(), client, metrics)));
-    for task in [publisher, relayer].into_iter().flatten() {
-        task.await??;
-    }
-    Ok(())
+/// How long a failed room waits before it is tried again, first and at most.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Delivery {
+    Core,
+    JetStream,
 }
 
-/// Reads the room with origins and publishes what was written here.
-/// Relayed messages (those this or another bridge wrote in) never go out
-/// again: that is what keeps two bridges from looping.
-async fn publish(
-    bridged: Arc<Bridged>,
-    client: Client,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<()> {
-    let path = kchat_client::room_path(&bridged.room);
-    let file = std::fs::File::options()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(|err| anyhow::anyhow!("cannot open {} for reading: {err}", path.display()))?;
-    kchat_client::set_read_mode(&file, abi::READ_FRAMED_ORIGIN)
-        .map_err(|err| anyhow::anyhow!("{} is not a kchat room: {err}", path.display()))?;
-    // SAFETY: the `File` owns its descriptor and the `AsyncFd` owns the
-    // `File`: the descriptor stays open and the same until the `AsyncFd`
-    // is dropped.
-    let mut file = unsafe { AsyncFd::register(file) }
-        .map_err(|err| anyhow::anyhow!("cannot watch the room: {err}"))?;
-    let published = Metrics::room(&metrics.published, &bridged.room);
-    let local_lost = Metrics::room(&metrics.local_lost, &bridged.room);
-    let mut buf = vec![
-        0u8;
-        size_of::<abi::FrameHeader>()
-            + size_of::<abi::OriginHeader>()
-            + abi::MAX_MAX_MSG as usize
-    ];
-    loop {
-        let mut ready = file.readable_mut().await?;
-        let n = match ready.try_io(|inner| inner.get_mut().read(&mut buf)) {
-            Ok(Ok(0)) => anyhow::bail!("room {} was deleted", bridged.room),
-            Ok(Ok(n)) => n,
-            Ok(Err(err)) if err.kind() == ErrorKind::Interrupted => continue,
-            Ok(Err(err)) => return Err(err.into()),
-            Err(_would_block) => continue,
-        };
-        let frames = kchat_client::split_origin_frames(&buf[..n])
-            .ok_or_else(|| anyhow::anyhow!("room {} returned a torn frame", bridged.room))?;
-        for (header, origin, payload) in frames {
-            local_lost.inc_by(header.lost);
-            if origin.flags & abi::ORIGIN_RELAYED != 0 {
-                continue;
-            }
-            let headers = wire::headers(&bridged.node, &header);
-            client
-                .publish_with_headers(
-                    bridged.subject.clone(),
-                    headers,
-                    bytes::Bytes::copy_from_slice(payload),
-                )
-                .await?;
-            published.inc();
+impl Delivery {
+    fn name(self) -> &'static str {
+        match self {
+            Delivery::Core => "core",
+            Delivery::JetStream => "jetstream",
         }
     }
 }
 
-/// Subscribes to the room's subject and writes what other nodes published
-/// into the room through a relay fd.
-async fn relay(bridged: Arc<Bridged>, client: Client, metrics: Arc<Metrics>) -> anyhow::Result<()> {
-    let path = kchat_client::room_path(&bridged.room);
-    let mut room = std::fs::File::options()
-        .write(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(|err| anyhow::anyhow!("cannot open {} for writing: {err}", path.display()))?;
-    kchat_client::set_relay(&room).map_err(|err| {
-        anyhow::anyhow!(
-            "cannot make the {} fd a relay ({err}): kchat-bridge needs CAP_SYS_ADMIN",
-            bridged.room
-        )
+/// The room's policy decides: a `block` room promises to lose nothing.
+fn delivery(room: &str) -> anyhow::Result<Delivery> {
+    let control = kchat_client::Control::open().map_err(|err| {
+        anyhow::anyhow!("cannot open /dev/kchat/control to learn room {room}'s policy: {err}")
     })?;
-    let mut subscriber = client.subscribe(bridged.subject.clone()).await?;
-    let received = Metrics::room(&metrics.received, &bridged.room);
-    let relayed = Metrics::room(&metrics.relayed, &bridged.room);
-    let gaps_seen = Metrics::room(&metrics.gaps, &bridged.room);
-    let mut gaps = wire::Gaps::default();
-    while let Some(message) = subscriber.next().await {
-        received.inc();
-        let headers = message.headers.as_ref();
-        if wire::node(headers) == Some(bridged.node.as_str()) {
-            // Our own publication, back from the server.
-            continue;
-        }
-        let origin = match wire::origin(headers, message.payload.len()) {
-            Ok(origin) => origin,
-            Err(reason) => {
-                tracing::warn!(room = %bridged.room, %reason, "not relayed");
-                metrics.dropped_one(&bridged.room, "malformed");
-                continue;
+    let info = control.info(room).map_err(|err| match err {
+        nix::errno::Errno::ENOENT => anyhow::anyhow!("room {room} does not exist (yet)"),
+        err => anyhow::anyhow!("cannot read room {room}'s policy: {err}"),
+    })?;
+    Ok(if info.policy == abi::POLICY_BLOCK {
+        Delivery::JetStream
+    } else {
+        Delivery::Core
+    })
+}
+
+pub async fn supervise(bridged: Bridged, client: async_nats::Client, metrics: Arc<Metrics>) {
+    let bridged = Arc::new(bridged);
+    let up = metrics.room_up(&bridged.room);
+    let errors = metrics.room_errors(&bridged.room);
+    let mut wait = RETRY_FIRST;
+    let mut shown: Option<Delivery> = None;
+    loop {
+        let attempt = async {
+            let delivery = delivery(&bridged.room)?;
+            if shown != Some(delivery) {
+                for old in shown.iter() {
+                    metrics.room_delivery.remove(&label(&bridged, *old));
+                }
+                metrics
+                    .room_delivery
+                    .get_or_create(&label(&bridged, delivery))
+                    .set(1);
+                shown = Some(delivery);
+            }
+            tracing::info!(room = %bridged.room, subject = %bridged.subject, delivery = delivery.name(), "bridging");
+            match delivery {
+                Delivery::Core => {
+                    crate::core::run(bridged.clone(), client.clone(), metrics.clone()).await
+                }
+                Delivery::JetStream => {
+                    crate::stream::run(bridged.clone(), client.clone(), metrics.clone()).await
+                }
             }
         };
-        gaps_seen.inc_by(gaps.note(origin.node, origin.seq));
-        // One relay write is one message, taken whole or not at all.
-        match room.write_all(&kchat_client::relay_frame(origin, &message.payload)) {
-            Ok(_) => {
-                relayed.inc();
-            }
+        let started = std::time::Instant::now();
+        let outcome = attempt.await;
+        up.set(0);
+        errors.inc();
+        match outcome {
+            Ok(()) => tracing::warn!(room = %bridged.room, "bridging stopped; starting again"),
             Err(err) => {
-                let reason = match err.raw_os_error().map(nix::errno::Errno::from_raw) {
-                    Some(nix::errno::Errno::EMSGSIZE) => "oversize",
-                    Some(nix::errno::Errno::EAGAIN) => "room_full_or_throttled",
-                    Some(nix::errno::Errno::EIDRM) => {
-                        anyhow::bail!("room {} was deleted", bridged.room)
-                    }
-                    _ => "write_failed",
-                };
-                tracing::warn!(room = %bridged.room, %err, reason, "not relayed");
-                metrics.dropped_one(&bridged.room, reason);
+                tracing::warn!(room = %bridged.room, error = %format!("{err:#}"), "room not bridged; trying again")
             }
         }
+        // A room that ran a while starts again quickly.
+        if started.elapsed() > RETRY_MAX * 2 {
+            wait = RETRY_FIRST;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RETRY_MAX);
     }
-    anyhow::bail!("the subscription to {} ended", bridged.subject)
+}
+
+fn label(bridged: &Bridged, delivery: Delivery) -> DeliveryLabel {
+    DeliveryLabel {
+        room: bridged.room.clone(),
+        delivery: delivery.name(),
+        direction: bridged.direction.name(),
+    }
 }

@@ -10,6 +10,9 @@ const TIME: &str = "Kchat-Time";
 const PID: &str = "Kchat-Pid";
 const UID: &str = "Kchat-Uid";
 const GID: &str = "Kchat-Gid";
+/// The room's incarnation on its node (JetStream rooms): sequence numbers
+/// start over when a room is created again, this does not.
+const EPOCH: &str = "Kchat-Epoch";
 
 /// The headers of a message written on `node`, stamped `header` there.
 pub fn headers(node: &str, header: &abi::FrameHeader) -> HeaderMap {
@@ -21,6 +24,27 @@ pub fn headers(node: &str, header: &abi::FrameHeader) -> HeaderMap {
     map.insert(UID, header.uid.to_string().as_str());
     map.insert(GID, header.gid.to_string().as_str());
     map
+}
+
+/// The headers of a message of a JetStream room: the stamp, the room's
+/// epoch, and the id the server de-duplicates by (origin node, room,
+/// epoch, sequence), so publishing it again after a restart stores nothing.
+pub fn durable_headers(node: &str, room: &str, epoch: u64, header: &abi::FrameHeader) -> HeaderMap {
+    let mut map = headers(node, header);
+    map.insert(EPOCH, epoch.to_string().as_str());
+    map.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("{node}.{room}.{epoch}.{}", header.seq).as_str(),
+    );
+    map
+}
+
+/// A received message's epoch (0 when it has none: core NATS).
+pub fn epoch(headers: Option<&HeaderMap>) -> Result<u64, Refused> {
+    match headers.and_then(|map| map.get(EPOCH)) {
+        None => Ok(0),
+        Some(value) => value.as_str().parse().map_err(|_| Refused::Field(EPOCH)),
+    }
 }
 
 /// Why a NATS message is not relayed.
@@ -124,6 +148,21 @@ mod tests {
         );
         assert_eq!(origin.time_ns, stamp().time_ns);
         assert_eq!(node(Some(&map)), Some("node-a"));
+    }
+
+    #[test]
+    fn a_durable_message_carries_its_epoch_and_id() {
+        let map = durable_headers("node-a", "lobby", 3, &stamp());
+        assert_eq!(epoch(Some(&map)), Ok(3));
+        assert_eq!(
+            map.get(async_nats::header::NATS_MESSAGE_ID)
+                .map(|v| v.as_str()),
+            Some("node-a.lobby.3.7")
+        );
+        assert_eq!(epoch(Some(&headers("node-a", &stamp()))), Ok(0));
+        let mut bad = map.clone();
+        bad.insert(EPOCH, "x");
+        assert_eq!(epoch(Some(&bad)), Err(Refused::Field(EPOCH)));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! time: loading and unloading are global).
 
 mod abuse;
+mod agent;
 mod bridge;
 mod chat;
 mod chatclient;
@@ -13,6 +14,7 @@ mod daemon;
 mod faults;
 mod fuzz;
 mod helper;
+mod jobs;
 mod limits;
 mod model;
 mod modes;
@@ -23,6 +25,7 @@ mod soak;
 mod stress;
 mod systemd;
 mod trust;
+mod twonode;
 
 use libtest_mimic::{Arguments, Trial};
 
@@ -32,6 +35,15 @@ pub type Test = (&'static str, fn() -> anyhow::Result<()>);
 fn main() -> std::process::ExitCode {
     if let Some(code) = helper::run_if_requested() {
         return code;
+    }
+    if let Some(code) = jobs::run_if_requested() {
+        return code;
+    }
+    if let Some(port) = std::env::var(agent::AGENT_VAR)
+        .ok()
+        .and_then(|p| p.parse().ok())
+    {
+        return agent::serve(port);
     }
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
@@ -54,6 +66,7 @@ fn main() -> std::process::ExitCode {
         daemon::TESTS,
         chatclient::TESTS,
         systemd::TESTS,
+        twonode::TESTS,
     ]
     .into_iter()
     .flatten()
@@ -61,9 +74,13 @@ fn main() -> std::process::ExitCode {
         Trial::test(name, move || {
             test().map_err(|err| format!("{err:#}").into())
         })
-        // Only a boot with systemd as PID 1 runs these (`xtask test` makes
-        // one); the plain suite lists them as ignored.
-        .with_ignored_flag(name.starts_with("systemd::") && !systemd::booted())
+        // Only a boot with systemd as PID 1, or a pair of guests, runs
+        // these (`xtask test` makes both); the plain suite lists them as
+        // ignored.
+        .with_ignored_flag(
+            (name.starts_with("systemd::") && !systemd::booted())
+                || (name.starts_with("twonode::") && !twonode::configured()),
+        )
     })
     .collect();
     libtest_mimic::run(&args, trials).exit_code()

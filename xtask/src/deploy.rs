@@ -8,30 +8,36 @@ use crate::{install, kernel::Kernel, paths, process};
 use anyhow::{bail, ensure, Context, Result};
 use std::{fs, path::Path, process::Command};
 
-/// `systemd-analyze security` exposure the unit must stay at or under (it
-/// scores 2.3 "OK" today; 0 is best, 10 worst).
+/// `systemd-analyze security` exposure each unit must stay at or under
+/// (kchatd scores 2.3 "OK" today; 0 is best, 10 worst).
 const MAX_EXPOSURE: f64 = 2.5;
 
-/// The unit with ExecStart pointing at the built kchatd, so
+/// The daemons with a unit in deploy/systemd, named as their binary.
+pub const UNITS: &[&str] = &["kchatd", "kchat-bridge"];
+
+/// The unit with ExecStart pointing at the built binary, so
 /// `systemd-analyze` finds an executable.
-fn staged_unit() -> Result<std::path::PathBuf> {
-    let unit = fs::read_to_string(paths::root().join("deploy/systemd/kchatd.service"))?;
-    let kchatd = paths::target().join("debug/kchatd");
+fn staged_unit(name: &str) -> Result<std::path::PathBuf> {
+    let unit = fs::read_to_string(paths::root().join(format!("deploy/systemd/{name}.service")))?;
+    let binary = paths::target().join("debug").join(name);
     let dir = paths::target().join("deploy-check");
     fs::create_dir_all(&dir)?;
-    let staged = dir.join("kchatd.service");
+    let staged = dir.join(format!("{name}.service"));
     fs::write(
         &staged,
-        unit.replace("/usr/bin/kchatd", &kchatd.display().to_string()),
+        unit.replace(
+            &format!("/usr/bin/{name} "),
+            &format!("{} ", binary.display()),
+        ),
     )?;
     Ok(staged)
 }
 
-pub fn unit_verifies() -> Result<()> {
+pub fn unit_verifies(name: &str) -> Result<()> {
     let out = process::output(
         Command::new("systemd-analyze")
             .args(["verify", "--man=no"])
-            .arg(staged_unit()?),
+            .arg(staged_unit(name)?),
     )?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     // verify exits 0 on unknown keys too; any complaint is a failure.
@@ -42,11 +48,11 @@ pub fn unit_verifies() -> Result<()> {
     Ok(())
 }
 
-pub fn unit_exposure() -> Result<f64> {
+pub fn unit_exposure(name: &str) -> Result<f64> {
     let out = process::output(
         Command::new("systemd-analyze")
             .args(["security", "--offline=yes", "--no-pager"])
-            .arg(staged_unit()?),
+            .arg(staged_unit(name)?),
     )?;
     let text = String::from_utf8_lossy(&out.stdout);
     let score = text
@@ -58,7 +64,7 @@ pub fn unit_exposure() -> Result<f64> {
         .with_context(|| format!("no exposure score in: {text}"))?;
     ensure!(
         score <= MAX_EXPOSURE,
-        "kchatd.service exposure is {score}, above {MAX_EXPOSURE}: a hardening option went missing"
+        "{name}.service exposure is {score}, above {MAX_EXPOSURE}: a hardening option went missing"
     );
     Ok(score)
 }
@@ -144,6 +150,10 @@ pub fn install_stages_everything(kernel: &Kernel) -> Result<()> {
         "usr/bin/kchatctl",
         "usr/bin/kchat",
         "usr/lib/systemd/system/kchatd.service",
+        "usr/bin/kchat-bridge",
+        "usr/lib/systemd/system/kchat-bridge.service",
+        "etc/kchat/bridge.toml",
+        "usr/share/man/man8/kchat-bridge.8",
         "usr/lib/udev/rules.d/60-kchat.rules",
         "usr/lib/sysusers.d/kchat.conf",
         "usr/lib/tmpfiles.d/kchat.conf",
@@ -166,6 +176,7 @@ pub fn install_stages_everything(kernel: &Kernel) -> Result<()> {
     for page in [
         "usr/share/man/man1/kchatctl.1",
         "usr/share/man/man8/kchatd.8",
+        "usr/share/man/man8/kchat-bridge.8",
         "usr/share/man/man5/kchatd.toml.5",
     ] {
         let out = process::output(
@@ -189,6 +200,17 @@ pub fn install_stages_everything(kernel: &Kernel) -> Result<()> {
     ensure!(
         out.status.success(),
         "the example kchatd.toml does not pass --check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = process::output(
+        Command::new(dest.join("usr/bin/kchat-bridge"))
+            .arg("--check")
+            .arg("--config")
+            .arg(dest.join("etc/kchat/bridge.toml")),
+    )?;
+    ensure!(
+        out.status.success(),
+        "the example bridge.toml does not pass --check: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())

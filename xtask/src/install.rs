@@ -38,6 +38,11 @@ const FILES: &[(&str, &str, u32)] = &[
         0o644,
     ),
     (
+        "deploy/systemd/kchat-bridge.service",
+        "usr/lib/systemd/system/kchat-bridge.service",
+        0o644,
+    ),
+    (
         "deploy/udev/60-kchat.rules",
         "usr/lib/udev/rules.d/60-kchat.rules",
         0o644,
@@ -74,7 +79,7 @@ const FILES: &[(&str, &str, u32)] = &[
     ),
 ];
 
-const BINARIES: &[&str] = &["kchatd", "kchatctl", "kchat"];
+const BINARIES: &[&str] = &["kchatd", "kchatctl", "kchat", "kchat-bridge"];
 
 fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
     if let Some(dir) = to.parent() {
@@ -170,13 +175,16 @@ pub fn run(args: &InstallArgs) -> Result<Vec<PathBuf>> {
         copy(&from, &to, mode)?;
         installed.push(to);
     }
-    // The example config, unless the machine has one: it is the admin's.
-    let config = dest.join("etc/kchat/kchatd.toml");
-    if !config.exists() {
-        copy(&root.join("deploy/kchatd.toml"), &config, 0o644)?;
-        installed.push(config);
-    } else {
-        eprintln!("install: keeping the existing {}", config.display());
+    // The example configs, unless the machine has them: they are the
+    // admin's. The bridge's may hold a NATS token: root's alone.
+    for (name, mode) in [("kchatd.toml", 0o644), ("bridge.toml", 0o600)] {
+        let config = dest.join("etc/kchat").join(name);
+        if !config.exists() {
+            copy(&root.join("deploy").join(name), &config, mode)?;
+            installed.push(config);
+        } else {
+            eprintln!("install: keeping the existing {}", config.display());
+        }
     }
     // Man pages and completions, generated from kchatctl's clap definitions.
     let kchatctl = dest.join("usr/bin/kchatctl");
@@ -191,12 +199,15 @@ pub fn run(args: &InstallArgs) -> Result<Vec<PathBuf>> {
     for page in fs::read_dir(&man_dir)? {
         installed.push(page?.path());
     }
-    // kchatd(8) from its clap definitions, kchatd.toml(5) written by hand.
-    let man8 = dest.join("usr/share/man/man8/kchatd.8");
-    fs::create_dir_all(man8.parent().context("man8 dir")?)?;
-    let page = process::stdout(Command::new(dest.join("usr/bin/kchatd")).arg("--man"))?;
-    fs::write(&man8, page)?;
-    installed.push(man8);
+    // kchatd(8) and kchat-bridge(8) from their clap definitions,
+    // kchatd.toml(5) written by hand.
+    for daemon in ["kchatd", "kchat-bridge"] {
+        let man8 = dest.join(format!("usr/share/man/man8/{daemon}.8"));
+        fs::create_dir_all(man8.parent().context("man8 dir")?)?;
+        let page = process::stdout(Command::new(dest.join("usr/bin").join(daemon)).arg("--man"))?;
+        fs::write(&man8, page)?;
+        installed.push(man8);
+    }
     let man5 = dest.join("usr/share/man/man5/kchatd.toml.5");
     fs::create_dir_all(man5.parent().context("man5 dir")?)?;
     copy(&root.join("deploy/man/kchatd.toml.5"), &man5, 0o644)?;

@@ -176,13 +176,18 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
     tally.check("build the guest suite", guest_suite);
 
     if !args.vm_only && guest_suite_built {
-        tally.check("deploy: kchatd.service verifies", deploy::unit_verifies());
-        match deploy::unit_exposure() {
-            Ok(score) => tally.check(
-                &format!("deploy: kchatd.service exposure {score} (systemd-analyze security)"),
-                Ok(()),
-            ),
-            Err(err) => tally.check("deploy: kchatd.service exposure", Err(err)),
+        for unit in deploy::UNITS {
+            tally.check(
+                &format!("deploy: {unit}.service verifies"),
+                deploy::unit_verifies(unit),
+            );
+            match deploy::unit_exposure(unit) {
+                Ok(score) => tally.check(
+                    &format!("deploy: {unit}.service exposure {score} (systemd-analyze security)"),
+                    Ok(()),
+                ),
+                Err(err) => tally.check(&format!("deploy: {unit}.service exposure"), Err(err)),
+            }
         }
         tally.check(
             "dashboards: promtool check rules",
@@ -226,6 +231,14 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
             &mut tally,
             &label,
         )?;
+        if variant == Variant::Debug
+            && args
+                .filter
+                .as_deref()
+                .is_none_or(|f| "twonode::".contains(f) || f.starts_with("twonode::"))
+        {
+            two_node_run(&kernel, &modules, args.filter.as_deref(), &mut tally)?;
+        }
         if variant == Variant::Debug && args.filter.is_none() {
             fixtures(&kernel, &modules, &mut tally)?;
             if !args.vm_only {
@@ -346,6 +359,86 @@ fn systemd_boot_run(
         log_clean(&run),
     );
     Ok(())
+}
+
+/// Boots two guests joined by a link and runs the `twonode::` tests on the
+/// first; the second serves as the other machine (its agent). Each has its
+/// own kernel, module and log check.
+fn two_node_run(
+    kernel: &kernel::Kernel,
+    modules: &kmod::Modules,
+    filter: Option<&str>,
+    tally: &mut Tally,
+) -> Result<()> {
+    let suite = paths::target().join("debug/kchat-vmtest");
+    let (port_a, port_b) = (free_udp_port()?, free_udp_port()?);
+    let net = |address: &str| {
+        format!("ip link set lo up && ip addr add {address}/24 dev eth0 && ip link set eth0 up && ")
+    };
+    let script_a = format!(
+        "{}KCHAT_PEER=10.77.0.2:7070 KCHAT_KMOD={kmod} {suite} --test-threads 1 --color never {filter};          status=$?; {suite} job release 10.77.0.2:7070; exit $status",
+        net("10.77.0.1"),
+        kmod = modules.kchat.display(),
+        suite = suite.display(),
+        filter = shell_quote(filter.unwrap_or("twonode::")),
+    );
+    let script_b = format!(
+        "{}KCHAT_KMOD={} KCHAT_VMTEST_AGENT=7070 {}",
+        net("10.77.0.2"),
+        modules.kchat.display(),
+        suite.display()
+    );
+    let guest = |port: u16, peer: u16, mac: u8| VmArgs {
+        link: Some(vm::Link {
+            local_port: port,
+            peer_port: peer,
+            mac,
+        }),
+        // Two guests share the host's 2 cores: one vCPU each would do, but
+        // two keep SMP races possible on each side.
+        ..VmArgs::scripted(Duration::from_secs(900))
+    };
+    eprintln!("vm: booting two guests joined by a link for the two-node tests");
+    let (args_a, args_b) = (guest(port_a, port_b, 1), guest(port_b, port_a, 2));
+    let (run_a, run_b) = std::thread::scope(|scope| {
+        let other = scope.spawn(|| vm::run(kernel, &args_b, Some(&script_b), false));
+        let run_a = vm::run(kernel, &args_a, Some(&script_a), true);
+        let run_b = other
+            .join()
+            .map_err(|_| anyhow::anyhow!("the second guest's runner panicked"));
+        (run_a, run_b)
+    });
+    let (run_a, run_b) = (run_a?, run_b??);
+    tally.add_libtest(
+        "two-node suite",
+        &run_a.output,
+        run_a.exit_status == Some(0),
+    );
+    tally.check(
+        "two-node: first guest's kernel log is clean",
+        log_clean(&run_a),
+    );
+    tally.check(
+        "two-node: second guest served and its kernel log is clean",
+        if run_b.exit_status == Some(0) {
+            log_clean(&run_b)
+        } else {
+            Err(anyhow::anyhow!(
+                "the agent guest failed: {}
+{}",
+                run_b.verdict(40),
+                run_b.output
+            ))
+        },
+    );
+    Ok(())
+}
+
+/// A UDP port of the loopback free now (the kernel picks it; QEMU binds it
+/// a moment later).
+fn free_udp_port() -> Result<u16> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(socket.local_addr()?.port())
 }
 
 /// A run's kernel log check, as a check result: nothing reported, no timeout.

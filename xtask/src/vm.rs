@@ -50,6 +50,21 @@ pub struct VmArgs {
     /// one, an interactive shell.
     #[arg(last = true)]
     pub command: Vec<String>,
+    /// A network card linked to another guest (the two-node tests).
+    #[arg(skip)]
+    pub link: Option<Link>,
+}
+
+/// One end of a point-to-point link between two guests: QEMU's UDP socket
+/// netdev between two ports of the host's loopback, so the host's network
+/// sees nothing but loopback datagrams and neither guest can reach beyond
+/// the other.
+#[derive(Clone, Copy)]
+pub struct Link {
+    pub local_port: u16,
+    pub peer_port: u16,
+    /// Last byte of the card's MAC address (one per guest).
+    pub mac: u8,
 }
 
 impl VmArgs {
@@ -63,6 +78,7 @@ impl VmArgs {
             systemd: false,
             timeout: timeout.as_secs(),
             command: Vec::new(),
+            link: None,
         }
     }
 }
@@ -224,6 +240,18 @@ pub fn run(kernel: &Kernel, args: &VmArgs, script: Option<&str>, echo: bool) -> 
     .args(["-device", "virtio-serial-pci"])
     .args(["-chardev", "stdio,id=hvc0,signal=off"])
     .args(["-device", "virtconsole,chardev=hvc0"]);
+    if let Some(link) = args.link {
+        qemu.arg("-netdev")
+            .arg(format!(
+                "socket,id=link,udp=127.0.0.1:{},localaddr=127.0.0.1:{}",
+                link.peer_port, link.local_port
+            ))
+            .arg("-device")
+            .arg(format!(
+                "virtio-net-pci,netdev=link,mac=52:54:00:77:00:{:02x}",
+                link.mac
+            ));
+    }
 
     let started = Instant::now();
     let timeout = Duration::from_secs(args.timeout);
@@ -318,7 +346,10 @@ fn new_run_dir() -> Result<PathBuf> {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let dir = base.join(format!("run-{stamp}-{}", std::process::id()));
+    // Two guests may start in the same millisecond (the two-node tests).
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = base.join(format!("run-{stamp}-{}-{run}", std::process::id()));
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let last = base.join("last");
     let _ = fs::remove_file(&last);

@@ -1,0 +1,106 @@
+//! A `drop` room over core NATS: at most once, like the room itself. A
+//! slow or absent subscriber loses messages; the receiving bridge counts
+//! each origin's sequence gaps, so losses are seen, not hidden.
+
+use crate::{
+    local::{Reader, Refused, Relay, RoomError},
+    metrics::{Metrics, RoomCounters},
+    room::Bridged,
+    wire,
+};
+use async_nats::Client;
+use futures_util::StreamExt;
+use std::sync::Arc;
+
+pub async fn run(
+    bridged: Arc<Bridged>,
+    client: Client,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let counters = metrics.counters(&bridged.room);
+    let mut tasks = tokio::task::JoinSet::new();
+    if bridged.direction.publishes() {
+        tasks.spawn(publish(bridged.clone(), client.clone(), counters.clone()));
+    }
+    if bridged.direction.relays() {
+        tasks.spawn(relay(bridged.clone(), client, counters));
+    } else {
+        counters.up.set(1);
+    }
+    let outcome = match tasks.join_next().await {
+        Some(Ok(result)) => result,
+        Some(Err(err)) => Err(anyhow::anyhow!("a task of the room panicked: {err}")),
+        None => Ok(()),
+    };
+    tasks.shutdown().await;
+    outcome
+}
+
+/// Publishes what was written here. Relayed messages (those this or
+/// another bridge wrote in) never go out again: that is what keeps two
+/// bridges from looping.
+async fn publish(
+    bridged: Arc<Bridged>,
+    client: Client,
+    counters: RoomCounters,
+) -> anyhow::Result<()> {
+    let mut reader = Reader::open(&bridged.room)?;
+    while let Some(batch) = reader.next_batch().await? {
+        for frame in batch {
+            counters.local_lost.inc_by(frame.header.lost);
+            if frame.relayed() {
+                continue;
+            }
+            let headers = wire::headers(&bridged.node, &frame.header);
+            client
+                .publish_with_headers(bridged.subject.clone(), headers, frame.payload.into())
+                .await?;
+            counters.published.inc();
+        }
+    }
+    Err(RoomError::Deleted(bridged.room.clone()).into())
+}
+
+/// Writes what other nodes published into the room through a relay fd.
+async fn relay(
+    bridged: Arc<Bridged>,
+    client: Client,
+    counters: RoomCounters,
+) -> anyhow::Result<()> {
+    let relay = Relay::open(&bridged.room)?;
+    let mut subscriber = client.subscribe(bridged.subject.clone()).await?;
+    client.flush().await?;
+    counters.up.set(1);
+    let mut gaps = wire::Gaps::default();
+    while let Some(message) = subscriber.next().await {
+        counters.received.inc();
+        let headers = message.headers.as_ref();
+        if wire::node(headers) == Some(bridged.node.as_str()) {
+            // Our own publication, back from the server.
+            continue;
+        }
+        let origin = match wire::origin(headers, message.payload.len()) {
+            Ok(origin) => origin,
+            Err(reason) => {
+                tracing::warn!(room = %bridged.room, %reason, "not relayed");
+                counters.dropped("malformed");
+                continue;
+            }
+        };
+        counters.gaps.inc_by(gaps.note(origin.node, origin.seq));
+        // One relay write is one message, taken whole or not at all; a
+        // full room drops it, as a drop room does.
+        match relay.write_now(&kchat_client::relay_frame(origin, &message.payload)) {
+            Ok(()) => {
+                counters.relayed.inc();
+                counters.observe_lag(origin.time_ns);
+            }
+            Err(Refused::Message(reason, err)) => {
+                tracing::warn!(room = %bridged.room, %err, reason, "not relayed");
+                counters.dropped(reason);
+            }
+            Err(Refused::Room(err)) => return Err(err.into()),
+        }
+    }
+    anyhow::bail!("the subscription to {} ended", bridged.subject)
+}

@@ -1,0 +1,249 @@
+//! The bridge's two handles on a local room: a reader that sees origins
+//! (to publish what was written here) and a relay (to write in what other
+//! nodes wrote), both non-blocking under tokio.
+
+use kchat_uapi::abi;
+use nix::errno::Errno;
+use std::{
+    fs::File,
+    io::{ErrorKind, Read, Write},
+    os::unix::fs::OpenOptionsExt,
+};
+use tokio::io::unix::AsyncFd;
+
+/// One message as the room framed it.
+pub struct Frame {
+    pub header: abi::FrameHeader,
+    pub origin: abi::OriginHeader,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn relayed(&self) -> bool {
+        self.origin.flags & abi::ORIGIN_RELAYED != 0
+    }
+}
+
+/// A `READ_FRAMED_ORIGIN` reader of a room.
+pub struct Reader {
+    room: String,
+    fd: AsyncFd<File>,
+    buf: Vec<u8>,
+}
+
+/// Why a room handle stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error("room {0} does not exist (yet): /dev/kchat/{0} is missing")]
+    Missing(String),
+    #[error("room {0} was deleted")]
+    Deleted(String),
+    #[error("room {room}: {what}: {err}")]
+    Io {
+        room: String,
+        what: &'static str,
+        err: std::io::Error,
+    },
+}
+
+fn io(room: &str, what: &'static str, err: std::io::Error) -> RoomError {
+    if err.kind() == ErrorKind::NotFound {
+        return RoomError::Missing(room.to_owned());
+    }
+    if err.raw_os_error() == Some(Errno::EIDRM as i32) {
+        return RoomError::Deleted(room.to_owned());
+    }
+    RoomError::Io {
+        room: room.to_owned(),
+        what,
+        err,
+    }
+}
+
+fn open(room: &str, write: bool) -> Result<File, RoomError> {
+    File::options()
+        .read(!write)
+        .write(write)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(kchat_client::room_path(room))
+        .map_err(|err| io(room, "open", err))
+}
+
+fn watch(room: &str, file: File) -> Result<AsyncFd<File>, RoomError> {
+    // SAFETY: the `File` owns its descriptor and the `AsyncFd` owns the
+    // `File`: the descriptor stays open and the same until the `AsyncFd`
+    // is dropped.
+    unsafe { AsyncFd::register(file) }.map_err(|err| io(room, "epoll", err.into()))
+}
+
+impl Reader {
+    /// Opens `room` for reading at its end, with origins.
+    pub fn open(room: &str) -> Result<Reader, RoomError> {
+        let file = open(room, false)?;
+        kchat_client::set_read_mode(&file, abi::READ_FRAMED_ORIGIN)
+            .map_err(|err| io(room, "not a kchat room", err.into()))?;
+        Ok(Reader {
+            room: room.to_owned(),
+            fd: watch(room, file)?,
+            buf: vec![
+                0u8;
+                size_of::<abi::FrameHeader>()
+                    + size_of::<abi::OriginHeader>()
+                    + abi::MAX_MAX_MSG as usize
+            ],
+        })
+    }
+
+    /// The oldest retained and the next sequence number of the room.
+    pub fn retained(&self) -> Result<(u64, u64), RoomError> {
+        let fd = self.fd.get_ref();
+        let seek = |whence| {
+            nix::unistd::lseek(fd, 0, whence)
+                .map(|seq| seq as u64)
+                .map_err(|err| io(&self.room, "lseek", err.into()))
+        };
+        let here = seek(nix::unistd::Whence::SeekCur)?;
+        let oldest = seek(nix::unistd::Whence::SeekSet)?;
+        let next = seek(nix::unistd::Whence::SeekEnd)?;
+        self.seek(here)?;
+        Ok((oldest, next))
+    }
+
+    /// Moves to `seq` (retained or next).
+    pub fn seek(&self, seq: u64) -> Result<(), RoomError> {
+        kchat_client::seek_seq(self.fd.get_ref(), seq)
+            .map_err(|err| io(&self.room, "seek", err.into()))
+    }
+
+    /// The next batch of messages, waiting for one; `None` at the end of a
+    /// deleted room.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<Frame>>, RoomError> {
+        loop {
+            let mut ready = self
+                .fd
+                .readable_mut()
+                .await
+                .map_err(|err| io(&self.room, "epoll", err))?;
+            let buf = &mut self.buf;
+            match ready.try_io(|inner| inner.get_mut().read(buf)) {
+                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(n)) => return self.frames(n).map(Some),
+                Ok(Err(err)) if err.kind() == ErrorKind::Interrupted => continue,
+                Ok(Err(err)) => return Err(io(&self.room, "read", err)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// What is there now, without waiting (empty when caught up).
+    pub fn drain_now(&mut self) -> Result<Vec<Frame>, RoomError> {
+        let mut all = Vec::new();
+        loop {
+            match self.fd.get_mut().read(&mut self.buf) {
+                Ok(0) => return Ok(all),
+                Ok(n) => all.extend(self.frames(n)?),
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(all),
+                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+                Err(err) => return Err(io(&self.room, "read", err)),
+            }
+        }
+    }
+
+    fn frames(&self, n: usize) -> Result<Vec<Frame>, RoomError> {
+        let frames = kchat_client::split_origin_frames(&self.buf[..n]).ok_or_else(|| {
+            io(
+                &self.room,
+                "read",
+                std::io::Error::other("the kernel returned a torn frame"),
+            )
+        })?;
+        Ok(frames
+            .into_iter()
+            .map(|(header, origin, payload)| Frame {
+                header,
+                origin,
+                payload: payload.to_vec(),
+            })
+            .collect())
+    }
+}
+
+/// A relay fd on a room (`IOC_SET_RELAY`).
+pub struct Relay {
+    room: String,
+    fd: AsyncFd<File>,
+}
+
+/// A relay write that did not store its message.
+#[derive(Debug)]
+pub enum Refused {
+    /// The kernel refused this message (too long, bad origin): skip it.
+    Message(&'static str, std::io::Error),
+    /// The room cannot take messages any more.
+    Room(RoomError),
+}
+
+/// One relay write: the kernel takes a message whole or not at all.
+fn write_message(mut file: &File, frame: &[u8]) -> std::io::Result<()> {
+    let written = file.write(frame)?;
+    if written != frame.len() {
+        return Err(std::io::Error::other(format!(
+            "the room took {written} of {} bytes of one message",
+            frame.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Relay {
+    pub fn open(room: &str) -> Result<Relay, RoomError> {
+        let file = open(room, true)?;
+        kchat_client::set_relay(&file).map_err(|err| {
+            io(
+                room,
+                "IOC_SET_RELAY (kchat-bridge needs CAP_SYS_ADMIN)",
+                err.into(),
+            )
+        })?;
+        Ok(Relay {
+            room: room.to_owned(),
+            fd: watch(room, file)?,
+        })
+    }
+
+    /// Writes one message now; `EAGAIN` (room full, budget spent) is an
+    /// error for the caller to count.
+    pub fn write_now(&self, frame: &[u8]) -> Result<(), Refused> {
+        match write_message(self.fd.get_ref(), frame) {
+            Ok(_) => Ok(()),
+            Err(err) => Err(self.refused(err)),
+        }
+    }
+
+    /// Writes one message, waiting while the room is full or the relay's
+    /// budget spent (a `block` room's contract: wait, never lose).
+    pub async fn write_waiting(&self, frame: &[u8]) -> Result<(), Refused> {
+        loop {
+            let mut ready = self
+                .fd
+                .writable()
+                .await
+                .map_err(|err| Refused::Room(io(&self.room, "epoll", err)))?;
+            match ready.try_io(|inner| write_message(inner.get_ref(), frame)) {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(err)) if err.kind() == ErrorKind::Interrupted => continue,
+                Ok(Err(err)) => return Err(self.refused(err)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn refused(&self, err: std::io::Error) -> Refused {
+        match err.raw_os_error().map(Errno::from_raw) {
+            Some(Errno::EMSGSIZE) => Refused::Message("oversize", err),
+            Some(Errno::EINVAL) => Refused::Message("malformed", err),
+            Some(Errno::EAGAIN) => Refused::Message("room_full_or_throttled", err),
+            _ => Refused::Room(io(&self.room, "relay write", err)),
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! What a JetStream room must remember across bridge restarts, one small
+//! JSON file per room under `state_dir`: how far this node's messages were
+//! published (and acknowledged), and how far each other node's were
+//! relayed in. Written whole and renamed into place, so a crash leaves the
+//! old file or the new one, never half of one.
+
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+/// A position in one node's messages of one room: the room's incarnation
+/// there (it grows when that room's sequence numbers start over, the room
+/// having been deleted and created again) and the kernel's sequence number.
+pub type Position = (u64, u64);
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomState {
+    /// This node's incarnation of the room.
+    pub epoch: u64,
+    /// The last local sequence number the server acknowledged.
+    pub published: Option<u64>,
+    /// Per origin node, the last message relayed into the room.
+    pub relayed: BTreeMap<String, Position>,
+}
+
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    pub fn new(dir: &Path, room: &str) -> StateFile {
+        StateFile {
+            path: dir.join(format!("{room}.json")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The saved state; a missing file is a fresh start. An unreadable one
+    /// is set aside (`.bad`) with a warning: the server's de-duplication
+    /// still suppresses what is published again.
+    pub fn load(&self) -> RoomState {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return RoomState::default(),
+            Err(err) => {
+                tracing::warn!(path = %self.path.display(), %err, "cannot read the room's state; starting afresh");
+                return RoomState::default();
+            }
+        };
+        match serde_json::from_str(&text) {
+            Ok(state) => state,
+            Err(err) => {
+                let aside = self.path.with_extension("json.bad");
+                let _ = std::fs::rename(&self.path, &aside);
+                tracing::warn!(path = %self.path.display(), %err, aside = %aside.display(), "the room's state is corrupt; set aside, starting afresh");
+                RoomState::default()
+            }
+        }
+    }
+
+    pub fn save(&self, state: &RoomState) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        let text = serde_json::to_vec(state).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_survives_a_save_and_a_corrupt_file_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path(), "lobby");
+        assert_eq!(file.load(), RoomState::default());
+        let mut state = RoomState {
+            epoch: 2,
+            published: Some(41),
+            ..RoomState::default()
+        };
+        state.relayed.insert("node-b".into(), (1, 99));
+        file.save(&state).unwrap();
+        assert_eq!(file.load(), state);
+        std::fs::write(file.path(), b"{ half").unwrap();
+        assert_eq!(file.load(), RoomState::default());
+        assert!(dir.path().join("lobby.json.bad").exists());
+    }
+}

@@ -1,0 +1,378 @@
+//! A `block` room over JetStream: at least once on the wire, exactly once
+//! in the room. Publishing waits for the server's acknowledgement and
+//! carries an id the server de-duplicates by; relaying acknowledges a
+//! message only once it is in the room, and skips what is already there.
+//! Both remember their place in a state file, so a restart of the bridge or
+//! the server loses and duplicates nothing that the room still retains.
+
+use crate::{
+    local::{Reader, Refused, Relay, RoomError},
+    metrics::{Metrics, RoomCounters},
+    room::Bridged,
+    state::{Position, RoomState, StateFile},
+    wire,
+};
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// How often a moving room's state is written (and at most how much a
+/// crash makes it publish again, which the server then drops).
+const CHECKPOINT: Duration = Duration::from_millis(200);
+/// How long the server remembers message ids: a restart that publishes
+/// again what is older than this could store it twice.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// The first wait before trying the server again, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// The stream holding a subject: stream names cannot hold '.', which
+/// room names and subjects never hold '~' to collide with.
+pub fn stream_name(subject: &str) -> String {
+    subject.replace('.', "~")
+}
+
+/// The durable consumer of `node` (node names follow room names' rules).
+fn consumer_name(node: &str) -> String {
+    format!("kchat-bridge-{}", node.replace('.', "~"))
+}
+
+/// The room's state, shared by its two directions, saved at checkpoints.
+struct Shared {
+    file: StateFile,
+    state: Mutex<RoomState>,
+}
+
+impl Shared {
+    fn save(&self) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Err(err) = self.file.save(&state) {
+            tracing::warn!(path = %self.file.path().display(), %err, "cannot save the room's state");
+        }
+    }
+}
+
+pub async fn run(
+    bridged: Arc<Bridged>,
+    client: async_nats::Client,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let js = jetstream::new(client);
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: stream_name(&bridged.subject),
+            subjects: vec![bridged.subject.clone()],
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            max_age: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "cannot create or find the JetStream stream for {}",
+                bridged.subject
+            )
+        })?;
+    let shared = Arc::new(Shared {
+        file: StateFile::new(&bridged.state_dir, &bridged.room),
+        state: Mutex::new(StateFile::new(&bridged.state_dir, &bridged.room).load()),
+    });
+    let counters = metrics.counters(&bridged.room);
+    let mut tasks = tokio::task::JoinSet::new();
+    if bridged.direction.publishes() {
+        tasks.spawn(publish(
+            bridged.clone(),
+            js.clone(),
+            shared.clone(),
+            counters.clone(),
+        ));
+    }
+    if bridged.direction.relays() {
+        tasks.spawn(relay(bridged.clone(), stream, shared.clone(), counters));
+    } else {
+        counters.up.set(1);
+    }
+    // One direction failing takes the room down (the supervisor starts it
+    // again); the state is saved on the way out.
+    let outcome = match tasks.join_next().await {
+        Some(Ok(result)) => result,
+        Some(Err(err)) => Err(anyhow::anyhow!("a task of the room panicked: {err}")),
+        None => Ok(()),
+    };
+    tasks.shutdown().await;
+    shared.save();
+    outcome
+}
+
+/// Where the local reader starts: after the last acknowledged message if the
+/// room still holds what follows it (nothing lost), else at the oldest it
+/// holds (the gap counted), or, for a room whose numbers went back (created
+/// again), at its oldest in a new epoch.
+fn resume(
+    reader: &Reader,
+    state: &mut RoomState,
+    counters: &RoomCounters,
+) -> Result<(), RoomError> {
+    let (oldest, next) = reader.retained()?;
+    match state.published {
+        None => {
+            // A room bridged for the first time joins from now.
+            state.published = next.checked_sub(1);
+            reader.seek(next)
+        }
+        Some(last) if last >= next => {
+            state.epoch += 1;
+            tracing::info!(
+                epoch = state.epoch,
+                "the room's sequence numbers started over: a new epoch"
+            );
+            reader.seek(oldest)
+        }
+        Some(last) if last + 1 >= oldest => reader.seek(last + 1),
+        Some(last) => {
+            counters.local_lost.inc_by(oldest - last - 1);
+            tracing::warn!(
+                lost = oldest - last - 1,
+                "the room no longer holds what was written while the bridge was away"
+            );
+            reader.seek(oldest)
+        }
+    }
+}
+
+async fn publish(
+    bridged: Arc<Bridged>,
+    js: jetstream::Context,
+    shared: Arc<Shared>,
+    counters: RoomCounters,
+) -> anyhow::Result<()> {
+    let mut reader = Reader::open(&bridged.room)?;
+    let epoch = {
+        let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        resume(&reader, &mut state, &counters)?;
+        state.epoch
+    };
+    shared.save();
+    let mut saved = Instant::now();
+    loop {
+        let batch = tokio::time::timeout(CHECKPOINT, reader.next_batch()).await;
+        let Ok(batch) = batch else {
+            if saved.elapsed() >= CHECKPOINT {
+                shared.save();
+                saved = Instant::now();
+            }
+            continue;
+        };
+        let Some(batch) = batch? else {
+            return Err(RoomError::Deleted(bridged.room.clone()).into());
+        };
+        for frame in batch {
+            counters.local_lost.inc_by(frame.header.lost);
+            if frame.relayed() {
+                continue;
+            }
+            let headers = wire::durable_headers(&bridged.node, &bridged.room, epoch, &frame.header);
+            let payload = bytes::Bytes::from(frame.payload);
+            let mut wait = RETRY_FIRST;
+            // Until the server has it: a server away means waiting here,
+            // and the room holds back its writers as a block room does.
+            let ack = loop {
+                let sent = js
+                    .publish_with_headers(bridged.subject.clone(), headers.clone(), payload.clone())
+                    .await;
+                let acked = match sent {
+                    Ok(future) => future.await.map_err(anyhow::Error::from),
+                    Err(err) => Err(err.into()),
+                };
+                match acked {
+                    Ok(ack) => break ack,
+                    Err(err) => {
+                        counters.retries.inc();
+                        tracing::warn!(room = %bridged.room, seq = frame.header.seq, error = %err, "not acknowledged; trying again");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(RETRY_MAX);
+                    }
+                }
+            };
+            if ack.duplicate {
+                counters.duplicates.inc();
+            } else {
+                counters.published.inc();
+            }
+            shared
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .published = Some(frame.header.seq);
+        }
+        if saved.elapsed() >= CHECKPOINT {
+            shared.save();
+            saved = Instant::now();
+        }
+    }
+}
+
+/// The last message of each other node the room already holds: the saved
+/// positions, moved on by what the room's history shows was relayed after
+/// the last save (a crash between writing and acknowledging).
+fn relayed_so_far(
+    room: &str,
+    state: &RoomState,
+) -> Result<std::collections::BTreeMap<String, Position>, RoomError> {
+    let mut last = state.relayed.clone();
+    let mut history = Reader::open(room)?;
+    let (oldest, _) = history.retained()?;
+    history.seek(oldest)?;
+    for frame in history.drain_now()? {
+        if !frame.relayed() {
+            continue;
+        }
+        let Some(node) = kchat_uapi::abi::field_name(&frame.origin.node) else {
+            continue;
+        };
+        let node = String::from_utf8_lossy(node).into_owned();
+        let (epoch, seq) = last.get(&node).copied().unwrap_or((0, 0));
+        if frame.origin.seq > seq {
+            last.insert(node, (epoch, frame.origin.seq));
+        }
+    }
+    Ok(last)
+}
+
+async fn relay(
+    bridged: Arc<Bridged>,
+    stream: stream::Stream,
+    shared: Arc<Shared>,
+    counters: RoomCounters,
+) -> anyhow::Result<()> {
+    let relay = Relay::open(&bridged.room)?;
+    let mut last = {
+        let state = shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        relayed_so_far(&bridged.room, &state)?
+    };
+    let consumer = stream
+        .get_or_create_consumer(
+            &consumer_name(&bridged.node),
+            consumer::pull::Config {
+                durable_name: Some(consumer_name(&bridged.node)),
+                // A node that joins takes what is published from then on.
+                deliver_policy: consumer::DeliverPolicy::New,
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 1024,
+                ..Default::default()
+            },
+        )
+        .await
+        .context("cannot create or find this node's JetStream consumer")?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .context("cannot pull from JetStream")?;
+    let mut saved = Instant::now();
+    loop {
+        let next = tokio::time::timeout(CHECKPOINT, messages.next()).await;
+        let message = match next {
+            Err(_idle) => {
+                if saved.elapsed() >= CHECKPOINT {
+                    shared.save();
+                    saved = Instant::now();
+                }
+                continue;
+            }
+            Ok(None) => anyhow::bail!("the JetStream consumer of {} ended", bridged.subject),
+            Ok(Some(Err(err))) => {
+                // Heartbeats missed while the server is away and the like:
+                // the stream reconnects by itself.
+                tracing::warn!(room = %bridged.room, error = %err, "JetStream pull");
+                continue;
+            }
+            Ok(Some(Ok(message))) => message,
+        };
+        counters.received.inc();
+        if let Ok(info) = message.info() {
+            counters
+                .pending
+                .set(i64::try_from(info.pending).unwrap_or(i64::MAX));
+        }
+        let headers = message.headers.as_ref();
+        let node = wire::node(headers).unwrap_or_default().to_owned();
+        if node != bridged.node {
+            match relay_one(&bridged, &relay, &message, &mut last, &counters).await {
+                Ok(()) => {}
+                Err(RoomError::Deleted(room)) => return Err(RoomError::Deleted(room).into()),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        // Acknowledged once in the room (or refused for good): a crash
+        // before this brings it again, and `last` skips it then.
+        if let Err(err) = message.ack().await {
+            tracing::warn!(room = %bridged.room, error = %err, "acknowledgement not sent; the message will come again and be skipped");
+        }
+        shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .relayed = last.clone();
+        if saved.elapsed() >= CHECKPOINT {
+            shared.save();
+            saved = Instant::now();
+        }
+    }
+}
+
+async fn relay_one(
+    bridged: &Bridged,
+    relay: &Relay,
+    message: &jetstream::Message,
+    last: &mut std::collections::BTreeMap<String, Position>,
+    counters: &RoomCounters,
+) -> Result<(), RoomError> {
+    let headers = message.headers.as_ref();
+    let parsed = wire::origin(headers, message.payload.len())
+        .and_then(|origin| Ok((origin, wire::epoch(headers)?)));
+    let (origin, epoch) = match parsed {
+        Ok(parsed) => parsed,
+        Err(reason) => {
+            tracing::warn!(room = %bridged.room, %reason, "not relayed");
+            counters.dropped("malformed");
+            return Ok(());
+        }
+    };
+    let node = wire::node(headers).unwrap_or_default().to_owned();
+    let position = (epoch, origin.seq);
+    if let Some(&seen) = last.get(&node) {
+        if position <= seen {
+            counters.duplicates.inc();
+            return Ok(());
+        }
+        if position.0 == seen.0 {
+            counters.gaps.inc_by(position.1 - seen.1 - 1);
+        }
+    }
+    let frame = kchat_client::relay_frame(origin, &message.payload);
+    match relay.write_waiting(&frame).await {
+        Ok(()) => {
+            counters.relayed.inc();
+            counters.observe_lag(origin.time_ns);
+            last.insert(node, position);
+            Ok(())
+        }
+        Err(Refused::Message(reason, err)) => {
+            tracing::warn!(room = %bridged.room, %err, reason, "not relayed");
+            counters.dropped(reason);
+            last.insert(node, position);
+            Ok(())
+        }
+        Err(Refused::Room(err)) => Err(err),
+    }
+}

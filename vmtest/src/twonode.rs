@@ -1,0 +1,642 @@
+//! Rooms across two machines: two guests, each with its own kernel and
+//! module, joined by a QEMU link (`-netdev socket` over the host's
+//! loopback), a real `nats-server` (JetStream on) on the first, a
+//! `kchat-bridge` on each. `xtask test` boots the pair; these tests run on
+//! the first guest and drive the second through its agent (`agent.rs`).
+//! The plain suite lists them as ignored.
+
+use crate::{agent::Node, helper::wait_for, Test};
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use std::{
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
+
+pub const TESTS: &[Test] = &[
+    (
+        "twonode::echo_on_one_machine_is_read_by_cat_on_the_other_exactly_once",
+        echo_on_one_machine_is_read_by_cat_on_the_other_exactly_once,
+    ),
+    (
+        "twonode::a_block_room_loses_and_duplicates_nothing_across_restarts",
+        a_block_room_loses_and_duplicates_nothing_across_restarts,
+    ),
+    (
+        "twonode::a_drop_room_accounts_for_every_message_when_the_server_goes",
+        a_drop_room_accounts_for_every_message_when_the_server_goes,
+    ),
+    (
+        "twonode::bad_input_is_counted_and_the_other_rooms_go_on",
+        bad_input_is_counted_and_the_other_rooms_go_on,
+    ),
+];
+
+/// Where the other guest's agent listens (set by `xtask test`).
+pub const PEER_VAR: &str = "KCHAT_PEER";
+const THIS_ADDR: &str = "10.77.0.1";
+const NATS: &str = "nats://10.77.0.1:4222";
+const STEP: Duration = Duration::from_secs(60);
+const DIR: &str = "/run/kchat-test/twonode";
+
+pub fn configured() -> bool {
+    std::env::var_os(PEER_VAR).is_some()
+}
+
+/// The two machines: `a` is this guest, `b` the other. Both are set up once
+/// (module, nats-server) and shared by the tests, as one boot is.
+struct Pair {
+    a: Node,
+    b: Node,
+}
+
+fn pair() -> Result<std::sync::MutexGuard<'static, Pair>> {
+    static PAIR: OnceLock<Mutex<Pair>> = OnceLock::new();
+    if PAIR.get().is_none() {
+        let peer = std::env::var(PEER_VAR).context("KCHAT_PEER is not set")?;
+        let mut pair = Pair {
+            a: Node::Local,
+            b: Node::connect(&peer, Duration::from_secs(180))?,
+        };
+        let vmtest = vmtest()?;
+        for node in [&mut pair.a, &mut pair.b] {
+            node.sh(
+                &format!("mkdir -p {DIR} && {vmtest} job mkroom probe drop 65536"),
+                STEP,
+            )?;
+        }
+        start_nats(&mut pair.a)?;
+        let _ = PAIR.set(Mutex::new(pair));
+    }
+    PAIR.get()
+        .context("no pair")?
+        .lock()
+        .map_err(|_| anyhow::anyhow!("an earlier test panicked holding the pair"))
+}
+
+fn vmtest() -> Result<String> {
+    Ok(std::env::current_exe()?.display().to_string())
+}
+
+fn bridge_bin() -> Result<String> {
+    Ok(crate::helper::bin("kchat-bridge")?.display().to_string())
+}
+
+/// (Re)starts nats-server with JetStream, its store kept across restarts.
+fn start_nats(a: &mut Node) -> Result<()> {
+    a.sh(
+        &format!(
+            "setsid nats-server -a {THIS_ADDR} -p 4222 -js -sd {DIR}/js >>{DIR}/nats.log 2>&1 </dev/null & \
+             for i in $(seq 200); do (exec 3<>/dev/tcp/{THIS_ADDR}/4222) 2>/dev/null && exit 0; sleep 0.1; done; \
+             echo nats-server did not listen; cat {DIR}/nats.log; exit 1"
+        ),
+        STEP,
+    )
+    .map(drop)
+}
+
+fn kill_nats(a: &mut Node) -> Result<()> {
+    a.sh(
+        "pkill -9 -x nats-server; while pgrep -x nats-server >/dev/null; do sleep 0.05; done",
+        STEP,
+    )
+    .map(drop)
+}
+
+/// Starts this node's bridge with `rooms` (TOML `[rooms.*]` tables) and
+/// waits until its metrics answer.
+fn start_bridge(node: &mut Node, name: &str, extra: &str, rooms: &str) -> Result<()> {
+    let bridge = bridge_bin()?;
+    node.sh(
+        &format!(
+            "cat >{DIR}/{name}.toml <<'EOF'\nnode = \"{name}\"\nstate_dir = \"{DIR}/state-{name}\"\n\
+             [nats]\nservers = [\"{NATS}\"]\n{extra}\n[metrics]\nlisten = \"127.0.0.1:9478\"\n{rooms}\nEOF\n\
+             RUST_LOG=info setsid {bridge} --config {DIR}/{name}.toml >>{DIR}/{name}.log 2>&1 </dev/null &\n\
+             for i in $(seq 200); do curl -sf http://127.0.0.1:9478/metrics >/dev/null && exit 0; sleep 0.1; done; \
+             echo the bridge did not come up; cat {DIR}/{name}.log; exit 1"
+        ),
+        STEP,
+    )
+    .map(drop)
+}
+
+fn kill_bridge(node: &mut Node) -> Result<()> {
+    node.sh(
+        "pkill -9 -x kchat-bridge; while pgrep -x kchat-bridge >/dev/null; do sleep 0.05; done",
+        STEP,
+    )
+    .map(drop)
+}
+
+/// A series of the node's bridge, 0 when absent.
+fn metric(node: &mut Node, series: &str) -> Result<f64> {
+    let text = node.sh("curl -sf http://127.0.0.1:9478/metrics", STEP)?;
+    Ok(text
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0))
+}
+
+/// Every message the node's room retains, oldest first.
+fn dump(node: &mut Node, room: &str) -> Result<Vec<Value>> {
+    let text = node.sh(&format!("{} job dump {room}", vmtest()?), STEP)?;
+    text.lines()
+        .map(|line| serde_json::from_str(line).context("a bad dump line"))
+        .collect()
+}
+
+/// The payloads relayed into the node's room from `origin`, in order.
+fn relayed_from(node: &mut Node, room: &str, origin: &str) -> Result<Vec<String>> {
+    Ok(dump(node, room)?
+        .into_iter()
+        .filter(|m| m["relayed"] == true && m["node"] == origin)
+        .map(|m| m["payload"].as_str().unwrap_or_default().to_owned())
+        .collect())
+}
+
+fn logs(node: &mut Node, name: &str) -> String {
+    node.sh(&format!("tail -n 40 {DIR}/{name}.log"), STEP)
+        .unwrap_or_default()
+}
+
+/// Sends probes from `from` until one reaches `to` (core NATS drops what
+/// is published before the other side subscribed).
+fn until_crossed(pair: &mut Pair, a_to_b: bool, room: &str) -> Result<()> {
+    let vmtest = vmtest()?;
+    let (from_name, tag) = if a_to_b {
+        ("node-a", "probe-a")
+    } else {
+        ("node-b", "probe-b")
+    };
+    let mut n = 0;
+    wait_for(
+        &format!("a probe from {from_name} to cross"),
+        Duration::from_secs(60),
+        || {
+            let (from, to) = if a_to_b {
+                (&mut pair.a, &mut pair.b)
+            } else {
+                (&mut pair.b, &mut pair.a)
+            };
+            from.sh(&format!("{vmtest} job send {room} {tag} {n} 1"), STEP)?;
+            n += 1;
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(!relayed_from(to, room, from_name)?.is_empty())
+        },
+    )
+}
+
+fn echo_on_one_machine_is_read_by_cat_on_the_other_exactly_once() -> Result<()> {
+    let mut guard = pair()?;
+    let pair = &mut *guard;
+    let rooms = "[rooms.probe]\n";
+    start_bridge(&mut pair.a, "node-a", "", rooms)?;
+    start_bridge(&mut pair.b, "node-b", "", rooms)?;
+    until_crossed(pair, true, "probe")?;
+    until_crossed(pair, false, "probe")?;
+    // cat on each side, then echo on the other.
+    for node in [&mut pair.a, &mut pair.b] {
+        node.sh(&format!("setsid cat /dev/kchat/probe >{DIR}/cat.out 2>&1 </dev/null & echo $! >{DIR}/cat.pid"), STEP)?;
+        node.sh(&format!("for i in $(seq 100); do [ -e /proc/$(cat {DIR}/cat.pid)/fd/0 ] && exit 0; sleep 0.05; done"), STEP)?;
+    }
+    pair.a.sh("echo 'hello from a' >/dev/kchat/probe", STEP)?;
+    pair.b.sh("echo 'hello from b' >/dev/kchat/probe", STEP)?;
+    for (node, line) in [(&mut pair.b, "hello from a"), (&mut pair.a, "hello from b")] {
+        wait_for(
+            &format!("cat on {} to print {line:?}", node.name()),
+            Duration::from_secs(30),
+            || {
+                Ok(node
+                    .sh(&format!("grep -c '^{line}$' {DIR}/cat.out || true"), STEP)?
+                    .trim()
+                    == "1")
+            },
+        )?;
+    }
+    // Framed readers on b: marked as relayed from node-a, with a's stamp
+    // (a's uid 0 and the pid of a's shell), the local stamp the bridge's.
+    let echo_pid = pair
+        .a
+        .sh("echo 'stamped' >/dev/kchat/probe; echo $$", STEP)?;
+    wait_for("the stamped message on b", Duration::from_secs(30), || {
+        Ok(relayed_from(&mut pair.b, "probe", "node-a")?
+            .iter()
+            .any(|p| p == "stamped\n"))
+    })?;
+    let bridge_pid = pair.b.sh("pgrep -x kchat-bridge", STEP)?;
+    let held = dump(&mut pair.b, "probe")?;
+    let stamped: Vec<_> = held
+        .iter()
+        .filter(|m| m["payload"] == "stamped\n")
+        .collect();
+    ensure!(
+        stamped.len() == 1,
+        "b holds {} copies of the stamped message",
+        stamped.len()
+    );
+    let m = stamped[0];
+    ensure!(
+        m["relayed"] == true
+            && m["node"] == "node-a"
+            && m["origin_uid"] == 0
+            && m["origin_pid"].as_u64().map(|p| p.to_string()) == Some(echo_pid.trim().to_owned())
+            && m["pid"].as_u64().map(|p| p.to_string()) == Some(bridge_pid.trim().to_owned()),
+        "b's framed view of a's message: {m} (a's shell {echo_pid:?}, b's bridge {bridge_pid:?})"
+    );
+    for node in [&mut pair.a, &mut pair.b] {
+        node.sh(&format!("kill $(cat {DIR}/cat.pid)"), STEP)?;
+        kill_bridge(node)?;
+    }
+    Ok(())
+}
+
+/// Waits until `node`'s room holds exactly `want` (in order) from `origin`,
+/// failing at once on a duplicate or a message out of order.
+fn expect_exactly(
+    node: &mut Node,
+    room: &str,
+    origin: &str,
+    want: &[String],
+    limit: Duration,
+) -> Result<()> {
+    let mut last = Vec::new();
+    let outcome = wait_for(
+        &format!("{} messages from {origin} on {}", want.len(), node.name()),
+        limit,
+        || {
+            last = relayed_from(node, room, origin)?;
+            ensure!(
+                want.starts_with(&last),
+                "{room} on {} holds {} messages from {origin} that are not the first of what was sent, in order \
+                 (a duplicate, a loss or a reordering); first difference at {:?}",
+                node.name(),
+                last.len(),
+                last.iter().zip(want).position(|(a, b)| a != b)
+            );
+            Ok(last.len() == want.len())
+        },
+    );
+    outcome.with_context(|| {
+        format!(
+            "{room} on {} holds {} of {}",
+            node.name(),
+            last.len(),
+            want.len()
+        )
+    })
+}
+
+fn numbered(tag: &str, range: std::ops::Range<u64>) -> Vec<String> {
+    range.map(|n| format!("{tag} {n}\n")).collect()
+}
+
+fn a_block_room_loses_and_duplicates_nothing_across_restarts() -> Result<()> {
+    let mut guard = pair()?;
+    let pair = &mut *guard;
+    let vmtest = vmtest()?;
+    // Rings that hold what is written while a bridge is away.
+    for node in [&mut pair.a, &mut pair.b] {
+        node.sh(&format!("{vmtest} job mkroom ledger block 1048576"), STEP)?;
+    }
+    let rooms = "[rooms.ledger]\n";
+    start_bridge(&mut pair.a, "node-a", "", rooms)?;
+    start_bridge(&mut pair.b, "node-b", "", rooms)?;
+    // Both consumers exist once each bridge has bridged the room.
+    for node in [&mut pair.a, &mut pair.b] {
+        wait_for("the room bridged", Duration::from_secs(30), || {
+            Ok(metric(node, "kchat_bridge_room_delivery{room=\"ledger\",delivery=\"jetstream\",direction=\"both\"}")? == 1.0
+                && metric(node, "kchat_bridge_room_up{room=\"ledger\"}")? == 1.0)
+        })?;
+    }
+    let per_round = 1000;
+    // Round 1: both ways at once, nothing failing.
+    pair.b.sh(
+        &format!("setsid {vmtest} job send ledger b 0 {per_round} </dev/null >/dev/null 2>&1 &"),
+        STEP,
+    )?;
+    pair.a
+        .sh(&format!("{vmtest} job send ledger a 0 {per_round}"), STEP)?;
+    expect_exactly(
+        &mut pair.b,
+        "ledger",
+        "node-a",
+        &numbered("a", 0..per_round),
+        Duration::from_secs(120),
+    )
+    .with_context(|| logs(&mut pair.b, "node-b"))?;
+    expect_exactly(
+        &mut pair.a,
+        "ledger",
+        "node-b",
+        &numbered("b", 0..per_round),
+        Duration::from_secs(120),
+    )
+    .with_context(|| logs(&mut pair.a, "node-a"))?;
+
+    // Round 2: the server is killed and started again mid-stream.
+    pair.a.sh(&format!("setsid {vmtest} job send ledger a {per_round} {per_round} </dev/null >/dev/null 2>&1 &"), STEP)?;
+    wait_for("some of round 2 to cross", Duration::from_secs(60), || {
+        Ok(relayed_from(&mut pair.b, "ledger", "node-a")?.len() as u64 > per_round + 50)
+    })?;
+    kill_nats(&mut pair.a)?;
+    start_nats(&mut pair.a)?;
+    expect_exactly(
+        &mut pair.b,
+        "ledger",
+        "node-a",
+        &numbered("a", 0..2 * per_round),
+        Duration::from_secs(180),
+    )
+    .with_context(|| logs(&mut pair.b, "node-b") + &logs(&mut pair.a, "node-a"))?;
+
+    // Round 3: b's bridge is killed (SIGKILL) mid-stream while both write,
+    // then started again: what b wrote meanwhile goes out, what a wrote
+    // comes in, each once.
+    pair.a.sh(
+        &format!(
+            "setsid {vmtest} job send ledger a {} {per_round} </dev/null >/dev/null 2>&1 &",
+            2 * per_round
+        ),
+        STEP,
+    )?;
+    wait_for("some of round 3 to cross", Duration::from_secs(60), || {
+        Ok(relayed_from(&mut pair.b, "ledger", "node-a")?.len() as u64 > 2 * per_round + 50)
+    })?;
+    kill_bridge(&mut pair.b)?;
+    pair.b.sh(
+        &format!("{vmtest} job send ledger b {per_round} {per_round}"),
+        STEP,
+    )?;
+    start_bridge(&mut pair.b, "node-b", "", rooms)?;
+    expect_exactly(
+        &mut pair.b,
+        "ledger",
+        "node-a",
+        &numbered("a", 0..3 * per_round),
+        Duration::from_secs(180),
+    )
+    .with_context(|| logs(&mut pair.b, "node-b"))?;
+    expect_exactly(
+        &mut pair.a,
+        "ledger",
+        "node-b",
+        &numbered("b", 0..2 * per_round),
+        Duration::from_secs(180),
+    )
+    .with_context(|| logs(&mut pair.a, "node-a") + &logs(&mut pair.b, "node-b"))?;
+    // Nothing looped: each bridge published only its own node's messages.
+    ensure!(
+        metric(&mut pair.a, "kchat_bridge_published_total{room=\"ledger\"}")?
+            <= (3 * per_round) as f64,
+        "node-a published more than its own messages"
+    );
+    for node in [&mut pair.a, &mut pair.b] {
+        kill_bridge(node)?;
+    }
+    Ok(())
+}
+
+fn a_drop_room_accounts_for_every_message_when_the_server_goes() -> Result<()> {
+    let mut guard = pair()?;
+    let pair = &mut *guard;
+    let vmtest = vmtest()?;
+    for node in [&mut pair.a, &mut pair.b] {
+        node.sh(&format!("{vmtest} job mkroom chatter drop 1048576"), STEP)?;
+    }
+    let rooms = "[rooms.chatter]\ndirection = \"both\"\n";
+    start_bridge(&mut pair.a, "node-a", "", rooms)?;
+    start_bridge(&mut pair.b, "node-b", "", rooms)?;
+    until_crossed(pair, true, "chatter")?;
+    let gaps = "kchat_bridge_gaps_total{room=\"chatter\"}";
+    let first = relayed_from(&mut pair.b, "chatter", "node-a")?.len() as f64;
+    let gaps_before = metric(&mut pair.b, gaps)?;
+    // a writes while its server dies and comes back.
+    pair.a.sh(
+        &format!("setsid {vmtest} job send chatter a 0 3000 </dev/null >/dev/null 2>&1 &"),
+        STEP,
+    )?;
+    wait_for("some to cross", Duration::from_secs(60), || {
+        Ok(relayed_from(&mut pair.b, "chatter", "node-a")?.len() > 100)
+    })?;
+    kill_nats(&mut pair.a)?;
+    start_nats(&mut pair.a)?;
+    pair.a.sh(
+        "while pgrep -f 'job send chatte[r]' >/dev/null; do sleep 0.1; done",
+        STEP,
+    )?;
+    // A last message closes the books: every earlier one arrived or is
+    // counted as a gap.
+    let mut n = 0;
+    wait_for(
+        "a closing message to cross",
+        Duration::from_secs(60),
+        || {
+            pair.a
+                .sh(&format!("{vmtest} job send chatter last {n} 1"), STEP)?;
+            n += 1;
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(relayed_from(&mut pair.b, "chatter", "node-a")?
+                .iter()
+                .any(|p| p.starts_with("last ")))
+        },
+    )?;
+    let held = dump(&mut pair.b, "chatter")?;
+    let from_a: Vec<_> = held
+        .iter()
+        .filter(|m| m["relayed"] == true && m["node"] == "node-a")
+        .collect();
+    let span = from_a
+        .last()
+        .and_then(|m| m["origin_seq"].as_u64())
+        .unwrap_or(0)
+        - from_a
+            .first()
+            .and_then(|m| m["origin_seq"].as_u64())
+            .unwrap_or(0)
+        + 1;
+    let arrived = from_a.len() as u64;
+    let counted = (metric(&mut pair.b, gaps)? - gaps_before) as u64;
+    let local_lost = metric(
+        &mut pair.a,
+        "kchat_bridge_local_lost_total{room=\"chatter\"}",
+    )? as u64;
+    ensure!(
+        arrived + counted == span,
+        "of {span} messages a wrote since the first crossed ({first} before), {arrived} arrived and {counted} are counted as \
+         gaps: the books do not close"
+    );
+    eprintln!("drop room across a server restart: {arrived} arrived, {counted} counted lost, a's bridge lost {local_lost} locally");
+    for node in [&mut pair.a, &mut pair.b] {
+        kill_bridge(node)?;
+    }
+    Ok(())
+}
+
+/// Publishes, as no bridge would, a message without kchat headers and one
+/// naming a node that cannot be.
+fn stray_messages() -> Result<()> {
+    use std::io::{Read, Write};
+    let headers = "NATS/1.0\r\nKchat-Node: a/b\r\nKchat-Seq: 1\r\n\r\n";
+    let mut raw = std::net::TcpStream::connect((THIS_ADDR, 4222))?;
+    raw.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        raw,
+        "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nPUB kchat.probe 5\r\nhello\r\n\
+         HPUB kchat.probe {} {}\r\n{headers}hi\r\nPING\r\n",
+        headers.len(),
+        headers.len() + 2
+    )?;
+    let mut seen = String::new();
+    let mut buf = [0u8; 512];
+    while !seen.contains("PONG") {
+        let n = raw
+            .read(&mut buf)
+            .context("nats-server did not answer the PING")?;
+        ensure!(n > 0, "nats-server closed the connection: {seen}");
+        seen += &String::from_utf8_lossy(&buf[..n]);
+        ensure!(
+            !seen.contains("-ERR"),
+            "nats-server refused the stray messages: {seen}"
+        );
+    }
+    Ok(())
+}
+
+fn bad_input_is_counted_and_the_other_rooms_go_on() -> Result<()> {
+    let mut guard = pair()?;
+    let pair = &mut *guard;
+    let vmtest = vmtest()?;
+    // b's room takes shorter messages than a's: a long one is refused there.
+    pair.a
+        .sh(&format!("{vmtest} job mkroom small drop 65536"), STEP)?;
+    pair.b
+        .sh(&format!("{vmtest} job mkroom small drop 65536 64"), STEP)?;
+    // b bridges a room that does not exist yet.
+    let rooms = "[rooms.probe]\n[rooms.small]\n[rooms.later]\n";
+    start_bridge(&mut pair.a, "node-a", "", rooms)?;
+    start_bridge(&mut pair.b, "node-b", "", rooms)?;
+    wait_for(
+        "the missing room to be counted",
+        Duration::from_secs(30),
+        || {
+            Ok(metric(
+                &mut pair.b,
+                "kchat_bridge_room_errors_total{room=\"later\"}",
+            )? >= 1.0
+                && metric(&mut pair.b, "kchat_bridge_room_up{room=\"later\"}")? == 0.0)
+        },
+    )?;
+    until_crossed(pair, true, "probe")?;
+    // A message without kchat headers, one with a bad node, one too long
+    // for b's room: each counted, none stops the room.
+    stray_messages()?;
+    wait_for(
+        "the stray messages to be refused",
+        Duration::from_secs(30),
+        || {
+            Ok(metric(
+                &mut pair.b,
+                "kchat_bridge_dropped_total{room=\"probe\",reason=\"malformed\"}",
+            )? >= 2.0)
+        },
+    )
+    .with_context(|| logs(&mut pair.b, "node-b"))?;
+    until_crossed(pair, true, "small")?;
+    pair.a
+        .sh("head -c 100 /dev/zero | tr '\\0' x >/dev/kchat/small", STEP)?;
+    wait_for(
+        "the long message to be refused on b",
+        Duration::from_secs(30),
+        || {
+            Ok(metric(
+                &mut pair.b,
+                "kchat_bridge_dropped_total{room=\"small\",reason=\"oversize\"}",
+            )? >= 1.0)
+        },
+    )
+    .with_context(|| logs(&mut pair.b, "node-b"))?;
+    // The room appears: it is bridged without a restart.
+    pair.b
+        .sh(&format!("{vmtest} job mkroom later drop 65536"), STEP)?;
+    pair.a
+        .sh(&format!("{vmtest} job mkroom later drop 65536"), STEP)?;
+    wait_for(
+        "the new room to be bridged",
+        Duration::from_secs(30),
+        || Ok(metric(&mut pair.b, "kchat_bridge_room_up{room=\"later\"}")? == 1.0),
+    )?;
+    until_crossed(pair, true, "later")?;
+    // A room deleted under the bridge: counted, and the others go on.
+    let errors = metric(
+        &mut pair.b,
+        "kchat_bridge_room_errors_total{room=\"small\"}",
+    )?;
+    pair.b.sh(&format!("{vmtest} job rmroom small"), STEP)?;
+    wait_for(
+        "the deleted room to be counted",
+        Duration::from_secs(30),
+        || {
+            Ok(metric(
+                &mut pair.b,
+                "kchat_bridge_room_errors_total{room=\"small\"}",
+            )? > errors)
+        },
+    )?;
+    pair.a.sh("echo 'still here' >/dev/kchat/probe", STEP)?;
+    wait_for(
+        "traffic after the bad input",
+        Duration::from_secs(30),
+        || {
+            Ok(relayed_from(&mut pair.b, "probe", "node-a")?
+                .iter()
+                .any(|p| p == "still here\n"))
+        },
+    )?;
+    ensure!(
+        pair.b.sh("pgrep -x kchat-bridge", STEP).is_ok(),
+        "b's bridge died on bad input"
+    );
+    // Credentials refused: a server that wants a token, a bridge with the
+    // wrong one: it says so, stays up and reports itself disconnected.
+    pair.a.sh(
+        &format!("setsid nats-server -a {THIS_ADDR} -p 4223 --auth right >>{DIR}/nats-auth.log 2>&1 </dev/null & \
+                  for i in $(seq 200); do (exec 3<>/dev/tcp/{THIS_ADDR}/4223) 2>/dev/null && exit 0; sleep 0.1; done; exit 1"),
+        STEP,
+    )?;
+    kill_bridge(&mut pair.b)?;
+    let bridge = bridge_bin()?;
+    pair.b.sh(
+        &format!(
+            "cat >{DIR}/wrong.toml <<'EOF'\nnode = \"node-b\"\nstate_dir = \"{DIR}/state-wrong\"\n[nats]\n\
+             servers = [\"nats://{THIS_ADDR}:4223\"]\ntoken = \"wrong\"\n[metrics]\nlisten = \"127.0.0.1:9478\"\n[rooms.probe]\nEOF\n\
+             RUST_LOG=info setsid {bridge} --config {DIR}/wrong.toml >{DIR}/wrong.log 2>&1 </dev/null &"
+        ),
+        STEP,
+    )?;
+    wait_for("the refusal to be logged", Duration::from_secs(30), || {
+        Ok(pair
+            .b
+            .sh(
+                &format!("grep -ci 'authorization' {DIR}/wrong.log || true"),
+                STEP,
+            )?
+            .trim()
+            != "0")
+    })
+    .with_context(|| logs(&mut pair.b, "wrong"))?;
+    ensure!(
+        pair.b.sh("pgrep -x kchat-bridge", STEP).is_ok(),
+        "the bridge exited on refused credentials"
+    );
+    pair.a.sh("pkill -f 'nats-serve[r].*4223'", STEP)?;
+    for node in [&mut pair.a, &mut pair.b] {
+        kill_bridge(node)?;
+    }
+    Ok(())
+}
