@@ -30,6 +30,16 @@ pub struct Nats {
     pub token: Option<String>,
     #[serde(default)]
     pub credentials: Option<PathBuf>,
+    /// TLS: required (also implied by `tls://` URLs), the CA to trust
+    /// instead of the system's, a client certificate and its key.
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// Subjects are `<subject_prefix>.<room>`.
     #[serde(default = "default_prefix")]
     pub subject_prefix: String,
@@ -119,6 +129,21 @@ impl Config {
         if config.nats.token.is_some() && config.nats.credentials.is_some() {
             return Err("nats.token and nats.credentials: give one".into());
         }
+        if config.nats.tls_cert.is_some() != config.nats.tls_key.is_some() {
+            return Err("nats.tls_cert and nats.tls_key: give both or neither".into());
+        }
+        for (key, path) in [
+            ("credentials", &config.nats.credentials),
+            ("tls_ca", &config.nats.tls_ca),
+            ("tls_cert", &config.nats.tls_cert),
+            ("tls_key", &config.nats.tls_key),
+        ] {
+            if let Some(path) = path
+                && !path.is_absolute()
+            {
+                return Err(format!("nats.{key} = {path:?}: give an absolute path"));
+            }
+        }
         if !config.state_dir.is_absolute() {
             return Err(format!(
                 "state_dir = {:?}: give an absolute path",
@@ -198,6 +223,14 @@ mod tests {
             ),
             (format!("{GOOD}colour = 1\n"), "unknown field"),
             (format!("state_dir = \"rel\"\n{GOOD}"), "absolute"),
+            (
+                GOOD.replace("[nats]\n", "[nats]\ntls_cert = \"/a.pem\"\n"),
+                "tls_key",
+            ),
+            (
+                GOOD.replace("[nats]\n", "[nats]\ntls_ca = \"ca.pem\"\n"),
+                "absolute",
+            ),
             (
                 GOOD.replace("[nats]\n", "[nats]\nsubject_prefix = \"a.*\"\n"),
                 "subject_prefix",

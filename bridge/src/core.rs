@@ -71,7 +71,14 @@ async fn relay(
     let mut subscriber = client.subscribe(bridged.subject.clone()).await?;
     client.flush().await?;
     counters.up.set(1);
+    // Gaps count from what the room holds: messages that went by while
+    // the bridge was away are counted once the next one comes.
     let mut gaps = wire::Gaps::default();
+    for (node, (_, seq)) in crate::local::relayed_so_far(&bridged.room, &Default::default())? {
+        if let Some(field) = kchat_uapi::abi::name_field(&node) {
+            gaps.seed(field, seq);
+        }
+    }
     while let Some(message) = subscriber.next().await {
         counters.received.inc();
         let headers = message.headers.as_ref();

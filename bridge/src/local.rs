@@ -2,9 +2,11 @@
 //! (to publish what was written here) and a relay (to write in what other
 //! nodes wrote), both non-blocking under tokio.
 
+use crate::state::Position;
 use kchat_uapi::abi;
 use nix::errno::Errno;
 use std::{
+    collections::BTreeMap,
     fs::File,
     io::{ErrorKind, Read, Write},
     os::unix::fs::OpenOptionsExt,
@@ -246,4 +248,31 @@ impl Relay {
             _ => Refused::Room(io(&self.room, "relay write", err)),
         }
     }
+}
+
+/// The last message of each other node the room already holds: the saved
+/// positions, moved on by what the room's history shows was relayed after
+/// the last save (a crash between writing and saving).
+pub fn relayed_so_far(
+    room: &str,
+    saved: &BTreeMap<String, Position>,
+) -> Result<BTreeMap<String, Position>, RoomError> {
+    let mut last = saved.clone();
+    let mut history = Reader::open(room)?;
+    let (oldest, _) = history.retained()?;
+    history.seek(oldest)?;
+    for frame in history.drain_now()? {
+        if !frame.relayed() {
+            continue;
+        }
+        let Some(node) = kchat_uapi::abi::field_name(&frame.origin.node) else {
+            continue;
+        };
+        let node = String::from_utf8_lossy(node).into_owned();
+        let (epoch, seq) = last.get(&node).copied().unwrap_or((0, 0));
+        if frame.origin.seq > seq {
+            last.insert(node, (epoch, frame.origin.seq));
+        }
+    }
+    Ok(last)
 }

@@ -124,6 +124,15 @@ async fn run(config: Config) -> Result<()> {
             .await
             .with_context(|| format!("cannot read NATS credentials {}", path.display()))?;
     }
+    if config.nats.tls {
+        options = options.require_tls(true);
+    }
+    if let Some(ca) = &config.nats.tls_ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&config.nats.tls_cert, &config.nats.tls_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
     let events = metrics.clone();
     options = options.event_callback(move |event| {
         let events = events.clone();

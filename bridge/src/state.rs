@@ -23,6 +23,10 @@ pub struct RoomState {
     pub published: Option<u64>,
     /// Per origin node, the last message relayed into the room.
     pub relayed: BTreeMap<String, Position>,
+    /// The last JetStream stream sequence handled (relayed, skipped as
+    /// this node's own or a duplicate, or refused).
+    #[serde(default)]
+    pub stream_seq: Option<u64>,
 }
 
 pub struct StateFile {

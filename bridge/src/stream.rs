@@ -1,9 +1,12 @@
 //! A `block` room over JetStream: at least once on the wire, exactly once
 //! in the room. Publishing waits for the server's acknowledgement and
-//! carries an id the server de-duplicates by; relaying acknowledges a
-//! message only once it is in the room, and skips what is already there.
-//! Both remember their place in a state file, so a restart of the bridge or
-//! the server loses and duplicates nothing that the room still retains.
+//! carries an id the server de-duplicates by; relaying moves its place in
+//! the stream only once a message is in the room, and skips what is
+//! already there.
+//! Both remember their place in a state file (the relay side its place in
+//! the stream, read with an ordered consumer from there), so a restart of
+//! the bridge or the server loses and duplicates nothing that the room and
+//! the stream still retain.
 
 use crate::{
     local::{Reader, Refused, Relay, RoomError},
@@ -36,19 +39,25 @@ pub fn stream_name(subject: &str) -> String {
     subject.replace('.', "~")
 }
 
-/// The durable consumer of `node` (node names follow room names' rules).
-fn consumer_name(node: &str) -> String {
-    format!("kchat-bridge-{}", node.replace('.', "~"))
-}
-
 /// The room's state, shared by its two directions, saved at checkpoints.
 struct Shared {
     file: StateFile,
     state: Mutex<RoomState>,
+    /// Held while writing the file: both directions save, through one
+    /// temporary file.
+    saving: Mutex<()>,
 }
 
 impl Shared {
+    fn stream_seq(&self) -> Option<u64> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stream_seq
+    }
+
     fn save(&self) {
+        let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Err(err) = self.file.save(&state) {
             tracing::warn!(path = %self.file.path().display(), %err, "cannot save the room's state");
@@ -78,9 +87,11 @@ pub async fn run(
                 bridged.subject
             )
         })?;
+    tracing::debug!(room = %bridged.room, "stream ready");
     let shared = Arc::new(Shared {
         file: StateFile::new(&bridged.state_dir, &bridged.room),
         state: Mutex::new(StateFile::new(&bridged.state_dir, &bridged.room).load()),
+        saving: Mutex::new(()),
     });
     let counters = metrics.counters(&bridged.room);
     let mut tasks = tokio::task::JoinSet::new();
@@ -217,36 +228,9 @@ async fn publish(
     }
 }
 
-/// The last message of each other node the room already holds: the saved
-/// positions, moved on by what the room's history shows was relayed after
-/// the last save (a crash between writing and acknowledging).
-fn relayed_so_far(
-    room: &str,
-    state: &RoomState,
-) -> Result<std::collections::BTreeMap<String, Position>, RoomError> {
-    let mut last = state.relayed.clone();
-    let mut history = Reader::open(room)?;
-    let (oldest, _) = history.retained()?;
-    history.seek(oldest)?;
-    for frame in history.drain_now()? {
-        if !frame.relayed() {
-            continue;
-        }
-        let Some(node) = kchat_uapi::abi::field_name(&frame.origin.node) else {
-            continue;
-        };
-        let node = String::from_utf8_lossy(node).into_owned();
-        let (epoch, seq) = last.get(&node).copied().unwrap_or((0, 0));
-        if frame.origin.seq > seq {
-            last.insert(node, (epoch, frame.origin.seq));
-        }
-    }
-    Ok(last)
-}
-
 async fn relay(
     bridged: Arc<Bridged>,
-    stream: stream::Stream,
+    mut stream: stream::Stream,
     shared: Arc<Shared>,
     counters: RoomCounters,
 ) -> anyhow::Result<()> {
@@ -257,27 +241,22 @@ async fn relay(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        relayed_so_far(&bridged.room, &state)?
+        crate::local::relayed_so_far(&bridged.room, &state.relayed)?
     };
+    let deliver_policy = start_at(&bridged, &mut stream, shared.stream_seq()).await?;
     let consumer = stream
-        .get_or_create_consumer(
-            &consumer_name(&bridged.node),
-            consumer::pull::Config {
-                durable_name: Some(consumer_name(&bridged.node)),
-                // A node that joins takes what is published from then on.
-                deliver_policy: consumer::DeliverPolicy::New,
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 1024,
-                ..Default::default()
-            },
-        )
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: bridged.subject.clone(),
+            deliver_policy,
+            ..Default::default()
+        })
         .await
-        .context("cannot create or find this node's JetStream consumer")?;
+        .context("cannot create this node's JetStream consumer")?;
     let mut messages = consumer
         .messages()
         .await
         .context("cannot pull from JetStream")?;
+    counters.up.set(1);
     let mut saved = Instant::now();
     loop {
         let next = tokio::time::timeout(CHECKPOINT, messages.next()).await;
@@ -313,21 +292,50 @@ async fn relay(
                 Err(err) => return Err(err.into()),
             }
         }
-        // Acknowledged once in the room (or refused for good): a crash
-        // before this brings it again, and `last` skips it then.
-        if let Err(err) = message.ack().await {
-            tracing::warn!(room = %bridged.room, error = %err, "acknowledgement not sent; the message will come again and be skipped");
+        // Done with it (in the room, or refused for good). A crash before
+        // the next save brings it again, and `last` skips it then.
+        let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.relayed = last.clone();
+        if let Ok(info) = message.info() {
+            state.stream_seq = Some(info.stream_sequence);
         }
-        shared
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .relayed = last.clone();
+        drop(state);
         if saved.elapsed() >= CHECKPOINT {
             shared.save();
             saved = Instant::now();
         }
     }
+}
+
+/// Where this node's consumer starts: after the last stream message it
+/// handled (what arrived while it was away comes now, in order), or, the
+/// first time or on a stream made anew, with what is published from now.
+async fn start_at(
+    bridged: &Bridged,
+    stream: &mut stream::Stream,
+    handled: Option<u64>,
+) -> anyhow::Result<consumer::DeliverPolicy> {
+    let state = stream
+        .info()
+        .await
+        .context("cannot read the JetStream stream's state")?
+        .state
+        .clone();
+    Ok(match handled {
+        Some(seq) if seq <= state.last_sequence => {
+            if seq + 1 < state.first_sequence {
+                tracing::warn!(room = %bridged.room, expired = state.first_sequence - seq - 1, "the stream no longer holds what was published while the bridge was away");
+            }
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: seq + 1,
+            }
+        }
+        Some(seq) => {
+            tracing::warn!(room = %bridged.room, handled = seq, last = state.last_sequence, "the stream is newer than this node's place in it: taking what comes from now");
+            consumer::DeliverPolicy::New
+        }
+        None => consumer::DeliverPolicy::New,
+    })
 }
 
 async fn relay_one(

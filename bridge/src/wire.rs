@@ -109,6 +109,13 @@ pub struct Gaps {
 }
 
 impl Gaps {
+    /// Starts from what the room already holds from `node` (after a
+    /// restart, what went by meanwhile is then counted).
+    pub fn seed(&mut self, node: [u8; abi::NAME_FIELD], seq: u64) {
+        let last = self.last.entry(node).or_insert(seq);
+        *last = (*last).max(seq);
+    }
+
     /// Notes `seq` from `node`; returns how many were skipped before it.
     pub fn note(&mut self, node: [u8; abi::NAME_FIELD], seq: u64) -> u64 {
         let skipped = match self.last.get(&node) {

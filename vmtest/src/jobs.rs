@@ -1,7 +1,8 @@
 //! Small jobs the two-node tests run on either guest through a shell
 //! (`kchat-vmtest job ...`), so the same command works here and on the
 //! other machine: load the module, create a room, write numbered
-//! messages, dump what a room holds with origins.
+//! messages, dump what a room holds with origins or check it against
+//! what was sent.
 
 use anyhow::{bail, Context, Result};
 use kchat_uapi::abi;
@@ -65,45 +66,81 @@ fn job(args: &[String]) -> Result<()> {
             }
             Ok(())
         }
+        // prefix ROOM NODE TAG FIRST COUNT: checks that what the room holds
+        // relayed from NODE is, in order, a prefix of "TAG n" for n in
+        // FIRST..FIRST+COUNT; prints how long the prefix is, or fails
+        // naming the first message that breaks it
+        "prefix" => {
+            let (node, tag) = (arg(2)?, arg(3)?);
+            let first: u64 = arg(4)?.parse()?;
+            let count: u64 = arg(5)?.parse()?;
+            let mut held = 0u64;
+            for frame in retained(arg(1)?)? {
+                let (_, origin, payload) = &frame;
+                if origin.flags & abi::ORIGIN_RELAYED == 0
+                    || abi::field_name(&origin.node) != Some(node.as_bytes())
+                {
+                    continue;
+                }
+                let want = format!("{tag} {}\n", first + held);
+                if held >= count || payload.as_slice() != want.as_bytes() {
+                    bail!(
+                        "message {held} relayed from {node} is {:?}, not {want:?} \
+                         (a duplicate, a loss or a reordering)",
+                        String::from_utf8_lossy(payload)
+                    );
+                }
+                held += 1;
+            }
+            println!("{held}");
+            Ok(())
+        }
         // dump ROOM: every retained message, one JSON line each
         "dump" => {
-            let mut room = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(nix::libc::O_NONBLOCK)
-                .open(kchat_client::room_path(arg(1)?))?;
-            kchat_client::set_read_mode(&room, abi::READ_FRAMED_ORIGIN)?;
-            nix::unistd::lseek(&room, 0, nix::unistd::Whence::SeekSet)?;
-            let mut buf = vec![0u8; 1 << 20];
             let mut out = std::io::stdout().lock();
-            loop {
-                let n = match room.read(&mut buf) {
-                    Ok(0) => return Ok(()),
-                    Ok(n) => n,
-                    Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(()),
-                    Err(err) => return Err(err.into()),
-                };
-                let frames = kchat_client::split_origin_frames(&buf[..n]).context("torn frames")?;
-                for (header, origin, payload) in frames {
-                    let node = abi::field_name(&origin.node).unwrap_or_default();
-                    writeln!(
-                        out,
-                        "{}",
-                        json!({
-                            "seq": header.seq,
-                            "pid": header.pid,
-                            "uid": header.uid,
-                            "relayed": origin.flags & abi::ORIGIN_RELAYED != 0,
-                            "node": String::from_utf8_lossy(node),
-                            "origin_seq": origin.seq,
-                            "origin_pid": origin.pid,
-                            "origin_uid": origin.uid,
-                            "origin_gid": origin.gid,
-                            "payload": String::from_utf8_lossy(payload),
-                        })
-                    )?;
-                }
+            for (header, origin, payload) in retained(arg(1)?)? {
+                let node = abi::field_name(&origin.node).unwrap_or_default();
+                writeln!(
+                    out,
+                    "{}",
+                    json!({
+                        "seq": header.seq,
+                        "pid": header.pid,
+                        "uid": header.uid,
+                        "relayed": origin.flags & abi::ORIGIN_RELAYED != 0,
+                        "node": String::from_utf8_lossy(node),
+                        "origin_seq": origin.seq,
+                        "origin_pid": origin.pid,
+                        "origin_uid": origin.uid,
+                        "origin_gid": origin.gid,
+                        "payload": String::from_utf8_lossy(&payload),
+                    })
+                )?;
             }
+            Ok(())
         }
         other => bail!("no job {other:?}"),
+    }
+}
+
+/// Every message `room` retains, oldest first, with its origin.
+fn retained(room: &str) -> Result<Vec<(abi::FrameHeader, abi::OriginHeader, Vec<u8>)>> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(kchat_client::room_path(room))?;
+    kchat_client::set_read_mode(&file, abi::READ_FRAMED_ORIGIN)?;
+    nix::unistd::lseek(&file, 0, nix::unistd::Whence::SeekSet)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut all = Vec::new();
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => return Ok(all),
+            Ok(n) => n,
+            Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(all),
+            Err(err) => return Err(err.into()),
+        };
+        let frames = kchat_client::split_origin_frames(&buf[..n]).context("torn frames")?;
+        all.extend(frames.into_iter().map(|(h, o, p)| (h, o, p.to_vec())));
     }
 }

@@ -50,8 +50,10 @@ pub struct VmArgs {
     /// one, an interactive shell.
     #[arg(last = true)]
     pub command: Vec<String>,
-    /// A network card linked to another guest (the two-node tests).
-    #[arg(skip)]
+    /// A network card linked to another guest booted with the ports
+    /// swapped: `--link 7001:7002` here, `--link 7002:7001` there (UDP on
+    /// the host's loopback; the card is eth0, unconfigured).
+    #[arg(long, value_name = "LOCAL_PORT:PEER_PORT", value_parser = parse_link)]
     pub link: Option<Link>,
 }
 
@@ -65,6 +67,17 @@ pub struct Link {
     pub peer_port: u16,
     /// Last byte of the card's MAC address (one per guest).
     pub mac: u8,
+}
+
+fn parse_link(text: &str) -> Result<Link, String> {
+    let (local, peer) = text.split_once(':').ok_or("give LOCAL_PORT:PEER_PORT")?;
+    let port = |p: &str| p.parse::<u16>().map_err(|err| format!("{p:?}: {err}"));
+    let local_port = port(local)?;
+    Ok(Link {
+        local_port,
+        peer_port: port(peer)?,
+        mac: local_port as u8,
+    })
 }
 
 impl VmArgs {
