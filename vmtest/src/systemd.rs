@@ -39,6 +39,10 @@ pub const TESTS: &[Test] = &[
         stop_leaves_the_rooms_working,
     ),
     (
+        "systemd::the_bridge_runs_sandboxed_from_its_shipped_unit",
+        the_bridge_runs_sandboxed_from_its_shipped_unit,
+    ),
+    (
         "systemd::an_upgrade_keeps_an_admins_disable",
         an_upgrade_keeps_an_admins_disable,
     ),
@@ -368,6 +372,97 @@ fn stop_leaves_the_rooms_working() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// kchat-bridge as shipped: installed but not enabled; started with
+/// `systemctl` against a local nats-server (JetStream on), it runs with
+/// only CAP_SYS_ADMIN under seccomp, reaches rooms created after it
+/// started (DeviceAllow=char-kchat), bridges a drop room over core NATS and
+/// a block room over JetStream, keeps its place in its StateDirectory, and
+/// `kchat-bridge status --json` reports it all.
+fn the_bridge_runs_sandboxed_from_its_shipped_unit() -> Result<()> {
+    start()?;
+    let enabled = Command::new("systemctl")
+        .args(["is-enabled", "kchat-bridge"])
+        .output()?;
+    ensure!(
+        String::from_utf8_lossy(&enabled.stdout).trim() == "disabled",
+        "the package enabled kchat-bridge: {}",
+        String::from_utf8_lossy(&enabled.stdout)
+    );
+    let mut nats = Command::new("nats-server")
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            "4222",
+            "-js",
+            "-sd",
+            "/tmp/sd-nats",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting nats-server")?;
+    let outcome =
+        (|| -> Result<()> {
+            wait_for("nats-server to listen", Duration::from_secs(20), || {
+                Ok(std::net::TcpStream::connect(("127.0.0.1", 4222)).is_ok())
+            })?;
+            kchatctl(&["create-room", "sd-fed"])?;
+            std::fs::write(
+                "/etc/kchat/bridge.toml",
+                "node = \"vm\"\n[nats]\nservers = [\"nats://127.0.0.1:4222\"]\n\
+             [rooms.sd-fed]\n[rooms.sd-ledger]\n",
+            )?;
+            run("systemctl", &["start", "kchat-bridge"])?;
+            // Created after the bridge started: still within its device rule.
+            kchatctl(&["create-room", "sd-ledger", "--policy", "block"])?;
+            let pid = property("kchat-bridge.service", "MainPID")?;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+            ensure!(
+                status.contains(&format!("CapBnd:\t{:016x}", 1u64 << 21))
+                    && status.contains("Seccomp:\t2")
+                    && status.contains("NoNewPrivs:\t1"),
+                "kchat-bridge is not sandboxed as its unit says:\n{status}"
+            );
+            let bridged = |json: &Value| {
+                json["rooms"]["sd-fed"]["up"] == true
+                    && json["rooms"]["sd-fed"]["delivery"] == "core"
+                    && json["rooms"]["sd-ledger"]["up"] == true
+                    && json["rooms"]["sd-ledger"]["delivery"] == "jetstream"
+            };
+            let mut json = Value::Null;
+            wait_for("both rooms bridged", Duration::from_secs(30), || {
+                json = serde_json::from_str(&run("kchat-bridge", &["status", "--json"])?)?;
+                Ok(bridged(&json))
+            })
+            .with_context(|| format!("kchat-bridge status: {json}"))?;
+            open(Path::new("/dev/kchat/sd-ledger"), false, true, false)?.write_all(b"kept\n")?;
+            wait_for(
+                "the block room's message published and its place saved",
+                Duration::from_secs(30),
+                || {
+                    json = serde_json::from_str(&run("kchat-bridge", &["status", "--json"])?)?;
+                    let state = std::fs::read_to_string("/var/lib/kchat-bridge/sd-ledger.json")
+                        .unwrap_or_default();
+                    Ok(json["rooms"]["sd-ledger"]["published"] == 1
+                        && state.contains("\"published\":"))
+                },
+            )
+            .with_context(|| format!("kchat-bridge status: {json}"))?;
+            run("systemctl", &["stop", "kchat-bridge"])?;
+            let away = Command::new("kchat-bridge").arg("status").output()?;
+            ensure!(
+                away.status.code() == Some(3),
+                "kchat-bridge status with the bridge stopped exited {}",
+                away.status
+            );
+            Ok(())
+        })();
+    let _ = nats.kill();
+    let _ = nats.wait();
+    outcome
 }
 
 /// Upgrading (here: installing the package again) neither re-enables a
