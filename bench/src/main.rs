@@ -3,6 +3,7 @@
 //! TCG mean little). `run` measures (in the VM, through `cargo xtask
 //! bench`) and saves JSON; `plot` draws the PNGs from that JSON on the host.
 
+mod cross;
 mod message;
 mod plot;
 mod reference;
@@ -38,6 +39,11 @@ enum Command {
     },
     /// Print a run's JSON as the Markdown tables.
     Report { json: PathBuf },
+    /// The cross-node row, first machine: nats-server, its bridge, the
+    /// writer and the report (`cargo xtask bench --cross`).
+    Cross(cross::CrossArgs),
+    /// The cross-node row, second machine: its bridge and the readers.
+    CrossPeer(cross::PeerArgs),
 }
 
 #[derive(clap::Args)]
@@ -245,5 +251,7 @@ fn main() -> Result<()> {
             print!("{}", load(&json)?.markdown());
             Ok(())
         }
+        Command::Cross(args) => cross::drive(args),
+        Command::CrossPeer(args) => cross::peer(args),
     }
 }

@@ -11,6 +11,61 @@ use std::{
     time::Duration,
 };
 
+/// The cross-node row: two guests on the bench kernel joined by a link,
+/// `kchat-bench cross` on the first, `cross-peer` on the second (each
+/// loads its own module); the table goes to `benchmarks/cross.md`, the
+/// numbers to `benchmarks/cross.json`.
+pub fn cross(variant: kernel::Variant, extra: &[String]) -> Result<ExitCode> {
+    bootstrap::ensure()?;
+    let kernel = kernel::ensure(variant)?;
+    let modules = kmod::build(&kernel)?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    process::run(
+        Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "kchat-bench",
+                "-p",
+                "kchat-bridge",
+            ])
+            .current_dir(paths::root()),
+    )?;
+    let bench = paths::target().join("release/kchat-bench");
+    let insmod = format!("insmod {} default_room=", modules.kchat.display());
+    let script_a = format!(
+        "{insmod} && {} cross --listen {}:4222 --json /run/kchat-vm/cross.json {}",
+        bench.display(),
+        vm::PAIR_ADDRESSES[0],
+        extra.join(" ")
+    );
+    let script_b = format!(
+        "{insmod} && {} cross-peer --nats nats://{}:4222",
+        bench.display(),
+        vm::PAIR_ADDRESSES[0]
+    );
+    eprintln!("bench: two guests ({variant} kernel, TCG), a writer on one, readers on the other");
+    let (run_a, run_b) = vm::run_pair(&kernel, &script_a, &script_b, Duration::from_secs(1800))?;
+    if !run_a.passed() || !run_b.passed() {
+        eprint!("bench: first guest: {}", run_a.verdict(20));
+        eprint!("bench: second guest: {}{}", run_b.verdict(20), run_b.output);
+        return Ok(ExitCode::FAILURE);
+    }
+    let out = paths::root().join("benchmarks");
+    std::fs::create_dir_all(&out)?;
+    std::fs::copy(run_a.dir.join("cross.json"), out.join("cross.json"))
+        .context("keeping the cross-node results")?;
+    std::fs::copy(run_a.dir.join("cross.md"), out.join("cross.md"))
+        .context("keeping the cross-node table")?;
+    eprintln!(
+        "bench: the cross-node table is in {}",
+        out.join("cross.md").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs the bench; with `perf`, under `perf record -a -g` in the guest,
 /// keeping `perf report`'s flat profile as `benchmarks/profile.txt`.
 pub fn run(variant: kernel::Variant, perf: bool, extra: &[String]) -> Result<ExitCode> {

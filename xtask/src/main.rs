@@ -81,6 +81,11 @@ enum Command {
         /// (benchmarks/profile.txt).
         #[arg(long)]
         perf: bool,
+        /// The cross-node row instead: two guests linked, a writer on one,
+        /// readers on the other, kchat through its bridges against plain
+        /// NATS (benchmarks/cross.md).
+        #[arg(long, conflicts_with = "perf")]
+        cross: bool,
         /// Arguments for `kchat-bench run` (--readers, --writers, --sizes,
         /// --millis, --systems, --latency-rate, --latency-readers).
         #[arg(last = true)]
@@ -138,8 +143,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Install(args) => install::run(&args).map(|_| ExitCode::SUCCESS),
         Command::Bench {
             variant,
+            cross: true,
+            args,
+            ..
+        } => bench::cross(variant, &args),
+        Command::Bench {
+            variant,
             perf,
             args,
+            ..
         } => bench::run(variant, perf, &args),
     }
 }

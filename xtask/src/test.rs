@@ -371,44 +371,21 @@ fn two_node_run(
     tally: &mut Tally,
 ) -> Result<()> {
     let suite = paths::target().join("debug/kchat-vmtest");
-    let (port_a, port_b) = (free_udp_port()?, free_udp_port()?);
-    let net = |address: &str| {
-        format!("ip link set lo up && ip addr add {address}/24 dev eth0 && ip link set eth0 up && ")
-    };
     let script_a = format!(
-        "{}KCHAT_PEER=10.77.0.2:7070 KCHAT_KMOD={kmod} {suite} --test-threads 1 --color never {filter};          status=$?; {suite} job release 10.77.0.2:7070; exit $status",
-        net("10.77.0.1"),
+        "KCHAT_PEER={peer}:7070 KCHAT_KMOD={kmod} {suite} --test-threads 1 --color never {filter}; \
+         status=$?; {suite} job release {peer}:7070; exit $status",
+        peer = vm::PAIR_ADDRESSES[1],
         kmod = modules.kchat.display(),
         suite = suite.display(),
         filter = shell_quote(filter.unwrap_or("twonode::")),
     );
     let script_b = format!(
-        "{}KCHAT_KMOD={} KCHAT_VMTEST_AGENT=7070 {}",
-        net("10.77.0.2"),
+        "KCHAT_KMOD={} KCHAT_VMTEST_AGENT=7070 {}",
         modules.kchat.display(),
         suite.display()
     );
-    let guest = |port: u16, peer: u16, mac: u8| VmArgs {
-        link: Some(vm::Link {
-            local_port: port,
-            peer_port: peer,
-            mac,
-        }),
-        // Two guests share the host's 2 cores: one vCPU each would do, but
-        // two keep SMP races possible on each side.
-        ..VmArgs::scripted(Duration::from_secs(900))
-    };
     eprintln!("vm: booting two guests joined by a link for the two-node tests");
-    let (args_a, args_b) = (guest(port_a, port_b, 1), guest(port_b, port_a, 2));
-    let (run_a, run_b) = std::thread::scope(|scope| {
-        let other = scope.spawn(|| vm::run(kernel, &args_b, Some(&script_b), false));
-        let run_a = vm::run(kernel, &args_a, Some(&script_a), true);
-        let run_b = other
-            .join()
-            .map_err(|_| anyhow::anyhow!("the second guest's runner panicked"));
-        (run_a, run_b)
-    });
-    let (run_a, run_b) = (run_a?, run_b??);
+    let (run_a, run_b) = vm::run_pair(kernel, &script_a, &script_b, Duration::from_secs(900))?;
     tally.add_libtest(
         "two-node suite",
         &run_a.output,
@@ -424,21 +401,13 @@ fn two_node_run(
             log_clean(&run_b)
         } else {
             Err(anyhow::anyhow!(
-                "the agent guest failed: {}
-{}",
+                "the agent guest failed: {}\n{}",
                 run_b.verdict(40),
                 run_b.output
             ))
         },
     );
     Ok(())
-}
-
-/// A UDP port of the loopback free now (the kernel picks it; QEMU binds it
-/// a moment later).
-fn free_udp_port() -> Result<u16> {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    Ok(socket.local_addr()?.port())
 }
 
 /// A run's kernel log check, as a check result: nothing reported, no timeout.

@@ -326,6 +326,53 @@ pub fn run(kernel: &Kernel, args: &VmArgs, script: Option<&str>, echo: bool) -> 
     })
 }
 
+/// The two guests' addresses on their link (eth0, a /24).
+pub const PAIR_ADDRESSES: [&str; 2] = ["10.77.0.1", "10.77.0.2"];
+
+/// Boots two guests joined by a link, each running its script (bash, from
+/// the checkout's root) once its end of the link is up; the first's output
+/// is shown as it comes. Returns both runs once both have ended. (Two
+/// guests share the host's cores; each keeps 2 vCPUs so SMP races stay
+/// possible on each side.)
+pub fn run_pair(
+    kernel: &Kernel,
+    script_a: &str,
+    script_b: &str,
+    timeout: Duration,
+) -> Result<(VmRun, VmRun)> {
+    let (port_a, port_b) = (free_udp_port()?, free_udp_port()?);
+    let net = |address: &str| {
+        format!("ip link set lo up && ip addr add {address}/24 dev eth0 && ip link set eth0 up && ")
+    };
+    let guest = |port: u16, peer: u16, mac: u8| VmArgs {
+        link: Some(Link {
+            local_port: port,
+            peer_port: peer,
+            mac,
+        }),
+        ..VmArgs::scripted(timeout)
+    };
+    let (args_a, args_b) = (guest(port_a, port_b, 1), guest(port_b, port_a, 2));
+    let script_a = format!("{}{script_a}", net(PAIR_ADDRESSES[0]));
+    let script_b = format!("{}{script_b}", net(PAIR_ADDRESSES[1]));
+    let (run_a, run_b) = thread::scope(|scope| {
+        let other = scope.spawn(|| run(kernel, &args_b, Some(&script_b), false));
+        let run_a = run(kernel, &args_a, Some(&script_a), true);
+        let run_b = other
+            .join()
+            .map_err(|_| anyhow::anyhow!("the second guest's runner panicked"));
+        (run_a, run_b)
+    });
+    Ok((run_a?, run_b??))
+}
+
+/// A UDP port of the loopback free now (the kernel picks it; QEMU binds it
+/// a moment later).
+fn free_udp_port() -> Result<u16> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(socket.local_addr()?.port())
+}
+
 fn dedup_by_line(findings: &mut Vec<Finding>) {
     let mut seen = std::collections::HashSet::new();
     findings.retain(|f| seen.insert(f.line.clone()));
