@@ -27,13 +27,7 @@ pub async fn run(
     } else {
         counters.up.set(1);
     }
-    let outcome = match tasks.join_next().await {
-        Some(Ok(result)) => result,
-        Some(Err(err)) => Err(anyhow::anyhow!("a task of the room panicked: {err}")),
-        None => Ok(()),
-    };
-    tasks.shutdown().await;
-    outcome
+    crate::room::until_one_ends(tasks).await
 }
 
 /// Publishes what was written here. Relayed messages (those this or

@@ -98,6 +98,20 @@ pub async fn supervise(bridged: Bridged, client: async_nats::Client, metrics: Ar
     }
 }
 
+/// Waits for a room's directions until one ends, then stops the other: the
+/// supervisor starts the room again whole.
+pub async fn until_one_ends(
+    mut tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let outcome = match tasks.join_next().await {
+        Some(Ok(result)) => result,
+        Some(Err(err)) => Err(anyhow::anyhow!("a task of the room panicked: {err}")),
+        None => Ok(()),
+    };
+    tasks.shutdown().await;
+    outcome
+}
+
 fn label(bridged: &Bridged, delivery: Delivery) -> DeliveryLabel {
     DeliveryLabel {
         room: bridged.room.clone(),

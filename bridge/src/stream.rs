@@ -110,12 +110,7 @@ pub async fn run(
     }
     // One direction failing takes the room down (the supervisor starts it
     // again); the state is saved on the way out.
-    let outcome = match tasks.join_next().await {
-        Some(Ok(result)) => result,
-        Some(Err(err)) => Err(anyhow::anyhow!("a task of the room panicked: {err}")),
-        None => Ok(()),
-    };
-    tasks.shutdown().await;
+    let outcome = crate::room::until_one_ends(tasks).await;
     shared.save();
     outcome
 }

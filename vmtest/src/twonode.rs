@@ -105,12 +105,12 @@ fn kill_nats(a: &mut Node) -> Result<()> {
 
 /// Starts this node's bridge with `rooms` (TOML `[rooms.*]` tables) and
 /// waits until its metrics answer.
-fn start_bridge(node: &mut Node, name: &str, extra: &str, rooms: &str) -> Result<()> {
+fn start_bridge(node: &mut Node, name: &str, rooms: &str) -> Result<()> {
     let bridge = bridge_bin()?;
     node.sh(
         &format!(
             "cat >{DIR}/{name}.toml <<'EOF'\nnode = \"{name}\"\nstate_dir = \"{DIR}/state-{name}\"\n\
-             [nats]\nservers = [\"{NATS}\"]\n{extra}\n[metrics]\nlisten = \"127.0.0.1:9478\"\n{rooms}\nEOF\n\
+             [nats]\nservers = [\"{NATS}\"]\n[metrics]\nlisten = \"127.0.0.1:9478\"\n{rooms}\nEOF\n\
              RUST_LOG=info setsid {bridge} --config {DIR}/{name}.toml >>{DIR}/{name}.log 2>&1 </dev/null &\n\
              for i in $(seq 200); do curl -sf http://127.0.0.1:9478/metrics >/dev/null && exit 0; sleep 0.1; done; \
              echo the bridge did not come up; cat {DIR}/{name}.log; exit 1"
@@ -196,8 +196,8 @@ fn echo_on_one_machine_is_read_by_cat_on_the_other_exactly_once() -> Result<()> 
     let mut guard = pair()?;
     let pair = &mut *guard;
     let rooms = "[rooms.probe]\n";
-    start_bridge(&mut pair.a, "node-a", "", rooms)?;
-    start_bridge(&mut pair.b, "node-b", "", rooms)?;
+    start_bridge(&mut pair.a, "node-a", rooms)?;
+    start_bridge(&mut pair.b, "node-b", rooms)?;
     until_crossed(pair, true, "probe")?;
     until_crossed(pair, false, "probe")?;
     // cat on each side, then echo on the other.
@@ -298,17 +298,28 @@ fn held_from(node: &mut Node, room: &str, origin: &str, tag: &str) -> Result<u64
         .parse()?)
 }
 
+/// Creates `room` (1 MiB ring) on both machines and starts both bridges on
+/// it; returns the bridges' `[rooms]` table.
+fn both_bridge_a_new_room(pair: &mut Pair, room: &str, policy: &str) -> Result<String> {
+    let vmtest = vmtest()?;
+    for node in [&mut pair.a, &mut pair.b] {
+        node.sh(
+            &format!("{vmtest} job mkroom {room} {policy} 1048576"),
+            STEP,
+        )?;
+    }
+    let rooms = format!("[rooms.{room}]\n");
+    start_bridge(&mut pair.a, "node-a", &rooms)?;
+    start_bridge(&mut pair.b, "node-b", &rooms)?;
+    Ok(rooms)
+}
+
 fn a_block_room_loses_and_duplicates_nothing_across_restarts() -> Result<()> {
     let mut guard = pair()?;
     let pair = &mut *guard;
     let vmtest = vmtest()?;
     // Rings that hold what is written while a bridge is away.
-    for node in [&mut pair.a, &mut pair.b] {
-        node.sh(&format!("{vmtest} job mkroom ledger block 1048576"), STEP)?;
-    }
-    let rooms = "[rooms.ledger]\n";
-    start_bridge(&mut pair.a, "node-a", "", rooms)?;
-    start_bridge(&mut pair.b, "node-b", "", rooms)?;
+    let rooms = both_bridge_a_new_room(pair, "ledger", "block")?;
     // Both consumers exist once each bridge has bridged the room.
     for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
         wait_for("the room bridged", Duration::from_secs(30), || {
@@ -379,7 +390,7 @@ fn a_block_room_loses_and_duplicates_nothing_across_restarts() -> Result<()> {
         &format!("{vmtest} job send ledger b {per_round} {per_round}"),
         STEP,
     )?;
-    start_bridge(&mut pair.b, "node-b", "", rooms)?;
+    start_bridge(&mut pair.b, "node-b", &rooms)?;
     expect_exactly(
         &mut pair.b,
         "ledger",
@@ -467,12 +478,7 @@ fn a_drop_room_accounts_for_every_message_across_restarts() -> Result<()> {
     let mut guard = pair()?;
     let pair = &mut *guard;
     let vmtest = vmtest()?;
-    for node in [&mut pair.a, &mut pair.b] {
-        node.sh(&format!("{vmtest} job mkroom chatter drop 1048576"), STEP)?;
-    }
-    let rooms = "[rooms.chatter]\ndirection = \"both\"\n";
-    start_bridge(&mut pair.a, "node-a", "", rooms)?;
-    start_bridge(&mut pair.b, "node-b", "", rooms)?;
+    let rooms = both_bridge_a_new_room(pair, "chatter", "drop")?;
     until_crossed(pair, true, "chatter")?;
     let gaps = "kchat_bridge_gaps_total{room=\"chatter\"}";
     let (_, start) = held_after(&mut pair.b, "chatter", 0)?;
@@ -498,7 +504,7 @@ fn a_drop_room_accounts_for_every_message_across_restarts() -> Result<()> {
     kill_bridge(&mut pair.b)?;
     pair.a
         .sh(&format!("{vmtest} job send chatter gone 0 200"), STEP)?;
-    start_bridge(&mut pair.b, "node-b", "", rooms)?;
+    start_bridge(&mut pair.b, "node-b", &rooms)?;
     let (arrived, counted, _) = close_books(pair, "chatter", close, 0.0)?;
     ensure!(
         counted >= 200,
@@ -551,8 +557,8 @@ fn bad_input_is_counted_and_the_other_rooms_go_on() -> Result<()> {
         .sh(&format!("{vmtest} job mkroom small drop 65536 64"), STEP)?;
     // b bridges a room that does not exist yet.
     let rooms = "[rooms.probe]\n[rooms.small]\n[rooms.later]\n";
-    start_bridge(&mut pair.a, "node-a", "", rooms)?;
-    start_bridge(&mut pair.b, "node-b", "", rooms)?;
+    start_bridge(&mut pair.a, "node-a", rooms)?;
+    start_bridge(&mut pair.b, "node-b", rooms)?;
     wait_for(
         "the missing room to be counted",
         Duration::from_secs(30),
