@@ -81,19 +81,20 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                     Incoming::Empty => break,
                     Incoming::Deleted => return deleted(&room),
                     Incoming::Frames(frames) => {
-                        for (header, payload) in frames {
+                        for received in frames {
+                            let (header, payload) = (&received.header, &received.payload);
                             if args.raw {
                                 // Bare payloads, like `cat`; a loss goes to
                                 // stderr so the data stays clean.
                                 if header.lost > 0 {
                                     eprintln!("kchat: {}", render::lost(header.lost));
                                 }
-                                stdout.write_all(&payload)?;
+                                stdout.write_all(payload)?;
                             } else {
                                 if header.lost > 0 {
                                     writeln!(stdout, "{}", render::lost(header.lost))?;
                                 }
-                                for line in render::message(&header, &payload, &mut names) {
+                                for line in render::message(&received, &mut names) {
                                     writeln!(stdout, "{line}")?;
                                 }
                             }

@@ -1,9 +1,12 @@
 //! How a received message is shown: the kernel's stamp (time, sender uid),
 //! never anything the sender wrote about itself, and text made safe for a
-//! terminal.
+//! terminal. A message relayed from another machine shows that machine's
+//! stamp and name (`uid 1000@node-a`): a remote uid is never looked up as
+//! a local user.
 
+use crate::room::Received;
 use chrono::{DateTime, Local};
-use kchat_uapi::abi::FrameHeader;
+use kchat_uapi::abi;
 use std::collections::HashMap;
 
 /// Sender names by uid, looked up once each.
@@ -64,9 +67,23 @@ pub fn lost(count: u64) -> String {
 
 /// The lines one message shows as: the first stamped, later ones indented
 /// under it. A trailing newline ends the message, not a line.
-pub fn message(header: &FrameHeader, payload: &[u8], names: &mut Names) -> Vec<String> {
-    let name = names.of(header.uid).to_owned();
-    let stamp = format!("[{}] {name}:", clock(header.time_ns));
+pub fn message(received: &Received, names: &mut Names) -> Vec<String> {
+    let (name, time_ns) = match &received.origin {
+        Some(origin) => (
+            format!(
+                "uid {}@{}",
+                origin.uid,
+                sanitize(abi::field_name(&origin.node).unwrap_or(b"?"))
+            ),
+            origin.time_ns,
+        ),
+        None => (
+            names.of(received.header.uid).to_owned(),
+            received.header.time_ns,
+        ),
+    };
+    let stamp = format!("[{}] {name}:", clock(time_ns));
+    let payload = &received.payload;
     let body = payload.strip_suffix(b"\n").unwrap_or(payload);
     let mut lines = Vec::new();
     for (n, line) in body.split(|&b| b == b'\n').enumerate() {
@@ -94,25 +111,44 @@ mod tests {
         assert_eq!(sanitize(b"\xff ok"), "\u{fffd} ok");
     }
 
+    fn local(payload: &[u8]) -> Received {
+        Received {
+            header: abi::FrameHeader::default(),
+            origin: None,
+            payload: payload.to_vec(),
+        }
+    }
+
     #[test]
     fn the_sender_is_the_kernels_not_the_texts() {
-        let header = FrameHeader {
-            uid: 0,
-            len: 0,
-            time_ns: 0,
-            ..Default::default()
-        };
         let mut names = Names::default();
-        let lines = message(&header, b"nobody: I am not root\n", &mut names);
+        let lines = message(&local(b"nobody: I am not root\n"), &mut names);
         assert_eq!(lines.len(), 1);
         assert!(
             lines[0].ends_with("] root: nobody: I am not root"),
             "{lines:?}"
         );
-        let lines = message(&header, b"one\ntwo\n", &mut names);
+        let lines = message(&local(b"one\ntwo\n"), &mut names);
         assert_eq!(lines.len(), 2);
         assert!(
             lines[1].ends_with(" two") && lines[1].starts_with("   "),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_relayed_message_names_its_machine_not_a_local_user() {
+        let mut names = Names::default();
+        let mut received = local(b"hi from afar\n");
+        received.origin = Some(abi::OriginHeader {
+            flags: abi::ORIGIN_RELAYED,
+            node: abi::name_field("node-a").expect("a node name"),
+            uid: 0,
+            ..Default::default()
+        });
+        let lines = message(&received, &mut names);
+        assert!(
+            lines[0].ends_with("] uid 0@node-a: hi from afar"),
             "{lines:?}"
         );
     }

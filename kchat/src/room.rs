@@ -20,9 +20,17 @@ pub struct Room {
     buf: Vec<u8>,
 }
 
+/// One message as the kernel stamped it; `origin` says where a relayed
+/// one (written on another machine, `kchat-bridge`) came from.
+pub struct Received {
+    pub header: FrameHeader,
+    pub origin: Option<abi::OriginHeader>,
+    pub payload: Vec<u8>,
+}
+
 /// What one read brought.
 pub enum Incoming {
-    Frames(Vec<(FrameHeader, Vec<u8>)>),
+    Frames(Vec<Received>),
     /// Nothing now.
     Empty,
     /// The room was deleted and everything left in it was read.
@@ -93,9 +101,10 @@ impl Room {
             }
             Err(err) => return Err(err).with_context(|| format!("cannot open {}", path.display())),
         };
-        kchat_client::set_read_mode(&file, abi::READ_FRAMED)
+        kchat_client::set_read_mode(&file, abi::READ_FRAMED_ORIGIN)
             .with_context(|| format!("{} is not a kchat room", path.display()))?;
-        let size = size_of::<FrameHeader>() + abi::MAX_MAX_MSG as usize;
+        let size =
+            size_of::<FrameHeader>() + size_of::<abi::OriginHeader>() + abi::MAX_MAX_MSG as usize;
         Ok(Room {
             file,
             name,
@@ -123,12 +132,16 @@ impl Room {
             Err(err) => return Err(err).context("reading the room"),
         };
         let bytes = &self.buf[..n];
-        let frames = kchat_client::split_frames(bytes)
+        let frames = kchat_client::split_origin_frames(bytes)
             .context("the room returned a torn frame (module and client versions differ?)")?;
         Ok(Incoming::Frames(
             frames
                 .into_iter()
-                .map(|(header, payload)| (header, payload.to_vec()))
+                .map(|(header, origin, payload)| Received {
+                    header,
+                    origin: (origin.flags & abi::ORIGIN_RELAYED != 0).then_some(origin),
+                    payload: payload.to_vec(),
+                })
                 .collect(),
         ))
     }

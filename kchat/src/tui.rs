@@ -142,12 +142,13 @@ impl Screen {
                 Incoming::Empty => return Ok(None),
                 Incoming::Deleted => return Ok(Some(ExitCode::from(EXIT_DELETED))),
                 Incoming::Frames(frames) => {
-                    for (header, payload) in frames {
-                        if header.lost > 0 {
-                            self.lost += header.lost;
-                            self.push_line(render::lost(header.lost));
+                    for received in frames {
+                        let lost = received.header.lost;
+                        if lost > 0 {
+                            self.lost += lost;
+                            self.push_line(render::lost(lost));
                         }
-                        for line in render::message(&header, &payload, &mut self.names) {
+                        for line in render::message(&received, &mut self.names) {
                             self.push_line(line);
                         }
                     }

@@ -249,6 +249,35 @@ fn echo_on_one_machine_is_read_by_cat_on_the_other_exactly_once() -> Result<()> 
             && m["pid"].as_u64().map(|p| p.to_string()) == Some(bridge_pid.trim().to_owned()),
         "b's framed view of a's message: {m} (a's shell {echo_pid:?}, b's bridge {bridge_pid:?})"
     );
+    // The chat client on b names the machine and the remote uid, never a
+    // local user.
+    let kchat = crate::helper::bin("kchat")?.display().to_string();
+    pair.b.sh(
+        &format!("setsid {kchat} --listen --count 1 probe >{DIR}/kchat.out 2>&1 </dev/null &"),
+        STEP,
+    )?;
+    // kchat is up once it holds the room open: then a's line is new to it.
+    pair.b.sh(
+        "for i in $(seq 100); do ls -l /proc/$(pgrep -x kchat)/fd 2>/dev/null | grep -q kchat/probe && exit 0; \
+         sleep 0.05; done; exit 1",
+        STEP,
+    )?;
+    pair.a.sh("echo 'seen by kchat' >/dev/kchat/probe", STEP)?;
+    wait_for(
+        "kchat on b to show a's line",
+        Duration::from_secs(30),
+        || {
+            Ok(pair
+                .b
+                .sh(&format!("cat {DIR}/kchat.out"), STEP)?
+                .contains("] uid 0@node-a: seen by kchat"))
+        },
+    )
+    .with_context(|| {
+        pair.b
+            .sh(&format!("cat {DIR}/kchat.out"), STEP)
+            .unwrap_or_default()
+    })?;
     for node in [&mut pair.a, &mut pair.b] {
         node.sh(&format!("kill $(cat {DIR}/cat.pid)"), STEP)?;
         kill_bridge(node)?;
