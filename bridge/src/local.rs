@@ -117,6 +117,22 @@ impl Reader {
             .map_err(|err| io(&self.room, "seek", err.into()))
     }
 
+    /// When the retained message `seq` was written (its stamp), if the
+    /// room holds it; leaves the reader just after it.
+    pub fn time_of(&mut self, seq: u64) -> Result<Option<u64>, RoomError> {
+        self.seek(seq)?;
+        let n = match self.fd.get_mut().read(&mut self.buf) {
+            Ok(n) => n,
+            Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(None),
+            Err(err) => return Err(io(&self.room, "read", err)),
+        };
+        Ok(self
+            .frames(n)?
+            .first()
+            .filter(|frame| frame.header.seq == seq)
+            .map(|frame| frame.header.time_ns))
+    }
+
     /// The next batch of messages, waiting for one; `None` at the end of a
     /// deleted room.
     pub async fn next_batch(&mut self) -> Result<Option<Vec<Frame>>, RoomError> {

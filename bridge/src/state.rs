@@ -21,6 +21,10 @@ pub struct RoomState {
     pub epoch: u64,
     /// The last local sequence number the server acknowledged.
     pub published: Option<u64>,
+    /// When that message was written (its kernel stamp): tells this room
+    /// from one created again under the same name since.
+    #[serde(default)]
+    pub published_time: Option<u64>,
     /// Per origin node, the last message relayed into the room.
     pub relayed: BTreeMap<String, Position>,
     /// The last JetStream stream sequence handled (relayed, skipped as

@@ -117,38 +117,51 @@ pub async fn run(
 
 /// Where the local reader starts: after the last acknowledged message if the
 /// room still holds what follows it (nothing lost), else at the oldest it
-/// holds (the gap counted), or, for a room whose numbers went back (created
-/// again), at its oldest in a new epoch.
+/// holds (the gap counted). A room created again under the same name (its
+/// numbers start over) is told by the stamp of the message at the saved
+/// number, or by an oldest message older than the saved one: it starts a new
+/// epoch at its oldest message, so none of its messages is skipped and no id
+/// repeats the old room's.
 fn resume(
-    reader: &Reader,
+    reader: &mut Reader,
     state: &mut RoomState,
     counters: &RoomCounters,
 ) -> Result<(), RoomError> {
     let (oldest, next) = reader.retained()?;
-    match state.published {
-        None => {
-            // A room bridged for the first time joins from now.
-            state.published = next.checked_sub(1);
-            reader.seek(next)
+    let Some(last) = state.published else {
+        // A room bridged for the first time joins from now.
+        state.published = next.checked_sub(1);
+        state.published_time = None;
+        return reader.seek(next);
+    };
+    let same_room = if last >= next {
+        false
+    } else if let Some(saved) = state.published_time {
+        if last >= oldest {
+            reader.time_of(last)? == Some(saved)
+        } else {
+            reader.time_of(oldest)?.is_none_or(|time| time >= saved)
         }
-        Some(last) if last >= next => {
-            state.epoch += 1;
-            tracing::info!(
-                epoch = state.epoch,
-                "the room's sequence numbers started over: a new epoch"
-            );
-            reader.seek(oldest)
-        }
-        Some(last) if last + 1 >= oldest => reader.seek(last + 1),
-        Some(last) => {
-            counters.local_lost.inc_by(oldest - last - 1);
-            tracing::warn!(
-                lost = oldest - last - 1,
-                "the room no longer holds what was written while the bridge was away"
-            );
-            reader.seek(oldest)
-        }
+    } else {
+        true
+    };
+    if !same_room {
+        state.epoch += 1;
+        tracing::info!(
+            epoch = state.epoch,
+            "the room was created again since the bridge last ran: a new epoch from its oldest message"
+        );
+        return reader.seek(oldest);
     }
+    if last + 1 >= oldest {
+        return reader.seek(last + 1);
+    }
+    counters.local_lost.inc_by(oldest - last - 1);
+    tracing::warn!(
+        lost = oldest - last - 1,
+        "the room no longer holds what was written while the bridge was away"
+    );
+    reader.seek(oldest)
 }
 
 async fn publish(
@@ -160,7 +173,7 @@ async fn publish(
     let mut reader = Reader::open(&bridged.room)?;
     let epoch = {
         let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        resume(&reader, &mut state, &counters)?;
+        resume(&mut reader, &mut state, &counters)?;
         state.epoch
     };
     shared.save();
@@ -210,11 +223,10 @@ async fn publish(
             } else {
                 counters.published.inc();
             }
-            shared
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .published = Some(frame.header.seq);
+            let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.published = Some(frame.header.seq);
+            state.published_time = Some(frame.header.time_ns);
+            drop(state);
         }
         if saved.elapsed() >= CHECKPOINT {
             shared.save();

@@ -23,6 +23,10 @@ pub const TESTS: &[Test] = &[
         a_block_room_loses_and_duplicates_nothing_across_restarts,
     ),
     (
+        "twonode::a_room_created_again_starts_a_new_epoch_and_loses_nothing",
+        a_room_created_again_starts_a_new_epoch_and_loses_nothing,
+    ),
+    (
         "twonode::a_drop_room_accounts_for_every_message_across_restarts",
         a_drop_room_accounts_for_every_message_across_restarts,
     ),
@@ -444,6 +448,51 @@ fn a_block_room_loses_and_duplicates_nothing_across_restarts() -> Result<()> {
             <= (3 * per_round) as f64,
         "node-a published more than its own messages"
     );
+    for node in [&mut pair.a, &mut pair.b] {
+        kill_bridge(node)?;
+    }
+    Ok(())
+}
+
+/// b's room is deleted and created again while b's bridge is away, and
+/// written to past the sequence number the bridge last published: the
+/// bridge tells the new room by the stamp at that number, starts a new
+/// epoch, and publishes every message of the new room; a holds all, once.
+fn a_room_created_again_starts_a_new_epoch_and_loses_nothing() -> Result<()> {
+    let mut guard = pair()?;
+    let pair = &mut *guard;
+    let vmtest = vmtest()?;
+    let rooms = both_bridge_a_new_room(pair, "again", "block")?;
+    for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
+        wait_for("the room bridged", Duration::from_secs(30), || {
+            Ok(metric(node, "kchat_bridge_room_up{room=\"again\"}")? == 1.0)
+        })
+        .with_context(|| logs(node, name))?;
+    }
+    pair.b.sh(&format!("{vmtest} job send again m 0 3"), STEP)?;
+    expect_exactly(
+        &mut pair.a,
+        "again",
+        "node-b",
+        "m",
+        3,
+        Duration::from_secs(60),
+    )?;
+    kill_bridge(&mut pair.b)?;
+    pair.b.sh(
+        &format!("{vmtest} job rmroom again && {vmtest} job mkroom again block 1048576 && {vmtest} job send again m 3 10"),
+        STEP,
+    )?;
+    start_bridge(&mut pair.b, "node-b", &rooms)?;
+    expect_exactly(
+        &mut pair.a,
+        "again",
+        "node-b",
+        "m",
+        13,
+        Duration::from_secs(60),
+    )
+    .with_context(|| logs(&mut pair.b, "node-b"))?;
     for node in [&mut pair.a, &mut pair.b] {
         kill_bridge(node)?;
     }
