@@ -79,21 +79,18 @@ impl Node {
     /// Connects to the agent at `addr`, waiting up to `limit` for the other
     /// guest to boot.
     pub fn connect(addr: &str, limit: Duration) -> Result<Node> {
-        let started = std::time::Instant::now();
-        loop {
-            match TcpStream::connect(addr) {
-                Ok(stream) => {
-                    let reader = BufReader::new(stream.try_clone()?);
-                    return Ok(Node::Remote(stream, reader));
-                }
-                Err(err) if started.elapsed() > limit => {
-                    bail!(
-                        "the other guest's agent at {addr} did not answer within {limit:?}: {err}"
-                    )
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
+        let mut stream = None;
+        crate::helper::wait_for(
+            &format!("the other guest's agent at {addr} to answer"),
+            limit,
+            || {
+                stream = TcpStream::connect(addr).ok();
+                Ok(stream.is_some())
+            },
+        )?;
+        let stream = stream.context("no connection")?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Node::Remote(stream, reader))
     }
 
     /// Runs `script` (bash) with a time limit; its stdout, or an error with

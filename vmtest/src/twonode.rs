@@ -169,18 +169,23 @@ fn logs(node: &mut Node, name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Sends probes from `from` until one reaches `to` (core NATS drops what
-/// is published before the other side subscribed).
+/// Sends probes from one machine until one is relayed into the other's
+/// room (core NATS drops what is published before the other side
+/// subscribed).
 fn until_crossed(pair: &mut Pair, a_to_b: bool, room: &str) -> Result<()> {
+    let tag = if a_to_b { "probe-a" } else { "probe-b" };
+    send_until_one_crosses(pair, a_to_b, room, tag)
+}
+
+/// Sends `TAG n` from one machine, each given 3 s to be relayed into the
+/// other's room before the next goes, until one is. Numbers are never
+/// reused in a run, so what an earlier test left in a room never counts.
+fn send_until_one_crosses(pair: &mut Pair, a_to_b: bool, room: &str, tag: &str) -> Result<()> {
     let vmtest = vmtest()?;
-    let (from_name, tag) = if a_to_b {
-        ("node-a", "probe-a")
-    } else {
-        ("node-b", "probe-b")
-    };
-    let mut n = 0;
+    let from_name = if a_to_b { "node-a" } else { "node-b" };
+    static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     wait_for(
-        &format!("a probe from {from_name} to cross"),
+        &format!("a message from {from_name} to cross"),
         Duration::from_secs(60),
         || {
             let (from, to) = if a_to_b {
@@ -188,10 +193,13 @@ fn until_crossed(pair: &mut Pair, a_to_b: bool, room: &str) -> Result<()> {
             } else {
                 (&mut pair.b, &mut pair.a)
             };
+            let n = SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             from.sh(&format!("{vmtest} job send {room} {tag} {n} 1"), STEP)?;
-            n += 1;
-            std::thread::sleep(Duration::from_millis(300));
-            Ok(!relayed_from(to, room, from_name)?.is_empty())
+            let want = format!("{tag} {n}\n");
+            let crossed = wait_for("this one to cross", Duration::from_secs(3), || {
+                Ok(relayed_from(to, room, from_name)?.contains(&want))
+            });
+            Ok(crossed.is_ok())
         },
     )
 }
@@ -520,24 +528,11 @@ fn held_after(node: &mut Node, room: &str, after: u64) -> Result<(u64, u64)> {
 fn close_books(
     pair: &mut Pair,
     room: &str,
+    tag: &str,
     after: u64,
     gaps_before: f64,
 ) -> Result<(u64, u64, u64)> {
-    let vmtest = vmtest()?;
-    let mut n = 0;
-    wait_for(
-        "a closing message to cross",
-        Duration::from_secs(60),
-        || {
-            pair.a
-                .sh(&format!("{vmtest} job send {room} last {n} 1"), STEP)?;
-            n += 1;
-            std::thread::sleep(Duration::from_millis(300));
-            Ok(relayed_from(&mut pair.b, room, "node-a")?
-                .iter()
-                .any(|p| p == &format!("last {}\n", n - 1)))
-        },
-    )?;
+    send_until_one_crosses(pair, true, room, tag)?;
     let (arrived, close) = held_after(&mut pair.b, room, after)?;
     let counted = (metric(
         &mut pair.b,
@@ -575,7 +570,7 @@ fn a_drop_room_accounts_for_every_message_across_restarts() -> Result<()> {
         "while pgrep -f 'job send chatte[r]' >/dev/null; do sleep 0.1; done",
         STEP,
     )?;
-    let (arrived, counted, close) = close_books(pair, "chatter", start, gaps_before)?;
+    let (arrived, counted, close) = close_books(pair, "chatter", "close-1", start, gaps_before)?;
     eprintln!("drop room across a server restart: {arrived} arrived, {counted} counted lost");
     // b's bridge away: what a writes meanwhile is lost to b, and counted
     // by b's next bridge from what the room holds.
@@ -583,7 +578,7 @@ fn a_drop_room_accounts_for_every_message_across_restarts() -> Result<()> {
     pair.a
         .sh(&format!("{vmtest} job send chatter gone 0 200"), STEP)?;
     start_bridge(&mut pair.b, "node-b", &rooms)?;
-    let (arrived, counted, _) = close_books(pair, "chatter", close, 0.0)?;
+    let (arrived, counted, _) = close_books(pair, "chatter", "close-2", close, 0.0)?;
     ensure!(
         counted >= 200,
         "b's bridge was away for 200 messages but counts {counted} lost ({arrived} arrived)"
