@@ -88,9 +88,11 @@ pub async fn run(
             )
         })?;
     tracing::debug!(room = %bridged.room, "stream ready");
+    let file = StateFile::new(&bridged.state_dir, &bridged.room);
+    let state = Mutex::new(file.load());
     let shared = Arc::new(Shared {
-        file: StateFile::new(&bridged.state_dir, &bridged.room),
-        state: Mutex::new(StateFile::new(&bridged.state_dir, &bridged.room).load()),
+        file,
+        state,
         saving: Mutex::new(()),
     });
     let counters = metrics.counters(&bridged.room);
