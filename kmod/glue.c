@@ -9,6 +9,7 @@
 #include <linux/moduleparam.h>
 #include <linux/poll.h>
 #include <linux/uio.h>
+#include <linux/vmalloc.h>
 
 /*
  * Values compat/ copies from macros that are __force casts, which bindgen
@@ -54,4 +55,25 @@ bool kchat_wq_has_sleeper(struct wait_queue_head *queue);
 bool kchat_wq_has_sleeper(struct wait_queue_head *queue)
 {
 	return wq_has_sleeper(queue);
+}
+
+/*
+ * A room's ring: zeroed (nothing of the kernel's old memory may ever be
+ * read out of it, by read() or a mapping), charged to the memory cgroup of
+ * whoever creates the room, and refused quietly when there is no such
+ * memory (the size is the creator's choice: ENOMEM is an answer, not a
+ * warning). Not vmalloc_user(), which can do neither: a mapping inserts
+ * its pages one by one instead of asking for VM_USERMAP.
+ */
+void *kchat_ring_alloc(unsigned long size);
+void kchat_ring_free(void *area);
+
+void *kchat_ring_alloc(unsigned long size)
+{
+	return __vmalloc(size, GFP_KERNEL_ACCOUNT | __GFP_ZERO | __GFP_NOWARN);
+}
+
+void kchat_ring_free(void *area)
+{
+	vfree(area);
 }

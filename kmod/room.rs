@@ -3,9 +3,23 @@
 //! and the waiters on it.
 //!
 //! Lock order (outer first): `Registry::inner` -> `RoomFile::cursor` ->
-//! `Room::inner`. Nothing is taken while `Room::inner` is held, user memory is
-//! never touched under it (copies happen before or after), and waiters are
-//! woken after it is released.
+//! `Room::inner`, and `Room::writing` -> `Room::inner` (a file never holds
+//! its cursor while writing). Nothing is taken while `Room::inner` is held,
+//! user memory is never touched under it (copies happen before or after),
+//! and waiters are woken after it is released.
+//!
+//! The ring's bytes (`Room::area`) are shared without a lock over them:
+//! - One writer at a time (`Room::writing`) fills a record: it evicts and
+//!   picks the record's place under `Room::inner`, fills the bytes holding
+//!   only `Room::writing`, and publishes the record (pushes its slot) under
+//!   `Room::inner` again. Until then no reader knows the bytes exist, and
+//!   they were no retained record's (`Ring::place`).
+//! - A reader picks records under `Room::inner`, copies them out without
+//!   it, and then checks under it that the first is still retained. Records
+//!   go oldest first, so if it is, none was evicted and refilled during the
+//!   copy; if it is not (a `drop` room's writer lapped the reader, or a
+//!   laggard was evicted), the read discards the copy and counts the loss,
+//!   as the seqcount readers of the perf and BPF rings do.
 
 use crate::{
     abi,
@@ -14,10 +28,11 @@ use crate::{
         file::File,
         iov::IovSource,
         poll::{events, PollQueue},
+        ring_area::RingArea,
         task::{monotonic_ns, ns_to_jiffies, realtime_ns, Sender},
     },
     rate::Limiter,
-    ring::{Cost, Lookup, Ring, Slot},
+    ring::{Lookup, Ring, Slot},
     slowest::Slowest,
 };
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -36,22 +51,47 @@ use kernel::{
     },
 };
 
-/// One message, immutable once written; readers share it through `Arc`.
-pub(crate) struct Record {
+/// What the kernel keeps of a stored message beside its bytes in the ring:
+/// what readers' views are made from and the area must not show (a kernel
+/// pointer).
+pub(crate) struct Stamp {
     pub(crate) time_ns: u64,
     /// Who wrote it, translated into each reader's namespaces as it reads
     /// (for a relayed message: the relay, a local process).
     pub(crate) sender: Sender,
-    /// For a message that came through a relay: where it was written, as
-    /// the relay stated it (`READ_FRAMED_ORIGIN` readers see it).
-    pub(crate) origin: Option<KBox<abi::OriginHeader>>,
-    pub(crate) data: KVVec<u8>,
+    /// Payload bytes.
+    pub(crate) len: u32,
+    /// An `OriginHeader` (the origin the relay stated) precedes the payload
+    /// in the area: `READ_FRAMED_ORIGIN` readers see it.
+    pub(crate) relayed: bool,
 }
 
-impl Cost for Arc<Record> {
-    fn cost(&self) -> usize {
-        self.data.len() + abi::RECORD_OVERHEAD as usize
+impl Stamp {
+    /// Where the record's origin header is, for a record at `at`.
+    pub(crate) fn origin_at(&self, at: usize) -> Option<usize> {
+        self.relayed.then_some(at + RECORD_HEADER)
     }
+
+    /// Where the record's payload is, for a record at `at`.
+    pub(crate) fn payload_at(&self, at: usize) -> usize {
+        at + RECORD_HEADER + if self.relayed { ORIGIN } else { 0 }
+    }
+}
+
+const RECORD_HEADER: usize = core::mem::size_of::<abi::RingRecord>();
+const ORIGIN: usize = core::mem::size_of::<abi::OriginHeader>();
+
+/// What a message of `len` bytes costs against its room's ring budget:
+/// `RECORD_OVERHEAD` (which covers the header and alignment in the area),
+/// and the origin a relayed message carries.
+pub(crate) fn record_cost(len: usize, relayed: bool) -> usize {
+    len + abi::RECORD_OVERHEAD as usize + if relayed { ORIGIN } else { 0 }
+}
+
+/// The bytes a message of `len` takes in the area (before alignment):
+/// never more than its cost, as `Ring` requires.
+fn record_size(len: usize, relayed: bool) -> usize {
+    RECORD_HEADER + len + if relayed { ORIGIN } else { 0 }
 }
 
 /// What happens when the ring is full.
@@ -185,9 +225,9 @@ impl Asleep {
     };
 }
 
-/// A room's ring: records shared with readers through `Arc`, in slots
-/// allocated once at creation.
-pub(crate) type RecordRing = Ring<Arc<Record>, KVVec<Option<Slot<Arc<Record>>>>>;
+/// A room's ring: where each record is in `Room::area`, in slots allocated
+/// once at creation.
+pub(crate) type RecordRing = Ring<Stamp, KVVec<Option<Slot<Stamp>>>>;
 
 pub(crate) struct RoomInner {
     pub(crate) ring: RecordRing,
@@ -423,6 +463,11 @@ pub(crate) struct Room {
     _ring_charge: RingCharge,
     pub(crate) minor: u32,
     pub(crate) stats: Stats,
+    /// The records' bytes, laid out as `RoomInner::ring` says.
+    pub(crate) area: RingArea,
+    /// Held by the one writer filling the ring (see the module doc).
+    #[pin]
+    writing: Mutex<()>,
     #[pin]
     pub(crate) inner: Mutex<RoomInner>,
     /// Readers sleeping in `read` for a new message.
@@ -447,7 +492,10 @@ impl Room {
         for _ in 0..slots {
             storage.push(None, GFP_KERNEL)?;
         }
-        let ring = Ring::new(storage, settings.ring_bytes as usize);
+        let largest = record_size(settings.max_msg as usize, true);
+        let area_len = RecordRing::area_for(settings.ring_bytes as usize, largest).ok_or(EINVAL)?;
+        let area = RingArea::new(area_len)?;
+        let ring = Ring::new(storage, settings.ring_bytes as usize, area.len());
         let inner = RoomInner {
             ring,
             deleted: false,
@@ -468,6 +516,8 @@ impl Room {
                 _ring_charge: charge,
                 minor,
                 stats: Stats::default(),
+                area,
+                writing <- new_mutex!((), "Room::writing"),
                 inner <- new_mutex!(inner, "Room::inner"),
                 readable <- new_condvar!("Room::readable"),
                 writable <- new_condvar!("Room::writable"),
@@ -591,12 +641,12 @@ impl Room {
     }
 
     /// Writes one message: waits for the rate budget and for space first,
-    /// holding nothing, then copies it in and stores it.
+    /// holding nothing, then places, fills and publishes it (see the module
+    /// doc).
     ///
-    /// A writer asleep (over its budget, or in a full `block` room) pins no
-    /// payload: the copy from user space comes after the waits. Space found
-    /// then may be gone by the time the copy is done (another writer took
-    /// it); only then does a blocking writer wait holding its message.
+    /// A writer asleep (over its budget, or in a full `block` room) holds
+    /// no lock and no place in the ring; only the one filling a record
+    /// holds `writing`, never while it sleeps for space.
     fn write_message(
         &self,
         src: &mut IovSource,
@@ -606,7 +656,9 @@ impl Room {
         nonblock: bool,
         origin: Option<abi::OriginHeader>,
     ) -> Result {
-        let cost = len + abi::RECORD_OVERHEAD as usize;
+        let relayed = origin.is_some();
+        let cost = record_cost(len, relayed);
+        let size = record_size(len, relayed);
         let charged = {
             let mut inner = self.inner.lock();
             let charged = self.wait_for_budget(&mut inner, kuid, file_id, len, nonblock)?;
@@ -622,36 +674,83 @@ impl Room {
             self.inner.lock().refund(charged, len as u64);
             err
         };
-        // Copy from user space without the room lock: it may fault and sleep.
-        let data = src.read_vec(len).map_err(refund)?;
-        let origin = match origin {
-            Some(origin) => {
-                Some(KBox::new(origin, GFP_KERNEL_ACCOUNT).map_err(|err| refund(err.into()))?)
+        let (_writing, seq, placement, loss) = loop {
+            let writing = self.writing.lock();
+            let mut inner = self.inner.lock();
+            match self.wait_for_space(&mut inner, cost, true, true) {
+                Ok(loss) => {
+                    let seq = inner.ring.next_seq();
+                    let Some(placement) = inner.ring.place(size) else {
+                        // The area is sized so that this cannot happen.
+                        drop(inner);
+                        return Err(refund(ENOSPC));
+                    };
+                    break (writing, seq, placement, loss);
+                }
+                Err(err) if err == EAGAIN && !nonblock => {
+                    // Another writer took the space found before: wait for
+                    // more without holding `writing`.
+                    drop(writing);
+                    if let Err(err) = self.wait_for_space(&mut inner, cost, false, false) {
+                        inner.refund(charged, len as u64);
+                        return Err(err);
+                    }
+                }
+                Err(err) => {
+                    inner.refund(charged, len as u64);
+                    return Err(err);
+                }
             }
-            None => None,
         };
-        // One pid reference per record, which may outlive the writer and
-        // its file; taking it is an atomic increment, as the `Arc` is.
-        let record = Arc::new(
-            Record {
-                time_ns: realtime_ns(),
-                sender: Sender::current(kuid, kgid),
-                origin,
-                data,
-            },
-            GFP_KERNEL_ACCOUNT,
-        )
-        .map_err(|err| refund(err.into()))?;
+        let sender = Sender::current(kuid, kgid);
+        let time_ns = realtime_ns();
+        let at = placement.offset;
+        let header = abi::RingRecord {
+            seq,
+            time_ns,
+            len: len as u32,
+            flags: if relayed { abi::RING_ORIGIN } else { 0 },
+            pid: sender.pid_in_init_ns(),
+            uid: kuid,
+            gid: kgid,
+            reserved: 0,
+        };
+        let stamp = Stamp {
+            time_ns,
+            sender,
+            len: len as u32,
+            relayed,
+        };
+        let filled = (|| {
+            if let Some(pad_from) = placement.pad_from {
+                if self.area.len() - pad_from >= RECORD_HEADER {
+                    let pad = abi::RingRecord {
+                        flags: abi::RING_PAD,
+                        ..abi::RingRecord::default()
+                    };
+                    self.area.put(pad_from, &pad)?;
+                }
+            }
+            self.area.put(at, &header)?;
+            if let (Some(origin), Some(origin_at)) = (&origin, stamp.origin_at(at)) {
+                self.area.put(origin_at, origin)?;
+            }
+            // From user space holding only `writing`: it may fault and
+            // sleep.
+            self.area.fill_from(stamp.payload_at(at), len, src)
+        })();
+        if let Err(err) = filled {
+            return Err(refund(err));
+        }
         let mut inner = self.inner.lock();
-        let loss = match self.wait_for_space(&mut inner, cost, nonblock, true) {
-            Ok(loss) => loss,
-            Err(err) => {
-                inner.refund(charged, len as u64);
-                return Err(err);
-            }
-        };
-        if inner.ring.push(record).is_err() {
-            // wait_for_space() just made room.
+        if inner.deleted {
+            inner.refund(charged, len as u64);
+            return Err(eidrm());
+        }
+        if inner.ring.push(stamp, cost, size).is_err() {
+            // Nothing took the place picked above: only writers push, one
+            // at a time.
+            inner.refund(charged, len as u64);
             return Err(ENOSPC);
         }
         let asleep = inner.asleep();
@@ -844,7 +943,7 @@ impl Room {
             let seq = mark.seq.load(Ordering::Relaxed);
             let unread = seq.max(first);
             let behind_ns = match inner.ring.get(unread) {
-                Lookup::Ready(record) => now.saturating_sub(record.time_ns).max(1),
+                Lookup::Ready(slot) => now.saturating_sub(slot.meta().time_ns).max(1),
                 _ => 0,
             };
             let (uid, gid) = caller.ids_as_seen(mark.opener.kuid, mark.opener.kgid);

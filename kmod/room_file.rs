@@ -20,7 +20,7 @@ use crate::{
         task::monotonic_ns,
     },
     ring::Lookup,
-    room::{Hold, Policy, ReaderMark, Record, Room, RoomInner, Stats},
+    room::{Hold, Policy, ReaderMark, Room, RoomInner, Stats},
 };
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use kernel::{
@@ -354,9 +354,13 @@ impl RoomFile {
                 // The mode is set under the cursor lock, so it holds for
                 // this whole read.
                 let mode = self.mode.load(Ordering::Relaxed);
-                let batch = plan(&inner, seq, cursor.offset, mode, dest.len())?;
+                let batch = plan(&inner, file, seq, cursor.offset, mode, dest.len())?;
                 drop(inner);
-                return self.copy_out(file, &mut cursor, mark, seq, mode, &batch, dest);
+                match self.copy_out(&mut cursor, mark, seq, mode, &batch, dest)? {
+                    Some(copied) => return Ok(copied),
+                    // Overwritten while copied: read again, past the loss.
+                    None => continue,
+                }
             }
             if inner.deleted {
                 return Ok(0);
@@ -382,31 +386,36 @@ impl RoomFile {
     }
 
     /// Copies the planned records out, without the room lock (user memory
-    /// may fault and sleep), and moves the cursor past what was returned.
-    #[allow(clippy::too_many_arguments)]
+    /// may fault and sleep), and moves the cursor past what was returned;
+    /// `None` if the first record was evicted and its bytes reused while
+    /// they were copied (see `room.rs`): nothing is returned then, and the
+    /// cursor stays, so the next look counts the loss.
     fn copy_out(
         &self,
-        file: &File,
         cursor: &mut Cursor,
         mark: &ReaderMark,
         seq: u64,
         mode: u32,
         batch: &Batch,
         dest: &mut IovDest,
-    ) -> Result<usize> {
+    ) -> Result<Option<usize>> {
         let room = &self.room;
+        let area = &room.area;
         let mut copied = 0;
         let mut finished = 0u64;
         // Bytes returned of the first record not finished (stream reads).
         let mut partial = cursor.offset;
+        // What the first framed header reported as lost.
+        let mut reported = 0;
         for record in batch.iter().flatten() {
+            let len = record.header.len as usize;
             let result = match mode {
                 abi::READ_STREAM => {
                     let skip = if finished == 0 { cursor.offset } else { 0 };
-                    let rest = record.data.get(skip..).unwrap_or(&[]);
-                    let take = rest.len().min(dest.len());
-                    match dest.write_slice(&rest[..take]) {
-                        Ok(()) if take < rest.len() => {
+                    let rest = len.saturating_sub(skip);
+                    let take = rest.min(dest.len());
+                    match area.copy_to(record.payload_at + skip, take, dest) {
+                        Ok(()) if take < rest => {
                             copied += take;
                             partial = skip + take;
                             break;
@@ -415,39 +424,33 @@ impl RoomFile {
                         Err(err) => Err(err),
                     }
                 }
-                abi::READ_PACKET => dest.write_slice(&record.data).map(|()| record.data.len()),
+                abi::READ_PACKET => area.copy_to(record.payload_at, len, dest).map(|()| len),
                 // READ_FRAMED, READ_FRAMED_ORIGIN.
                 _ => {
                     let lost = if finished == 0 {
-                        mark.lost.swap(0, Ordering::Relaxed)
+                        reported = mark.lost.swap(0, Ordering::Relaxed);
+                        reported
                     } else {
                         0
                     };
-                    // As this reader's namespaces see the sender: its pid
-                    // namespace for the pid, its file's user namespace for
-                    // the ids (`SCM_CREDENTIALS`' rule).
-                    let (uid, gid) = file.ids_as_seen(record.sender.kuid, record.sender.kgid);
                     let header = abi::FrameHeader {
-                        seq: seq + finished,
-                        time_ns: record.time_ns,
                         lost,
-                        len: record.data.len() as u32,
-                        pid: record.sender.pid_for_current(),
-                        uid,
-                        gid,
+                        ..record.header
                     };
-                    let with_origin = mode == abi::READ_FRAMED_ORIGIN;
                     let written = dest.write(&header).and_then(|()| {
-                        if with_origin {
-                            let local = abi::OriginHeader::default();
-                            dest.write(record.origin.as_deref().unwrap_or(&local))?;
+                        if mode == abi::READ_FRAMED_ORIGIN {
+                            match record.origin_at {
+                                Some(at) => area.copy_to(at, ORIGIN, dest)?,
+                                None => dest.write(&abi::OriginHeader::default())?,
+                            }
                         }
-                        dest.write_slice(&record.data)
+                        area.copy_to(record.payload_at, len, dest)
                     });
-                    if written.is_err() {
-                        mark.lost.fetch_add(lost, Ordering::Relaxed);
+                    if written.is_err() && finished == 0 {
+                        mark.lost
+                            .fetch_add(core::mem::take(&mut reported), Ordering::Relaxed);
                     }
-                    written.map(|()| frame_len(mode) + record.data.len())
+                    written.map(|()| frame_len(mode) + len)
                 }
             };
             match result {
@@ -461,6 +464,12 @@ impl RoomFile {
             }
         }
         let mut inner = room.inner.lock();
+        if seq < inner.ring.first_seq() {
+            drop(inner);
+            dest.revert(copied);
+            mark.lost.fetch_add(reported, Ordering::Relaxed);
+            return Ok(None);
+        }
         cursor.place(mark, &mut inner, seq + finished, partial);
         let asleep = inner.asleep();
         drop(inner);
@@ -470,24 +479,46 @@ impl RoomFile {
                 room.changed(events::OUT | events::WRNORM, asleep);
             }
         }
-        Ok(copied)
+        Ok(Some(copied))
     }
 }
 
+/// One record a read returns: where its bytes are, and its frame header as
+/// this reader sees it (`lost` still to fill in).
+#[derive(Clone, Copy)]
+struct Planned {
+    header: abi::FrameHeader,
+    payload_at: usize,
+    origin_at: Option<usize>,
+}
+
 /// The records one read returns, oldest first.
-type Batch = [Option<Arc<Record>>; BATCH];
+type Batch = [Option<Planned>; BATCH];
+
+const ORIGIN: usize = core::mem::size_of::<abi::OriginHeader>();
 
 /// Picks the records a read of `space` bytes in `mode` returns, starting
 /// `offset` bytes into record `seq` (which is ready); `EMSGSIZE` when a
-/// packet or frame does not fit.
-fn plan(inner: &RoomInner, seq: u64, offset: usize, mode: u32, space: usize) -> Result<Batch> {
+/// packet or frame does not fit. Framed modes get their senders as `file`'s
+/// namespaces see them: its pid namespace for the pid, its user namespace
+/// for the ids (`SCM_CREDENTIALS`' rule).
+fn plan(
+    inner: &RoomInner,
+    file: &File,
+    seq: u64,
+    offset: usize,
+    mode: u32,
+    space: usize,
+) -> Result<Batch> {
     let mut batch: Batch = [const { None }; BATCH];
     let mut planned = 0usize;
-    for (n, slot) in batch.iter_mut().enumerate() {
-        let Lookup::Ready(record) = inner.ring.get(seq + n as u64) else {
+    let area = inner.ring.area();
+    for (n, entry) in batch.iter_mut().enumerate() {
+        let Lookup::Ready(slot) = inner.ring.get(seq + n as u64) else {
             break;
         };
-        let len = record.data.len();
+        let stamp = slot.meta();
+        let len = stamp.len as usize;
         let size = match mode {
             abi::READ_STREAM if n == 0 => len.saturating_sub(offset),
             abi::READ_STREAM => len,
@@ -503,7 +534,25 @@ fn plan(inner: &RoomInner, seq: u64, offset: usize, mode: u32, space: usize) -> 
                 break;
             }
         }
-        *slot = Some(record.clone());
+        let at = slot.offset(area);
+        let mut header = abi::FrameHeader {
+            seq: seq + n as u64,
+            time_ns: stamp.time_ns,
+            lost: 0,
+            len: stamp.len,
+            ..abi::FrameHeader::default()
+        };
+        if mode == abi::READ_FRAMED || mode == abi::READ_FRAMED_ORIGIN {
+            let (uid, gid) = file.ids_as_seen(stamp.sender.kuid, stamp.sender.kgid);
+            header.pid = stamp.sender.pid_for_current();
+            header.uid = uid;
+            header.gid = gid;
+        }
+        *entry = Some(Planned {
+            header,
+            payload_at: stamp.payload_at(at),
+            origin_at: stamp.origin_at(at),
+        });
         planned = planned.saturating_add(size);
         if planned >= space {
             break;

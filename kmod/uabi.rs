@@ -33,6 +33,8 @@ unsafe impl FromBytes for abi::RelayHeader {}
 // SAFETY: `repr(C)` integers without padding: every byte is initialised.
 unsafe impl AsBytes for abi::FrameHeader {}
 // SAFETY: as above.
+unsafe impl AsBytes for abi::RingRecord {}
+// SAFETY: as above.
 unsafe impl AsBytes for abi::RoomInfo {}
 // SAFETY: as above.
 unsafe impl AsBytes for abi::RoomList {}

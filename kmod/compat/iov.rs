@@ -8,10 +8,6 @@
 
 use super::file::File;
 use kernel::{
-    alloc::{
-        flags::{__GFP_NOWARN, GFP_KERNEL_ACCOUNT},
-        KVVec,
-    },
     bindings, ffi,
     prelude::*,
     types::{AsBytes, FromBytes},
@@ -69,6 +65,19 @@ impl IovDest {
         unsafe { kchat_iov_iter_count(self.0.cast()) }
     }
 
+    pub(super) fn as_raw(&mut self) -> *mut bindings::iov_iter {
+        self.0
+    }
+
+    /// Takes back the last `bytes` appended (a read that returns less than
+    /// it copied: its caller owns what is past the count it returns, but
+    /// the iter must say where the read really ended).
+    pub(crate) fn revert(&mut self, bytes: usize) {
+        // SAFETY: the iter is valid, and at least `bytes` were copied into
+        // it by this read.
+        unsafe { bindings::iov_iter_revert(self.0, bytes) };
+    }
+
     /// Appends `data`; `EFAULT` (and a partial copy) if user memory is bad.
     pub(crate) fn write_slice(&mut self, data: &[u8]) -> Result {
         // SAFETY: `data` is valid for reads of its length; the iter is valid
@@ -107,6 +116,10 @@ impl IovSource {
         unsafe { kchat_iov_iter_count(self.0.cast()) }
     }
 
+    pub(super) fn as_raw(&mut self) -> *mut bindings::iov_iter {
+        self.0
+    }
+
     /// Takes the next `size_of::<T>()` bytes as a `T`; `EFAULT` if user
     /// memory is bad or the write is shorter.
     pub(crate) fn read<T: FromBytes>(&mut self) -> Result<T> {
@@ -121,26 +134,5 @@ impl IovSource {
         // SAFETY: all `len` bytes were written, and any bytes are a valid
         // `T` (`FromBytes`).
         Ok(unsafe { value.assume_init() })
-    }
-
-    /// Takes the next `len` bytes into a new vector, without zero-filling it
-    /// first; `EFAULT` if user memory is bad.
-    ///
-    /// The memory is charged to the caller's memory cgroup (a writer's
-    /// messages count against its `memory.max`), and large sizes come from
-    /// vmalloc rather than high-order pages.
-    pub(crate) fn read_vec(&mut self, len: usize) -> Result<KVVec<u8>> {
-        // A writer picks the size (up to the room's max_msg): a failure is
-        // its ENOMEM, not a warning in the log.
-        let mut out = KVVec::<u8>::with_capacity(len, GFP_KERNEL_ACCOUNT | __GFP_NOWARN)?;
-        // SAFETY: the vector's buffer is valid for writes of `len` bytes (its
-        // capacity); the iter is valid and advances by what was copied.
-        let copied = unsafe { bindings::_copy_from_iter(out.as_mut_ptr().cast(), len, self.0) };
-        if copied != len {
-            return Err(EFAULT);
-        }
-        // SAFETY: the first `len` bytes were just written.
-        unsafe { out.set_len(len) };
-        Ok(out)
     }
 }

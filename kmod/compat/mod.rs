@@ -15,4 +15,5 @@ pub(crate) mod fops;
 pub(crate) mod iov;
 pub(crate) mod params;
 pub(crate) mod poll;
+pub(crate) mod ring_area;
 pub(crate) mod task;

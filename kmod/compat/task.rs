@@ -66,6 +66,22 @@ impl Sender {
     }
 }
 
+impl Sender {
+    /// The writer's pid as the initial pid namespace sees it (0 if it has
+    /// gone): the number every namespace's view derives from.
+    pub(crate) fn pid_in_init_ns(&self) -> u32 {
+        if self.pid.is_null() {
+            return 0;
+        }
+        // SAFETY: `pid` is referenced (type invariant); `init_pid_ns` is a
+        // static that lives as long as the kernel, and `pid_nr_ns` only
+        // reads both.
+        unsafe {
+            bindings::pid_nr_ns(self.pid, core::ptr::addr_of_mut!(bindings::init_pid_ns)) as u32
+        }
+    }
+}
+
 impl Drop for Sender {
     fn drop(&mut self) {
         // SAFETY: drops the reference the type invariant says this value

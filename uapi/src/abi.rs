@@ -457,6 +457,32 @@ pub struct FrameHeader {
     pub gid: u32,
 }
 
+/// A message as the kernel lays it out in its room's ring: this header,
+/// then an [`OriginHeader`] if `flags` has `RING_ORIGIN`, then `len` bytes
+/// of payload; the next record starts at the next multiple of 8. A record
+/// never crosses the ring's end: where one would, the rest of the ring is
+/// padding (a header with `RING_PAD`, or fewer bytes than a header) and it
+/// starts at the ring's beginning. Ids are as the initial namespaces see
+/// them. Read-only in-kernel layout today; mapped readers will see it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RingRecord {
+    pub seq: u64,
+    pub time_ns: u64,
+    pub len: u32,
+    pub flags: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Reserved; zero.
+    pub reserved: u32,
+}
+
+/// `RingRecord::flags`: padding to the ring's end; no message.
+pub const RING_PAD: u32 = 1;
+/// `RingRecord::flags`: an `OriginHeader` follows (a relayed message).
+pub const RING_ORIGIN: u32 = 2;
+
 /// Room ioctl: sets this fd's read mode (`READ_*`); `EINVAL` otherwise.
 pub const IOC_SET_READ_MODE: u32 = iow::<u32>(0x10);
 /// Room ioctl: how many messages this reader has lost since it last asked
@@ -532,6 +558,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(RoomSpec, flags), 60);
         assert_eq!(core::mem::size_of::<RoomName>(), 40);
         assert_eq!(core::mem::size_of::<FrameHeader>(), 40);
+        assert_eq!(core::mem::size_of::<RingRecord>(), 40);
         assert_eq!(core::mem::size_of::<RoomInfo>(), 184);
         assert_eq!(core::mem::size_of::<RateLimit>(), 64);
         assert_eq!(core::mem::size_of::<GlobalLimits>(), 24);

@@ -25,6 +25,10 @@ const FRAMED_VAR: &str = "KCHAT_VMTEST_HELPER_FRAMED";
 /// Helper job: write `KCHAT_VMTEST_HELPER_COUNT` messages of 1 KiB to the
 /// room and print this process's cgroup's `memory.current` before and after.
 const MEMCG_VAR: &str = "KCHAT_VMTEST_HELPER_MEMCG";
+/// Helper job: create the room named here with a ring of
+/// `KCHAT_VMTEST_HELPER_COUNT` bytes and print this process's cgroup's
+/// `memory.current` before and after.
+const MEMCG_CREATE_VAR: &str = "KCHAT_VMTEST_HELPER_MEMCG_CREATE";
 /// Helper job: connect `KCHAT_VMTEST_HELPER_COUNT` times to the unix socket
 /// and hold every connection (as far as this process's descriptors allow),
 /// printing "held" once done, until killed.
@@ -65,6 +69,14 @@ pub fn run_if_requested() -> Option<ExitCode> {
         loop {
             std::thread::park();
         }
+    }
+    if let Ok(name) = std::env::var(MEMCG_CREATE_VAR) {
+        let bytes: u32 = std::env::var(COUNT_VAR).ok()?.parse().ok()?;
+        match create_and_measure(&name, bytes) {
+            Ok((before, after)) => println!("{before} {after}"),
+            Err(err) => println!("{err:#}"),
+        }
+        return Some(ExitCode::SUCCESS);
     }
     if let Some(path) = std::env::var_os(MEMCG_VAR) {
         let count: usize = std::env::var(COUNT_VAR).ok()?.parse().ok()?;
@@ -277,10 +289,41 @@ fn write_and_measure(path: &Path, count: usize) -> Result<(u64, u64)> {
     Ok((before, memory_current()?))
 }
 
+fn create_and_measure(name: &str, ring_bytes: u32) -> Result<(u64, u64)> {
+    let control = kchat_client::Control::open().context("opening the control node")?;
+    let spec = kchat_uapi::abi::RoomSpec {
+        ring_bytes,
+        ..kchat_client::spec(name)
+    };
+    let before = memory_current()?;
+    control.create(&spec).context("creating the room")?;
+    Ok((before, memory_current()?))
+}
+
 /// Runs the memory helper in cgroup `cgroup` (a directory under
 /// /sys/fs/cgroup): `count` 1 KiB messages to `room`; returns
 /// `memory.current` before and after.
 pub fn write_in_cgroup(cgroup: &Path, room: &Path, count: usize) -> Result<(u64, u64)> {
+    memory_helper(cgroup, MEMCG_VAR, room.as_os_str(), count as u64)
+}
+
+/// Runs the memory helper in cgroup `cgroup`: creates room `name` with a
+/// ring of `ring_bytes`; returns `memory.current` before and after.
+pub fn create_in_cgroup(cgroup: &Path, name: &str, ring_bytes: u32) -> Result<(u64, u64)> {
+    memory_helper(
+        cgroup,
+        MEMCG_CREATE_VAR,
+        std::ffi::OsStr::new(name),
+        u64::from(ring_bytes),
+    )
+}
+
+fn memory_helper(
+    cgroup: &Path,
+    job: &str,
+    arg: &std::ffi::OsStr,
+    count: u64,
+) -> Result<(u64, u64)> {
     let exe = std::env::current_exe().context("finding the suite's own binary")?;
     let out = Command::new("timeout")
         .args([
@@ -291,7 +334,7 @@ pub fn write_in_cgroup(cgroup: &Path, room: &Path, count: usize) -> Result<(u64,
         ])
         .arg(exe)
         .arg(cgroup)
-        .env(MEMCG_VAR, room)
+        .env(job, arg)
         .env(COUNT_VAR, count.to_string())
         .output()
         .context("running the memory helper")?;
