@@ -10,6 +10,9 @@
 #include <linux/poll.h>
 #include <linux/uio.h>
 #include <linux/vmalloc.h>
+#include <linux/mm.h>
+#include <linux/pid_namespace.h>
+#include <linux/cred.h>
 
 /*
  * Values compat/ copies from macros that are __force casts, which bindgen
@@ -76,4 +79,47 @@ void *kchat_ring_alloc(unsigned long size)
 void kchat_ring_free(void *area)
 {
 	vfree(area);
+}
+
+/*
+ * Maps a room's ring (its control page and records) into a reader,
+ * read-only for good: a reader can neither corrupt the ring nor forge a
+ * header. The pages are inserted one by one (the ring is not VM_USERMAP,
+ * see kchat_ring_alloc); each holds its own reference, and the mapping
+ * holds the file, which holds the room.
+ */
+int kchat_map_ring(struct vm_area_struct *vma, void *area, unsigned long len);
+
+int kchat_map_ring(struct vm_area_struct *vma, void *area, unsigned long len)
+{
+	unsigned long size = vma->vm_end - vma->vm_start, off;
+	int err;
+
+	/* From the start, at most all of it: the control page alone says how
+	 * large the rest is. */
+	if (vma->vm_pgoff != 0 || size > len)
+		return -EINVAL;
+	if (vma->vm_flags & VM_WRITE)
+		return -EPERM;
+	vm_flags_mod(vma, VM_DONTEXPAND | VM_DONTDUMP, VM_MAYWRITE);
+	for (off = 0; off < size; off += PAGE_SIZE) {
+		err = vm_insert_page(vma, vma->vm_start + off,
+				     vmalloc_to_page((char *)area + off));
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/*
+ * Whether the current task's pid namespace and the file's user namespace
+ * are the initial ones: the only ones in which the ids a mapped ring shows
+ * (as the initial namespaces see them) mean what they say.
+ */
+bool kchat_in_initial_namespaces(struct file *file);
+
+bool kchat_in_initial_namespaces(struct file *file)
+{
+	return task_active_pid_ns(current) == &init_pid_ns &&
+	       file->f_cred->user_ns == &init_user_ns;
 }

@@ -548,6 +548,17 @@ impl Room {
         self.poll.wake(events);
     }
 
+    /// Tells mapped readers where the ring stands now; under the room lock.
+    fn publish(&self, inner: &RoomInner) {
+        let ring = &inner.ring;
+        self.area.publish(
+            ring.first_seq(),
+            ring.tail_pos(),
+            ring.next_seq(),
+            ring.head_pos(),
+        );
+    }
+
     /// Replaces the rate limit; every sender starts with a full budget.
     pub(crate) fn set_limit(&self, limit: LimitConfig) {
         let mut inner = self.inner.lock();
@@ -573,6 +584,7 @@ impl Room {
     /// left, then read end-of-file; writers get `EIDRM`.
     pub(crate) fn mark_deleted(&self) {
         self.inner.lock().deleted = true;
+        self.area.mark_deleted();
         self.changed(
             events::HUP | events::IN | events::RDNORM | events::OUT | events::ERR,
             Asleep::ANY,
@@ -679,6 +691,9 @@ impl Room {
             let mut inner = self.inner.lock();
             match self.wait_for_space(&mut inner, cost, true, true) {
                 Ok(loss) => {
+                    // Mapped readers learn of evictions before the bytes
+                    // are reused.
+                    self.publish(&inner);
                     let seq = inner.ring.next_seq();
                     let Some(placement) = inner.ring.place(size) else {
                         // The area is sized so that this cannot happen.
@@ -753,6 +768,7 @@ impl Room {
             inner.refund(charged, len as u64);
             return Err(ENOSPC);
         }
+        self.publish(&inner);
         let asleep = inner.asleep();
         drop(inner);
         Stats::add(&self.stats.msgs_in, 1);

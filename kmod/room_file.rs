@@ -17,6 +17,7 @@ use crate::{
         fops::FileOps,
         iov::{IovDest, IovSource, Kiocb},
         poll::{events, PollTable},
+        ring_area::Vma,
         task::monotonic_ns,
     },
     ring::Lookup,
@@ -295,6 +296,20 @@ impl FileOps for RoomFile {
             _ => return Err(ENOTTY),
         }
         Ok(0)
+    }
+
+    /// Maps the room's ring read-only (docs/kernel-abi.md, "Mapped
+    /// readers"). Only for readers, and only where the ids the ring shows
+    /// (as the initial namespaces see them) are the ones `read` would show:
+    /// elsewhere `EPERM`, and `read` still works.
+    fn mmap(this: Pin<&RoomFile>, file: &File, vma: &Vma) -> Result {
+        if this.mark.is_none() {
+            return Err(EACCES);
+        }
+        if !file.in_initial_namespaces() {
+            return Err(EPERM);
+        }
+        this.room.area.map_read_only(vma)
     }
 
     fn llseek(this: Pin<&RoomFile>, _file: &File, offset: i64, whence: u32) -> Result<i64> {

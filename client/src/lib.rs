@@ -12,6 +12,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub mod mapped;
+
 pub use kchat_uapi::abi::{FrameHeader, RateLimit, RoomInfo, RoomSpec};
 
 /// The control node.

@@ -213,6 +213,18 @@ impl<T, S: DerefMut<Target = [Option<Slot<T>>]>> Ring<T, S> {
         seq.checked_rem(self.slots.len() as u64).unwrap_or(0) as usize
     }
 
+    /// Where the next record will start at the earliest (its position may
+    /// skip padding): the position `next_seq` goes with.
+    pub fn head_pos(&self) -> u64 {
+        self.head
+    }
+
+    /// Where the oldest retained record starts ([`Ring::head_pos`] when
+    /// empty): the position `first_seq` goes with.
+    pub fn tail_pos(&self) -> u64 {
+        self.tail()
+    }
+
     /// Where the oldest retained record starts (`head` when empty).
     fn tail(&self) -> u64 {
         match self.slots.get(self.index(self.first)) {

@@ -83,6 +83,18 @@ impl File {
         }
     }
 
+    /// Whether the current task's pid namespace and this file's user
+    /// namespace are the initial ones.
+    pub(crate) fn in_initial_namespaces(&self) -> bool {
+        extern "C" {
+            /// Defined in `glue.c`.
+            fn kchat_in_initial_namespaces(file: *mut kernel::ffi::c_void) -> bool;
+        }
+        // SAFETY: the file is valid (type invariant) and the function only
+        // reads it and the current task.
+        unsafe { kchat_in_initial_namespaces(self.as_raw().cast()) }
+    }
+
     /// Whether `O_NONBLOCK` is set now (`fcntl` may change it at any time).
     pub(crate) fn nonblocking(&self) -> bool {
         self.flags() & bindings::O_NONBLOCK != 0

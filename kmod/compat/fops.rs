@@ -11,6 +11,7 @@ use super::{
     file::{File, OpeningFile},
     iov::{IovDest, IovSource, Kiocb},
     poll::PollTable,
+    ring_area::Vma,
 };
 use core::{marker::PhantomData, ptr};
 use kernel::{
@@ -82,6 +83,14 @@ pub(crate) trait FileOps: Sized {
     ) -> Result<isize> {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
+
+    fn mmap(
+        _state: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
+        _file: &File,
+        _vma: &Vma,
+    ) -> Result {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
 }
 
 /// Switches a file being opened over to `T`'s operations and runs `T::open`.
@@ -130,6 +139,7 @@ impl<T: FileOps> Vtable<T> {
         } else {
             None
         },
+        mmap: if T::HAS_MMAP { Some(Self::mmap) } else { None },
         llseek: if T::HAS_LLSEEK {
             Some(Self::llseek)
         } else {
@@ -233,6 +243,27 @@ impl<T: FileOps> Vtable<T> {
         // SAFETY: `table` is this call's poll table.
         let table = unsafe { PollTable::from_raw(table) };
         T::poll(state, file, &table)
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFS on a file that `open_as::<T>` set up, with the vma
+    /// `mmap` is setting up.
+    unsafe extern "C" fn mmap(
+        raw: *mut bindings::file,
+        vma: *mut bindings::vm_area_struct,
+    ) -> ffi::c_int {
+        // SAFETY: the VFS passes a valid file for the call's duration.
+        let file = unsafe { File::from_raw(raw) };
+        // SAFETY: `private_data` holds the state `open_as` stored, valid
+        // until `release`, which cannot run during this call.
+        let state = unsafe { T::Ptr::borrow((*raw).private_data) };
+        // SAFETY: the vma is the one this `mmap` call sets up.
+        let vma = unsafe { Vma::from_raw(vma) };
+        match T::mmap(state, file, &vma) {
+            Ok(()) => 0,
+            Err(err) => err.to_errno(),
+        }
     }
 
     /// # Safety

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 //! `RingArea`: the memory a room's records are laid out in, allocated once
-//! at the room's creation, and the copies in and out of it.
+//! at the room's creation, the copies in and out of it, and its mapping
+//! into readers: one page of `RingControl` (where the ring stands), then
+//! the records.
 //!
 //! Records are written while readers copy other records out, without one
 //! lock over both (user memory may fault and sleep), so the area is only
@@ -11,21 +13,45 @@
 //! and discards what it copied.
 
 use super::iov::{IovDest, IovSource};
+use crate::abi;
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use kernel::{bindings, ffi, prelude::*, types::AsBytes};
 
 extern "C" {
-    /// `vmalloc_user()`; defined in `glue.c`.
+    /// `__vmalloc()`, zeroed and charged; defined in `glue.c`.
     fn kchat_ring_alloc(size: ffi::c_ulong) -> *mut ffi::c_void;
     /// `vfree()`; defined in `glue.c`.
     fn kchat_ring_free(area: *mut ffi::c_void);
+    /// Maps `len` bytes of vmalloc memory at `area` into `vma`, read-only
+    /// for good; defined in `glue.c`.
+    fn kchat_map_ring(
+        vma: *mut ffi::c_void,
+        area: *mut ffi::c_void,
+        len: ffi::c_ulong,
+    ) -> ffi::c_int;
 }
 
-/// A zeroed, page-aligned area of `len` bytes.
+/// The mapping an `mmap` call is setting up.
+pub(crate) struct Vma(*mut bindings::vm_area_struct);
+
+impl Vma {
+    /// # Safety
+    ///
+    /// `ptr` is the vma the VFS passed to the current `mmap` callback.
+    pub(crate) unsafe fn from_raw(ptr: *mut bindings::vm_area_struct) -> Self {
+        Vma(ptr)
+    }
+}
+
+const PAGE: usize = bindings::PAGE_SIZE;
+
+/// One control page, then a zeroed, page-aligned records area of `len`
+/// bytes.
 ///
 /// # Invariants
 ///
-/// `ptr` is a live `vmalloc_user` allocation of at least `len` bytes, owned
-/// by this value.
+/// `ptr` is a live vmalloc allocation of `PAGE + len` bytes, owned by this
+/// value; its first page holds a `RingControl`.
 pub(crate) struct RingArea {
     ptr: *mut u8,
     len: usize,
@@ -39,35 +65,113 @@ unsafe impl Send for RingArea {}
 unsafe impl Sync for RingArea {}
 
 impl RingArea {
-    /// A zeroed area of at least `len` bytes, rounded up to whole pages
-    /// (the part that a mapping sees); `ENOMEM` if there is no such memory.
+    /// A control page and a zeroed records area of at least `len` bytes,
+    /// rounded up to whole pages; `ENOMEM` if there is no such memory.
     pub(crate) fn new(len: usize) -> Result<Self> {
         let len = len
-            .checked_next_multiple_of(bindings::PAGE_SIZE)
-            .filter(|len| *len > 0)
+            .checked_next_multiple_of(PAGE)
+            .filter(|len| *len > 0 && u32::try_from(*len).is_ok())
             .ok_or(EINVAL)?;
         // SAFETY: any size may be asked for; null means failure.
-        let ptr = unsafe { kchat_ring_alloc(len as ffi::c_ulong) }.cast::<u8>();
+        let ptr = unsafe { kchat_ring_alloc((PAGE + len) as ffi::c_ulong) }.cast::<u8>();
         if ptr.is_null() {
             return Err(ENOMEM);
         }
-        // INVARIANT: a live allocation of `len` bytes, owned from here.
+        let control = abi::RingControl {
+            magic: abi::RING_MAGIC,
+            version: abi::RING_VERSION,
+            records_offset: PAGE as u32,
+            area_len: len as u64,
+            ..abi::RingControl::default()
+        };
+        // SAFETY: the allocation's first page is valid for writes, aligned,
+        // and nobody else knows it yet.
+        unsafe { ptr.cast::<abi::RingControl>().write(control) };
+        // INVARIANT: a live allocation of `PAGE + len` bytes, owned from
+        // here, starting with a `RingControl`.
         Ok(RingArea { ptr, len })
     }
 
+    /// Bytes of records area.
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    /// A pointer to `len` bytes at `offset`, if they are inside the area.
+    /// A pointer to `len` bytes at `offset` of the records, if they are
+    /// inside the area.
     fn span(&self, offset: usize, len: usize) -> Result<*mut u8> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => {
-                // SAFETY: `offset` is within the allocation (invariant).
-                Ok(unsafe { self.ptr.add(offset) })
+                // SAFETY: `PAGE + offset` is within the allocation
+                // (invariant).
+                Ok(unsafe { self.ptr.add(PAGE + offset) })
             }
             _ => Err(EINVAL),
         }
+    }
+
+    /// A control page field, as an atomic: mapped readers read it while
+    /// the kernel writes it.
+    fn control_u64(&self, field: usize) -> &AtomicU64 {
+        // SAFETY: `field` is the offset of an aligned `u64` field of the
+        // `RingControl` at the start of the allocation (invariant), which
+        // lives as long as `self`, and which the kernel only ever accesses
+        // atomically after `new`.
+        unsafe { AtomicU64::from_ptr(self.ptr.add(field).cast()) }
+    }
+
+    fn control_u32(&self, field: usize) -> &AtomicU32 {
+        // SAFETY: as for `control_u64`, for an aligned `u32` field.
+        unsafe { AtomicU32::from_ptr(self.ptr.add(field).cast()) }
+    }
+
+    /// Tells mapped readers where the ring stands. The caller holds the
+    /// room lock (one updater at a time) and calls this after evicting and
+    /// before reusing any evicted bytes, and after publishing a record.
+    pub(crate) fn publish(&self, first_seq: u64, first_pos: u64, next_seq: u64, next_pos: u64) {
+        use core::mem::offset_of;
+        let seqcount = self.control_u32(offset_of!(abi::RingControl, seqcount));
+        seqcount.fetch_add(1, Ordering::Relaxed);
+        // The odd count before the fields (smp_wmb); on the way out, the
+        // fields before the even count, and both before the bytes a writer
+        // puts in evicted space next.
+        fence(Ordering::SeqCst);
+        self.control_u64(offset_of!(abi::RingControl, first_seq))
+            .store(first_seq, Ordering::Relaxed);
+        self.control_u64(offset_of!(abi::RingControl, first_pos))
+            .store(first_pos, Ordering::Relaxed);
+        self.control_u64(offset_of!(abi::RingControl, next_pos))
+            .store(next_pos, Ordering::Relaxed);
+        self.control_u64(offset_of!(abi::RingControl, next_seq))
+            .store(next_seq, Ordering::Release);
+        fence(Ordering::SeqCst);
+        seqcount.fetch_add(1, Ordering::Release);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Tells mapped readers that nothing more will come.
+    pub(crate) fn mark_deleted(&self) {
+        self.control_u32(core::mem::offset_of!(abi::RingControl, flags))
+            .fetch_or(abi::RING_DELETED, Ordering::Release);
+    }
+
+    /// Maps the control page and the records (or the first pages of them)
+    /// into `vma`, read-only (the mapping can never be made writable);
+    /// `EINVAL` unless it starts at offset 0 and ends within them, `EPERM`
+    /// if it asks to write.
+    pub(crate) fn map_read_only(&self, vma: &Vma) -> Result {
+        // SAFETY: `vma` is being set up by the current `mmap` call, with
+        // the mmap lock held; `ptr` is a vmalloc allocation of `PAGE + len`
+        // bytes that outlives the mapping's pages (they hold their own
+        // references once inserted).
+        let ret = unsafe {
+            kchat_map_ring(
+                vma.0.cast(),
+                self.ptr.cast(),
+                (PAGE + self.len) as ffi::c_ulong,
+            )
+        };
+        kernel::error::to_result(ret)
     }
 
     /// Writes the bytes of `value` at `offset`.

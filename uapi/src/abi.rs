@@ -463,7 +463,7 @@ pub struct FrameHeader {
 /// never crosses the ring's end: where one would, the rest of the ring is
 /// padding (a header with `RING_PAD`, or fewer bytes than a header) and it
 /// starts at the ring's beginning. Ids are as the initial namespaces see
-/// them. Read-only in-kernel layout today; mapped readers will see it.
+/// them (mapping is refused in any other).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RingRecord {
@@ -482,6 +482,48 @@ pub struct RingRecord {
 pub const RING_PAD: u32 = 1;
 /// `RingRecord::flags`: an `OriginHeader` follows (a relayed message).
 pub const RING_ORIGIN: u32 = 2;
+
+/// The first page of a mapped room (`mmap` of a room fd opened for
+/// reading): where the ring stands. The records follow at
+/// `records_offset`, `area_len` bytes of them; a record's *position* counts
+/// bytes from the area's first byte ever, so its offset in the area is
+/// `pos % area_len`. See docs/kernel-abi.md, "Mapped readers".
+///
+/// `first_*` (the oldest retained record) and `next_*` (where the next one
+/// will be) change together under `seqcount`: odd while the kernel updates
+/// them; a reader retries until it reads the same even value before and
+/// after. `next_seq` alone may be read at any time (acquire) to learn
+/// whether anything is new. The kernel moves `first_*` past records before
+/// it reuses their bytes, so a reader that still finds `first_seq <= seq`
+/// after reading record `seq` read it whole.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RingControl {
+    /// `RING_MAGIC`.
+    pub magic: u32,
+    /// `RING_VERSION`.
+    pub version: u32,
+    /// Where the records start in the mapping (one page).
+    pub records_offset: u32,
+    /// `RING_DELETED` once the room is deleted: nothing more will come.
+    pub flags: u32,
+    /// Bytes of records area.
+    pub area_len: u64,
+    pub seqcount: u32,
+    /// Reserved; zero.
+    pub reserved: u32,
+    pub first_seq: u64,
+    pub first_pos: u64,
+    pub next_seq: u64,
+    pub next_pos: u64,
+}
+
+/// `RingControl::magic`: "kchr".
+pub const RING_MAGIC: u32 = 0x6b63_6872;
+/// `RingControl::version` of this layout.
+pub const RING_VERSION: u32 = 1;
+/// `RingControl::flags`: the room is deleted.
+pub const RING_DELETED: u32 = 1;
 
 /// Room ioctl: sets this fd's read mode (`READ_*`); `EINVAL` otherwise.
 pub const IOC_SET_READ_MODE: u32 = iow::<u32>(0x10);
@@ -559,6 +601,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<RoomName>(), 40);
         assert_eq!(core::mem::size_of::<FrameHeader>(), 40);
         assert_eq!(core::mem::size_of::<RingRecord>(), 40);
+        assert_eq!(core::mem::size_of::<RingControl>(), 64);
         assert_eq!(core::mem::size_of::<RoomInfo>(), 184);
         assert_eq!(core::mem::size_of::<RateLimit>(), 64);
         assert_eq!(core::mem::size_of::<GlobalLimits>(), 24);

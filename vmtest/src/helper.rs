@@ -36,6 +36,9 @@ const CONNECT_VAR: &str = "KCHAT_VMTEST_HELPER_CONNECT";
 /// Helper job: open the room for writing and try `IOC_SET_RELAY`; prints
 /// "ok" or the errno name.
 const RELAY_VAR: &str = "KCHAT_VMTEST_HELPER_RELAY";
+/// Helper job: open the room for reading and map it; prints "ok" or the
+/// errno name.
+const MAP_VAR: &str = "KCHAT_VMTEST_HELPER_MAP";
 
 fn errno_of(err: &std::io::Error) -> nix::errno::Errno {
     nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(0))
@@ -52,6 +55,21 @@ pub fn run_if_requested() -> Option<ExitCode> {
         match outcome {
             Ok(_) => println!("ok"),
             Err(errno) => println!("{errno:?}"),
+        }
+        return Some(ExitCode::SUCCESS);
+    }
+    if let Some(path) = std::env::var_os(MAP_VAR) {
+        let outcome = std::fs::File::open(&path)
+            .map_err(|err| format!("{:?}", errno_of(&err)))
+            .and_then(|file| {
+                kchat_client::mapped::MappedRoom::map(file).map_err(|err| match err {
+                    kchat_client::mapped::MapError::Map(errno) => format!("{errno:?}"),
+                    other => other.to_string(),
+                })
+            });
+        match outcome {
+            Ok(_) => println!("ok"),
+            Err(said) => println!("{said}"),
         }
         return Some(ExitCode::SUCCESS);
     }
@@ -404,6 +422,23 @@ pub fn hold_connections_as(
             bail!("the connection helper did not hold its connections: {outcome:?}")
         }
     }
+}
+
+/// Helper: maps `room` under `wrapper` (`unshare ... --`); "ok" or the
+/// errno name.
+pub fn map_under(wrapper: &[&str], room: &Path) -> Result<String> {
+    let exe = std::env::current_exe().context("finding the suite's own binary")?;
+    let (program, args) = wrapper.split_first().context("an empty wrapper")?;
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg(program)
+        .args(args)
+        .arg(exe)
+        .env(MAP_VAR, room)
+        .output()
+        .with_context(|| format!("running {wrapper:?}"))?;
+    ensure!(out.status.success(), "the mapping helper failed: {out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Helper: opens `room` for writing under `setpriv` and tries to make the

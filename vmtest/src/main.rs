@@ -16,6 +16,7 @@ mod fuzz;
 mod helper;
 mod jobs;
 mod limits;
+mod mapped;
 mod model;
 mod modes;
 mod module;
@@ -53,6 +54,7 @@ fn main() -> std::process::ExitCode {
         rooms::TESTS,
         chat::TESTS,
         modes::TESTS,
+        mapped::TESTS,
         model::TESTS,
         trust::TESTS,
         relay::TESTS,
