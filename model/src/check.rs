@@ -209,6 +209,10 @@ fn resolve(op: &Op, op_index: usize, model: &Model) -> Vec<Step> {
             }
         }
         Op::Poll { fd: f } => Step::Poll { fd: fd(f) },
+        Op::MapRead { fd: f, max } => Step::MapRead {
+            fd: fd(f),
+            max: usize::from(*max),
+        },
         Op::Info => Step::Info,
         Op::SetLimit {
             per_file,

@@ -113,6 +113,12 @@ pub enum Op {
     Poll {
         fd: usize,
     },
+    /// Up to `max` messages through a mapping of the room (mapped at the
+    /// file's first such operation), then its place reported.
+    MapRead {
+        fd: usize,
+        max: u8,
+    },
     /// `IOC_ROOM_INFO`: fill and counters.
     Info,
     /// `IOC_SET_RATE_LIMIT`: one message (or `burst` bytes) per second at
@@ -253,6 +259,8 @@ fn op(max_msg: u32) -> impl Strategy<Value = Op> {
             delta
         }),
         2 => fd().prop_map(|fd| Op::Poll { fd }),
+        4 => (fd(), prop_oneof![Just(0u8), Just(1u8), 2u8..20, Just(u8::MAX)])
+            .prop_map(|(fd, max)| Op::MapRead { fd, max }),
         2 => Just(Op::Info),
         1 => (any::<bool>(), any::<bool>(), 1u32..6).prop_map(|(per_file, bytes, burst)| {
             Op::SetLimit {

@@ -7,7 +7,7 @@
 
 use crate::ops::{Api, Settings, Who};
 use kchat_uapi::abi;
-use libc::{c_int, EAGAIN, EBADF, EIDRM, EINVAL, EMSGSIZE, ENOENT, ERANGE};
+use libc::{c_int, EACCES, EAGAIN, EBADF, EIDRM, EINVAL, EMSGSIZE, ENOENT, ERANGE};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -90,6 +90,15 @@ pub enum Step {
     Poll {
         fd: usize,
     },
+    /// Up to `max` messages through a mapping of the file's room (mapped at
+    /// the first such step, from the end, as `MappedRoom::map` does), then
+    /// the reader's place reported (`IOC_SEEK_SEQ`, which moves the file's
+    /// `read` cursor too). The outcome is each message as a frame (time
+    /// zeroed) and `END` if the room ended.
+    MapRead {
+        fd: usize,
+        max: usize,
+    },
     Info,
     SetLimit(Limit),
     Delete,
@@ -157,7 +166,21 @@ struct OpenFile {
     offset: usize,
     /// Losses not reported yet.
     lost: u64,
+    /// Where its mapping reads, once mapped.
+    mapped: Option<MappedCursor>,
 }
+
+/// A mapped reader's own place: it reads the ring directly, apart from the
+/// file's `read` cursor, which learns its place only from its reports.
+#[derive(Clone, Copy, Debug)]
+struct MappedCursor {
+    seq: u64,
+    /// Losses not reported yet (with the next message).
+    lost: u64,
+}
+
+/// What a mapped read that found the room deleted and drained appends.
+pub const MAPPED_END: &[u8] = b"END";
 
 /// A token bucket that never refills (see the module documentation).
 #[derive(Clone, Copy, Debug)]
@@ -345,6 +368,7 @@ impl Model {
             Step::Poll { fd } => {
                 Outcome::Events(self.poll(*fd) & (events::ASKED | events::ERR | events::HUP))
             }
+            Step::MapRead { fd, max } => Outcome::Bytes(self.map_read(*fd, *max)),
             Step::Info => Outcome::Info(self.info()),
             Step::SetLimit(limit) => Outcome::Value(self.set_limit(*limit).map(|()| 0)),
             Step::Delete => Outcome::Value(self.delete().map(|()| 0)),
@@ -377,6 +401,7 @@ impl Model {
             seq: self.next_seq(),
             offset: 0,
             lost: 0,
+            mapped: None,
         });
         self.next_file_id += 1;
         if read {
@@ -617,6 +642,52 @@ impl Model {
         file.seq += finished;
         file.offset = partial;
         self.counters.deliveries += finished;
+        Ok(out)
+    }
+
+    fn map_read(&mut self, fd: usize, max: usize) -> Result<Vec<u8>, c_int> {
+        let file = self.files.get(fd).ok_or(EBADF)?;
+        if !file.readable {
+            return Err(EACCES);
+        }
+        let mut cursor = match file.mapped {
+            Some(cursor) => cursor,
+            None => {
+                let next = self.next_seq();
+                // Mapping reports the reader's place at once.
+                let _ = self.seek_seq(fd, next);
+                MappedCursor { seq: next, lost: 0 }
+            }
+        };
+        let mut out = Vec::new();
+        for _ in 0..max {
+            if cursor.seq < self.first {
+                cursor.lost += self.first - cursor.seq;
+                cursor.seq = self.first;
+            }
+            if cursor.seq >= self.next_seq() {
+                if self.deleted {
+                    out.extend_from_slice(MAPPED_END);
+                }
+                break;
+            }
+            let message = &self.messages[(cursor.seq - self.first) as usize];
+            let header = abi::FrameHeader {
+                seq: cursor.seq,
+                time_ns: 0,
+                lost: std::mem::take(&mut cursor.lost),
+                len: message.data.len() as u32,
+                pid: self.pid,
+                uid: message.uid,
+                gid: message.uid,
+            };
+            out.extend_from_slice(&frame_header_bytes(&header));
+            out.extend_from_slice(&message.data);
+            cursor.seq += 1;
+        }
+        self.files[fd].mapped = Some(cursor);
+        // A reader the ring already lapped has nothing to report.
+        let _ = self.seek_seq(fd, cursor.seq);
         Ok(out)
     }
 

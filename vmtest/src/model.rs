@@ -16,8 +16,11 @@ use crate::{
     module, Test,
 };
 use anyhow::{bail, Context, Result};
+use kchat_client::mapped::{MapError, MappedRoom, Next};
 use kchat_model::{
-    ops, room::Step, run_case, Api, Case, InfoView, Mismatch, Outcome, Policy, System, Who,
+    ops,
+    room::{frame_header_bytes, Step, MAPPED_END},
+    run_case, Api, Case, InfoView, Mismatch, Outcome, Policy, System, Who,
 };
 use kchat_uapi::abi;
 use nix::{
@@ -60,10 +63,14 @@ const MAX_OPS: usize = 120;
 /// Most shrinking steps after a failure.
 const MAX_SHRINK: u32 = 2000;
 
-/// The room and the files a case opened on it, in open order.
+/// The room and the files a case opened on it, in open order, with each
+/// file's mapping once a step mapped it.
 struct Kernel {
     room: TempRoom,
     files: Vec<File>,
+    maps: Vec<Option<MappedRoom>>,
+    /// Before the case began (`CLOCK_REALTIME` ns): no stamp is older.
+    started_ns: u64,
 }
 
 impl Kernel {
@@ -84,6 +91,8 @@ impl Kernel {
         Ok(Kernel {
             room: TempRoom::create(spec)?,
             files: Vec::new(),
+            maps: Vec::new(),
+            started_ns: realtime_ns(),
         })
     }
 
@@ -112,8 +121,69 @@ impl Kernel {
         });
         let file = opened.map_err(|err| err.raw_os_error().unwrap_or(0))?;
         self.files.push(file);
+        self.maps.push(None);
         Ok(())
     }
+
+    /// `Step::MapRead`: up to `max` messages through the file's mapping
+    /// (made now if it has none), as frames with their time checked and
+    /// zeroed; then the reader's place reported.
+    fn map_read(&mut self, fd: usize, max: usize) -> Result<Vec<u8>, i32> {
+        if self.maps[fd].is_none() {
+            let dup = self.files[fd]
+                .try_clone()
+                .map_err(|err| err.raw_os_error().unwrap_or(0))?;
+            let mapped = MappedRoom::map(dup).map_err(|err| match err {
+                MapError::Map(errno) | MapError::Report(errno) => errno as i32,
+                // Not an errno the model knows: the mismatch shows.
+                _ => -1,
+            })?;
+            self.maps[fd] = Some(mapped);
+        }
+        let Some(mapped) = self.maps[fd].as_mut() else {
+            return Err(-1);
+        };
+        let (started, now) = (self.started_ns, realtime_ns());
+        let mut out = Vec::new();
+        for _ in 0..max {
+            let next = mapped.read(|m| {
+                let header = abi::FrameHeader {
+                    seq: m.seq,
+                    // A stamp outside the case's window shows as a
+                    // mismatch (the model's are 0).
+                    time_ns: if (started..=now + 1_000_000_000).contains(&m.time_ns) {
+                        0
+                    } else {
+                        m.time_ns
+                    },
+                    lost: m.lost,
+                    len: m.payload.len() as u32,
+                    pid: m.pid,
+                    uid: m.uid,
+                    gid: m.gid,
+                };
+                let mut frame = frame_header_bytes(&header);
+                frame.extend_from_slice(m.payload);
+                frame
+            });
+            match next.map_err(|errno| errno as i32)? {
+                Next::Message(frame) => out.extend(frame),
+                Next::Empty => break,
+                Next::Ended => {
+                    out.extend_from_slice(MAPPED_END);
+                    break;
+                }
+            }
+        }
+        mapped.report().map_err(|errno| errno as i32)?;
+        Ok(out)
+    }
+}
+
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Runs `open` with the effective ids of `who` (the file keeps them as its
@@ -188,9 +258,11 @@ impl System for Kernel {
                     .map(|()| 0),
             ),
             Step::Close { fd } => {
+                drop(self.maps.remove(*fd));
                 drop(self.files.remove(*fd));
                 Outcome::Value(Ok(0))
             }
+            Step::MapRead { fd, max } => Outcome::Bytes(self.map_read(*fd, *max)),
             Step::Write { fd, data, api } => {
                 let raw = self.files[*fd].as_raw_fd();
                 let iov = libc::iovec {
