@@ -188,7 +188,14 @@ impl FileOps for RoomFile {
                 Lookup::Pending if inner.deleted => mask |= events::IN | events::RDNORM,
                 Lookup::Pending => {}
             }
-            if mark.lost.load(Ordering::Relaxed) > 0 {
+            // An unreported loss is urgent while there is something to
+            // read. A reader that read everything has no use for a level
+            // it cannot clear by reading (stream and packet reads never
+            // report losses), and pollers that always ask for it would spin
+            // on it: io_uring arms every read's poll with `EPOLLPRI`, and
+            // after 128 such futile retries parks the read on an io-wq
+            // worker thread.
+            if mark.lost.load(Ordering::Relaxed) > 0 && mask & events::IN != 0 {
                 mask |= events::PRI;
             }
         }

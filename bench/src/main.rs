@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use report::{LatencyRow, Report, Row};
 use std::{path::PathBuf, time::Duration};
 use system::{Pace, System, Workload};
-use systems::{kchat::Kchat, nats::Nats, pipe::PipeTee, redis::Redis};
+use systems::{iceoryx2::Iceoryx2, kchat::Kchat, nats::Nats, pipe::PipeTee, redis::Redis};
 
 #[derive(Parser)]
 #[command(about = "kchat against a pipe tee, Redis Pub/Sub and NATS, side by side")]
@@ -61,7 +61,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 1500)]
     millis: u64,
     /// Systems to run (kchat, kchat-block, kchat-epoll, kchat-uring,
-    /// pipe-tee, redis, nats); all by default.
+    /// kchat-mmap, pipe-tee, redis, nats, iceoryx2); all by default.
     #[arg(long, value_delimiter = ',')]
     systems: Vec<String>,
     /// Paced latency runs: messages per second from one writer.
@@ -135,6 +135,9 @@ fn run(args: RunArgs) -> Result<()> {
     }
     if wanted("nats") {
         systems.push(Box::new(Nats::start()?));
+    }
+    if wanted("iceoryx2") {
+        systems.push(Box::new(Iceoryx2::start()?));
     }
     let duration = Duration::from_millis(args.millis);
     let mut report = Report {

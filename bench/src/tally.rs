@@ -34,9 +34,15 @@ impl Default for Tally {
 impl Tally {
     /// Counts one received message.
     pub fn record(&mut self, message: &[u8]) {
+        self.record_stamp(message::sent_ns(message), message.len());
+    }
+
+    /// Counts one message read in place: its length and its stamp (`None`
+    /// for a message too short to carry one).
+    pub fn record_stamp(&mut self, sent_ns: Option<u64>, len: usize) {
         self.messages += 1;
-        self.bytes += message.len() as u64;
-        if let Some(sent) = message::sent_ns(message) {
+        self.bytes += len as u64;
+        if let Some(sent) = sent_ns {
             let latency = message::now_ns().saturating_sub(sent);
             self.latency.saturating_record(latency.max(1_000));
         }

@@ -791,7 +791,9 @@ impl Model {
             } else if file.seq < self.next_seq() || self.deleted {
                 mask |= events::IN | events::RDNORM;
             }
-            if file.lost > 0 {
+            // Only while there is something to read (see the module's
+            // `RoomFile::poll`).
+            if file.lost > 0 && mask & events::IN != 0 {
                 mask |= events::PRI;
             }
         }

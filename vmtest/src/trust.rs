@@ -49,6 +49,10 @@ pub const TESTS: &[Test] = &[
         a_loss_wakes_a_pri_only_poller,
     ),
     (
+        "trust::a_reader_that_read_everything_is_not_ready_for_an_old_loss",
+        a_reader_that_read_everything_is_not_ready_for_an_old_loss,
+    ),
+    (
         "trust::a_seek_wakes_block_room_writers_polling",
         a_seek_wakes_block_room_writers_polling,
     ),
@@ -352,6 +356,40 @@ fn a_loss_wakes_a_pri_only_poller() -> Result<()> {
         events.contains(EpollFlags::EPOLLPRI),
         "an epoll set watching only EPOLLPRI got {events:?} after its reader lost messages"
     );
+    Ok(())
+}
+
+fn a_reader_that_read_everything_is_not_ready_for_an_old_loss() -> Result<()> {
+    module::ensure_loaded()?;
+    let mut small = spec("prilevel");
+    small.ring_bytes = abi::MIN_RING_BYTES;
+    let room = TempRoom::create(small)?;
+    let mut reader = room.open_read_nonblock()?;
+    let mut writer = room.open_write_nonblock()?;
+    for i in 0..200u8 {
+        writer.write_all(&[i])?;
+    }
+    // Stream reads return what is left and never report the loss.
+    let mut buf = [0u8; 4096];
+    while reader.read(&mut buf).is_ok() {}
+    // io_uring asks every read's poll for EPOLLPRI: a level that stayed on
+    // here made each of its reads retry at once, 128 times, and then park
+    // on a worker thread.
+    let epoll = epoll_with(&reader, EpollFlags::EPOLLIN | EpollFlags::EPOLLPRI)?;
+    let events = ready(&epoll, Duration::ZERO)?;
+    ensure!(
+        events.is_empty(),
+        "a reader that read everything polled {events:?}: pollers asking for EPOLLPRI spin"
+    );
+    // The loss is still there to ask for, and a new message brings it back.
+    writer.write_all(b"next")?;
+    let events = ready(&epoll, PATIENCE)?;
+    ensure!(
+        events.contains(EpollFlags::EPOLLPRI | EpollFlags::EPOLLIN),
+        "a new message after a loss polled {events:?}"
+    );
+    let lost = kchat_client::take_lost(&reader)?;
+    ensure!(lost > 0, "the loss was forgotten ({lost})");
     Ok(())
 }
 

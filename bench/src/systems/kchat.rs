@@ -1,14 +1,18 @@
-//! kchat: a room, one fd per writer and per reader, read by one of three
+//! kchat: a room, one fd per writer and per reader, read by one of four
 //! engines: a blocking thread per reader, one epoll loop for all readers,
-//! or one io_uring (tokio-uring) thread for all readers. Deleting the room
-//! ends the readers: they drain what is left and see end-of-file.
+//! one io_uring (tokio-uring) thread for all readers, or a thread per
+//! reader reading the mapped ring in place (no copy per reader). Deleting
+//! the room ends the readers: they drain what is left and see the end.
 
 use crate::{
     system::{join_all, Sender, Started, System, Workload},
     tally::{Progress, Tally},
 };
 use anyhow::{anyhow, Context, Result};
-use kchat_client::{room_path, spec, Control};
+use kchat_client::{
+    mapped::{MappedRoom, Next},
+    room_path, spec, Control,
+};
 use kchat_uapi::abi;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use std::{
@@ -31,6 +35,7 @@ pub enum Engine {
     Threads,
     Epoll,
     Uring,
+    Mapped,
 }
 
 pub struct Kchat {
@@ -56,6 +61,10 @@ impl Kchat {
             Kchat {
                 policy: abi::POLICY_DROP,
                 engine: Engine::Uring,
+            },
+            Kchat {
+                policy: abi::POLICY_DROP,
+                engine: Engine::Mapped,
             },
         ]
     }
@@ -117,6 +126,35 @@ fn thread_reader(mut fd: File, size: usize, progress: Arc<Progress>) -> Result<T
             Err(err) if err.kind() == ErrorKind::Interrupted => {}
             Err(err) => return Err(err.into()),
         }
+    }
+}
+
+/// Reads the mapped ring in place: the stamp and length of each message,
+/// counted once the message is known to have been read whole. Reports its
+/// place and sleeps in poll when there is nothing new.
+fn mapped_reader(fd: File, progress: Arc<Progress>) -> Result<Tally> {
+    let mut room = MappedRoom::map(fd).context("mapping the bench room")?;
+    let mut tally = Tally::default();
+    loop {
+        let mut got = 0;
+        loop {
+            match room.read(|m| (crate::message::sent_ns(m.payload), m.payload.len()))? {
+                Next::Message((sent, len)) => {
+                    tally.record_stamp(sent, len);
+                    got += 1;
+                    if got % 256 == 0 {
+                        progress.add(256);
+                    }
+                }
+                Next::Empty => break,
+                Next::Ended => {
+                    progress.add(got % 256);
+                    return Ok(tally);
+                }
+            }
+        }
+        progress.add(got % 256);
+        room.wait(std::time::Duration::from_millis(100))?;
     }
 }
 
@@ -196,6 +234,7 @@ impl System for Kchat {
             (_, Engine::Threads) => "kchat",
             (_, Engine::Epoll) => "kchat-epoll",
             (_, Engine::Uring) => "kchat-uring",
+            (_, Engine::Mapped) => "kchat-mmap",
         }
     }
 
@@ -227,6 +266,13 @@ impl System for Kchat {
                 .collect(),
             Engine::Epoll => vec![thread::spawn(move || epoll_loop(readers, size, progress))],
             Engine::Uring => vec![thread::spawn(move || uring_loop(readers, size, progress))],
+            Engine::Mapped => readers
+                .into_iter()
+                .map(|fd| {
+                    let progress = progress.clone();
+                    thread::spawn(move || mapped_reader(fd, progress))
+                })
+                .collect(),
         };
         Ok(Started {
             senders,
