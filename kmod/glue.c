@@ -123,3 +123,10 @@ bool kchat_in_initial_namespaces(struct file *file)
 	return task_active_pid_ns(current) == &init_pid_ns &&
 	       file->f_cred->user_ns == &init_user_ns;
 }
+
+__poll_t kchat_poll_requested(const poll_table *table);
+
+__poll_t kchat_poll_requested(const poll_table *table)
+{
+	return poll_requested_events(table);
+}

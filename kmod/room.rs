@@ -208,13 +208,15 @@ pub(crate) struct ReaderMark {
 /// many (at least one), so one user cannot lock everyone else out.
 const READER_SHARE: usize = 4;
 
-/// Whether readers or writers sleep on a room, as seen under its lock.
-/// Wakers skip `notify_all` when none do: the common case, where it would
-/// take the wait queue's spinlock for nobody.
+/// Who waits on a room, as seen under its lock. Wakers skip `notify_all`
+/// when no reader or writer sleeps (the common case, where it would take
+/// the wait queue's spinlock for nobody), and a message wakes pollers only
+/// if one of them had found nothing to read since the last message did.
 #[derive(Clone, Copy)]
 pub(crate) struct Asleep {
     pub(crate) readers: bool,
     pub(crate) writers: bool,
+    pub(crate) pollers: bool,
 }
 
 impl Asleep {
@@ -222,6 +224,7 @@ impl Asleep {
     pub(crate) const ANY: Asleep = Asleep {
         readers: true,
         writers: true,
+        pollers: true,
     };
 }
 
@@ -249,6 +252,15 @@ pub(crate) struct RoomInner {
     /// it would take the queue's spinlock for nobody.
     pub(crate) sleeping_readers: u32,
     pub(crate) sleeping_writers: u32,
+    /// Readers that found nothing to read (a poll without `EPOLLIN`, a
+    /// non-blocking read's `EAGAIN`) since a message last woke pollers:
+    /// the next message wakes pollers only if there are any. So a burst of
+    /// messages wakes a waiting reader once, not once per message; a reader
+    /// that is awake finds the rest when it reads.
+    pub(crate) parked: u32,
+    /// Someone polled for `EPOLLPRI` without `EPOLLIN`: it must learn of
+    /// every loss, parked or not (kept once seen).
+    pub(crate) pri_watched: bool,
     /// `block` rooms: since when (monotonic ns) a reader has kept a writer
     /// from writing, if one has; cleared when a write goes through.
     held_since_ns: Option<u64>,
@@ -357,6 +369,22 @@ impl RoomInner {
         Asleep {
             readers: self.sleeping_readers > 0,
             writers: self.sleeping_writers > 0,
+            pollers: true,
+        }
+    }
+
+    /// A reader found nothing to read: the next message wakes pollers.
+    pub(crate) fn park(&mut self) {
+        self.parked = self.parked.saturating_add(1);
+    }
+
+    /// Who a new message wakes, and forgets the parked readers it wakes.
+    fn asleep_for_message(&mut self, loss: bool) -> Asleep {
+        let pollers = self.parked > 0 || (loss && self.pri_watched);
+        self.parked = 0;
+        Asleep {
+            pollers,
+            ..self.asleep()
         }
     }
 
@@ -504,6 +532,8 @@ impl Room {
             slowest: Slowest::new(),
             sleeping_readers: 0,
             sleeping_writers: 0,
+            parked: 0,
+            pri_watched: false,
             held_since_ns: None,
             max_wait_ms: settings.max_wait_ms,
             limit: LimitConfig::UNLIMITED,
@@ -545,7 +575,9 @@ impl Room {
         if events & (events::OUT | events::HUP) != 0 && asleep.writers {
             self.writable.notify_all();
         }
-        self.poll.wake(events);
+        if asleep.pollers {
+            self.poll.wake(events);
+        }
     }
 
     /// Tells mapped readers where the ring stands now; under the room lock.
@@ -769,7 +801,7 @@ impl Room {
             return Err(ENOSPC);
         }
         self.publish(&inner);
-        let asleep = inner.asleep();
+        let asleep = inner.asleep_for_message(loss);
         drop(inner);
         Stats::add(&self.stats.msgs_in, 1);
         Stats::add(&self.stats.bytes_in, len as u64);

@@ -198,6 +198,13 @@ impl FileOps for RoomFile {
             if mark.lost.load(Ordering::Relaxed) > 0 && mask & events::IN != 0 {
                 mask |= events::PRI;
             }
+            if mask & events::IN == 0 {
+                inner.park();
+            }
+            let asked = table.requested();
+            if asked & events::PRI != 0 && asked & events::IN == 0 {
+                inner.pri_watched = true;
+            }
         }
         if file.writable() && !inner.deleted {
             // Writable means a message of any allowed size would go in now:
@@ -388,6 +395,9 @@ impl RoomFile {
                 return Ok(0);
             }
             if nonblock {
+                // io_uring and edge-triggered epoll wait for the next
+                // message after this.
+                inner.park();
                 return Err(EAGAIN);
             }
             drop(cursor);

@@ -51,6 +51,18 @@ impl PollTable {
     pub(crate) unsafe fn from_raw(ptr: *mut bindings::poll_table_struct) -> Self {
         PollTable(ptr)
     }
+
+    /// The events the poller asked for (`poll_requested_events`): all of
+    /// them when the VFS passed no table.
+    pub(crate) fn requested(&self) -> u32 {
+        extern "C" {
+            /// `poll_requested_events()`, a static inline; in `glue.c`.
+            fn kchat_poll_requested(table: *const ffi::c_void) -> u32;
+        }
+        // SAFETY: the table is null or valid for the current `poll` call,
+        // and the function only reads it.
+        unsafe { kchat_poll_requested(self.0.cast()) }
+    }
 }
 
 /// A wait queue for pollers, with a timer for readiness that time brings.

@@ -53,6 +53,10 @@ pub const TESTS: &[Test] = &[
         a_reader_that_read_everything_is_not_ready_for_an_old_loss,
     ),
     (
+        "trust::a_burst_wakes_waiting_readers_and_loses_no_wake_up",
+        a_burst_wakes_waiting_readers_and_loses_no_wake_up,
+    ),
+    (
         "trust::a_seek_wakes_block_room_writers_polling",
         a_seek_wakes_block_room_writers_polling,
     ),
@@ -390,6 +394,64 @@ fn a_reader_that_read_everything_is_not_ready_for_an_old_loss() -> Result<()> {
     );
     let lost = kchat_client::take_lost(&reader)?;
     ensure!(lost > 0, "the loss was forgotten ({lost})");
+    Ok(())
+}
+
+fn a_burst_wakes_waiting_readers_and_loses_no_wake_up() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("wakes"))?;
+    // An edge-triggered reader that drains to EAGAIN, a level-triggered
+    // one that polls, and a reader that never reads at all.
+    let mut edge = room.open_read_nonblock()?;
+    let mut level = room.open_read_nonblock()?;
+    let _idle = room.open_read_nonblock()?;
+    let edge_set = epoll_with(&edge, EpollFlags::EPOLLIN | EpollFlags::EPOLLET)?;
+    let level_set = epoll_with(&level, EpollFlags::EPOLLIN)?;
+    let mut writer = room.open_write_nonblock()?;
+    let drain = |reader: &mut std::fs::File| -> Result<usize> {
+        let mut buf = [0u8; 4096];
+        let mut got = 0;
+        loop {
+            match reader.read(&mut buf) {
+                Ok(n) => got += n,
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(got),
+                Err(err) => return Err(err.into()),
+            }
+        }
+    };
+    ensure!(
+        ready(&level_set, Duration::ZERO)?.is_empty(),
+        "ready before any message"
+    );
+    drain(&mut edge)?;
+    // A message wakes pollers only if a reader waits (found nothing since
+    // the last one did); every round here makes both wait again, and each
+    // must be woken by the next burst, whatever the idle reader does.
+    for round in 0..50 {
+        for _ in 0..3 {
+            writer.write_all(b"tick")?;
+        }
+        ensure!(
+            ready(&edge_set, PATIENCE)?.contains(EpollFlags::EPOLLIN),
+            "round {round}: the edge-triggered reader was not woken"
+        );
+        ensure!(
+            ready(&level_set, PATIENCE)?.contains(EpollFlags::EPOLLIN),
+            "round {round}: the level-triggered reader was not woken"
+        );
+        ensure!(
+            drain(&mut edge)? == 12,
+            "round {round}: the edge reader missed messages"
+        );
+        ensure!(
+            drain(&mut level)? == 12,
+            "round {round}: the level reader missed messages"
+        );
+        ensure!(
+            ready(&level_set, Duration::ZERO)?.is_empty(),
+            "round {round}: ready after draining"
+        );
+    }
     Ok(())
 }
 
