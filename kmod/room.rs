@@ -226,6 +226,50 @@ impl Asleep {
         writers: true,
         pollers: true,
     };
+    const NONE: Asleep = Asleep {
+        readers: false,
+        writers: false,
+        pollers: false,
+    };
+
+    fn or(self, other: Asleep) -> Asleep {
+        Asleep {
+            readers: self.readers || other.readers,
+            writers: self.writers || other.writers,
+            pollers: self.pollers || other.pollers,
+        }
+    }
+}
+
+/// The wake-ups one `write` owes for the messages it stored so far: given
+/// once, when the call ends, before it sleeps, or once it stored half a
+/// ring (so readers of a `drop` room are not lapped before they hear of
+/// it). A burst written in one call wakes a waiting reader once.
+struct Wakes {
+    events: u32,
+    asleep: Asleep,
+    bytes: usize,
+}
+
+impl Wakes {
+    const NONE: Wakes = Wakes {
+        events: 0,
+        asleep: Asleep::NONE,
+        bytes: 0,
+    };
+
+    fn add(&mut self, events: u32, asleep: Asleep, cost: usize) {
+        self.events |= events;
+        self.asleep = self.asleep.or(asleep);
+        self.bytes += cost;
+    }
+
+    fn flush(&mut self, room: &Room) {
+        if self.events != 0 {
+            room.changed(self.events, self.asleep);
+        }
+        *self = Wakes::NONE;
+    }
 }
 
 /// A room's ring: where each record is in `Room::area`, in slots allocated
@@ -634,14 +678,22 @@ impl Room {
         let total = src.len();
         let max = self.settings.max_msg as usize;
         let mut written = 0;
+        let mut wakes = Wakes::NONE;
         while written < total {
             let len = max.min(total - written);
-            match self.write_message(src, len, ids, file_id, nonblock, None) {
+            match self.write_message(src, len, ids, file_id, nonblock, None, &mut wakes) {
                 Ok(()) => written += len,
                 Err(_) if written > 0 => break,
-                Err(err) => return Err(err),
+                Err(err) => {
+                    wakes.flush(self);
+                    return Err(err);
+                }
+            }
+            if wakes.bytes >= self.settings.ring_bytes as usize / 2 {
+                wakes.flush(self);
             }
         }
+        wakes.flush(self);
         Ok(written)
     }
 
@@ -680,8 +732,11 @@ impl Room {
             ..origin
         };
         let ids = file.effective_ids();
-        self.write_message(src, len, ids, file.id(), nonblock, Some(origin))?;
-        Ok(total)
+        let mut wakes = Wakes::NONE;
+        let written =
+            self.write_message(src, len, ids, file.id(), nonblock, Some(origin), &mut wakes);
+        wakes.flush(self);
+        written.map(|()| total)
     }
 
     /// Writes one message: waits for the rate budget and for space first,
@@ -690,7 +745,9 @@ impl Room {
     ///
     /// A writer asleep (over its budget, or in a full `block` room) holds
     /// no lock and no place in the ring; only the one filling a record
-    /// holds `writing`, never while it sleeps for space.
+    /// holds `writing`, never while it sleeps for space. The wake-ups the
+    /// message owes go to `wakes`.
+    #[allow(clippy::too_many_arguments)]
     fn write_message(
         &self,
         src: &mut IovSource,
@@ -699,14 +756,15 @@ impl Room {
         file_id: u64,
         nonblock: bool,
         origin: Option<abi::OriginHeader>,
+        wakes: &mut Wakes,
     ) -> Result {
         let relayed = origin.is_some();
         let cost = record_cost(len, relayed);
         let size = record_size(len, relayed);
         let charged = {
             let mut inner = self.inner.lock();
-            let charged = self.wait_for_budget(&mut inner, kuid, file_id, len, nonblock)?;
-            if let Err(err) = self.wait_for_space(&mut inner, cost, nonblock, false) {
+            let charged = self.wait_for_budget(&mut inner, kuid, file_id, len, nonblock, wakes)?;
+            if let Err(err) = self.wait_for_space(&mut inner, cost, nonblock, false, wakes) {
                 // Nothing was sent: a writer is throttled only for what it
                 // sent.
                 inner.refund(charged, len as u64);
@@ -721,7 +779,7 @@ impl Room {
         let (_writing, seq, placement, loss) = loop {
             let writing = self.writing.lock();
             let mut inner = self.inner.lock();
-            match self.wait_for_space(&mut inner, cost, true, true) {
+            match self.wait_for_space(&mut inner, cost, true, true, wakes) {
                 Ok(loss) => {
                     // Mapped readers learn of evictions before the bytes
                     // are reused.
@@ -738,7 +796,7 @@ impl Room {
                     // Another writer took the space found before: wait for
                     // more without holding `writing`.
                     drop(writing);
-                    if let Err(err) = self.wait_for_space(&mut inner, cost, false, false) {
+                    if let Err(err) = self.wait_for_space(&mut inner, cost, false, false, wakes) {
                         inner.refund(charged, len as u64);
                         return Err(err);
                     }
@@ -809,7 +867,7 @@ impl Room {
         if loss {
             what |= events::PRI;
         }
-        self.changed(what, asleep);
+        wakes.add(what, asleep, cost);
         Ok(())
     }
 
@@ -822,6 +880,7 @@ impl Room {
         file_id: u64,
         len: usize,
         nonblock: bool,
+        wakes: &mut Wakes,
     ) -> Result<Option<u64>> {
         let mut throttled = false;
         loop {
@@ -839,6 +898,8 @@ impl Room {
             if nonblock {
                 return Err(EAGAIN);
             }
+            // What this call wrote must reach its readers before it sleeps.
+            wakes.flush(self);
             inner.sleeping_writers += 1;
             let woke = self
                 .writable
@@ -863,6 +924,7 @@ impl Room {
         cost: usize,
         nonblock: bool,
         evict: bool,
+        wakes: &mut Wakes,
     ) -> Result<bool> {
         let policy = self.settings.policy;
         let mut waited = false;
@@ -894,6 +956,9 @@ impl Room {
                 waited = true;
                 Stats::add(&self.stats.writer_waits, 1);
             }
+            // Readers must hear of what this call wrote, or a `block`
+            // room's writer would wait for readers that wait for it.
+            wakes.flush(self);
             inner.sleeping_writers += 1;
             let interrupted = match self.hold(inner) {
                 Hold::Left(left_ns) => matches!(

@@ -57,6 +57,10 @@ pub const TESTS: &[Test] = &[
         a_burst_wakes_waiting_readers_and_loses_no_wake_up,
     ),
     (
+        "trust::a_write_longer_than_a_block_rooms_ring_wakes_its_reader_before_waiting",
+        a_write_longer_than_a_block_rooms_ring_wakes_its_reader_before_waiting,
+    ),
+    (
         "trust::a_seek_wakes_block_room_writers_polling",
         a_seek_wakes_block_room_writers_polling,
     ),
@@ -452,6 +456,54 @@ fn a_burst_wakes_waiting_readers_and_loses_no_wake_up() -> Result<()> {
             "round {round}: ready after draining"
         );
     }
+    Ok(())
+}
+
+fn a_write_longer_than_a_block_rooms_ring_wakes_its_reader_before_waiting() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(abi::RoomSpec {
+        policy: abi::POLICY_BLOCK,
+        ring_bytes: abi::MIN_RING_BYTES,
+        max_msg: 100,
+        max_wait_ms: abi::MAX_WAIT_FOREVER,
+        ..spec("longwrite")
+    })?;
+    let mut reader = room.open_read_nonblock()?;
+    kchat_client::set_read_mode(&reader, abi::READ_PACKET)?;
+    let waiting = epoll_with(&reader, EpollFlags::EPOLLIN)?;
+    // One write of 200 messages, about four rings' worth: the writer must
+    // wake the reader for what it stored before it waits for room.
+    let burst: Vec<u8> = (0..200u32)
+        .flat_map(|n| {
+            let mut message = vec![b'.'; 100];
+            message[..4].copy_from_slice(&n.to_le_bytes());
+            message
+        })
+        .collect();
+    let mut writer = room.open_write()?;
+    let (done_tx, done_rx) = mpsc::channel();
+    let writing = thread::spawn(move || {
+        done_tx.send(writer.write_all(&burst)).ok();
+    });
+    let mut buf = [0u8; 100];
+    for n in 0..200u32 {
+        let woke = ready(&waiting, PATIENCE)?;
+        if !woke.contains(EpollFlags::EPOLLIN) {
+            let _ = Control::open()?.delete(&room.name);
+            writing.join().ok();
+            anyhow::bail!("the reader was not woken for message {n}: the writer waits for it");
+        }
+        let got = reader.read(&mut buf)?;
+        ensure!(got == 100, "message {n}: {got} bytes");
+        let seen = u32::from_le_bytes(buf[..4].try_into()?);
+        ensure!(seen == n, "message {n} came as {seen}");
+    }
+    let written = done_rx.recv_timeout(PATIENCE);
+    if written.is_err() {
+        let _ = Control::open()?.delete(&room.name);
+    }
+    writing.join().ok();
+    written.context("the long write never finished")??;
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! The baseline anyone could build without kchat: one pipe per reader, and
 //! every writer writes every message into every pipe (a tee). Messages up
-//! to PIPE_BUF are written atomically, so several writers do not tear them.
+//! to PIPE_BUF are written atomically, so several writers do not tear them;
+//! a burst goes in as few writes as that allows (as many whole messages as
+//! fit PIPE_BUF per write), as a careful tee would.
 
 use crate::{
     system::{join_all, Sender, Started, System, Workload},
@@ -17,18 +19,29 @@ use std::{
 
 pub struct PipeTee;
 
+/// Bytes a pipe write keeps whole, however many writers share the pipe.
+const PIPE_BUF: usize = 4096;
+
 struct Tee {
     pipes: Vec<File>,
+    size: usize,
     buf: Vec<u8>,
 }
 
 impl Sender for Tee {
     fn burst(&mut self, count: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
-        for _ in 0..count {
-            fill(&mut self.buf);
+        let per_write = (PIPE_BUF / self.size).max(1);
+        let mut left = count;
+        while left > 0 {
+            let batch = left.min(per_write);
+            self.buf.resize(batch * self.size, 0);
+            for message in self.buf.chunks_exact_mut(self.size) {
+                fill(message);
+            }
             for pipe in &mut self.pipes {
                 pipe.write_all(&self.buf)?;
             }
+            left -= batch;
         }
         Ok(())
     }
@@ -74,7 +87,8 @@ impl System for PipeTee {
                     .collect::<std::io::Result<Vec<_>>>()?;
                 Ok(Box::new(Tee {
                     pipes,
-                    buf: vec![0; workload.size],
+                    size: workload.size,
+                    buf: Vec::new(),
                 }) as Box<dyn Sender>)
             })
             .collect::<Result<Vec<_>>>()?;
