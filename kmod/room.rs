@@ -779,11 +779,14 @@ impl Room {
         let (_writing, seq, placement, loss) = loop {
             let writing = self.writing.lock();
             let mut inner = self.inner.lock();
+            let first = inner.ring.first_seq();
             match self.wait_for_space(&mut inner, cost, true, true, wakes) {
                 Ok(loss) => {
                     // Mapped readers learn of evictions before the bytes
                     // are reused.
-                    self.publish(&inner);
+                    if inner.ring.first_seq() != first {
+                        self.publish(&inner);
+                    }
                     let seq = inner.ring.next_seq();
                     let Some(placement) = inner.ring.place(size) else {
                         // The area is sized so that this cannot happen.

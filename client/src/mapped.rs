@@ -44,10 +44,11 @@ pub enum MapError {
     Report(#[source] Errno),
 }
 
-/// A message lent to [`MappedRoom::read`]'s closure: the kernel's stamp and
-/// the payload, in place.
-#[derive(Debug)]
-pub struct Message<'a> {
+/// A message as the kernel stamped it: lent to [`MappedRoom::read`]'s
+/// closure with the payload in place (`Message<&[u8]>`), or copied out of
+/// the ring ([`OwnedMessage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message<P> {
     pub seq: u64,
     pub time_ns: u64,
     /// Messages this reader lost just before this one.
@@ -58,37 +59,37 @@ pub struct Message<'a> {
     pub gid: u32,
     /// Where a relayed message was written (`None`: written here).
     pub origin: Option<abi::OriginHeader>,
-    pub payload: &'a [u8],
-}
-
-impl Message<'_> {
-    /// A copy that outlives the read (checked like any closure result: a
-    /// copy of reused bytes is thrown away).
-    pub fn to_owned(&self) -> OwnedMessage {
-        OwnedMessage {
-            seq: self.seq,
-            time_ns: self.time_ns,
-            lost: self.lost,
-            pid: self.pid,
-            uid: self.uid,
-            gid: self.gid,
-            origin: self.origin,
-            payload: self.payload.to_vec(),
-        }
-    }
+    pub payload: P,
 }
 
 /// A [`Message`] copied out of the ring.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnedMessage {
-    pub seq: u64,
-    pub time_ns: u64,
-    pub lost: u64,
-    pub pid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub origin: Option<abi::OriginHeader>,
-    pub payload: Vec<u8>,
+pub type OwnedMessage = Message<Vec<u8>>;
+
+impl Message<&[u8]> {
+    /// A copy that outlives the read (checked like any closure result: a
+    /// copy of reused bytes is thrown away).
+    pub fn to_owned(&self) -> OwnedMessage {
+        let Message {
+            seq,
+            time_ns,
+            lost,
+            pid,
+            uid,
+            gid,
+            origin,
+            payload,
+        } = *self;
+        Message {
+            seq,
+            time_ns,
+            lost,
+            pid,
+            uid,
+            gid,
+            origin,
+            payload: payload.to_vec(),
+        }
+    }
 }
 
 /// What [`MappedRoom::read`] found.
@@ -209,7 +210,7 @@ impl MappedRoom {
     /// Lends the next message to `f` and returns what it returned, once the
     /// message is known to have been read whole; a message whose bytes the
     /// kernel reused meanwhile counts as lost, and the next one is tried.
-    pub fn read<R>(&mut self, mut f: impl FnMut(&Message<'_>) -> R) -> Result<Next<R>, Errno> {
+    pub fn read<R>(&mut self, mut f: impl FnMut(&Message<&[u8]>) -> R) -> Result<Next<R>, Errno> {
         for _ in 0..MAX_TRIES {
             let control = self.control();
             if self.seq >= control.next_seq.load(Ordering::Acquire) {
