@@ -88,10 +88,16 @@ pub fn run(variant: kernel::Variant, perf: bool, extra: &[String]) -> Result<Exi
     let bench_cmd = if perf {
         // Kernel and user stacks of every CPU; the report is made in the
         // guest, where its kallsyms (and kchat.ko's symbols) are.
+        // Besides the flat profile, every sample in the allocators at any
+        // share, and in which module: whether messages cost allocations.
         format!(
             "perf record -q -a -g -o /tmp/perf.data -- {bench_cmd} && \
              perf report -i /tmp/perf.data --stdio --no-children -g none --sort dso,symbol \
-             --percent-limit 0.5 > /run/kchat-vm/profile.txt 2>/dev/null"
+             --percent-limit 0.5 2>/dev/null | sed -e 's/  *$//' > /run/kchat-vm/profile.txt && \
+             {{ perf report -i /tmp/perf.data --stdio --no-children -g none --sort dso,symbol \
+             --percent-limit 0 2>/dev/null | sed -e 's/  *$//' \
+             | grep -E '\\[k\\] _*(k[a-z]*alloc|kfree|kvfree|kmem_cache|krealloc|v[a-z]*alloc|vfree|alloc_pages|free_unref|get_page_from_freelist)' \
+             > /run/kchat-vm/profile-alloc.txt || true; }}"
         )
     } else {
         bench_cmd
@@ -127,8 +133,10 @@ pub fn run(variant: kernel::Variant, perf: bool, extra: &[String]) -> Result<Exi
             .arg(&out),
     )?;
     if perf {
-        std::fs::copy(run.dir.join("profile.txt"), out.join("profile.txt"))
-            .context("keeping perf's profile")?;
+        for name in ["profile.txt", "profile-alloc.txt"] {
+            std::fs::copy(run.dir.join(name), out.join(name))
+                .with_context(|| format!("keeping perf's {name}"))?;
+        }
     }
     eprintln!("bench: tables, JSON and plots in {}", out.display());
     Ok(ExitCode::SUCCESS)
