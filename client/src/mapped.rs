@@ -65,30 +65,27 @@ pub struct Message<P> {
 /// A [`Message`] copied out of the ring.
 pub type OwnedMessage = Message<Vec<u8>>;
 
+impl<P> Message<P> {
+    /// The same message with its payload turned into another form.
+    pub fn map_payload<Q>(self, f: impl FnOnce(P) -> Q) -> Message<Q> {
+        Message {
+            seq: self.seq,
+            time_ns: self.time_ns,
+            lost: self.lost,
+            pid: self.pid,
+            uid: self.uid,
+            gid: self.gid,
+            origin: self.origin,
+            payload: f(self.payload),
+        }
+    }
+}
+
 impl Message<&[u8]> {
     /// A copy that outlives the read (checked like any closure result: a
     /// copy of reused bytes is thrown away).
     pub fn to_owned(&self) -> OwnedMessage {
-        let Message {
-            seq,
-            time_ns,
-            lost,
-            pid,
-            uid,
-            gid,
-            origin,
-            payload,
-        } = *self;
-        Message {
-            seq,
-            time_ns,
-            lost,
-            pid,
-            uid,
-            gid,
-            origin,
-            payload: payload.to_vec(),
-        }
+        self.clone().map_payload(<[u8]>::to_vec)
     }
 }
 
