@@ -79,7 +79,8 @@ impl Stamp {
 }
 
 const RECORD_HEADER: usize = core::mem::size_of::<abi::RingRecord>();
-const ORIGIN: usize = core::mem::size_of::<abi::OriginHeader>();
+/// Bytes of the origin a relayed record carries after its header.
+pub(crate) const ORIGIN: usize = core::mem::size_of::<abi::OriginHeader>();
 
 /// What a message of `len` bytes costs against its room's ring budget:
 /// `RECORD_OVERHEAD` (which covers the header and alignment in the area),

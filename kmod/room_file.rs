@@ -21,7 +21,7 @@ use crate::{
         task::monotonic_ns,
     },
     ring::Lookup,
-    room::{Hold, Policy, ReaderMark, Room, RoomInner, Stats},
+    room::{Hold, Policy, ReaderMark, Room, RoomInner, Stats, ORIGIN},
 };
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use kernel::{
@@ -39,7 +39,7 @@ const HEADER: usize = core::mem::size_of::<abi::FrameHeader>();
 /// Bytes before a message's payload in a framed mode.
 fn frame_len(mode: u32) -> usize {
     if mode == abi::READ_FRAMED_ORIGIN {
-        HEADER + core::mem::size_of::<abi::OriginHeader>()
+        HEADER + ORIGIN
     } else {
         HEADER
     }
@@ -526,8 +526,6 @@ struct Planned {
 
 /// The records one read returns, oldest first.
 type Batch = [Option<Planned>; BATCH];
-
-const ORIGIN: usize = core::mem::size_of::<abi::OriginHeader>();
 
 /// Picks the records a read of `space` bytes in `mode` returns, starting
 /// `offset` bytes into record `seq` (which is ready); `EMSGSIZE` when a

@@ -222,11 +222,6 @@ impl<T, S: DerefMut<Target = [Option<Slot<T>>]>> Ring<T, S> {
     /// Where the oldest retained record starts ([`Ring::head_pos`] when
     /// empty): the position `first_seq` goes with.
     pub fn tail_pos(&self) -> u64 {
-        self.tail()
-    }
-
-    /// Where the oldest retained record starts (`head` when empty).
-    fn tail(&self) -> u64 {
         match self.slots.get(self.index(self.first)) {
             Some(Some(slot)) if !self.is_empty() => slot.pos,
             _ => self.head,
@@ -249,7 +244,7 @@ impl<T, S: DerefMut<Target = [Option<Slot<T>>]>> Ring<T, S> {
         } else {
             (self.head, None)
         };
-        if start + size as u64 - self.tail() > area {
+        if start + size as u64 - self.tail_pos() > area {
             return None;
         }
         Some(Placement {
