@@ -16,24 +16,7 @@ use std::{
 /// loads its own module); the table goes to `benchmarks/cross.md`, the
 /// numbers to `benchmarks/cross.json`.
 pub fn cross(variant: kernel::Variant, extra: &[String]) -> Result<ExitCode> {
-    bootstrap::ensure()?;
-    let kernel = kernel::ensure(variant)?;
-    let modules = kmod::build(&kernel)?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    process::run(
-        Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "-p",
-                "kchat-bench",
-                "-p",
-                "kchat-bridge",
-            ])
-            .current_dir(paths::root()),
-    )?;
-    let bench = paths::target().join("release/kchat-bench");
+    let (kernel, modules, bench) = prepare(variant, &["kchat-bench", "kchat-bridge"])?;
     let insmod = format!("insmod {} default_room=", modules.kchat.display());
     let script_a = format!(
         "{insmod} && {} cross --listen {}:4222 --json /run/kchat-vm/cross.json {}",
@@ -66,19 +49,31 @@ pub fn cross(variant: kernel::Variant, extra: &[String]) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the bench; with `perf`, under `perf record -a -g` in the guest,
-/// keeping `perf report`'s flat profile as `benchmarks/profile.txt`.
-pub fn run(variant: kernel::Variant, perf: bool, extra: &[String]) -> Result<ExitCode> {
+/// What both bench commands need first: the tools, the kernel, kchat.ko
+/// built for it, and release builds of `packages`; returns the kernel, the
+/// module and the path of `kchat-bench`.
+fn prepare(
+    variant: kernel::Variant,
+    packages: &[&str],
+) -> Result<(kernel::Kernel, kmod::Modules, std::path::PathBuf)> {
     bootstrap::ensure()?;
     let kernel = kernel::ensure(variant)?;
     let modules = kmod::build(&kernel)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    process::run(
-        Command::new(cargo)
-            .args(["build", "--release", "--locked", "-p", "kchat-bench"])
-            .current_dir(paths::root()),
-    )?;
-    let bench = paths::target().join("release/kchat-bench");
+    let mut build = Command::new(cargo);
+    build.args(["build", "--release", "--locked"]);
+    for package in packages {
+        build.args(["-p", package]);
+    }
+    process::run(build.current_dir(paths::root()))?;
+    Ok((kernel, modules, paths::target().join("release/kchat-bench")))
+}
+
+/// Runs the bench; with `perf`, under `perf record -a -g` in the guest,
+/// keeping `perf report`'s flat profile as `benchmarks/profile.txt` and
+/// every sample in the kernel's allocators as `benchmarks/profile-alloc.txt`.
+pub fn run(variant: kernel::Variant, perf: bool, extra: &[String]) -> Result<ExitCode> {
+    let (kernel, modules, bench) = prepare(variant, &["kchat-bench"])?;
     // The run folder is mounted at /run/kchat-vm in the guest.
     let bench_cmd = format!(
         "{} run --json /run/kchat-vm/bench.json {}",
