@@ -5,7 +5,7 @@
 
 use crate::{
     client::{spec, Control, TempRoom},
-    helper::{bin, wait_for},
+    helper::{bin, wait_for, PATIENCE},
     module, Test,
 };
 use anyhow::{ensure, Context, Result};
@@ -58,7 +58,7 @@ fn bridge(dir: &Path, node: &str, room: &str, metrics_port: u16) -> Result<Child
 
 fn metric(port: u16, series: &str) -> Result<f64> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_read_timeout(Some(PATIENCE))?;
     write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
@@ -108,7 +108,7 @@ fn two_nodes_chat_exactly_once_and_nothing_loops() -> Result<()> {
             .spawn()
             .context("starting nats-server (Debian's nats-server package)")?,
     );
-    wait_for("nats-server to listen", Duration::from_secs(20), || {
+    wait_for("nats-server to listen", PATIENCE, || {
         Ok(TcpStream::connect(("127.0.0.1", NATS_PORT)).is_ok())
     })?;
     running.0.push(bridge(dir, "node-a", "fed-a", 19478)?);
@@ -132,21 +132,17 @@ fn two_nodes_chat_exactly_once_and_nothing_loops() -> Result<()> {
         (&mut writer_a, &mut on_b, "a to b"),
         (&mut writer_b, &mut on_a, "b to a"),
     ] {
-        wait_for(
-            &format!("a probe to cross {way}"),
-            Duration::from_secs(30),
-            || {
-                // A probe sent before the other bridge subscribed is gone
-                // for good: send another unless this one crosses soon.
-                writer.write_all(b"probe")?;
-                let crossed = wait_for("the probe", Duration::from_secs(2), || {
-                    Ok(origin_frames(reader)?
-                        .iter()
-                        .any(|(_, o, _)| o.flags & abi::ORIGIN_RELAYED != 0))
-                });
-                Ok(crossed.is_ok())
-            },
-        )
+        wait_for(&format!("a probe to cross {way}"), PATIENCE, || {
+            // A probe sent before the other bridge subscribed is gone
+            // for good: send another unless this one crosses soon.
+            writer.write_all(b"probe")?;
+            let crossed = wait_for("the probe", Duration::from_secs(2), || {
+                Ok(origin_frames(reader)?
+                    .iter()
+                    .any(|(_, o, _)| o.flags & abi::ORIGIN_RELAYED != 0))
+            });
+            Ok(crossed.is_ok())
+        })
         .with_context(logs)?;
     }
     // Probes still in flight land before the count starts: everything one
@@ -155,7 +151,7 @@ fn two_nodes_chat_exactly_once_and_nothing_loops() -> Result<()> {
     let published_b = || metric(19479, "kchat_bridge_published_total{room=\"fed-b\"}");
     let relayed_in_a = || metric(19478, "kchat_bridge_relayed_total{room=\"fed-a\"}");
     let relayed_in_b = || metric(19479, "kchat_bridge_relayed_total{room=\"fed-b\"}");
-    wait_for("the probes to settle", Duration::from_secs(20), || {
+    wait_for("the probes to settle", PATIENCE, || {
         Ok(published_a()? == relayed_in_b()? && published_b()? == relayed_in_a()?)
     })
     .with_context(logs)?;
@@ -172,7 +168,7 @@ fn two_nodes_chat_exactly_once_and_nothing_loops() -> Result<()> {
         writer_a.write_all(format!("from a {n}\n").as_bytes())?;
         writer_b.write_all(format!("from b {n}\n").as_bytes())?;
     }
-    wait_for("every message to cross", Duration::from_secs(60), || {
+    wait_for("every message to cross", PATIENCE, || {
         Ok(relayed_in_a()? >= relayed_a + N as f64 && relayed_in_b()? >= relayed_b + N as f64)
     })
     .with_context(logs)?;
@@ -202,11 +198,18 @@ fn two_nodes_chat_exactly_once_and_nothing_loops() -> Result<()> {
         );
     }
     // Nothing looped: each room holds its own N and the other's N, and no
-    // bridge published a relayed message.
-    let msgs_a = Control::open()?.info("fed-a")?.msgs_in - before_a;
-    let msgs_b = Control::open()?.info("fed-b")?.msgs_in - before_b;
+    // bridge published a relayed message. (Signed: a counter that went back
+    // must show as such, not overflow.)
+    let msgs_a = Control::open()?
+        .info("fed-a")?
+        .msgs_in
+        .wrapping_sub(before_a) as i64;
+    let msgs_b = Control::open()?
+        .info("fed-b")?
+        .msgs_in
+        .wrapping_sub(before_b) as i64;
     ensure!(
-        msgs_a == 2 * N && msgs_b == 2 * N,
+        msgs_a == 2 * N as i64 && msgs_b == 2 * N as i64,
         "rooms took {msgs_a} and {msgs_b} messages, not {}",
         2 * N
     );
@@ -220,26 +223,18 @@ fn two_nodes_chat_exactly_once_and_nothing_loops() -> Result<()> {
     // bridges go on.
     let mut raw = TcpStream::connect(("127.0.0.1", NATS_PORT))?;
     raw.write_all(b"CONNECT {\"verbose\":false}\r\nPUB kchat.fed 5\r\nhello\r\nPING\r\n")?;
-    wait_for(
-        "the stray message to be refused",
-        Duration::from_secs(20),
-        || {
-            Ok(metric(
-                19479,
-                "kchat_bridge_dropped_total{room=\"fed-b\",reason=\"malformed\"}",
-            )? >= 1.0)
-        },
-    )?;
+    wait_for("the stray message to be refused", PATIENCE, || {
+        Ok(metric(
+            19479,
+            "kchat_bridge_dropped_total{room=\"fed-b\",reason=\"malformed\"}",
+        )? >= 1.0)
+    })?;
     writer_a.write_all(b"after the stray one\n")?;
-    wait_for(
-        "traffic after a bad message",
-        Duration::from_secs(20),
-        || {
-            Ok(origin_frames(&mut on_b)?
-                .iter()
-                .any(|(_, _, p)| p == b"after the stray one\n"))
-        },
-    )?;
+    wait_for("traffic after a bad message", PATIENCE, || {
+        Ok(origin_frames(&mut on_b)?
+            .iter()
+            .any(|(_, _, p)| p == b"after the stray one\n"))
+    })?;
     drop(a);
     drop(b);
     Ok(())

@@ -4,6 +4,7 @@
 
 use crate::{
     client::{spec, Control, TempRoom},
+    helper::PATIENCE,
     module, Test,
 };
 use anyhow::{bail, ensure, Context, Result};
@@ -241,7 +242,7 @@ fn poll_reports_readiness() -> Result<()> {
     });
     let mut late = room.open_read()?;
     let mut fds = [PollFd::new(late.as_fd(), PollFlags::POLLIN)];
-    let n = poll(&mut fds, PollTimeout::from(10_000u16))?;
+    let n = poll(&mut fds, PollTimeout::try_from(PATIENCE)?)?;
     waker
         .join()
         .map_err(|_| anyhow::anyhow!("waker thread panicked"))??;
@@ -381,7 +382,7 @@ fn block_policy_waits_for_the_slowest_reader() -> Result<()> {
         Ok(())
     });
     // The room counts the writer's wait when it starts.
-    crate::helper::wait_for("the writer to wait", Duration::from_secs(30), || {
+    crate::helper::wait_for("the writer to wait", PATIENCE, || {
         Ok(Control::open()?.info(&room.name)?.writer_waits > waits_before)
     })?;
     ensure!(
@@ -449,7 +450,8 @@ fn cat_and_echo_chat() -> Result<()> {
     let path = room.path();
     // `timeout`: a head that misses a line must fail the test, not hang it.
     let listener = Command::new("timeout")
-        .args(["60", "head", "-n", "2"])
+        .arg(PATIENCE.as_secs().to_string())
+        .args(["head", "-n", "2"])
         .arg(&path)
         .stdout(Stdio::piped())
         .spawn()

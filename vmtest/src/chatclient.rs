@@ -4,7 +4,7 @@
 
 use crate::{
     client::{spec, Control, TempRoom},
-    helper::{bin, wait_for, NOBODY},
+    helper::{bin, wait_for, NOBODY, PATIENCE},
     module, Test,
 };
 use anyhow::{ensure, Context, Result};
@@ -16,7 +16,6 @@ use nix::{
 use std::{
     io::{Read, Write},
     process::{Child, Command, Output, Stdio},
-    time::Duration,
 };
 
 pub const TESTS: &[Test] = &[
@@ -85,7 +84,7 @@ fn listener(name: &str, args: &[&str]) -> Result<Child> {
     let mut all = vec![name, "--listen"];
     all.extend_from_slice(args);
     let child = spawn(&all)?;
-    wait_for("kchat to open the room", Duration::from_secs(10), || {
+    wait_for("kchat to open the room", PATIENCE, || {
         Ok(readers(name)? > before)
     })?;
     Ok(child)
@@ -288,16 +287,12 @@ fn full_screen_mode_sends_and_shows() -> Result<()> {
         })
     };
     // ratatui switches to the alternate screen right after raw mode.
-    wait_for(
-        "the client to take the terminal",
-        Duration::from_secs(20),
-        || {
-            let bytes = screen_bytes
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?;
-            Ok(String::from_utf8_lossy(&bytes).contains("\x1b[?1049h"))
-        },
-    )?;
+    wait_for("the client to take the terminal", PATIENCE, || {
+        let bytes = screen_bytes
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        Ok(String::from_utf8_lossy(&bytes).contains("\x1b[?1049h"))
+    })?;
     ensure!(
         readers(&room.name)? >= 2,
         "the client has not opened the room"
@@ -305,11 +300,9 @@ fn full_screen_mode_sends_and_shows() -> Result<()> {
     keys.write_all(b"hi from the tui\r")?;
     keys.flush()?;
     // Bounded, so a lost line fails the test instead of hanging the suite.
-    wait_for(
-        "the typed line to reach the room",
-        Duration::from_secs(20),
-        || Ok(Control::open()?.info(&room.name)?.msgs_in >= 1),
-    )?;
+    wait_for("the typed line to reach the room", PATIENCE, || {
+        Ok(Control::open()?.info(&room.name)?.msgs_in >= 1)
+    })?;
     let mut got = [0u8; 64];
     let n = reader.read(&mut got)?;
     ensure!(
@@ -318,16 +311,12 @@ fn full_screen_mode_sends_and_shows() -> Result<()> {
         &got[..n]
     );
     // Leave with Esc once the echo came back and was drawn.
-    wait_for(
-        "the client to draw its own message",
-        Duration::from_secs(20),
-        || {
-            let bytes = screen_bytes
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?;
-            Ok(visible_text(&String::from_utf8_lossy(&bytes)).contains("root: hi from the tui"))
-        },
-    )?;
+    wait_for("the client to draw its own message", PATIENCE, || {
+        let bytes = screen_bytes
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        Ok(visible_text(&String::from_utf8_lossy(&bytes)).contains("root: hi from the tui"))
+    })?;
     keys.write_all(b"\x1b")?;
     keys.flush()?;
     drop(keys);
@@ -423,10 +412,10 @@ fn bad_rooms_are_explained() -> Result<()> {
     Ok(())
 }
 
-/// Waits (at most 20 s) for a client to exit; kills it if it does not.
+/// Waits (at most `PATIENCE`) for a client to exit; kills it if it does not.
 fn exit_within(mut child: Child, what: &str) -> Result<std::process::ExitStatus> {
     let mut status = None;
-    let waited = wait_for(what, Duration::from_secs(20), || {
+    let waited = wait_for(what, PATIENCE, || {
         status = child.try_wait()?;
         Ok(status.is_some())
     });

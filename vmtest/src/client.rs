@@ -71,13 +71,14 @@ pub fn open(path: &std::path::Path, read: bool, write: bool, nonblock: bool) -> 
         .with_context(|| format!("opening {}", path.display()))
 }
 
-/// Waits (at most 30 s) until room `name` has `count` readers: a reader
-/// starts at the end, so a test speaks only once its listener is there.
+/// Waits (at most `PATIENCE`: readers are often processes just started)
+/// until room `name` has `count` readers: a reader starts at the end, so a
+/// test speaks only once its listener is there.
 pub fn wait_for_readers(name: &str, count: u32) -> Result<()> {
     let control = Control::open().context("opening /dev/kchat/control")?;
     crate::helper::wait_for(
         &format!("{count} reader(s) in room {name}"),
-        std::time::Duration::from_secs(30),
+        crate::helper::PATIENCE,
         || Ok(control.info(name)?.readers >= count),
     )
 }

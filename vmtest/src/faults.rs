@@ -157,7 +157,9 @@ impl Faults {
             let left: u64 = std::fs::read_to_string(Self::attr(kind, "times"))?
                 .trim()
                 .parse()?;
-            *count = BUDGET - left;
+            *count = BUDGET
+                .checked_sub(left)
+                .with_context(|| format!("{kind}: {left} failures left of {BUDGET}"))?;
         }
         Ok(counts)
     }

@@ -20,7 +20,8 @@ const WRITE_VAR: &str = "KCHAT_VMTEST_HELPER_WRITE";
 const READERS_VAR: &str = "KCHAT_VMTEST_HELPER_READERS";
 const COUNT_VAR: &str = "KCHAT_VMTEST_HELPER_COUNT";
 /// Helper job: open the room for reading in framed mode, read one message
-/// (at most 20 s) and print its header's "pid uid gid", or the errno name.
+/// (at most `PATIENCE`) and print its header's "pid uid gid", or the errno
+/// name.
 const FRAMED_VAR: &str = "KCHAT_VMTEST_HELPER_FRAMED";
 /// Helper job: write `KCHAT_VMTEST_HELPER_COUNT` messages of 1 KiB to the
 /// room and print this process's cgroup's `memory.current` before and after.
@@ -77,8 +78,9 @@ pub fn run_if_requested() -> Option<ExitCode> {
         use std::io::Write;
         let count: usize = std::env::var(COUNT_VAR).ok()?.parse().ok()?;
         // SAFETY: alarm only schedules SIGALRM, whose default action ends
-        // this helper if the test never kills it.
-        unsafe { nix::libc::alarm(120) };
+        // this helper if the test never kills it: well after the test's own
+        // wait for it (`PATIENCE`) and its use of the connections.
+        unsafe { nix::libc::alarm(3 * PATIENCE.as_secs() as u32) };
         let held: Vec<_> = (0..count)
             .filter_map(|_| std::os::unix::net::UnixStream::connect(&path).ok())
             .collect();
@@ -203,7 +205,19 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Polls `done` every 50 ms until it holds or `limit` passes.
+/// How long the suite waits for anything whose time scales with the guest's
+/// speed: a process starting, `cat` opening a room, a shell's first writes,
+/// kchatd starting or answering, a thread reaching a blocking call, a wake-up.
+/// Sized for the slowest guest the suite runs on, the KASAN kernel under TCG
+/// (about ten times slower than the debug kernel) on a busy two-core host,
+/// where such steps took over 10 s (and kchatd's start over 30 s): only a real
+/// stall runs out of it, and a stalled test still fails within minutes.
+/// Bounds a test measures on purpose (a laggard's 300 ms, a completion that
+/// must not come) are the test's own and stay short.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Polls `done` every 50 ms until it holds or `limit` passes (for what
+/// scales with the guest's speed, [`PATIENCE`]).
 pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
     let start = Instant::now();
     while start.elapsed() < limit {
@@ -259,7 +273,7 @@ fn read_one_frame(path: &Path) -> Result<kchat_uapi::abi::FrameHeader> {
     kchat_client::set_read_mode(&room, kchat_uapi::abi::READ_FRAMED)?;
     // SAFETY: alarm only schedules SIGALRM, whose default action ends this
     // helper: a read that never returns cannot hang the test.
-    unsafe { nix::libc::alarm(20) };
+    unsafe { nix::libc::alarm(PATIENCE.as_secs() as u32) };
     let mut buf = [0u8; 4096];
     let n = room.read(&mut buf).context("reading")?;
     let frames = kchat_client::split_frames(&buf[..n]).context("a torn frame")?;
@@ -344,12 +358,8 @@ fn memory_helper(
 ) -> Result<(u64, u64)> {
     let exe = std::env::current_exe().context("finding the suite's own binary")?;
     let out = Command::new("timeout")
-        .args([
-            "60",
-            "sh",
-            "-c",
-            "echo $$ > \"$1/cgroup.procs\" && exec \"$0\"",
-        ])
+        .arg(PATIENCE.as_secs().to_string())
+        .args(["sh", "-c", "echo $$ > \"$1/cgroup.procs\" && exec \"$0\""])
         .arg(exe)
         .arg(cgroup)
         .env(job, arg)
@@ -369,25 +379,21 @@ pub fn thread_id() -> i32 {
     unsafe { nix::libc::gettid() }
 }
 
-/// Waits (at most 10 s) until thread `tid` of this process sleeps: a test
-/// that wants to wake a blocked call acts only once the call blocks.
+/// Waits (at most `PATIENCE`) until thread `tid` of this process sleeps: a
+/// test that wants to wake a blocked call acts only once the call blocks.
 pub fn wait_until_asleep(tid: i32) -> Result<()> {
-    wait_for(
-        &format!("thread {tid} to block"),
-        Duration::from_secs(10),
-        || {
-            let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))?;
-            Ok(stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('S')))
-        },
-    )
+    wait_for(&format!("thread {tid} to block"), PATIENCE, || {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))?;
+        Ok(stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('S')))
+    })
 }
 
 /// Starts a helper under `setpriv` that connects `count` times to the unix
 /// socket `path` and holds the connections until killed; returns once it
-/// has made them all (at most 60 s).
+/// has made them all (at most `PATIENCE`).
 pub fn hold_connections_as(
     setpriv_args: &[&str],
     path: &Path,
@@ -414,7 +420,7 @@ pub fn hold_connections_as(
         let _ = std::io::BufReader::new(stdout).read_line(&mut line);
         tx.send(line).ok();
     });
-    match rx.recv_timeout(Duration::from_secs(60)) {
+    match rx.recv_timeout(PATIENCE) {
         Ok(line) if line.starts_with("held ") => Ok(child),
         outcome => {
             child.kill().ok();
@@ -430,7 +436,7 @@ pub fn map_under(wrapper: &[&str], room: &Path) -> Result<String> {
     let exe = std::env::current_exe().context("finding the suite's own binary")?;
     let (program, args) = wrapper.split_first().context("an empty wrapper")?;
     let out = Command::new("timeout")
-        .arg("30")
+        .arg(PATIENCE.as_secs().to_string())
         .arg(program)
         .args(args)
         .arg(exe)

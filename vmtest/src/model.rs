@@ -513,9 +513,10 @@ fn a_loss_query_inside_a_message_is_safe() -> Result<()> {
     );
     let n = std::io::Read::read(&mut reader, &mut buf)?;
     // The oldest retained one-byte message is number first_seq - 1; the
-    // read starts at its first byte and returns whole messages.
+    // read starts at its first byte and returns whole messages. Wrapping:
+    // a wrong first_seq (0) must show as a mismatch, not overflow.
     let expected: Vec<u8> = (0..n as u64)
-        .map(|i| (info.first_seq - 1 + i) as u8)
+        .map(|i| info.first_seq.wrapping_sub(1).wrapping_add(i) as u8)
         .collect();
     anyhow::ensure!(
         buf[..n] == expected[..],

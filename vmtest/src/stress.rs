@@ -7,6 +7,7 @@
 
 use crate::{
     client::{raw_ioctl, spec, Control, TempRoom},
+    helper::{wait_for, PATIENCE},
     module, Test,
 };
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -113,17 +114,43 @@ struct Session {
     last_counter: [Option<u32>; WRITERS as usize],
 }
 
-fn read_session(room: usize, file: &mut File, session: &mut Session, until: Instant) -> Result<()> {
+impl Session {
+    /// The sequence number after the last one accounted for (delivered,
+    /// lost, or `more`); `None` if the module's numbers make it overflow.
+    fn end(&self, open: u64, more: u64) -> Option<u64> {
+        open.checked_add(self.delivered)?
+            .checked_add(self.lost)?
+            .checked_add(more)
+    }
+}
+
+/// Reads `file` into `session` until `until`; with `drain`, returns as soon
+/// as nothing is left to read (the writers have stopped), and failing to
+/// get there by `until` is an error.
+fn read_session(
+    room: usize,
+    file: &mut File,
+    session: &mut Session,
+    until: Instant,
+    drain: bool,
+) -> Result<()> {
     let mut buf = vec![0u8; 8192];
     loop {
         let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
         if Instant::now() >= until {
+            ensure!(
+                !drain,
+                "the room still had messages to read after {PATIENCE:?} of draining"
+            );
             return Ok(());
         }
-        poll(&mut fds, PollTimeout::from(50u8))?;
+        if !drain {
+            poll(&mut fds, PollTimeout::from(50u8))?;
+        }
         let n = match file.read(&mut buf) {
             Ok(0) => bail!("unexpected end of file"),
             Ok(n) => n,
+            Err(err) if err.kind() == ErrorKind::WouldBlock && drain => return Ok(()),
             Err(err) if err.kind() == ErrorKind::WouldBlock => continue,
             Err(err) => return Err(err.into()),
         };
@@ -138,19 +165,30 @@ fn read_session(room: usize, file: &mut File, session: &mut Session, until: Inst
                     header.lost
                 );
             }
+            // The header's numbers are the module's answer, checked here:
+            // nonsense must fail the test with what it was, not overflow.
             let expected = match session.first_seen {
                 None => {
-                    session.first_seen = Some(header.seq - header.lost);
+                    let open = header.seq.checked_sub(header.lost).with_context(|| {
+                        format!(
+                            "the first frame says seq {} with {} lost before it",
+                            header.seq, header.lost
+                        )
+                    })?;
+                    session.first_seen = Some(open);
                     header.seq
                 }
-                Some(open) => open + session.delivered + session.lost + header.lost,
+                Some(open) => open
+                    .wrapping_add(session.delivered)
+                    .wrapping_add(session.lost)
+                    .wrapping_add(header.lost),
             };
             ensure!(
                 header.seq == expected,
                 "frame seq {} where {expected} was due",
                 header.seq
             );
-            session.lost += header.lost;
+            session.lost = session.lost.wrapping_add(header.lost);
             session.delivered += 1;
             let last = &mut session.last_counter[writer as usize];
             if let Some(previous) = *last {
@@ -185,7 +223,7 @@ fn reader_thread(id: u32, stop: Arc<AtomicBool>, drained: Arc<AtomicBool>) -> Re
         let mut file = open_framed(room)?;
         let mut session = Session::default();
         let until = Instant::now() + Duration::from_millis(rng.u64(50..450));
-        read_session(room, &mut file, &mut session, until)?;
+        read_session(room, &mut file, &mut session, until, false)?;
         sessions += 1;
         let Some(open) = session.first_seen else {
             // Saw nothing; once writers stop, nothing more will come.
@@ -198,19 +236,22 @@ fn reader_thread(id: u32, stop: Arc<AtomicBool>, drained: Arc<AtomicBool>) -> Re
             // Closed mid-stream: what it saw cannot run past the end.
             let info = Control::open()?.info(ROOMS[room].0)?;
             ensure!(
-                open + session.delivered + session.lost <= info.next_seq,
+                session.end(open, 0).is_some_and(|end| end <= info.next_seq),
                 "reader {id} accounted past the end"
             );
             continue;
         }
-        crate::helper::wait_for("the writers to finish", Duration::from_secs(120), || {
+        wait_for("the writers to finish", PATIENCE, || {
             Ok(drained.load(Ordering::Relaxed))
         })?;
+        // Everything left, however long that takes on a slow guest: what
+        // stays unread would count as neither delivered nor lost.
         read_session(
             room,
             &mut file,
             &mut session,
-            Instant::now() + Duration::from_millis(500),
+            Instant::now() + PATIENCE,
+            true,
         )?;
         let mut unreported = 0u64;
         raw_ioctl(
@@ -219,13 +260,12 @@ fn reader_thread(id: u32, stop: Arc<AtomicBool>, drained: Arc<AtomicBool>) -> Re
             &mut unreported as *mut u64 as usize,
         )?;
         let info = Control::open()?.info(ROOMS[room].0)?;
-        let accounted = session.delivered + session.lost + unreported;
         ensure!(
-            open + accounted == info.next_seq,
+            session.end(open, unreported) == Some(info.next_seq),
             "reader {id}: delivered {} + lost {} (+{unreported}) != {} written since it opened",
             session.delivered,
             session.lost,
-            info.next_seq - open
+            info.next_seq.wrapping_sub(open) as i64
         );
         return Ok(sessions);
     }
@@ -322,18 +362,16 @@ pub fn kill_a_reader_and_a_writer() -> Result<u64> {
         .arg("while :; do echo spam-from-a-doomed-shell; done > /dev/kchat/stress-spam")
         .spawn()?;
     // Kill them mid-flow: once `cat` has the room open and the shell's
-    // lines arrive.
+    // lines arrive. Both start as processes do on the guest: on the KASAN
+    // kernel, amid the traffic, that took over 10 s.
     let spam_before = Control::open()?.info("stress-spam")?.msgs_in;
-    let flowing = crate::helper::wait_for(
-        "cat to open and the shell to write",
-        Duration::from_secs(10),
-        || {
-            let cat_open = std::fs::read_dir(format!("/proc/{}/fd", cat.id()))?
-                .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-                .any(|target| target == std::path::Path::new("/dev/kchat/stress-a"));
-            Ok(cat_open && Control::open()?.info("stress-spam")?.msgs_in > spam_before + 10)
-        },
-    );
+    let flowing = wait_for("cat to open and the shell to write", PATIENCE, || {
+        let cat_open = std::fs::read_dir(format!("/proc/{}/fd", cat.id()))?
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .any(|target| target == std::path::Path::new("/dev/kchat/stress-a"));
+        Ok(cat_open
+            && Control::open()?.info("stress-spam")?.msgs_in > spam_before.saturating_add(10))
+    });
     // Killed whatever happened: a shell left spinning would load the rest.
     for mut child in [cat, spam] {
         child.kill()?;

@@ -9,7 +9,11 @@
 //! suite); anywhere else they are ignored. They run in order and build on
 //! each other: installed and started, rooms made, reloaded, stopped.
 
-use crate::{client::open, helper::wait_for, Test};
+use crate::{
+    client::open,
+    helper::{wait_for, PATIENCE},
+    Test,
+};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use std::{
@@ -17,7 +21,6 @@ use std::{
     os::unix::fs::MetadataExt,
     path::Path,
     process::Command,
-    time::Duration,
 };
 
 pub const TESTS: &[Test] = &[
@@ -159,11 +162,9 @@ fn kchatd_comes_and_goes_with_the_module() -> Result<()> {
     );
     group_id("kchat").context("the package did not make the kchat group")?;
     let active = |want: &str| -> Result<()> {
-        wait_for(
-            &format!("kchatd.service to be {want}"),
-            Duration::from_secs(60),
-            || Ok(property("kchatd.service", "ActiveState")? == want),
-        )
+        wait_for(&format!("kchatd.service to be {want}"), PATIENCE, || {
+            Ok(property("kchatd.service", "ActiveState")? == want)
+        })
     };
     run("modprobe", &["kchat"])?;
     active("active")?;
@@ -183,7 +184,7 @@ fn kchatd_comes_and_goes_with_the_module() -> Result<()> {
         "kchatd started by the module is not attached: {status}"
     );
     // kchatd opens the node for a moment each pass: rmmod may meet it.
-    wait_for("rmmod kchat", Duration::from_secs(30), || {
+    wait_for("rmmod kchat", PATIENCE, || {
         Ok(Command::new("rmmod").arg("kchat").status()?.success())
     })?;
     active("inactive")?;
@@ -247,7 +248,10 @@ fn room_nodes_get_owner_group_and_mode_through_udev() -> Result<()> {
         "--mode",
         "0640",
     ])?;
-    run("udevadm", &["settle", "--timeout=60"])?;
+    run(
+        "udevadm",
+        &["settle", &format!("--timeout={}", PATIENCE.as_secs())],
+    )?;
     for (node, gid, mode) in [
         ("/dev/kchat/ops", kchat, 0o660),
         ("/dev/kchat/sd-room", kchat, 0o640),
@@ -266,7 +270,7 @@ fn room_nodes_get_owner_group_and_mode_through_udev() -> Result<()> {
         "systemd-escape",
         &["--path", "--suffix=device", "/dev/kchat/sd-room"],
     )?;
-    wait_for("the room's .device unit", Duration::from_secs(30), || {
+    wait_for("the room's .device unit", PATIENCE, || {
         Ok(property(unit.trim(), "ActiveState")? == "active")
     })?;
     let db = run(
@@ -288,7 +292,7 @@ fn reload_applies_a_changed_config() -> Result<()> {
     config.push_str("\n[rooms.sd-reloaded]\npolicy = \"block\"\n");
     std::fs::write(CONFIG, config)?;
     run("systemctl", &["reload", "kchatd"])?;
-    wait_for("the reloaded room", Duration::from_secs(30), || {
+    wait_for("the reloaded room", PATIENCE, || {
         Ok(Path::new("/dev/kchat/sd-reloaded").exists())
     })?;
     let info: Value = serde_json::from_str(&kchatctl(&["--json", "info", "sd-reloaded"])?)?;
@@ -406,7 +410,7 @@ fn the_bridge_runs_sandboxed_from_its_shipped_unit() -> Result<()> {
         .context("starting nats-server")?;
     let outcome =
         (|| -> Result<()> {
-            wait_for("nats-server to listen", Duration::from_secs(20), || {
+            wait_for("nats-server to listen", PATIENCE, || {
                 Ok(std::net::TcpStream::connect(("127.0.0.1", 4222)).is_ok())
             })?;
             kchatctl(&["create-room", "sd-fed"])?;
@@ -433,7 +437,7 @@ fn the_bridge_runs_sandboxed_from_its_shipped_unit() -> Result<()> {
                     && json["rooms"]["sd-ledger"]["delivery"] == "jetstream"
             };
             let mut json = Value::Null;
-            wait_for("both rooms bridged", Duration::from_secs(30), || {
+            wait_for("both rooms bridged", PATIENCE, || {
                 json = serde_json::from_str(&run("kchat-bridge", &["status", "--json"])?)?;
                 Ok(bridged(&json))
             })
@@ -441,7 +445,7 @@ fn the_bridge_runs_sandboxed_from_its_shipped_unit() -> Result<()> {
             open(Path::new("/dev/kchat/sd-ledger"), false, true, false)?.write_all(b"kept\n")?;
             wait_for(
                 "the block room's message published and its place saved",
-                Duration::from_secs(30),
+                PATIENCE,
                 || {
                     json = serde_json::from_str(&run("kchat-bridge", &["status", "--json"])?)?;
                     let state = std::fs::read_to_string("/var/lib/kchat-bridge/sd-ledger.json")

@@ -5,7 +5,7 @@
 
 use crate::{
     client::{open, spec, Control, TempRoom},
-    helper::{self, NOBODY},
+    helper::{self, NOBODY, PATIENCE},
     module, Test,
 };
 use anyhow::{ensure, Context, Result};
@@ -101,9 +101,6 @@ pub const TESTS: &[Test] = &[
         a_block_rooms_bound_changes_while_writers_wait,
     ),
 ];
-
-/// How long a test waits for something that should take milliseconds.
-const PATIENCE: Duration = Duration::from_secs(10);
 
 fn room_minor(name: &str) -> Result<u32> {
     Ok(Control::open()?.info(name)?.minor)
@@ -616,6 +613,7 @@ fn a_reader_sees_pids_and_ids_in_its_own_namespaces() -> Result<()> {
     // else) and one in its own pid namespace.
     // `timeout`: the helper must not be the namespace's init, which
     // ignores the SIGALRM that bounds its read.
+    let timeout = PATIENCE.as_secs().to_string();
     let in_userns = helper::framed_reader_under(
         &[
             "unshare",
@@ -623,12 +621,12 @@ fn a_reader_sees_pids_and_ids_in_its_own_namespaces() -> Result<()> {
             "--map-root-user",
             "--",
             "timeout",
-            "30",
+            &timeout,
         ],
         &room.path(),
     )?;
     let in_pidns = helper::framed_reader_under(
-        &["unshare", "--pid", "--fork", "--", "timeout", "30"],
+        &["unshare", "--pid", "--fork", "--", "timeout", &timeout],
         &room.path(),
     )?;
     crate::client::wait_for_readers(&room.name, 2)?;
@@ -643,10 +641,18 @@ fn a_reader_sees_pids_and_ids_in_its_own_namespaces() -> Result<()> {
     };
     let userns = out(in_userns)?;
     let pidns = out(in_pidns)?;
+    // "pid uid gid"; anything else (an error, or nothing from a helper
+    // that was killed) fails with what the helper said.
     let fields = |text: &str| -> Result<Vec<u32>> {
-        text.split_whitespace()
+        let fields = text
+            .split_whitespace()
             .map(|f| f.parse().with_context(|| format!("helper said {text:?}")))
-            .collect()
+            .collect::<Result<Vec<u32>>>()?;
+        ensure!(
+            fields.len() == 3,
+            "helper said {text:?}, not \"pid uid gid\""
+        );
+        Ok(fields)
     };
     let userns = fields(&userns)?;
     let pidns = fields(&pidns)?;

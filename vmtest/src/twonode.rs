@@ -5,7 +5,11 @@
 //! the first guest and drive the second through its agent (`agent.rs`).
 //! The plain suite lists them as ignored.
 
-use crate::{agent::Node, helper::wait_for, Test};
+use crate::{
+    agent::Node,
+    helper::{wait_for, PATIENCE},
+    Test,
+};
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use std::{
@@ -40,7 +44,9 @@ pub const TESTS: &[Test] = &[
 pub const PEER_VAR: &str = "KCHAT_PEER";
 const THIS_ADDR: &str = "10.77.0.1";
 const NATS: &str = "nats://10.77.0.1:4222";
-const STEP: Duration = Duration::from_secs(60);
+/// The bound on one step a node runs (`Node::sh`): longer than `PATIENCE`,
+/// so that a step's own wait (`poll_sh`) runs out first and says what.
+const STEP: Duration = Duration::from_secs(PATIENCE.as_secs() + 30);
 const DIR: &str = "/run/kchat-test/twonode";
 
 pub fn configured() -> bool {
@@ -86,13 +92,26 @@ fn bridge_bin() -> Result<String> {
     Ok(crate::helper::bin("kchat-bridge")?.display().to_string())
 }
 
+/// Bash that checks `condition` every 0.1 s until it holds (then exits 0),
+/// for at most `PATIENCE`: what it waits for (a process starting, a port
+/// opening) scales with the guest's speed. Runs `otherwise` and exits 1 if
+/// the condition never held.
+fn poll_sh(condition: &str, otherwise: &str) -> String {
+    format!(
+        "while [ $SECONDS -lt {} ]; do {condition} && exit 0; sleep 0.1; done; {otherwise}; exit 1",
+        PATIENCE.as_secs()
+    )
+}
+
 /// (Re)starts nats-server with JetStream, its store kept across restarts.
 fn start_nats(a: &mut Node) -> Result<()> {
     a.sh(
         &format!(
-            "setsid nats-server -a {THIS_ADDR} -p 4222 -js -sd {DIR}/js >>{DIR}/nats.log 2>&1 </dev/null & \
-             for i in $(seq 200); do (exec 3<>/dev/tcp/{THIS_ADDR}/4222) 2>/dev/null && exit 0; sleep 0.1; done; \
-             echo nats-server did not listen; cat {DIR}/nats.log; exit 1"
+            "setsid nats-server -a {THIS_ADDR} -p 4222 -js -sd {DIR}/js >>{DIR}/nats.log 2>&1 </dev/null & {}",
+            poll_sh(
+                &format!("(exec 3<>/dev/tcp/{THIS_ADDR}/4222) 2>/dev/null"),
+                &format!("echo nats-server did not listen; cat {DIR}/nats.log"),
+            )
         ),
         STEP,
     )
@@ -115,9 +134,11 @@ fn start_bridge(node: &mut Node, name: &str, rooms: &str) -> Result<()> {
         &format!(
             "cat >{DIR}/{name}.toml <<'EOF'\nnode = \"{name}\"\nstate_dir = \"{DIR}/state-{name}\"\n\
              [nats]\nservers = [\"{NATS}\"]\n[metrics]\nlisten = \"127.0.0.1:9478\"\n{rooms}\nEOF\n\
-             RUST_LOG=info setsid {bridge} --config {DIR}/{name}.toml >>{DIR}/{name}.log 2>&1 </dev/null &\n\
-             for i in $(seq 200); do curl -sf http://127.0.0.1:9478/metrics >/dev/null && exit 0; sleep 0.1; done; \
-             echo the bridge did not come up; cat {DIR}/{name}.log; exit 1"
+             RUST_LOG=info setsid {bridge} --config {DIR}/{name}.toml >>{DIR}/{name}.log 2>&1 </dev/null &\n{}",
+            poll_sh(
+                "curl -sf http://127.0.0.1:9478/metrics >/dev/null",
+                &format!("echo the bridge did not come up; cat {DIR}/{name}.log"),
+            )
         ),
         STEP,
     )
@@ -186,7 +207,7 @@ fn send_until_one_crosses(pair: &mut Pair, a_to_b: bool, room: &str, tag: &str) 
     static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     wait_for(
         &format!("a message from {from_name} to cross"),
-        Duration::from_secs(60),
+        PATIENCE,
         || {
             let (from, to) = if a_to_b {
                 (&mut pair.a, &mut pair.b)
@@ -212,17 +233,24 @@ fn echo_on_one_machine_is_read_by_cat_on_the_other_exactly_once() -> Result<()> 
     start_bridge(&mut pair.b, "node-b", rooms)?;
     until_crossed(pair, true, "probe")?;
     until_crossed(pair, false, "probe")?;
-    // cat on each side, then echo on the other.
+    // cat on each side, then echo on the other, once cat holds the room
+    // open (a reader starts at the end).
     for node in [&mut pair.a, &mut pair.b] {
         node.sh(&format!("setsid cat /dev/kchat/probe >{DIR}/cat.out 2>&1 </dev/null & echo $! >{DIR}/cat.pid"), STEP)?;
-        node.sh(&format!("for i in $(seq 100); do [ -e /proc/$(cat {DIR}/cat.pid)/fd/0 ] && exit 0; sleep 0.05; done"), STEP)?;
+        node.sh(
+            &poll_sh(
+                &format!("ls -l /proc/$(cat {DIR}/cat.pid)/fd 2>/dev/null | grep -q kchat/probe"),
+                "echo cat did not open the room",
+            ),
+            STEP,
+        )?;
     }
     pair.a.sh("echo 'hello from a' >/dev/kchat/probe", STEP)?;
     pair.b.sh("echo 'hello from b' >/dev/kchat/probe", STEP)?;
     for (node, line) in [(&mut pair.b, "hello from a"), (&mut pair.a, "hello from b")] {
         wait_for(
             &format!("cat on {} to print {line:?}", node.name()),
-            Duration::from_secs(30),
+            PATIENCE,
             || {
                 Ok(node
                     .sh(&format!("grep -c '^{line}$' {DIR}/cat.out || true"), STEP)?
@@ -236,7 +264,7 @@ fn echo_on_one_machine_is_read_by_cat_on_the_other_exactly_once() -> Result<()> 
     let echo_pid = pair
         .a
         .sh("echo 'stamped' >/dev/kchat/probe; echo $$", STEP)?;
-    wait_for("the stamped message on b", Duration::from_secs(30), || {
+    wait_for("the stamped message on b", PATIENCE, || {
         Ok(relayed_from(&mut pair.b, "probe", "node-a")?
             .iter()
             .any(|p| p == "stamped\n"))
@@ -270,21 +298,19 @@ fn echo_on_one_machine_is_read_by_cat_on_the_other_exactly_once() -> Result<()> 
     )?;
     // kchat is up once it holds the room open: then a's line is new to it.
     pair.b.sh(
-        "for i in $(seq 100); do ls -l /proc/$(pgrep -x kchat)/fd 2>/dev/null | grep -q kchat/probe && exit 0; \
-         sleep 0.05; done; exit 1",
+        &poll_sh(
+            "ls -l /proc/$(pgrep -x kchat)/fd 2>/dev/null | grep -q kchat/probe",
+            "echo kchat did not open the room",
+        ),
         STEP,
     )?;
     pair.a.sh("echo 'seen by kchat' >/dev/kchat/probe", STEP)?;
-    wait_for(
-        "kchat on b to show a's line",
-        Duration::from_secs(30),
-        || {
-            Ok(pair
-                .b
-                .sh(&format!("cat {DIR}/kchat.out"), STEP)?
-                .contains("] uid 0@node-a: seen by kchat"))
-        },
-    )
+    wait_for("kchat on b to show a's line", PATIENCE, || {
+        Ok(pair
+            .b
+            .sh(&format!("cat {DIR}/kchat.out"), STEP)?
+            .contains("] uid 0@node-a: seen by kchat"))
+    })
     .with_context(|| {
         pair.b
             .sh(&format!("cat {DIR}/kchat.out"), STEP)
@@ -363,7 +389,7 @@ fn a_block_room_loses_and_duplicates_nothing_across_restarts() -> Result<()> {
     let rooms = both_bridge_a_new_room(pair, "ledger", "block")?;
     // Both consumers exist once each bridge has bridged the room.
     for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
-        wait_for("the room bridged", Duration::from_secs(30), || {
+        wait_for("the room bridged", PATIENCE, || {
             Ok(metric(node, "kchat_bridge_room_delivery{room=\"ledger\",delivery=\"jetstream\",direction=\"both\"}")? == 1.0
                 && metric(node, "kchat_bridge_room_up{room=\"ledger\"}")? == 1.0)
         })
@@ -398,7 +424,7 @@ fn a_block_room_loses_and_duplicates_nothing_across_restarts() -> Result<()> {
 
     // Round 2: the server is killed and started again mid-stream.
     pair.a.sh(&format!("setsid {vmtest} job send ledger a {per_round} {per_round} </dev/null >/dev/null 2>&1 &"), STEP)?;
-    wait_for("some of round 2 to cross", Duration::from_secs(60), || {
+    wait_for("some of round 2 to cross", PATIENCE, || {
         Ok(held_from(&mut pair.b, "ledger", "node-a", "a")? > per_round + 50)
     })?;
     kill_nats(&mut pair.a)?;
@@ -423,7 +449,7 @@ fn a_block_room_loses_and_duplicates_nothing_across_restarts() -> Result<()> {
         ),
         STEP,
     )?;
-    wait_for("some of round 3 to cross", Duration::from_secs(60), || {
+    wait_for("some of round 3 to cross", PATIENCE, || {
         Ok(held_from(&mut pair.b, "ledger", "node-a", "a")? > 2 * per_round + 50)
     })?;
     kill_bridge(&mut pair.b)?;
@@ -472,35 +498,21 @@ fn a_room_created_again_starts_a_new_epoch_and_loses_nothing() -> Result<()> {
     let vmtest = vmtest()?;
     let rooms = both_bridge_a_new_room(pair, "again", "block")?;
     for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
-        wait_for("the room bridged", Duration::from_secs(30), || {
+        wait_for("the room bridged", PATIENCE, || {
             Ok(metric(node, "kchat_bridge_room_up{room=\"again\"}")? == 1.0)
         })
         .with_context(|| logs(node, name))?;
     }
     pair.b.sh(&format!("{vmtest} job send again m 0 3"), STEP)?;
-    expect_exactly(
-        &mut pair.a,
-        "again",
-        "node-b",
-        "m",
-        3,
-        Duration::from_secs(60),
-    )?;
+    expect_exactly(&mut pair.a, "again", "node-b", "m", 3, PATIENCE)?;
     kill_bridge(&mut pair.b)?;
     pair.b.sh(
         &format!("{vmtest} job rmroom again && {vmtest} job mkroom again block 1048576 && {vmtest} job send again m 3 10"),
         STEP,
     )?;
     start_bridge(&mut pair.b, "node-b", &rooms)?;
-    expect_exactly(
-        &mut pair.a,
-        "again",
-        "node-b",
-        "m",
-        13,
-        Duration::from_secs(60),
-    )
-    .with_context(|| logs(&mut pair.b, "node-b"))?;
+    expect_exactly(&mut pair.a, "again", "node-b", "m", 13, PATIENCE)
+        .with_context(|| logs(&mut pair.b, "node-b"))?;
     for node in [&mut pair.a, &mut pair.b] {
         kill_bridge(node)?;
     }
@@ -561,7 +573,7 @@ fn a_drop_room_accounts_for_every_message_across_restarts() -> Result<()> {
         &format!("setsid {vmtest} job send chatter a 0 3000 </dev/null >/dev/null 2>&1 &"),
         STEP,
     )?;
-    wait_for("some to cross", Duration::from_secs(60), || {
+    wait_for("some to cross", PATIENCE, || {
         Ok(held_after(&mut pair.b, "chatter", start)?.0 > 100)
     })?;
     kill_nats(&mut pair.a)?;
@@ -595,7 +607,7 @@ fn stray_messages() -> Result<()> {
     use std::io::{Read, Write};
     let headers = "NATS/1.0\r\nKchat-Node: a/b\r\nKchat-Seq: 1\r\n\r\n";
     let mut raw = std::net::TcpStream::connect((THIS_ADDR, 4222))?;
-    raw.set_read_timeout(Some(Duration::from_secs(10)))?;
+    raw.set_read_timeout(Some(PATIENCE))?;
     write!(
         raw,
         "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nPUB kchat.probe 5\r\nhello\r\n\
@@ -632,56 +644,42 @@ fn bad_input_is_counted_and_the_other_rooms_go_on() -> Result<()> {
     let rooms = "[rooms.probe]\n[rooms.small]\n[rooms.later]\n";
     start_bridge(&mut pair.a, "node-a", rooms)?;
     start_bridge(&mut pair.b, "node-b", rooms)?;
-    wait_for(
-        "the missing room to be counted",
-        Duration::from_secs(30),
-        || {
-            Ok(metric(
-                &mut pair.b,
-                "kchat_bridge_room_errors_total{room=\"later\"}",
-            )? >= 1.0
-                && metric(&mut pair.b, "kchat_bridge_room_up{room=\"later\"}")? == 0.0)
-        },
-    )?;
+    wait_for("the missing room to be counted", PATIENCE, || {
+        Ok(metric(
+            &mut pair.b,
+            "kchat_bridge_room_errors_total{room=\"later\"}",
+        )? >= 1.0
+            && metric(&mut pair.b, "kchat_bridge_room_up{room=\"later\"}")? == 0.0)
+    })?;
     until_crossed(pair, true, "probe")?;
     // A message without kchat headers, one with a bad node, one too long
     // for b's room: each counted, none stops the room.
     stray_messages()?;
-    wait_for(
-        "the stray messages to be refused",
-        Duration::from_secs(30),
-        || {
-            Ok(metric(
-                &mut pair.b,
-                "kchat_bridge_dropped_total{room=\"probe\",reason=\"malformed\"}",
-            )? >= 2.0)
-        },
-    )
+    wait_for("the stray messages to be refused", PATIENCE, || {
+        Ok(metric(
+            &mut pair.b,
+            "kchat_bridge_dropped_total{room=\"probe\",reason=\"malformed\"}",
+        )? >= 2.0)
+    })
     .with_context(|| logs(&mut pair.b, "node-b"))?;
     until_crossed(pair, true, "small")?;
     pair.a
         .sh("head -c 100 /dev/zero | tr '\\0' x >/dev/kchat/small", STEP)?;
-    wait_for(
-        "the long message to be refused on b",
-        Duration::from_secs(30),
-        || {
-            Ok(metric(
-                &mut pair.b,
-                "kchat_bridge_dropped_total{room=\"small\",reason=\"oversize\"}",
-            )? >= 1.0)
-        },
-    )
+    wait_for("the long message to be refused on b", PATIENCE, || {
+        Ok(metric(
+            &mut pair.b,
+            "kchat_bridge_dropped_total{room=\"small\",reason=\"oversize\"}",
+        )? >= 1.0)
+    })
     .with_context(|| logs(&mut pair.b, "node-b"))?;
     // The room appears: it is bridged without a restart.
     pair.b
         .sh(&format!("{vmtest} job mkroom later drop 65536"), STEP)?;
     pair.a
         .sh(&format!("{vmtest} job mkroom later drop 65536"), STEP)?;
-    wait_for(
-        "the new room to be bridged",
-        Duration::from_secs(30),
-        || Ok(metric(&mut pair.b, "kchat_bridge_room_up{room=\"later\"}")? == 1.0),
-    )?;
+    wait_for("the new room to be bridged", PATIENCE, || {
+        Ok(metric(&mut pair.b, "kchat_bridge_room_up{room=\"later\"}")? == 1.0)
+    })?;
     until_crossed(pair, true, "later")?;
     // A room deleted under the bridge: counted, and the others go on.
     let errors = metric(
@@ -689,26 +687,18 @@ fn bad_input_is_counted_and_the_other_rooms_go_on() -> Result<()> {
         "kchat_bridge_room_errors_total{room=\"small\"}",
     )?;
     pair.b.sh(&format!("{vmtest} job rmroom small"), STEP)?;
-    wait_for(
-        "the deleted room to be counted",
-        Duration::from_secs(30),
-        || {
-            Ok(metric(
-                &mut pair.b,
-                "kchat_bridge_room_errors_total{room=\"small\"}",
-            )? > errors)
-        },
-    )?;
+    wait_for("the deleted room to be counted", PATIENCE, || {
+        Ok(metric(
+            &mut pair.b,
+            "kchat_bridge_room_errors_total{room=\"small\"}",
+        )? > errors)
+    })?;
     pair.a.sh("echo 'still here' >/dev/kchat/probe", STEP)?;
-    wait_for(
-        "traffic after the bad input",
-        Duration::from_secs(30),
-        || {
-            Ok(relayed_from(&mut pair.b, "probe", "node-a")?
-                .iter()
-                .any(|p| p == "still here\n"))
-        },
-    )?;
+    wait_for("traffic after the bad input", PATIENCE, || {
+        Ok(relayed_from(&mut pair.b, "probe", "node-a")?
+            .iter()
+            .any(|p| p == "still here\n"))
+    })?;
     ensure!(
         pair.b.sh("pgrep -x kchat-bridge", STEP).is_ok(),
         "b's bridge died on bad input"
@@ -716,8 +706,13 @@ fn bad_input_is_counted_and_the_other_rooms_go_on() -> Result<()> {
     // Credentials refused: a server that wants a token, a bridge with the
     // wrong one: it says so, stays up and reports itself disconnected.
     pair.a.sh(
-        &format!("setsid nats-server -a {THIS_ADDR} -p 4223 --auth right >>{DIR}/nats-auth.log 2>&1 </dev/null & \
-                  for i in $(seq 200); do (exec 3<>/dev/tcp/{THIS_ADDR}/4223) 2>/dev/null && exit 0; sleep 0.1; done; exit 1"),
+        &format!(
+            "setsid nats-server -a {THIS_ADDR} -p 4223 --auth right >>{DIR}/nats-auth.log 2>&1 </dev/null & {}",
+            poll_sh(
+                &format!("(exec 3<>/dev/tcp/{THIS_ADDR}/4223) 2>/dev/null"),
+                &format!("echo nats-server did not listen; cat {DIR}/nats-auth.log"),
+            )
+        ),
         STEP,
     )?;
     kill_bridge(&mut pair.b)?;
@@ -730,7 +725,7 @@ fn bad_input_is_counted_and_the_other_rooms_go_on() -> Result<()> {
         ),
         STEP,
     )?;
-    wait_for("the refusal to be logged", Duration::from_secs(30), || {
+    wait_for("the refusal to be logged", PATIENCE, || {
         Ok(pair
             .b
             .sh(

@@ -11,6 +11,7 @@ mod deploy;
 mod install;
 mod kernel;
 mod kmod;
+mod libtest;
 mod logcheck;
 mod paths;
 mod process;

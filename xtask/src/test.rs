@@ -8,7 +8,7 @@
 use crate::{
     bootstrap, deploy,
     kernel::{self, Variant},
-    kmod,
+    kmod, libtest,
     paths::{self, root},
     process::show,
     vm::{self, VmArgs},
@@ -91,43 +91,36 @@ impl Tally {
         }
     }
 
-    /// Adds the counts of libtest "test result:" lines in `output`; a run
-    /// that failed without reporting a failed test counts as one failure.
+    /// Adds what a libtest harness's `output` says: its passed tests, and
+    /// each failed one by name with the line that says why; a test the
+    /// output stops inside (the guest died or was killed) fails by name
+    /// too. A run that failed with none of that (it never got to a test)
+    /// fails as a whole.
     fn add_libtest(&mut self, name: &str, output: &str, succeeded: bool) {
-        let (mut passed, mut failed) = (0, 0);
-        for line in output.lines().filter(|l| l.starts_with("test result:")) {
-            passed += count(line, "passed");
-            failed += count(line, "failed");
+        let report = libtest::parse(output);
+        let before = self.failed.len();
+        self.passed += report.passed;
+        for failure in report.failed {
+            self.failed
+                .push(format!("{name}: {}: {}", failure.test, failure.why));
         }
-        for line in output.lines() {
-            if let Some(test) = line
-                .strip_prefix("test ")
-                .and_then(|l| l.strip_suffix(" ... FAILED"))
-            {
-                self.failed.push(format!("{name}: {test}"));
-            }
+        for test in report.unfinished {
+            self.failed.push(format!(
+                "{name}: {test}: did not finish (the run stopped while it ran)"
+            ));
         }
-        self.passed += passed;
-        let listed = output
-            .lines()
-            .filter(|l| l.ends_with(" ... FAILED"))
-            .count();
-        for _ in listed..failed {
-            self.failed.push(format!("{name}: (unnamed failure)"));
+        if report.unnamed > 0 {
+            self.failed.push(format!(
+                "{name}: {} more failed test(s) the output does not name",
+                report.unnamed
+            ));
         }
-        if !succeeded && failed == 0 {
-            self.failed.push(format!("{name}: did not finish"));
+        if !succeeded && self.failed.len() == before {
+            self.failed.push(format!(
+                "{name}: failed outside any test (none failed or was cut short; see its output)"
+            ));
         }
     }
-}
-
-/// The number before `what` in a libtest summary:
-/// "test result: ok. 3 passed; 1 failed; 0 ignored; ...".
-fn count(line: &str, what: &str) -> usize {
-    line.split([';', '.'])
-        .filter_map(|part| part.trim().strip_suffix(what))
-        .filter_map(|n| n.trim().parse::<usize>().ok())
-        .sum()
 }
 
 pub fn run(args: TestArgs) -> Result<ExitCode> {
@@ -506,4 +499,81 @@ fn cargo_captured(args: &[&str]) -> Result<(bool, String)> {
 
 fn shell_quote(arg: &str) -> String {
     format!("'{}'", arg.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_a_panicking_test_and_its_panic() {
+        let output = "\
+running 2 tests
+test chat::ok_test                                  ... ok
+test mapped::losses_are_exact_under_a_racing_writer ... thread 'main' panicked at vmtest/src/mapped.rs:61:23:
+attempt to multiply with overflow
+note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace
+FAILED
+
+failures:
+
+---- mapped::losses_are_exact_under_a_racing_writer ----
+test panicked: attempt to multiply with overflow
+
+
+failures:
+    mapped::losses_are_exact_under_a_racing_writer
+
+test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 9.10s
+";
+        let mut tally = Tally::default();
+        tally.add_libtest("guest suite [debug kernel]", output, false);
+        assert_eq!(tally.passed, 1);
+        assert_eq!(
+            tally.failed,
+            [
+                "guest suite [debug kernel]: mapped::losses_are_exact_under_a_racing_writer: \
+              panicked at vmtest/src/mapped.rs:61:23: attempt to multiply with overflow"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_summary_names_the_test_a_dead_guest_was_running() {
+        let output = "running 3 tests\n\
+                      test chat::a ... ok\n\
+                      test soak::traffic_restarts_deletes_and_unload_attempts ... ";
+        let mut tally = Tally::default();
+        tally.add_libtest("guest suite [kasan kernel]", output, false);
+        assert_eq!(tally.passed, 1);
+        assert_eq!(
+            tally.failed,
+            [
+                "guest suite [kasan kernel]: soak::traffic_restarts_deletes_and_unload_attempts: \
+              did not finish (the run stopped while it ran)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_run_that_fails_before_any_test_fails_as_a_whole() {
+        let mut tally = Tally::default();
+        tally.add_libtest(
+            "two-node suite",
+            "insmod: ERROR: could not insert module\n",
+            false,
+        );
+        assert_eq!(tally.passed, 0);
+        assert_eq!(
+            tally.failed,
+            ["two-node suite: failed outside any test (none failed or was cut short; see its output)"]
+        );
+        let mut tally = Tally::default();
+        tally.add_libtest(
+            "cargo test",
+            "running 1 test\ntest a ... ok\n\ntest result: ok. 1 passed; 0 failed\n",
+            true,
+        );
+        assert_eq!((tally.passed, tally.failed.len()), (1, 0));
+    }
 }
