@@ -100,7 +100,7 @@ impl FileOps for Control {
                 if info.flags != 0 {
                     return Err(EINVAL);
                 }
-                registry.info(&mut info)?;
+                registry.info(file, &mut info)?;
                 UserSlice::new(arg, core::mem::size_of::<abi::RoomInfo>())
                     .writer()
                     .write(&info)?;

@@ -13,6 +13,10 @@
 #include <linux/mm.h>
 #include <linux/pid_namespace.h>
 #include <linux/cred.h>
+#include <linux/uaccess.h>
+#include <linux/sched/signal.h>
+#include <linux/capability.h>
+#include <linux/user_namespace.h>
 
 /*
  * Values compat/ copies from macros that are __force casts, which bindgen
@@ -90,6 +94,31 @@ void kchat_ring_free(void *area)
  */
 int kchat_map_ring(struct vm_area_struct *vma, void *area, unsigned long len);
 
+/*
+ * A page of the ring zapped from a mapping (madvise(MADV_DONTNEED), or
+ * anything else that drops the page tables) comes back on the next touch,
+ * as the same page: a reader never gets SIGBUS for reading its own
+ * mapping. The mapping holds the file, which holds the room and its ring.
+ */
+static vm_fault_t kchat_ring_fault(struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	struct page *page;
+
+	if (vmf->pgoff >= vma_pages(vma))
+		return VM_FAULT_SIGBUS;
+	page = vmalloc_to_page((char *)vma->vm_private_data + (vmf->pgoff << PAGE_SHIFT));
+	if (!page)
+		return VM_FAULT_SIGBUS;
+	get_page(page);
+	vmf->page = page;
+	return 0;
+}
+
+static const struct vm_operations_struct kchat_ring_vm_ops = {
+	.fault = kchat_ring_fault,
+};
+
 int kchat_map_ring(struct vm_area_struct *vma, void *area, unsigned long len)
 {
 	unsigned long size = vma->vm_end - vma->vm_start, off;
@@ -99,9 +128,13 @@ int kchat_map_ring(struct vm_area_struct *vma, void *area, unsigned long len)
 	 * large the rest is. */
 	if (vma->vm_pgoff != 0 || size > len)
 		return -EINVAL;
-	if (vma->vm_flags & VM_WRITE)
+	/* Records are data: never writable, never executable, now or later
+	 * (mprotect cannot add what the VM_MAY* bits lack). */
+	if (vma->vm_flags & (VM_WRITE | VM_EXEC))
 		return -EPERM;
-	vm_flags_mod(vma, VM_DONTEXPAND | VM_DONTDUMP, VM_MAYWRITE);
+	vm_flags_mod(vma, VM_DONTEXPAND | VM_DONTDUMP, VM_MAYWRITE | VM_MAYEXEC);
+	vma->vm_private_data = area;
+	vma->vm_ops = &kchat_ring_vm_ops;
 	for (off = 0; off < size; off += PAGE_SIZE) {
 		err = vm_insert_page(vma, vma->vm_start + off,
 				     vmalloc_to_page((char *)area + off));
@@ -129,4 +162,70 @@ __poll_t kchat_poll_requested(const poll_table *table);
 __poll_t kchat_poll_requested(const poll_table *table)
 {
 	return poll_requested_events(table);
+}
+
+/*
+ * Copies a writer's bytes with page faults disabled: a copy that would
+ * fault stops short instead of sleeping, so a writer never waits for its
+ * own page (a stalled FUSE file, an unserved userfaultfd) while holding
+ * what other writers wait for. The caller faults the rest in without its
+ * locks and tries again, as generic_perform_write() does.
+ */
+size_t kchat_copy_from_iter_nofault(void *to, size_t len, struct iov_iter *from);
+
+size_t kchat_copy_from_iter_nofault(void *to, size_t len, struct iov_iter *from)
+{
+	size_t copied;
+
+	pagefault_disable();
+	copied = copy_from_iter(to, len, from);
+	pagefault_enable();
+	return copied;
+}
+
+bool kchat_fatal_signal_pending(void);
+
+bool kchat_fatal_signal_pending(void)
+{
+	return fatal_signal_pending(current);
+}
+
+bool kchat_signal_pending(void);
+
+bool kchat_signal_pending(void)
+{
+	return signal_pending(current);
+}
+
+/*
+ * The user a file's opener is charged as for per-user limits: inside user
+ * namespaces, the owner of the outermost one (the real user whose
+ * subordinate ids they are, as ucounts charge rlimits up the chain), else
+ * the file's effective uid. One user's ids mapped through newuidmap are
+ * still that user.
+ */
+uid_t kchat_file_charged_uid(const struct file *file);
+
+uid_t kchat_file_charged_uid(const struct file *file)
+{
+	const struct cred *cred = file->f_cred;
+	struct user_namespace *ns = cred->user_ns;
+
+	if (ns == &init_user_ns)
+		return __kuid_val(cred->euid);
+	while (ns->parent != &init_user_ns)
+		ns = ns->parent;
+	return __kuid_val(ns->owner);
+}
+
+/*
+ * Whether the file was opened with CAP_SYS_ADMIN: what a file may do is
+ * its opener's to say, not whoever later holds it (a privileged program
+ * handed an fd must not lend it its privilege).
+ */
+bool kchat_file_capable_sys_admin(const struct file *file);
+
+bool kchat_file_capable_sys_admin(const struct file *file)
+{
+	return file_ns_capable(file, &init_user_ns, CAP_SYS_ADMIN);
 }

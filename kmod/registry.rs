@@ -22,6 +22,7 @@ use core::{
     sync::atomic::{AtomicPtr, AtomicU64, Ordering},
 };
 use kernel::{
+    alloc::KVVec,
     c_str, ffi, new_mutex,
     prelude::*,
     str::CStr,
@@ -272,7 +273,7 @@ impl Registry {
         &self,
         caller: &File,
         list: &mut abi::ReaderList,
-    ) -> Result<KVec<abi::ReaderInfo>> {
+    ) -> Result<KVVec<abi::ReaderInfo>> {
         if list.flags != 0 {
             return Err(EINVAL);
         }
@@ -298,8 +299,9 @@ impl Registry {
     }
 
     /// Fills `info` (whose `name` says which room) with settings, fill and
-    /// counters.
-    pub(crate) fn info(&self, info: &mut abi::RoomInfo) -> Result {
+    /// counters; the owner as `caller` (the control file asking) sees it,
+    /// as `readers` shows readers' ids.
+    pub(crate) fn info(&self, caller: &File, info: &mut abi::RoomInfo) -> Result {
         let name = abi::field_name(&info.name).ok_or(EINVAL)?;
         let room = self.find_room(name)?;
         let settings = &room.settings;
@@ -309,8 +311,7 @@ impl Registry {
         };
         info.ring_bytes = settings.ring_bytes;
         info.max_msg = settings.max_msg;
-        info.uid = settings.uid;
-        info.gid = settings.gid;
+        (info.uid, info.gid) = caller.ids_as_seen(settings.uid, settings.gid);
         info.mode = u32::from(settings.mode);
         info.minor = room.minor;
         {

@@ -29,13 +29,13 @@ use crate::{
         iov::IovSource,
         poll::{events, PollQueue},
         ring_area::RingArea,
-        task::{monotonic_ns, ns_to_jiffies, realtime_ns, Sender},
+        task::{fatal_signal_pending, monotonic_ns, ns_to_jiffies, realtime_ns, Sender},
     },
     rate::Limiter,
-    ring::{Lookup, Ring, Slot},
+    ring::{Lookup, Placement, Ring, Slot},
     slowest::Slowest,
 };
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel::{
     alloc::{
         flags::{__GFP_NOWARN, GFP_KERNEL_ACCOUNT},
@@ -75,6 +75,38 @@ impl Stamp {
     /// Where the record's payload is, for a record at `at`.
     pub(crate) fn payload_at(&self, at: usize) -> usize {
         at + RECORD_HEADER + if self.relayed { ORIGIN } else { 0 }
+    }
+}
+
+/// How long one `read` or `write` call may wait.
+#[derive(Clone, Copy)]
+pub(crate) struct Blocking {
+    /// `O_NONBLOCK` or `IOCB_NOWAIT`: no sleeping for messages, space or
+    /// budget (`EAGAIN`).
+    pub(crate) nonblock: bool,
+    /// `IOCB_NOWAIT`: not even for the caller's own memory to be faulted
+    /// in (`EAGAIN`; io_uring then retries where it may block).
+    pub(crate) nowait: bool,
+}
+
+/// Who writes: the writing file's ids (fixed at open), the user its
+/// per-user budget is charged to, and the file's own budget key.
+pub(crate) struct Writer {
+    kuid: u32,
+    kgid: u32,
+    charged_uid: u32,
+    file_id: u64,
+}
+
+impl Writer {
+    pub(crate) fn of(file: &File) -> Writer {
+        let (kuid, kgid) = file.effective_ids();
+        Writer {
+            kuid,
+            kgid,
+            charged_uid: file.charged_uid(),
+            file_id: file.id(),
+        }
     }
 }
 
@@ -199,6 +231,13 @@ impl Stats {
 pub(crate) struct ReaderMark {
     pub(crate) seq: AtomicU64,
     pub(crate) lost: AtomicU64,
+    /// `block` rooms: a laggard whose records were evicted past the room's
+    /// bound no longer holds writers back until it reads (or seeks) again:
+    /// otherwise each later write would wait a whole bound for it. Written
+    /// under `Room::inner`; such a reader is not counted in `slowest`.
+    released: AtomicBool,
+    /// The user its reader slot is charged to (`File::charged_uid`).
+    charged_uid: u32,
     /// Who opened it: its process and the file's kernel ids (the uid also
     /// counts against the per-uid share of reader slots), for admins who
     /// look for the reader that holds a room back.
@@ -279,6 +318,10 @@ pub(crate) type RecordRing = Ring<Stamp, KVVec<Option<Slot<Stamp>>>>;
 
 pub(crate) struct RoomInner {
     pub(crate) ring: RecordRing,
+    /// The oldest record mapped readers were last told of
+    /// (`Room::publish`): bytes are handed out for reuse only once it is
+    /// the ring's (`Room::reserve`).
+    published_first: u64,
     pub(crate) deleted: bool,
     /// Marks of the read-mode opens; `None` slots are reused.
     readers: KVec<Option<Arc<ReaderMark>>>,
@@ -438,9 +481,15 @@ impl RoomInner {
     }
 
     /// Moves a reader to `seq`: the only way a reader's position changes.
+    /// A released laggard (see `ReaderMark::released`) holds the room
+    /// again from where it moves to.
     pub(crate) fn move_reader(&mut self, mark: &ReaderMark, seq: u64) {
         let from = mark.seq.swap(seq, Ordering::Relaxed);
-        self.slowest.moved(from, seq);
+        if mark.released.swap(false, Ordering::Relaxed) {
+            self.slowest.joined(seq);
+        } else {
+            self.slowest.moved(from, seq);
+        }
     }
 
     /// The oldest record any reader still needs (`u64::MAX`: no readers).
@@ -452,6 +501,7 @@ impl RoomInner {
             readers
                 .iter()
                 .flatten()
+                .filter(|mark| !mark.released.load(Ordering::Relaxed))
                 .map(|mark| mark.seq.load(Ordering::Relaxed)),
         )
     }
@@ -489,7 +539,24 @@ impl RoomInner {
             }
             loss |= slowest <= first;
         }
+        if force && loss {
+            self.release_laggards();
+        }
         Some(loss)
+    }
+
+    /// Readers that lost records to a forced eviction stop holding the
+    /// room until they read again: a writer past the bound "evicts what
+    /// the laggards have not read", once, not once per message.
+    fn release_laggards(&mut self) {
+        let first = self.ring.first_seq();
+        for mark in self.readers.iter().flatten() {
+            let seq = mark.seq.load(Ordering::Relaxed);
+            if seq < first && !mark.released.load(Ordering::Relaxed) {
+                mark.released.store(true, Ordering::Relaxed);
+                self.slowest.left(seq);
+            }
+        }
     }
 }
 
@@ -561,9 +628,10 @@ impl Room {
         let slots = (settings.ring_bytes / abi::RECORD_OVERHEAD) as usize;
         // The size is the caller's choice (up to 64 MiB of ring): failing
         // is an answer (ENOMEM), not something to warn the log about.
-        let mut storage = KVVec::with_capacity(slots, GFP_KERNEL | __GFP_NOWARN)?;
+        // Charged to the creator's memory cgroup, as the ring is.
+        let mut storage = KVVec::with_capacity(slots, GFP_KERNEL_ACCOUNT | __GFP_NOWARN)?;
         for _ in 0..slots {
-            storage.push(None, GFP_KERNEL)?;
+            storage.push(None, GFP_KERNEL_ACCOUNT)?;
         }
         let largest = record_size(settings.max_msg as usize, true);
         let area_len = RecordRing::area_for(settings.ring_bytes as usize, largest).ok_or(EINVAL)?;
@@ -571,6 +639,7 @@ impl Room {
         let ring = Ring::new(storage, settings.ring_bytes as usize, area.len());
         let inner = RoomInner {
             ring,
+            published_first: 0,
             deleted: false,
             readers: KVec::new(),
             reader_total: 0,
@@ -626,7 +695,7 @@ impl Room {
     }
 
     /// Tells mapped readers where the ring stands now; under the room lock.
-    fn publish(&self, inner: &RoomInner) {
+    fn publish(&self, inner: &mut RoomInner) {
         let ring = &inner.ring;
         self.area.publish(
             ring.first_seq(),
@@ -634,6 +703,17 @@ impl Room {
             ring.next_seq(),
             ring.head_pos(),
         );
+        inner.published_first = ring.first_seq();
+    }
+
+    /// Where a record of `size` bytes goes next. The only way to bytes a
+    /// writer may fill: evicted records' bytes are handed out only after
+    /// mapped readers were told they are gone, whichever path evicted them.
+    fn reserve(&self, inner: &mut RoomInner, size: usize) -> Option<Placement> {
+        if inner.published_first != inner.ring.first_seq() {
+            self.publish(inner);
+        }
+        inner.ring.place(size)
     }
 
     /// Replaces the rate limit; every sender starts with a full budget.
@@ -671,18 +751,17 @@ impl Room {
     /// Writes `src` as messages of at most `max_msg` bytes each; returns how
     /// many bytes were taken. Each message is atomic; after the first, an
     /// error ends the write short instead of failing it (pipe semantics).
-    pub(crate) fn write(&self, file: &File, src: &mut IovSource, nonblock: bool) -> Result<usize> {
-        let file_id = file.id();
+    pub(crate) fn write(&self, file: &File, src: &mut IovSource, how: Blocking) -> Result<usize> {
         // The file's ids are fixed at open: read once per write, not per
         // message.
-        let ids = file.effective_ids();
+        let writer = Writer::of(file);
         let total = src.len();
         let max = self.settings.max_msg as usize;
         let mut written = 0;
         let mut wakes = Wakes::NONE;
         while written < total {
             let len = max.min(total - written);
-            match self.write_message(src, len, ids, file_id, nonblock, None, &mut wakes) {
+            match self.write_message(src, len, &writer, how, None, &mut wakes) {
                 Ok(()) => written += len,
                 Err(_) if written > 0 => break,
                 Err(err) => {
@@ -700,20 +779,21 @@ impl Room {
 
     /// Writes one relayed message: a `RelayHeader`, then the payload (1 to
     /// `max_msg` bytes, all of the rest of the write). Returns the bytes
-    /// taken (all of them). A bad header is `EINVAL`, a too long payload
-    /// `EMSGSIZE`; neither stores anything.
+    /// taken (all of them). A bad header is `EINVAL`, a payload longer than
+    /// `max_msg`, or one whose record (with its origin) could never fit
+    /// the ring, `EMSGSIZE`; neither stores anything.
     pub(crate) fn write_relayed(
         &self,
         file: &File,
         src: &mut IovSource,
-        nonblock: bool,
+        how: Blocking,
     ) -> Result<usize> {
         let total = src.len();
         let header_len = core::mem::size_of::<abi::RelayHeader>();
         let Some(len) = total.checked_sub(header_len).filter(|len| *len > 0) else {
             return Err(EINVAL);
         };
-        if len > self.settings.max_msg as usize {
+        if len > self.settings.max_msg as usize || !self.could_ever_hold(record_cost(len, true)) {
             return Err(emsgsize());
         }
         let header: abi::RelayHeader = src.read()?;
@@ -732,147 +812,182 @@ impl Room {
             flags: abi::ORIGIN_RELAYED,
             ..origin
         };
-        let ids = file.effective_ids();
+        let writer = Writer::of(file);
         let mut wakes = Wakes::NONE;
-        let written =
-            self.write_message(src, len, ids, file.id(), nonblock, Some(origin), &mut wakes);
+        let written = self.write_message(src, len, &writer, how, Some(origin), &mut wakes);
         wakes.flush(self);
         written.map(|()| total)
+    }
+
+    /// Whether a record of `cost` fits this room's ring at all (when it is
+    /// empty). Writes of records that never could are refused up front:
+    /// waiting for them could only sleep or spin forever.
+    pub(crate) fn could_ever_hold(&self, cost: usize) -> bool {
+        cost <= self.settings.ring_bytes as usize
     }
 
     /// Writes one message: waits for the rate budget and for space first,
     /// holding nothing, then places, fills and publishes it (see the module
     /// doc).
     ///
-    /// A writer asleep (over its budget, or in a full `block` room) holds
-    /// no lock and no place in the ring; only the one filling a record
-    /// holds `writing`, never while it sleeps for space. The wake-ups the
-    /// message owes go to `wakes`.
-    #[allow(clippy::too_many_arguments)]
+    /// A writer asleep (over its budget, in a full `block` room, or for its
+    /// own memory to be faulted in) holds no lock and no place in the ring;
+    /// only the one filling a record holds `writing`, and it copies with
+    /// page faults off, so it never sleeps holding it: a writer whose
+    /// buffer stalls (a FUSE file, an unserved userfaultfd) holds up only
+    /// itself. The wake-ups the message owes go to `wakes`.
     fn write_message(
         &self,
         src: &mut IovSource,
         len: usize,
-        (kuid, kgid): (u32, u32),
-        file_id: u64,
-        nonblock: bool,
+        writer: &Writer,
+        how: Blocking,
         origin: Option<abi::OriginHeader>,
         wakes: &mut Wakes,
     ) -> Result {
         let relayed = origin.is_some();
         let cost = record_cost(len, relayed);
         let size = record_size(len, relayed);
+        if !self.could_ever_hold(cost) {
+            return Err(emsgsize());
+        }
         let charged = {
             let mut inner = self.inner.lock();
-            let charged = self.wait_for_budget(&mut inner, kuid, file_id, len, nonblock, wakes)?;
-            if let Err(err) = self.wait_for_space(&mut inner, cost, nonblock, false, wakes) {
-                // Nothing was sent: a writer is throttled only for what it
-                // sent.
-                inner.refund(charged, len as u64);
-                return Err(err);
-            }
-            charged
+            self.wait_for_budget(
+                &mut inner,
+                writer.charged_uid,
+                writer.file_id,
+                len,
+                how.nonblock,
+                wakes,
+            )?
         };
         let refund = |err: Error| {
             self.inner.lock().refund(charged, len as u64);
             err
         };
-        let (_writing, seq, placement, loss) = loop {
-            let writing = self.writing.lock();
-            let mut inner = self.inner.lock();
-            let first = inner.ring.first_seq();
-            match self.wait_for_space(&mut inner, cost, true, true, wakes) {
-                Ok(loss) => {
-                    // Mapped readers learn of evictions before the bytes
-                    // are reused.
-                    if inner.ring.first_seq() != first {
-                        self.publish(&inner);
-                    }
-                    let seq = inner.ring.next_seq();
-                    let Some(placement) = inner.ring.place(size) else {
-                        // The area is sized so that this cannot happen.
-                        drop(inner);
-                        return Err(refund(ENOSPC));
-                    };
-                    break (writing, seq, placement, loss);
-                }
-                Err(err) if err == EAGAIN && !nonblock => {
-                    // Another writer took the space found before: wait for
-                    // more without holding `writing`.
-                    drop(writing);
-                    if let Err(err) = self.wait_for_space(&mut inner, cost, false, false, wakes) {
-                        inner.refund(charged, len as u64);
-                        return Err(err);
-                    }
-                }
-                Err(err) => {
+        loop {
+            if fatal_signal_pending() {
+                return Err(refund(EINTR));
+            }
+            {
+                let mut inner = self.inner.lock();
+                if let Err(err) = self.wait_for_space(&mut inner, cost, how.nonblock, false, wakes)
+                {
+                    // Nothing was sent: a writer is throttled only for what
+                    // it sent.
                     inner.refund(charged, len as u64);
                     return Err(err);
                 }
             }
-        };
-        let sender = Sender::current(kuid, kgid);
-        let time_ns = realtime_ns();
-        let at = placement.offset;
-        let header = abi::RingRecord {
-            seq,
-            time_ns,
-            len: len as u32,
-            flags: if relayed { abi::RING_ORIGIN } else { 0 },
-            pid: sender.pid_in_init_ns(),
-            uid: kuid,
-            gid: kgid,
-            reserved: 0,
-        };
-        let stamp = Stamp {
-            time_ns,
-            sender,
-            len: len as u32,
-            relayed,
-        };
-        let filled = (|| {
-            if let Some(pad_from) = placement.pad_from {
-                if self.area.len() - pad_from >= RECORD_HEADER {
-                    let pad = abi::RingRecord {
-                        flags: abi::RING_PAD,
-                        ..abi::RingRecord::default()
-                    };
-                    self.area.put(pad_from, &pad)?;
+            let writing = self.writing.lock();
+            let mut inner = self.inner.lock();
+            let loss = match self.wait_for_space(&mut inner, cost, true, true, wakes) {
+                Ok(loss) => loss,
+                // Another writer took the space found before: wait for more
+                // without holding `writing`.
+                Err(err) if err == EAGAIN && !how.nonblock => continue,
+                Err(err) => {
+                    inner.refund(charged, len as u64);
+                    return Err(err);
                 }
+            };
+            let seq = inner.ring.next_seq();
+            let Some(placement) = self.reserve(&mut inner, size) else {
+                // The area is sized so that this cannot happen.
+                drop(inner);
+                return Err(refund(ENOSPC));
+            };
+            drop(inner);
+            let sender = Sender::current(writer.kuid, writer.kgid);
+            let time_ns = realtime_ns();
+            let header = abi::RingRecord {
+                seq,
+                time_ns,
+                len: len as u32,
+                flags: if relayed { abi::RING_ORIGIN } else { 0 },
+                pid: sender.pid_in_init_ns(),
+                uid: writer.kuid,
+                gid: writer.kgid,
+                reserved: 0,
+            };
+            let stamp = Stamp {
+                time_ns,
+                sender,
+                len: len as u32,
+                relayed,
+            };
+            let copied = match self.fill(&placement, &header, origin.as_ref(), &stamp, len, src) {
+                Ok(copied) => copied,
+                Err(err) => return Err(refund(err)),
+            };
+            if copied < len {
+                // Part of the writer's buffer is not in memory. Fault it in
+                // holding nothing, then place the record again: the bytes
+                // picked here may be another writer's by then.
+                drop(writing);
+                src.revert(copied);
+                if how.nowait {
+                    return Err(refund(EAGAIN));
+                }
+                if src.fault_in(len) == len {
+                    return Err(refund(EFAULT));
+                }
+                continue;
             }
-            self.area.put(at, &header)?;
-            if let (Some(origin), Some(origin_at)) = (&origin, stamp.origin_at(at)) {
-                self.area.put(origin_at, origin)?;
+            let mut inner = self.inner.lock();
+            if inner.deleted {
+                inner.refund(charged, len as u64);
+                return Err(eidrm());
             }
-            // From user space holding only `writing`: it may fault and
-            // sleep.
-            self.area.fill_from(stamp.payload_at(at), len, src)
-        })();
-        if let Err(err) = filled {
-            return Err(refund(err));
+            if inner.ring.push(stamp, cost, size).is_err() {
+                // Nothing took the place picked above: only writers push,
+                // one at a time.
+                inner.refund(charged, len as u64);
+                return Err(ENOSPC);
+            }
+            self.publish(&mut inner);
+            let asleep = inner.asleep_for_message(loss);
+            drop(inner);
+            drop(writing);
+            Stats::add(&self.stats.msgs_in, 1);
+            Stats::add(&self.stats.bytes_in, len as u64);
+            let mut what = events::IN | events::RDNORM;
+            if loss {
+                what |= events::PRI;
+            }
+            wakes.add(what, asleep, cost);
+            return Ok(());
         }
-        let mut inner = self.inner.lock();
-        if inner.deleted {
-            inner.refund(charged, len as u64);
-            return Err(eidrm());
+    }
+
+    /// Writes a record's header, origin and payload at `placement`, holding
+    /// `writing`; returns how many payload bytes came from `src` (fewer than
+    /// `len` if the rest would have faulted).
+    fn fill(
+        &self,
+        placement: &Placement,
+        header: &abi::RingRecord,
+        origin: Option<&abi::OriginHeader>,
+        stamp: &Stamp,
+        len: usize,
+        src: &mut IovSource,
+    ) -> Result<usize> {
+        if let Some(pad_from) = placement.pad_from {
+            if self.area.len() - pad_from >= RECORD_HEADER {
+                let pad = abi::RingRecord {
+                    flags: abi::RING_PAD,
+                    ..abi::RingRecord::default()
+                };
+                self.area.put(pad_from, &pad)?;
+            }
         }
-        if inner.ring.push(stamp, cost, size).is_err() {
-            // Nothing took the place picked above: only writers push, one
-            // at a time.
-            inner.refund(charged, len as u64);
-            return Err(ENOSPC);
+        let at = placement.offset;
+        self.area.put(at, header)?;
+        if let (Some(origin), Some(origin_at)) = (origin, stamp.origin_at(at)) {
+            self.area.put(origin_at, origin)?;
         }
-        self.publish(&inner);
-        let asleep = inner.asleep_for_message(loss);
-        drop(inner);
-        Stats::add(&self.stats.msgs_in, 1);
-        Stats::add(&self.stats.bytes_in, len as u64);
-        let mut what = events::IN | events::RDNORM;
-        if loss {
-            what |= events::PRI;
-        }
-        wakes.add(what, asleep, cost);
-        Ok(())
+        self.area.fill_from_nofault(stamp.payload_at(at), len, src)
     }
 
     /// Takes a message of `len` bytes from its writer's budget, sleeping
@@ -938,13 +1053,25 @@ impl Room {
             }
             let force = matches!(self.hold(inner), Hold::Overdue);
             if evict {
-                if let Some(loss) = inner.make_room(policy, cost, force) {
+                let first = inner.ring.first_seq();
+                let made = inner.make_room(policy, cost, force);
+                // Mapped readers hear of evictions at once, even those of a
+                // write that then could not go in.
+                if inner.ring.first_seq() != first {
+                    self.publish(inner);
+                }
+                if let Some(loss) = made {
                     if force && loss {
                         Stats::add(&self.stats.laggard_evictions, 1);
                     }
                     // It went through: any hold starts afresh.
                     inner.held_since_ns = None;
                     return Ok(loss);
+                }
+                if force {
+                    // Evicting everything always makes room for what
+                    // `could_ever_hold` admits; never retry what cannot be.
+                    return Err(ENOSPC);
                 }
             } else if force || inner.could_write(policy, cost) {
                 return Ok(false);
@@ -1000,12 +1127,14 @@ impl Room {
     /// Registers a reader starting at the end of the ring.
     ///
     /// At most `max_readers` in all, and at most a quarter of them (at
-    /// least one) opened by one `uid`, unless `exempt()` says the opener
-    /// may exceed that (`CAP_SYS_ADMIN`; asked only when it matters).
+    /// least one) charged to one user (`charged_uid`, see
+    /// `File::charged_uid`), unless `exempt()` says the opener may exceed
+    /// that (`CAP_SYS_ADMIN`; asked only when it matters).
     pub(crate) fn add_reader(
         &self,
         max_readers: usize,
         (uid, gid): (u32, u32),
+        charged_uid: u32,
         exempt: impl FnOnce() -> bool,
     ) -> Result<Arc<ReaderMark>> {
         let mut inner = self.inner.lock();
@@ -1020,7 +1149,7 @@ impl Room {
             .readers
             .iter()
             .flatten()
-            .filter(|mark| mark.opener.kuid == uid)
+            .filter(|mark| mark.charged_uid == charged_uid)
             .count();
         if held >= share && !exempt() {
             return Err(eusers());
@@ -1030,13 +1159,15 @@ impl Room {
             ReaderMark {
                 seq: AtomicU64::new(seq),
                 lost: AtomicU64::new(0),
+                released: AtomicBool::new(false),
+                charged_uid,
                 opener: Sender::current(uid, gid),
             },
             GFP_KERNEL_ACCOUNT,
         )?;
         match inner.readers.iter_mut().find(|slot| slot.is_none()) {
             Some(slot) => *slot = Some(mark.clone()),
-            None => inner.readers.push(Some(mark.clone()), GFP_KERNEL)?,
+            None => inner.readers.push(Some(mark.clone()), GFP_KERNEL_ACCOUNT)?,
         }
         inner.reader_total += 1;
         inner.slowest.joined(seq);
@@ -1050,10 +1181,12 @@ impl Room {
         &self,
         caller: &File,
         capacity: usize,
-    ) -> Result<(KVec<abi::ReaderInfo>, usize)> {
+    ) -> Result<(KVVec<abi::ReaderInfo>, usize)> {
         let inner = self.inner.lock();
         let total = inner.reader_total;
-        let mut infos = KVec::with_capacity(capacity.min(total), GFP_KERNEL)?;
+        // Up to a few MiB for a room with many readers: vmalloc may serve
+        // it, and failing is an answer (ENOMEM), not a warning.
+        let mut infos = KVVec::with_capacity(capacity.min(total), GFP_KERNEL | __GFP_NOWARN)?;
         let (first, next) = (inner.ring.first_seq(), inner.ring.next_seq());
         let now = realtime_ns();
         for mark in inner.readers.iter().flatten().take(capacity) {
@@ -1091,7 +1224,9 @@ impl Room {
         if let Some(slot) = slot {
             *slot = None;
             inner.reader_total -= 1;
-            inner.slowest.left(mark.seq.load(Ordering::Relaxed));
+            if !mark.released.load(Ordering::Relaxed) {
+                inner.slowest.left(mark.seq.load(Ordering::Relaxed));
+            }
         }
         let asleep = inner.asleep();
         drop(inner);

@@ -18,10 +18,10 @@ use crate::{
         iov::{IovDest, IovSource, Kiocb},
         poll::{events, PollTable},
         ring_area::Vma,
-        task::monotonic_ns,
+        task::{monotonic_ns, signal_pending},
     },
     ring::Lookup,
-    room::{Hold, Policy, ReaderMark, Room, RoomInner, Stats, ORIGIN},
+    room::{record_cost, Blocking, Hold, Policy, ReaderMark, Room, RoomInner, Stats, ORIGIN},
 };
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use kernel::{
@@ -74,6 +74,22 @@ impl Cursor {
             self.place(mark, inner, first, 0);
         }
     }
+
+    /// After a copy that a writer overtook: skips to halfway through what
+    /// the ring holds, counting what it skips as lost. Resuming at the
+    /// oldest record would race the writer for the very next record it
+    /// evicts; halfway, the reader has half a ring of slack, so the retry
+    /// loop ends.
+    fn skip_in(&mut self, mark: &ReaderMark, inner: &mut RoomInner, stats: &Stats) {
+        let (first, next) = (inner.ring.first_seq(), inner.ring.next_seq());
+        let seq = mark.seq.load(Ordering::Relaxed);
+        let target = first + (next - first) / 2;
+        if target > seq {
+            mark.lost.fetch_add(target - seq, Ordering::Relaxed);
+            Stats::add(&stats.lost, target - seq);
+            self.place(mark, inner, target, 0);
+        }
+    }
 }
 
 #[pin_data(PinnedDrop)]
@@ -122,7 +138,10 @@ impl FileOps for RoomFile {
         }
         let mark = if file.readable() {
             let ids = file.effective_ids();
-            Some(room.add_reader(max_readers, ids, || current_capable(Capability::SysAdmin))?)
+            let charged = file.charged_uid();
+            Some(room.add_reader(max_readers, ids, charged, || {
+                current_capable(Capability::SysAdmin)
+            })?)
         } else {
             None
         };
@@ -168,12 +187,14 @@ impl FileOps for RoomFile {
     }
 
     fn write_iter(this: Pin<&RoomFile>, iocb: &Kiocb, src: &mut IovSource) -> Result<usize> {
+        let how = Blocking {
+            nonblock: iocb.nonblocking(),
+            nowait: iocb.nowait(),
+        };
         if this.relay.load(Ordering::Relaxed) {
-            return this
-                .room
-                .write_relayed(iocb.file(), src, iocb.nonblocking());
+            return this.room.write_relayed(iocb.file(), src, how);
         }
-        this.room.write(iocb.file(), src, iocb.nonblocking())
+        this.room.write(iocb.file(), src, how)
     }
 
     fn poll(this: Pin<&RoomFile>, file: &File, table: &PollTable) -> u32 {
@@ -208,9 +229,11 @@ impl FileOps for RoomFile {
         }
         if file.writable() && !inner.deleted {
             // Writable means a message of any allowed size would go in now:
-            // room for it, and budget for it.
+            // room for it, and budget for it. A relay's records carry their
+            // origin too.
             let max_msg = room.settings.max_msg;
-            let worst = max_msg as usize + abi::RECORD_OVERHEAD as usize;
+            let relay = this.relay.load(Ordering::Relaxed);
+            let worst = record_cost(max_msg as usize, relay);
             let hold = room.hold(&inner);
             // Past a laggard's bound a write evicts it, so it would go in.
             let space =
@@ -221,9 +244,12 @@ impl FileOps for RoomFile {
                     room.poll.wake_after(left_ns, events::OUT | events::WRNORM);
                 }
             }
-            let (uid, _) = file.effective_ids();
-            let budget_ns =
-                inner.budget_wait(uid, this.file_id, monotonic_ns(), u64::from(max_msg));
+            let budget_ns = inner.budget_wait(
+                file.charged_uid(),
+                this.file_id,
+                monotonic_ns(),
+                u64::from(max_msg),
+            );
             if budget_ns > 0 {
                 room.poll
                     .wake_after(budget_ns, events::OUT | events::WRNORM);
@@ -241,7 +267,7 @@ impl FileOps for RoomFile {
         mask
     }
 
-    fn ioctl(this: Pin<&RoomFile>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+    fn ioctl(this: Pin<&RoomFile>, file: &File, cmd: u32, arg: usize) -> Result<isize> {
         match cmd {
             abi::IOC_SET_READ_MODE => {
                 let mode = UserSlice::new(arg, core::mem::size_of::<u32>())
@@ -301,8 +327,11 @@ impl FileOps for RoomFile {
                 }
                 // The control plane's privilege: relayed messages carry an
                 // origin the kernel cannot check, so only those trusted
-                // with rooms may relay.
-                if !current_capable(Capability::SysAdmin) {
+                // with rooms may relay. Judged by who opened the file, not
+                // by who calls: a privileged program handed an
+                // unprivileged user's fd must not make it a relay. A relay
+                // fd is a capability from then on, whoever holds it.
+                if !file.opened_with_sys_admin() {
                     return Err(EPERM);
                 }
                 this.relay.store(true, Ordering::Relaxed);
@@ -355,6 +384,12 @@ impl RoomFile {
         let here = mark.seq.load(Ordering::Relaxed);
         let seq = pick(inner.ring.first_seq(), inner.ring.next_seq(), here)?;
         cursor.place(mark, &mut inner, seq, 0);
+        if seq == inner.ring.next_seq() {
+            // A reader that seeks to the end waits for the next message as
+            // one that found nothing to read does: a mapped reader reports
+            // its place this way, then sleeps in (edge-triggered) epoll.
+            inner.park();
+        }
         let asleep = inner.asleep();
         drop(inner);
         drop(cursor);
@@ -374,10 +409,17 @@ impl RoomFile {
     fn read_messages(&self, file: &File, dest: &mut IovDest, nonblock: bool) -> Result<usize> {
         let mark = self.mark.as_ref().ok_or(EBADF)?;
         let room = &self.room;
+        let mut overtaken = false;
         loop {
+            if overtaken && signal_pending() {
+                return Err(ERESTARTSYS);
+            }
             let mut cursor = self.cursor.lock();
             let mut inner = room.inner.lock();
             cursor.catch_up(mark, &mut inner, &room.stats);
+            if overtaken {
+                cursor.skip_in(mark, &mut inner, &room.stats);
+            }
             let seq = mark.seq.load(Ordering::Relaxed);
             if let Lookup::Ready(_) = inner.ring.get(seq) {
                 // The mode is set under the cursor lock, so it holds for
@@ -388,7 +430,10 @@ impl RoomFile {
                 match self.copy_out(&mut cursor, mark, seq, mode, &batch, dest)? {
                     Some(copied) => return Ok(copied),
                     // Overwritten while copied: read again, past the loss.
-                    None => continue,
+                    None => {
+                        overtaken = true;
+                        continue;
+                    }
                 }
             }
             if inner.deleted {
@@ -433,6 +478,9 @@ impl RoomFile {
     ) -> Result<Option<usize>> {
         let room = &self.room;
         let area = &room.area;
+        // Where the read started: a failed record's copy may have moved the
+        // iter past what the read returns.
+        let space = dest.len();
         let mut copied = 0;
         let mut finished = 0u64;
         // Bytes returned of the first record not finished (stream reads).
@@ -496,12 +544,15 @@ impl RoomFile {
             }
         }
         let mut inner = room.inner.lock();
+        let advanced = space - dest.len();
         if seq < inner.ring.first_seq() {
             drop(inner);
-            dest.revert(copied);
+            dest.revert(advanced);
             mark.lost.fetch_add(reported, Ordering::Relaxed);
             return Ok(None);
         }
+        // The read returns `copied`; the iter must say so too.
+        dest.revert(advanced.saturating_sub(copied));
         cursor.place(mark, &mut inner, seq + finished, partial);
         let asleep = inner.asleep();
         drop(inner);

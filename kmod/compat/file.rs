@@ -95,6 +95,35 @@ impl File {
         unsafe { kchat_in_initial_namespaces(self.as_raw().cast()) }
     }
 
+    /// The user this file's opener is charged as for per-user limits (reader
+    /// slots, per-uid rate budgets): the owner of the outermost user
+    /// namespace it was opened in, or its effective uid in the initial one.
+    /// Subordinate ids (`newuidmap`) are their owner's, not users of their
+    /// own.
+    pub(crate) fn charged_uid(&self) -> u32 {
+        extern "C" {
+            /// Defined in `glue.c`.
+            fn kchat_file_charged_uid(file: *const kernel::ffi::c_void) -> u32;
+        }
+        // SAFETY: the file is valid (type invariant); its credentials and
+        // their user namespace chain are fixed and referenced while it is
+        // open.
+        unsafe { kchat_file_charged_uid(self.as_raw().cast()) }
+    }
+
+    /// Whether the file's opener held `CAP_SYS_ADMIN` (in the initial user
+    /// namespace) when it opened it: privileges a file grants are its
+    /// opener's, whoever holds it later.
+    pub(crate) fn opened_with_sys_admin(&self) -> bool {
+        extern "C" {
+            /// Defined in `glue.c`.
+            fn kchat_file_capable_sys_admin(file: *const kernel::ffi::c_void) -> bool;
+        }
+        // SAFETY: the file is valid (type invariant); `file_ns_capable` only
+        // reads its credentials.
+        unsafe { kchat_file_capable_sys_admin(self.as_raw().cast()) }
+    }
+
     /// Whether `O_NONBLOCK` is set now (`fcntl` may change it at any time).
     pub(crate) fn nonblocking(&self) -> bool {
         self.flags() & bindings::O_NONBLOCK != 0

@@ -39,6 +39,16 @@ impl Kiocb {
         unsafe { File::from_raw((*self.0).ki_filp) }
     }
 
+    /// Whether the caller must not even wait for its own memory
+    /// (`IOCB_NOWAIT`: io_uring's first attempt, `RWF_NOWAIT`): a write
+    /// whose buffer is not in memory says `EAGAIN`, and io_uring retries it
+    /// where it may block.
+    pub(crate) fn nowait(&self) -> bool {
+        // SAFETY: the kiocb is valid for the duration of the callback.
+        let flags = unsafe { (*self.0).ki_flags };
+        flags & IOCB_NOWAIT != 0
+    }
+
     /// Whether the caller must not be made to wait (`O_NONBLOCK`, or
     /// `IOCB_NOWAIT` from io_uring and `RWF_NOWAIT`).
     pub(crate) fn nonblocking(&self) -> bool {
@@ -118,6 +128,21 @@ impl IovSource {
 
     pub(super) fn as_raw(&mut self) -> *mut bindings::iov_iter {
         self.0
+    }
+
+    /// Gives back the last `bytes` taken, to be taken again.
+    pub(crate) fn revert(&mut self, bytes: usize) {
+        // SAFETY: the iter is valid, and at least `bytes` were taken from
+        // it by this write.
+        unsafe { bindings::iov_iter_revert(self.0, bytes) };
+    }
+
+    /// Faults in the next `len` bytes (sleeping for them as long as their
+    /// backing takes, killably); returns how many of them could not be.
+    pub(crate) fn fault_in(&self, len: usize) -> usize {
+        // SAFETY: the iter is valid for the duration of the callback; the
+        // call only touches the user memory it describes.
+        unsafe { bindings::fault_in_iov_iter_readable(self.0, len) }
     }
 
     /// Takes the next `size_of::<T>()` bytes as a `T`; `EFAULT` if user

@@ -185,17 +185,29 @@ impl RingArea {
         Ok(())
     }
 
-    /// Fills `len` bytes at `offset` from a writer's buffers; `EFAULT` if
-    /// user memory is bad (the bytes are then garbage, and unused).
-    pub(crate) fn fill_from(&self, offset: usize, len: usize, src: &mut IovSource) -> Result {
+    /// Fills `len` bytes at `offset` from a writer's buffers without ever
+    /// waiting for them: page faults are off, so a copy that would fault
+    /// stops short. Returns how many bytes were copied (the iter advanced
+    /// by as many); the rest of the bytes are then garbage, and unused.
+    pub(crate) fn fill_from_nofault(
+        &self,
+        offset: usize,
+        len: usize,
+        src: &mut IovSource,
+    ) -> Result<usize> {
+        extern "C" {
+            /// `copy_from_iter()` between `pagefault_disable()` and
+            /// `pagefault_enable()`; defined in `glue.c`.
+            fn kchat_copy_from_iter_nofault(
+                to: *mut ffi::c_void,
+                len: usize,
+                from: *mut bindings::iov_iter,
+            ) -> usize;
+        }
         let to = self.span(offset, len)?;
         // SAFETY: `to` is valid for writes of `len` bytes; the iter is valid
-        // and advances by what was copied.
-        let copied = unsafe { bindings::_copy_from_iter(to.cast(), len, src.as_raw()) };
-        if copied != len {
-            return Err(EFAULT);
-        }
-        Ok(())
+        // and advances by what was copied; nothing here sleeps.
+        Ok(unsafe { kchat_copy_from_iter_nofault(to.cast(), len, src.as_raw()) })
     }
 
     /// Copies `len` bytes at `offset` to a reader's buffers; `EFAULT` (and

@@ -115,3 +115,24 @@ pub(crate) fn realtime_ns() -> u64 {
         .wrapping_mul(1_000_000_000)
         .wrapping_add(ts.tv_nsec as u64)
 }
+
+extern "C" {
+    /// `fatal_signal_pending(current)`, a static inline; defined in `glue.c`.
+    fn kchat_fatal_signal_pending() -> bool;
+    /// `signal_pending(current)`, a static inline; defined in `glue.c`.
+    fn kchat_signal_pending() -> bool;
+}
+
+/// Whether the current task is being killed: a loop that may repeat
+/// stops at once.
+pub(crate) fn fatal_signal_pending() -> bool {
+    // SAFETY: reads the current task's pending signals; any process context.
+    unsafe { kchat_fatal_signal_pending() }
+}
+
+/// Whether the current task has a signal to handle: a loop that may repeat
+/// returns `ERESTARTSYS` then.
+pub(crate) fn signal_pending() -> bool {
+    // SAFETY: reads the current task's pending signals; any process context.
+    unsafe { kchat_signal_pending() }
+}
