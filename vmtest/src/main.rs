@@ -16,6 +16,7 @@ mod fuzz;
 mod helper;
 mod jobs;
 mod limits;
+mod liveness;
 mod mapped;
 mod model;
 mod modes;
@@ -57,6 +58,7 @@ fn main() -> std::process::ExitCode {
         mapped::TESTS,
         model::TESTS,
         trust::TESTS,
+        liveness::TESTS,
         relay::TESTS,
         bridge::TESTS,
         limits::TESTS,
