@@ -1,0 +1,297 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `Room`'s write path: one message at a time, budget and space first,
+//! then placed, filled with page faults off and published (see the
+//! module doc of `room.rs`).
+
+use super::{
+    space::{record_cost, record_size},
+    wake::Wakes,
+    Room, Stamp, Stats, RECORD_HEADER,
+};
+use crate::{
+    abi,
+    compat::{
+        errno::{eidrm, emsgsize},
+        file::File,
+        iov::IovSource,
+        poll::events,
+        task::{fatal_signal_pending, realtime_ns, signal_pending, Sender},
+    },
+    ring::Placement,
+};
+use kernel::prelude::*;
+
+/// How long one `read` or `write` call may wait.
+#[derive(Clone, Copy)]
+pub(crate) struct Blocking {
+    /// `O_NONBLOCK` or `IOCB_NOWAIT`: no sleeping for messages, space or
+    /// budget (`EAGAIN`).
+    pub(crate) nonblock: bool,
+    /// `IOCB_NOWAIT`: not even for the caller's own memory to be faulted
+    /// in (`EAGAIN`; io_uring then retries where it may block).
+    pub(crate) nowait: bool,
+}
+
+/// Who writes: the writing file's ids (fixed at open), the user its
+/// per-user budget is charged to, and the file's own budget key.
+pub(crate) struct Writer {
+    kuid: u32,
+    kgid: u32,
+    charged_uid: u32,
+    file_id: u64,
+}
+
+impl Writer {
+    pub(crate) fn of(file: &File) -> Writer {
+        let (kuid, kgid) = file.effective_ids();
+        Writer {
+            kuid,
+            kgid,
+            charged_uid: file.charged_uid(),
+            file_id: file.id(),
+        }
+    }
+}
+
+impl Room {
+    /// Writes `src` as messages of at most `max_msg` bytes each; returns how
+    /// many bytes were taken. Each message is atomic; after the first, an
+    /// error ends the write short instead of failing it (pipe semantics).
+    pub(crate) fn write(&self, file: &File, src: &mut IovSource, how: Blocking) -> Result<usize> {
+        // The file's ids are fixed at open: read once per write, not per
+        // message.
+        let writer = Writer::of(file);
+        let total = src.len();
+        let max = self.settings.max_msg as usize;
+        let mut written = 0;
+        let mut wakes = Wakes::NONE;
+        while written < total {
+            let len = max.min(total - written);
+            match self.write_message(src, len, &writer, how, None, &mut wakes) {
+                Ok(()) => written += len,
+                Err(_) if written > 0 => break,
+                Err(err) => {
+                    wakes.flush(self);
+                    return Err(err);
+                }
+            }
+            if wakes.bytes >= self.settings.ring_bytes as usize / 2 {
+                wakes.flush(self);
+            }
+        }
+        wakes.flush(self);
+        Ok(written)
+    }
+
+    /// Writes one relayed message: a `RelayHeader`, then the payload (1 to
+    /// `max_msg` bytes, all of the rest of the write). Returns the bytes
+    /// taken (all of them). A bad header is `EINVAL`, a payload longer than
+    /// `max_msg`, or one whose record (with its origin) could never fit
+    /// the ring, `EMSGSIZE`; neither stores anything.
+    pub(crate) fn write_relayed(
+        &self,
+        file: &File,
+        src: &mut IovSource,
+        how: Blocking,
+    ) -> Result<usize> {
+        let total = src.len();
+        let header_len = core::mem::size_of::<abi::RelayHeader>();
+        let Some(len) = total.checked_sub(header_len).filter(|len| *len > 0) else {
+            return Err(EINVAL);
+        };
+        if len > self.settings.max_msg as usize || !self.could_ever_hold(record_cost(len, true)) {
+            return Err(emsgsize());
+        }
+        let header: abi::RelayHeader = src.read()?;
+        let origin = header.origin;
+        let valid = header.size as usize == header_len
+            && header.flags == 0
+            && origin.flags == 0
+            && origin.reserved == 0
+            && origin.reserved2 == 0
+            && abi::field_name(&origin.node)
+                .is_some_and(|name| crate::name::validate(name).is_ok());
+        if !valid {
+            return Err(EINVAL);
+        }
+        let origin = abi::OriginHeader {
+            flags: abi::ORIGIN_RELAYED,
+            ..origin
+        };
+        let writer = Writer::of(file);
+        let mut wakes = Wakes::NONE;
+        let written = self.write_message(src, len, &writer, how, Some(origin), &mut wakes);
+        wakes.flush(self);
+        written.map(|()| total)
+    }
+
+    /// Writes one message: waits for the rate budget and for space first,
+    /// holding nothing, then places, fills and publishes it (see the module
+    /// doc).
+    ///
+    /// A writer asleep (over its budget, in a full `block` room, or for its
+    /// own memory to be faulted in) holds no lock and no place in the ring;
+    /// only the one filling a record holds `writing`, and it copies with
+    /// page faults off, so it never sleeps holding it: a writer whose
+    /// buffer stalls (a FUSE file, an unserved userfaultfd) holds up only
+    /// itself. The wake-ups the message owes go to `wakes`.
+    fn write_message(
+        &self,
+        src: &mut IovSource,
+        len: usize,
+        writer: &Writer,
+        how: Blocking,
+        origin: Option<abi::OriginHeader>,
+        wakes: &mut Wakes,
+    ) -> Result {
+        let relayed = origin.is_some();
+        let cost = record_cost(len, relayed);
+        let size = record_size(len, relayed);
+        if !self.could_ever_hold(cost) {
+            return Err(emsgsize());
+        }
+        let charged = {
+            let mut inner = self.inner.lock();
+            self.wait_for_budget(
+                &mut inner,
+                writer.charged_uid,
+                writer.file_id,
+                len,
+                how.nonblock,
+                wakes,
+            )?
+        };
+        let refund = |err: Error| {
+            self.inner.lock().refund(charged, len as u64);
+            err
+        };
+        loop {
+            if fatal_signal_pending() {
+                return Err(refund(EINTR));
+            }
+            {
+                let mut inner = self.inner.lock();
+                if let Err(err) = self.wait_for_space(&mut inner, cost, how.nonblock, false, wakes)
+                {
+                    // Nothing was sent: a writer is throttled only for what
+                    // it sent.
+                    inner.refund(charged, len as u64);
+                    return Err(err);
+                }
+            }
+            let writing = self.writing.lock();
+            let mut inner = self.inner.lock();
+            let loss = match self.wait_for_space(&mut inner, cost, true, true, wakes) {
+                Ok(loss) => loss,
+                // Another writer took the space found before: wait for more
+                // without holding `writing`.
+                Err(err) if err == EAGAIN && !how.nonblock => continue,
+                Err(err) => {
+                    inner.refund(charged, len as u64);
+                    return Err(err);
+                }
+            };
+            let seq = inner.ring.next_seq();
+            let Some(placement) = self.reserve(&mut inner, size) else {
+                // The area is sized so that this cannot happen.
+                drop(inner);
+                return Err(refund(ENOSPC));
+            };
+            drop(inner);
+            let sender = Sender::current(writer.kuid, writer.kgid);
+            let time_ns = realtime_ns();
+            let header = abi::RingRecord {
+                seq,
+                time_ns,
+                len: len as u32,
+                flags: if relayed { abi::RING_ORIGIN } else { 0 },
+                pid: sender.pid_in_init_ns(),
+                uid: writer.kuid,
+                gid: writer.kgid,
+                reserved: 0,
+            };
+            let stamp = Stamp {
+                time_ns,
+                sender,
+                len: len as u32,
+                relayed,
+            };
+            let copied = match self.fill(&placement, &header, origin.as_ref(), &stamp, len, src) {
+                Ok(copied) => copied,
+                Err(err) => return Err(refund(err)),
+            };
+            if copied < len {
+                // Part of the writer's buffer is not in memory. Fault it in
+                // holding nothing, then place the record again: the bytes
+                // picked here may be another writer's by then.
+                drop(writing);
+                src.revert(copied);
+                if how.nowait {
+                    return Err(refund(EAGAIN));
+                }
+                if src.fault_in(len) == len {
+                    return Err(refund(EFAULT));
+                }
+                // A buffer that keeps going away between the fault-in and
+                // the copy costs only its own writer, who can still be
+                // interrupted.
+                if signal_pending() {
+                    return Err(refund(ERESTARTSYS));
+                }
+                continue;
+            }
+            let mut inner = self.inner.lock();
+            if inner.deleted {
+                inner.refund(charged, len as u64);
+                return Err(eidrm());
+            }
+            if inner.ring.push(stamp, cost, size).is_err() {
+                // Nothing took the place picked above: only writers push,
+                // one at a time.
+                inner.refund(charged, len as u64);
+                return Err(ENOSPC);
+            }
+            self.publish(&mut inner);
+            let asleep = inner.asleep_for_message(loss);
+            drop(inner);
+            drop(writing);
+            Stats::add(&self.stats.msgs_in, 1);
+            Stats::add(&self.stats.bytes_in, len as u64);
+            let mut what = events::IN | events::RDNORM;
+            if loss {
+                what |= events::PRI;
+            }
+            wakes.add(what, asleep, cost);
+            return Ok(());
+        }
+    }
+
+    /// Writes a record's header, origin and payload at `placement`, holding
+    /// `writing`; returns how many payload bytes came from `src` (fewer than
+    /// `len` if the rest would have faulted).
+    fn fill(
+        &self,
+        placement: &Placement,
+        header: &abi::RingRecord,
+        origin: Option<&abi::OriginHeader>,
+        stamp: &Stamp,
+        len: usize,
+        src: &mut IovSource,
+    ) -> Result<usize> {
+        if let Some(pad_from) = placement.pad_from {
+            if self.area.len() - pad_from >= RECORD_HEADER {
+                let pad = abi::RingRecord {
+                    flags: abi::RING_PAD,
+                    ..abi::RingRecord::default()
+                };
+                self.area.put(pad_from, &pad)?;
+            }
+        }
+        let at = placement.offset;
+        self.area.put(at, header)?;
+        if let (Some(origin), Some(origin_at)) = (origin, stamp.origin_at(at)) {
+            self.area.put(origin_at, origin)?;
+        }
+        self.area.fill_from_nofault(stamp.payload_at(at), len, src)
+    }
+}
