@@ -86,28 +86,32 @@ void kchat_ring_free(void *area)
 }
 
 /*
- * Maps a room's ring (its control page and records) into a reader,
- * read-only for good: a reader can neither corrupt the ring nor forge a
- * header. The pages are inserted one by one (the ring is not VM_USERMAP,
- * see kchat_ring_alloc); each holds its own reference, and the mapping
- * holds the file, which holds the room.
+ * What compat/ring_area.rs's RingArea is (#[repr(C)]): a vmalloc area of
+ * one control page and `len` bytes of records. A mapping points at it
+ * (vm_private_data): the mapping holds the file, which holds the room,
+ * which holds it.
  */
-int kchat_map_ring(struct vm_area_struct *vma, void *area, unsigned long len);
+struct kchat_ring_area {
+	void *ptr;
+	size_t len;
+};
 
 /*
  * A page of the ring zapped from a mapping (madvise(MADV_DONTNEED), or
  * anything else that drops the page tables) comes back on the next touch,
  * as the same page: a reader never gets SIGBUS for reading its own
- * mapping. The mapping holds the file, which holds the room and its ring.
+ * mapping.
  */
 static vm_fault_t kchat_ring_fault(struct vm_fault *vmf)
 {
-	struct vm_area_struct *vma = vmf->vma;
+	const struct kchat_ring_area *area = vmf->vma->vm_private_data;
 	struct page *page;
 
-	if (vmf->pgoff >= vma_pages(vma))
+	/* Page offsets are the area's (mappings start at 0); a split mapping
+	 * keeps them, so the bound is the area's, not this vma's. */
+	if (vmf->pgoff >= (PAGE_SIZE + area->len) >> PAGE_SHIFT)
 		return VM_FAULT_SIGBUS;
-	page = vmalloc_to_page((char *)vma->vm_private_data + (vmf->pgoff << PAGE_SHIFT));
+	page = vmalloc_to_page((char *)area->ptr + (vmf->pgoff << PAGE_SHIFT));
 	if (!page)
 		return VM_FAULT_SIGBUS;
 	get_page(page);
@@ -119,25 +123,33 @@ static const struct vm_operations_struct kchat_ring_vm_ops = {
 	.fault = kchat_ring_fault,
 };
 
-int kchat_map_ring(struct vm_area_struct *vma, void *area, unsigned long len)
+/*
+ * Maps a room's ring (its control page and records) into a reader,
+ * read-only for good: a reader can neither corrupt the ring nor forge a
+ * header. The pages are inserted one by one (the ring is not VM_USERMAP,
+ * see kchat_ring_alloc); each holds its own reference.
+ */
+int kchat_map_ring(struct vm_area_struct *vma, const struct kchat_ring_area *area);
+
+int kchat_map_ring(struct vm_area_struct *vma, const struct kchat_ring_area *area)
 {
 	unsigned long size = vma->vm_end - vma->vm_start, off;
 	int err;
 
 	/* From the start, at most all of it: the control page alone says how
 	 * large the rest is. */
-	if (vma->vm_pgoff != 0 || size > len)
+	if (vma->vm_pgoff != 0 || size > PAGE_SIZE + area->len)
 		return -EINVAL;
 	/* Records are data: never writable, never executable, now or later
 	 * (mprotect cannot add what the VM_MAY* bits lack). */
 	if (vma->vm_flags & (VM_WRITE | VM_EXEC))
 		return -EPERM;
 	vm_flags_mod(vma, VM_DONTEXPAND | VM_DONTDUMP, VM_MAYWRITE | VM_MAYEXEC);
-	vma->vm_private_data = area;
+	vma->vm_private_data = (void *)area;
 	vma->vm_ops = &kchat_ring_vm_ops;
 	for (off = 0; off < size; off += PAGE_SIZE) {
 		err = vm_insert_page(vma, vma->vm_start + off,
-				     vmalloc_to_page((char *)area + off));
+				     vmalloc_to_page((char *)area->ptr + off));
 		if (err)
 			return err;
 	}
@@ -199,23 +211,26 @@ bool kchat_signal_pending(void)
 
 /*
  * The user a file's opener is charged as for per-user limits: inside user
- * namespaces, the owner of the outermost one (the real user whose
- * subordinate ids they are, as ucounts charge rlimits up the chain), else
- * the file's effective uid. One user's ids mapped through newuidmap are
- * still that user.
+ * namespaces, the owner of the outermost one that an unprivileged user
+ * made (the real user whose subordinate ids, from newuidmap, they are);
+ * else, when every namespace up the chain was made by root (a rootful
+ * container runtime gives each container its own id range), the file's
+ * effective kernel uid. One user's ids are that user; root's containers
+ * stay apart. The file's credentials hold their namespace, and each
+ * namespace its parent, so the walk needs no lock.
  */
 uid_t kchat_file_charged_uid(const struct file *file);
 
 uid_t kchat_file_charged_uid(const struct file *file)
 {
 	const struct cred *cred = file->f_cred;
-	struct user_namespace *ns = cred->user_ns;
+	const struct user_namespace *ns;
+	kuid_t charged = cred->euid;
 
-	if (ns == &init_user_ns)
-		return __kuid_val(cred->euid);
-	while (ns->parent != &init_user_ns)
-		ns = ns->parent;
-	return __kuid_val(ns->owner);
+	for (ns = cred->user_ns; ns != &init_user_ns; ns = ns->parent)
+		if (!uid_eq(ns->owner, GLOBAL_ROOT_UID))
+			charged = ns->owner;
+	return __kuid_val(charged);
 }
 
 /*

@@ -411,13 +411,10 @@ impl RoomFile {
         let room = &self.room;
         let mut overtaken = false;
         loop {
-            if overtaken && signal_pending() {
-                return Err(ERESTARTSYS);
-            }
             let mut cursor = self.cursor.lock();
             let mut inner = room.inner.lock();
             cursor.catch_up(mark, &mut inner, &room.stats);
-            if overtaken {
+            if core::mem::take(&mut overtaken) {
                 cursor.skip_in(mark, &mut inner, &room.stats);
             }
             let seq = mark.seq.load(Ordering::Relaxed);
@@ -431,6 +428,9 @@ impl RoomFile {
                     Some(copied) => return Ok(copied),
                     // Overwritten while copied: read again, past the loss.
                     None => {
+                        if signal_pending() {
+                            return Err(ERESTARTSYS);
+                        }
                         overtaken = true;
                         continue;
                     }

@@ -97,9 +97,9 @@ impl File {
 
     /// The user this file's opener is charged as for per-user limits (reader
     /// slots, per-uid rate budgets): the owner of the outermost user
-    /// namespace it was opened in, or its effective uid in the initial one.
-    /// Subordinate ids (`newuidmap`) are their owner's, not users of their
-    /// own.
+    /// namespace up its chain that someone other than root made, else its
+    /// effective kernel uid. Subordinate ids (`newuidmap`) are their
+    /// owner's, not users of their own; root's containers stay apart.
     pub(crate) fn charged_uid(&self) -> u32 {
         extern "C" {
             /// Defined in `glue.c`.

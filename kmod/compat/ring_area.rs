@@ -22,13 +22,10 @@ extern "C" {
     fn kchat_ring_alloc(size: ffi::c_ulong) -> *mut ffi::c_void;
     /// `vfree()`; defined in `glue.c`.
     fn kchat_ring_free(area: *mut ffi::c_void);
-    /// Maps `len` bytes of vmalloc memory at `area` into `vma`, read-only
-    /// for good; defined in `glue.c`.
-    fn kchat_map_ring(
-        vma: *mut ffi::c_void,
-        area: *mut ffi::c_void,
-        len: ffi::c_ulong,
-    ) -> ffi::c_int;
+    /// Maps `area` (its control page and records) into `vma`, read-only
+    /// for good, and keeps a pointer to it for faults; defined in
+    /// `glue.c`.
+    fn kchat_map_ring(vma: *mut ffi::c_void, area: *const RingArea) -> ffi::c_int;
 }
 
 /// The mapping an `mmap` call is setting up.
@@ -52,6 +49,10 @@ const PAGE: usize = bindings::PAGE_SIZE;
 ///
 /// `ptr` is a live vmalloc allocation of `PAGE + len` bytes, owned by this
 /// value; its first page holds a `RingControl`.
+///
+/// `#[repr(C)]`: `glue.c` reads it as `struct kchat_ring_area` when a
+/// mapped page faults back in.
+#[repr(C)]
 pub(crate) struct RingArea {
     ptr: *mut u8,
     len: usize,
@@ -161,16 +162,12 @@ impl RingArea {
     /// if it asks to write.
     pub(crate) fn map_read_only(&self, vma: &Vma) -> Result {
         // SAFETY: `vma` is being set up by the current `mmap` call, with
-        // the mmap lock held; `ptr` is a vmalloc allocation of `PAGE + len`
-        // bytes that outlives the mapping's pages (they hold their own
-        // references once inserted).
-        let ret = unsafe {
-            kchat_map_ring(
-                vma.0.cast(),
-                self.ptr.cast(),
-                (PAGE + self.len) as ffi::c_ulong,
-            )
-        };
+        // the mmap lock held; `self` is a vmalloc allocation of `PAGE +
+        // len` bytes (invariant) inside a pinned room, which the mapping
+        // keeps alive (it holds the file, the file the room), so the
+        // pointer the fault handler keeps stays valid as long as the
+        // mapping; inserted pages hold their own references.
+        let ret = unsafe { kchat_map_ring(vma.0.cast(), self) };
         kernel::error::to_result(ret)
     }
 

@@ -179,8 +179,14 @@ impl Room {
             // Readers must hear of what this call wrote, or a `block`
             // room's writer would wait for readers that wait for it.
             wakes.flush(self);
+            let hold = self.hold(inner);
+            if matches!(hold, Hold::Overdue) {
+                // The bound ran out since the check above: evict now rather
+                // than sleep with no timeout.
+                continue;
+            }
             inner.sleeping_writers += 1;
-            let interrupted = match self.hold(inner) {
+            let interrupted = match hold {
                 Hold::Left(left_ns) => matches!(
                     self.writable
                         .wait_interruptible_timeout(inner, ns_to_jiffies(left_ns)),

@@ -23,6 +23,12 @@ impl Asleep {
         writers: true,
         pollers: true,
     };
+    /// For a wake-up only pollers wait for (a loss: `EPOLLPRI`).
+    pub(super) const POLLERS: Asleep = Asleep {
+        readers: false,
+        writers: false,
+        pollers: true,
+    };
     const NONE: Asleep = Asleep {
         readers: false,
         writers: false,

@@ -5,7 +5,7 @@
 
 use super::{
     space::{record_cost, record_size},
-    wake::Wakes,
+    wake::{Asleep, Wakes},
     Room, Stamp, Stats, RECORD_HEADER,
 };
 use crate::{
@@ -144,9 +144,7 @@ impl Room {
         origin: Option<abi::OriginHeader>,
         wakes: &mut Wakes,
     ) -> Result {
-        let relayed = origin.is_some();
-        let cost = record_cost(len, relayed);
-        let size = record_size(len, relayed);
+        let cost = record_cost(len, origin.is_some());
         if !self.could_ever_hold(cost) {
             return Err(emsgsize());
         }
@@ -161,42 +159,68 @@ impl Room {
                 wakes,
             )?
         };
-        let refund = |err: Error| {
-            self.inner.lock().refund(charged, len as u64);
-            err
-        };
+        // Whether a pass evicted what a reader had not read: owed as a loss
+        // even if a later pass, or the write itself, fails.
+        let mut lost = false;
+        let stored = self.place_fill_push(src, len, writer, how, origin.as_ref(), &mut lost, wakes);
+        match stored {
+            Ok(asleep) => {
+                Stats::add(&self.stats.msgs_in, 1);
+                Stats::add(&self.stats.bytes_in, len as u64);
+                let mut what = events::IN | events::RDNORM;
+                if lost {
+                    what |= events::PRI;
+                }
+                wakes.add(what, asleep, cost);
+                Ok(())
+            }
+            Err(err) => {
+                // Nothing was sent: a writer is throttled only for what it
+                // sent.
+                self.inner.lock().refund(charged, len as u64);
+                if lost {
+                    wakes.add(events::PRI, Asleep::POLLERS, 0);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The part of `write_message` after the budget: waits for space, then
+    /// places, fills and pushes the record, again from the space check
+    /// whenever the copy comes up short. Returns who the message wakes;
+    /// `lost` says whether any pass evicted what a reader had not read.
+    #[allow(clippy::too_many_arguments)]
+    fn place_fill_push(
+        &self,
+        src: &mut IovSource,
+        len: usize,
+        writer: &Writer,
+        how: Blocking,
+        origin: Option<&abi::OriginHeader>,
+        lost: &mut bool,
+        wakes: &mut Wakes,
+    ) -> Result<Asleep> {
+        let relayed = origin.is_some();
+        let cost = record_cost(len, relayed);
+        let size = record_size(len, relayed);
         loop {
             if fatal_signal_pending() {
-                return Err(refund(EINTR));
+                return Err(EINTR);
             }
-            {
-                let mut inner = self.inner.lock();
-                if let Err(err) = self.wait_for_space(&mut inner, cost, how.nonblock, false, wakes)
-                {
-                    // Nothing was sent: a writer is throttled only for what
-                    // it sent.
-                    inner.refund(charged, len as u64);
-                    return Err(err);
-                }
-            }
+            self.wait_for_space(&mut self.inner.lock(), cost, how.nonblock, false, wakes)?;
             let writing = self.writing.lock();
             let mut inner = self.inner.lock();
-            let loss = match self.wait_for_space(&mut inner, cost, true, true, wakes) {
-                Ok(loss) => loss,
+            match self.wait_for_space(&mut inner, cost, true, true, wakes) {
+                Ok(loss) => *lost |= loss,
                 // Another writer took the space found before: wait for more
                 // without holding `writing`.
                 Err(err) if err == EAGAIN && !how.nonblock => continue,
-                Err(err) => {
-                    inner.refund(charged, len as u64);
-                    return Err(err);
-                }
-            };
+                Err(err) => return Err(err),
+            }
             let seq = inner.ring.next_seq();
-            let Some(placement) = self.reserve(&mut inner, size) else {
-                // The area is sized so that this cannot happen.
-                drop(inner);
-                return Err(refund(ENOSPC));
-            };
+            // The area is sized so that `None` cannot happen.
+            let placement = self.reserve(&mut inner, size).ok_or(ENOSPC)?;
             drop(inner);
             let sender = Sender::current(writer.kuid, writer.kgid);
             let time_ns = realtime_ns();
@@ -216,10 +240,7 @@ impl Room {
                 len: len as u32,
                 relayed,
             };
-            let copied = match self.fill(&placement, &header, origin.as_ref(), &stamp, len, src) {
-                Ok(copied) => copied,
-                Err(err) => return Err(refund(err)),
-            };
+            let copied = self.fill(&placement, &header, origin, &stamp, len, src)?;
             if copied < len {
                 // Part of the writer's buffer is not in memory. Fault it in
                 // holding nothing, then place the record again: the bytes
@@ -227,42 +248,35 @@ impl Room {
                 drop(writing);
                 src.revert(copied);
                 if how.nowait {
-                    return Err(refund(EAGAIN));
+                    return Err(EAGAIN);
                 }
-                if src.fault_in(len) == len {
-                    return Err(refund(EFAULT));
-                }
-                // A buffer that keeps going away between the fault-in and
-                // the copy costs only its own writer, who can still be
-                // interrupted.
+                // Readers hear of what this call wrote before it sleeps for
+                // its memory (a userfaultfd server may be waiting to read
+                // it).
+                wakes.flush(self);
+                let missing = src.fault_in(len);
+                // A wait for the buffer that a signal ended, or a buffer
+                // that keeps going away between the fault-in and the copy,
+                // costs only its own writer, who stays interruptible.
                 if signal_pending() {
-                    return Err(refund(ERESTARTSYS));
+                    return Err(ERESTARTSYS);
+                }
+                // The whole message must be readable: a buffer that runs
+                // into a hole would otherwise be retried forever.
+                if missing != 0 {
+                    return Err(EFAULT);
                 }
                 continue;
             }
             let mut inner = self.inner.lock();
             if inner.deleted {
-                inner.refund(charged, len as u64);
                 return Err(eidrm());
             }
-            if inner.ring.push(stamp, cost, size).is_err() {
-                // Nothing took the place picked above: only writers push,
-                // one at a time.
-                inner.refund(charged, len as u64);
-                return Err(ENOSPC);
-            }
+            // Nothing took the place picked above: only writers push, one
+            // at a time.
+            inner.ring.push(stamp, cost, size).map_err(|_| ENOSPC)?;
             self.publish(&mut inner);
-            let asleep = inner.asleep_for_message(loss);
-            drop(inner);
-            drop(writing);
-            Stats::add(&self.stats.msgs_in, 1);
-            Stats::add(&self.stats.bytes_in, len as u64);
-            let mut what = events::IN | events::RDNORM;
-            if loss {
-                what |= events::PRI;
-            }
-            wakes.add(what, asleep, cost);
-            return Ok(());
+            return Ok(inner.asleep_for_message(*lost));
         }
     }
 
