@@ -47,6 +47,14 @@ pub const TESTS: &[Test] = &[
         a_writer_stalled_in_a_page_fault_holds_up_no_other_writer,
     ),
     (
+        "liveness::messages_before_a_stalled_fault_reach_waiting_readers",
+        messages_before_a_stalled_fault_reach_waiting_readers,
+    ),
+    (
+        "liveness::a_write_running_into_a_hole_is_efault",
+        a_write_running_into_a_hole_is_efault,
+    ),
+    (
         "liveness::a_nowait_write_from_a_stalled_buffer_is_eagain",
         a_nowait_write_from_a_stalled_buffer_is_eagain,
     ),
@@ -321,6 +329,10 @@ impl Drop for Pages {
         unsafe { libc::munmap(self.ptr.cast(), self.count * PAGE) };
     }
 }
+
+/// The seed of the ordinary page a `StalledWriter::start_after` write
+/// begins in.
+const LEAD_SEED: u8 = 3;
 
 /// The byte a page pattern has at `n` (period 251: no page-sized echo).
 fn pattern_byte(seed: u8, n: usize) -> u8 {
@@ -603,6 +615,13 @@ impl StalledWriter {
     /// inherits) from the start of a fresh page registered with its own
     /// userfaultfd; returns once the parent holds that userfaultfd.
     fn start(room: RawFd, len: usize, how: How) -> Result<StalledWriter> {
+        StalledWriter::start_after(room, 0, len, how)
+    }
+
+    /// As `start`, but the write begins `lead` bytes before the stalled
+    /// page, in an ordinary page holding `pattern_byte(LEAD_SEED, n)` at
+    /// its byte `n`.
+    fn start_after(room: RawFd, lead: usize, len: usize, how: How) -> Result<StalledWriter> {
         // The child writes only once the parent holds its userfaultfd: one
         // whose write returns at once must not be gone by then.
         let (go_read, go_write) =
@@ -614,14 +633,28 @@ impl StalledWriter {
                 Ok(uffd) => uffd,
                 Err(err) => return report.send(FAILED, 1, -(err as i64)),
             };
-            let page = match Pages::map(1) {
+            let leading = usize::from(lead > 0);
+            let page = match Pages::map(1 + leading) {
                 Ok(page) => page,
                 Err(err) => return report.send(FAILED, 2, -(err as i64)),
             };
-            if let Err(err) = uffd_register(uffd.as_raw_fd(), page.addr(0), PAGE) {
+            if leading > 0 {
+                for n in 0..PAGE {
+                    // SAFETY: inside the ordinary first page, which only
+                    // this child touches.
+                    unsafe { page.ptr.add(n).write(pattern_byte(LEAD_SEED, n)) };
+                }
+            }
+            if let Err(err) = uffd_register(uffd.as_raw_fd(), page.addr(leading), PAGE) {
                 return report.send(FAILED, 3, -(err as i64));
             }
-            report.send(READY, i64::from(uffd.as_raw_fd()), page.addr(0) as i64);
+            report.send(
+                READY,
+                i64::from(uffd.as_raw_fd()),
+                page.addr(leading) as i64,
+            );
+            // The write starts `lead` bytes before the stalled page.
+            let start = (page.addr(leading) - lead) as *mut libc::c_void;
             let mut go = [libc::pollfd {
                 fd: go_fd,
                 events: libc::POLLIN,
@@ -639,10 +672,10 @@ impl StalledWriter {
             }
             let ret = match how {
                 // SAFETY: the page is mapped (its fault stalls until served).
-                How::Write => unsafe { libc::write(room, page.ptr.cast(), len) },
+                How::Write => unsafe { libc::write(room, start, len) },
                 How::NoWait => {
                     let iov = libc::iovec {
-                        iov_base: page.ptr.cast(),
+                        iov_base: start,
                         iov_len: len,
                     };
                     // SAFETY: one iovec over the mapped page.
@@ -1027,6 +1060,105 @@ fn a_writer_stalled_in_a_page_fault_holds_up_no_other_writer() -> Result<()> {
         "{} messages stored: the killed writer's write stored something",
         info.msgs_in
     );
+    Ok(())
+}
+
+/// A write of two messages whose second stalls in its page fault: the
+/// first is stored, and a reader already waiting in edge-triggered epoll
+/// hears of it while the writer waits for its page, not only after.
+fn messages_before_a_stalled_fault_reach_waiting_readers() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(abi::RoomSpec {
+        max_msg: 64,
+        ..spec("stalled-second")
+    })?;
+    let mut reader = room.open_read_nonblock()?;
+    kchat_client::set_read_mode(&reader, abi::READ_PACKET)?;
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(
+        &reader,
+        EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0),
+    )?;
+    let writer = room.open_write()?;
+    let served = Pages::filled(|n| pattern_byte(9, n))?;
+    // 64 bytes from an ordinary page, then 64 from the stalled one.
+    let mut w = StalledWriter::start_after(writer.as_raw_fd(), 64, 128, How::Write)?;
+    w.stalled(PATIENCE).context("the writer's second message")?;
+    let mut events = [EpollEvent::empty()];
+    let woke = epoll.wait(&mut events, EpollTimeout::try_from(PATIENCE)?)?;
+    if woke == 0 {
+        w.serve(&served)?;
+        bail!(
+            "a reader waiting in edge-triggered epoll was not woken within {PATIENCE:?} for the              message a writer stored before it stalled faulting in its next one: the writer              slept owing the wake-up"
+        );
+    }
+    let mut buf = [0u8; 64];
+    let n = reader.read(&mut buf).context("reading the first message")?;
+    let lead: Vec<u8> = (PAGE - 64..PAGE)
+        .map(|n| pattern_byte(LEAD_SEED, n))
+        .collect();
+    ensure!(
+        buf[..n] == lead[..],
+        "the first message was {n} bytes, not the writer's first 64"
+    );
+    w.serve(&served)?;
+    let ret = w.returned(PATIENCE)?.with_context(|| {
+        format!(
+            "the writer did not return once served ({})",
+            w.child.state()
+        )
+    })?;
+    ensure!(ret == 128, "the two-message write returned {}", said(ret));
+    let n = reader
+        .read(&mut buf)
+        .context("reading the second message")?;
+    ensure!(
+        buf[..n] == served.bytes(0, 64)[..],
+        "the second message was {n} bytes, not the served page's first 64"
+    );
+    Ok(())
+}
+
+/// A message whose buffer runs from good memory into a hole is `EFAULT`,
+/// at once: faulting it in cannot make it whole, so retrying would spin.
+fn a_write_running_into_a_hole_is_efault() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("into-a-hole"))?;
+    let writer = room.open_write()?;
+    let fd = writer.as_raw_fd();
+    let mut child = Child::spawn(|report| {
+        let pages = match Pages::map(2) {
+            Ok(pages) => pages,
+            Err(err) => return report.send(FAILED, 1, -(err as i64)),
+        };
+        // SAFETY: the second page of this child's own fresh mapping.
+        if unsafe { libc::mprotect(pages.addr(1) as *mut libc::c_void, PAGE, libc::PROT_NONE) } != 0
+        {
+            return report.send(FAILED, 2, -(Errno::last() as i64));
+        }
+        // SAFETY: 100 readable bytes, then 100 that are not: what the test
+        // is about; the kernel checks every byte.
+        let ret = unsafe { libc::write(fd, (pages.addr(1) - 100) as *const libc::c_void, 200) };
+        report.send(DONE, outcome(ret), 0);
+    })?;
+    match child.hear(PATIENCE)? {
+        Heard::Report([DONE, ret, _]) => ensure!(
+            ret == -(Errno::EFAULT as i64),
+            "a write running into a hole returned {}, not EFAULT",
+            said(ret)
+        ),
+        Heard::Silent => {
+            let state = child.state();
+            child.kill();
+            bail!(
+                "a write running into a hole did not return within {PATIENCE:?} ({state}): the \
+                 writer retried a buffer that faulting in cannot make whole"
+            );
+        }
+        other => bail!("the writer into a hole: {other:?}"),
+    }
+    let info = room.control().info(&room.name)?;
+    ensure!(info.msgs_in == 0, "{} messages stored", info.msgs_in);
     Ok(())
 }
 
