@@ -1089,7 +1089,9 @@ fn messages_before_a_stalled_fault_reach_waiting_readers() -> Result<()> {
     if woke == 0 {
         w.serve(&served)?;
         bail!(
-            "a reader waiting in edge-triggered epoll was not woken within {PATIENCE:?} for the              message a writer stored before it stalled faulting in its next one: the writer              slept owing the wake-up"
+            "a reader waiting in edge-triggered epoll was not woken within {PATIENCE:?} for the \
+             message a writer stored before it stalled faulting in its next one: the writer \
+             slept owing the wake-up"
         );
     }
     let mut buf = [0u8; 64];
