@@ -63,6 +63,10 @@ pub const TESTS: &[Test] = &[
         a_relayed_message_that_can_never_fit_is_emsgsize,
     ),
     (
+        "liveness::a_relay_fd_is_made_by_its_opener_not_its_holder",
+        a_relay_fd_is_made_by_its_opener_not_its_holder,
+    ),
+    (
         "liveness::a_relay_fd_is_writable_only_when_a_relayed_message_fits",
         a_relay_fd_is_writable_only_when_a_relayed_message_fits,
     ),
@@ -1162,6 +1166,70 @@ fn a_write_running_into_a_hole_is_efault() -> Result<()> {
     let info = room.control().info(&room.name)?;
     ensure!(info.msgs_in == 0, "{} messages stored", info.msgs_in);
     Ok(())
+}
+
+/// `IOC_SET_RELAY` judges who opened the fd, not who holds it: root's fd
+/// handed to an unprivileged process may be made a relay (it is a
+/// capability), and an unprivileged user's fd handed to root may not (root
+/// must not lend its privilege to whatever fd it is given).
+fn a_relay_fd_is_made_by_its_opener_not_its_holder() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("relay-opener"))?;
+    let roots = room.open_write()?;
+    let raw = roots.as_raw_fd();
+    let mut holder = Child::spawn(|report| {
+        if let Err(err) = become_user(1000, 1000) {
+            return report.send(FAILED, 1, -(err as i64));
+        }
+        let on: u32 = 1;
+        // SAFETY: an ioctl on an inherited fd with a pointer to a live u32.
+        let ret = unsafe { libc::ioctl(raw, abi::IOC_SET_RELAY as libc::Ioctl, &on as *const u32) };
+        report.send(DONE, outcome(ret as isize), 0);
+    })?;
+    match holder.hear(PATIENCE)? {
+        Heard::Report([DONE, 0, _]) => {}
+        Heard::Report([DONE, ret, _]) => bail!(
+            "an unprivileged process holding root's room fd could not make it a relay: {}",
+            said(ret)
+        ),
+        other => bail!("the unprivileged holder: {other:?}"),
+    }
+    let path = CString::new(room.path().as_os_str().as_bytes())?;
+    let mut opener = Child::spawn(|report| {
+        if let Err(err) = become_user(1000, 1000) {
+            return report.send(FAILED, 1, -(err as i64));
+        }
+        // SAFETY: plain system calls on a valid path.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return report.send(FAILED, 2, -(Errno::last() as i64));
+        }
+        report.send(READY, i64::from(fd), 0);
+        // Keeps the fd until the test is done with it (dropping the child
+        // kills it).
+        // SAFETY: waits for a signal.
+        unsafe { libc::pause() };
+    })?;
+    let fd = match opener.hear(PATIENCE)? {
+        Heard::Report([READY, fd, _]) => fd,
+        other => bail!("the unprivileged opener: {other:?}"),
+    };
+    // SAFETY: a plain system call on our child's pidfd.
+    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, opener.pidfd.as_raw_fd(), fd, 0) };
+    ensure!(
+        got >= 0,
+        "pidfd_getfd of the opener's fd: {}",
+        Errno::last()
+    );
+    // SAFETY: just received, owned by nobody else.
+    let theirs = unsafe { OwnedFd::from_raw_fd(got as RawFd) };
+    match kchat_client::set_relay(&theirs) {
+        Err(Errno::EPERM) => Ok(()),
+        other => bail!(
+            "root made a relay of an fd an unprivileged user opened ({other:?}, not EPERM): \
+             whoever hands root an fd would state origins through it"
+        ),
+    }
 }
 
 fn a_nowait_write_from_a_stalled_buffer_is_eagain() -> Result<()> {
