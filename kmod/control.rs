@@ -11,6 +11,7 @@ use crate::{
     compat::{
         file::{current_capable, Capability, File, OpeningFile},
         fops::FileOps,
+        uaccess::user_slice,
     },
     registry::Registry,
     uabi::{read_extensible, read_extensible_from},
@@ -18,7 +19,6 @@ use crate::{
 use kernel::{
     prelude::*,
     sync::{Arc, ArcBorrow},
-    uaccess::UserSlice,
 };
 
 /// Files opened on the control node.
@@ -44,7 +44,7 @@ impl FileOps for Control {
     ) -> Result<isize> {
         match cmd {
             abi::IOC_VERSION => {
-                let mut writer = UserSlice::new(arg, core::mem::size_of::<u32>()).writer();
+                let mut writer = user_slice(arg, core::mem::size_of::<u32>()).writer();
                 writer.write(&abi::ABI_VERSION)?;
             }
             abi::IOC_CREATE_ROOM => {
@@ -69,12 +69,11 @@ impl FileOps for Control {
                 let infos = registry.readers(file, &mut list)?;
                 let size = core::mem::size_of::<abi::ReaderInfo>();
                 let mut out =
-                    UserSlice::new(list.readers as usize, infos.len().saturating_mul(size))
-                        .writer();
+                    user_slice(list.readers as usize, infos.len().saturating_mul(size)).writer();
                 for info in infos.iter() {
                     out.write(info)?;
                 }
-                UserSlice::new(arg, core::mem::size_of::<abi::ReaderList>())
+                user_slice(arg, core::mem::size_of::<abi::ReaderList>())
                     .writer()
                     .write(&list)?;
             }
@@ -91,7 +90,7 @@ impl FileOps for Control {
                 if request.flags != 0 {
                     return Err(EINVAL);
                 }
-                UserSlice::new(arg, core::mem::size_of::<abi::GlobalLimits>())
+                user_slice(arg, core::mem::size_of::<abi::GlobalLimits>())
                     .writer()
                     .write(&registry.limits())?;
             }
@@ -101,7 +100,7 @@ impl FileOps for Control {
                     return Err(EINVAL);
                 }
                 registry.info(file, &mut info)?;
-                UserSlice::new(arg, core::mem::size_of::<abi::RoomInfo>())
+                user_slice(arg, core::mem::size_of::<abi::RoomInfo>())
                     .writer()
                     .write(&info)?;
             }
@@ -113,7 +112,7 @@ impl FileOps for Control {
                 let field = abi::NAME_FIELD;
                 let capacity = list.capacity as usize;
                 let mut names =
-                    UserSlice::new(list.names as usize, capacity.saturating_mul(field)).writer();
+                    user_slice(list.names as usize, capacity.saturating_mul(field)).writer();
                 let mut written = 0;
                 list.count = registry.for_each_name(|name| {
                     if written < capacity {
@@ -122,7 +121,7 @@ impl FileOps for Control {
                     }
                     Ok(())
                 })?;
-                UserSlice::new(arg, core::mem::size_of::<abi::RoomList>())
+                user_slice(arg, core::mem::size_of::<abi::RoomList>())
                     .writer()
                     .write(&list)?;
             }

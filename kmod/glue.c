@@ -37,6 +37,9 @@ void kchat_poll_wait(struct file *filp, wait_queue_head_t *queue, poll_table *ta
 
 static char default_room[32] = "lobby";
 module_param_string(default_room, default_room, sizeof(default_room), 0444);
+
+/* Here, not in module!: its author key changed name between 6.12 and 7.x. */
+MODULE_AUTHOR("kchat developers");
 MODULE_PARM_DESC(default_room,
 		 "Room created at load, world read/write (default: lobby; empty: none)");
 

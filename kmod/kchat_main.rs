@@ -36,7 +36,6 @@ use lifecycle::Kchat;
 module! {
     type: Kchat,
     name: "kchat",
-    author: "kchat developers",
     description: "Local chat rooms and broadcast IPC as character devices",
     license: "GPL",
 }

@@ -23,7 +23,7 @@ impl kernel::Module for Kchat {
         let registry = Registry::new()?;
         let default_room = params::default_room();
         if !default_room.is_empty() {
-            if let Err(err) = create_default_room(&registry, default_room.as_bytes()) {
+            if let Err(err) = create_default_room(&registry, default_room) {
                 pr_err!(
                     "cannot create the default room (default_room=): {:?}\n",
                     err

@@ -189,7 +189,7 @@ impl Registry {
             RingCharge::new(&self.ring_total, bytes),
         )?;
         let name_len = settings.name().len();
-        let name = CStr::from_bytes_with_nul(&settings.name[..=name_len])?;
+        let name = CStr::from_bytes_with_nul(&settings.name[..=name_len]).map_err(|_| EINVAL)?;
         let perms = NodePerms {
             mode: settings.mode,
             uid: settings.uid,

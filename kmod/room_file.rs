@@ -19,6 +19,7 @@ use crate::{
         poll::{events, PollTable},
         ring_area::Vma,
         task::{monotonic_ns, signal_pending},
+        uaccess::user_slice,
     },
     ring::Lookup,
     room::{record_cost, Blocking, Hold, Policy, ReaderMark, Room, RoomInner, Stats, ORIGIN},
@@ -28,7 +29,6 @@ use kernel::{
     new_mutex,
     prelude::*,
     sync::{Arc, Mutex},
-    uaccess::UserSlice,
 };
 
 /// Largest number of records one `read` collects before copying.
@@ -270,7 +270,7 @@ impl FileOps for RoomFile {
     fn ioctl(this: Pin<&RoomFile>, file: &File, cmd: u32, arg: usize) -> Result<isize> {
         match cmd {
             abi::IOC_SET_READ_MODE => {
-                let mode = UserSlice::new(arg, core::mem::size_of::<u32>())
+                let mode = user_slice(arg, core::mem::size_of::<u32>())
                     .reader()
                     .read::<u32>()?;
                 if !matches!(
@@ -289,7 +289,7 @@ impl FileOps for RoomFile {
             }
             abi::IOC_TAKE_LOST => {
                 let mark = this.mark.as_ref().ok_or(EBADF)?;
-                let mut writer = UserSlice::new(arg, core::mem::size_of::<u64>()).writer();
+                let mut writer = user_slice(arg, core::mem::size_of::<u64>()).writer();
                 let mut cursor = this.cursor.lock();
                 let lost = {
                     let mut inner = this.room.inner.lock();
@@ -304,7 +304,7 @@ impl FileOps for RoomFile {
                 }
             }
             abi::IOC_SEEK_SEQ => {
-                let seq = UserSlice::new(arg, core::mem::size_of::<u64>())
+                let seq = user_slice(arg, core::mem::size_of::<u64>())
                     .reader()
                     .read::<u64>()?;
                 this.seek(|first, next, _| {
@@ -316,7 +316,7 @@ impl FileOps for RoomFile {
                 })?;
             }
             abi::IOC_SET_RELAY => {
-                let on = UserSlice::new(arg, core::mem::size_of::<u32>())
+                let on = user_slice(arg, core::mem::size_of::<u32>())
                     .reader()
                     .read::<u32>()?;
                 if on != 1 {

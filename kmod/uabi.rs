@@ -4,12 +4,11 @@
 //! must be zero (`E2BIG` otherwise), so old modules refuse new requests
 //! instead of half-applying them.
 
-use crate::abi;
-use kernel::{
-    prelude::*,
-    types::{AsBytes, FromBytes},
-    uaccess::UserSlice,
+use crate::{
+    abi,
+    compat::{uaccess::user_slice, AsBytes, FromBytes},
 };
+use kernel::prelude::*;
 
 // SAFETY: `repr(C)` structs of integers and byte arrays without padding:
 // every bit pattern is a valid value.
@@ -56,7 +55,7 @@ pub(crate) fn read_extensible<T: FromBytes>(arg: usize) -> Result<T> {
 /// size from `oldest` (its first version's) on, and fields it does not
 /// know read as zero, as `copy_struct_from_user` does.
 pub(crate) fn read_extensible_from<T: FromBytes>(arg: usize, oldest: usize) -> Result<T> {
-    let size = UserSlice::new(arg, core::mem::size_of::<u32>())
+    let size = user_slice(arg, core::mem::size_of::<u32>())
         .reader()
         .read::<u32>()?;
     if size > abi::MAX_STRUCT_SIZE {
@@ -66,7 +65,7 @@ pub(crate) fn read_extensible_from<T: FromBytes>(arg: usize, oldest: usize) -> R
     if size < oldest.min(core::mem::size_of::<T>()) {
         return Err(EINVAL);
     }
-    let mut reader = UserSlice::new(arg, size).reader();
+    let mut reader = user_slice(arg, size).reader();
     let mut value = core::mem::MaybeUninit::<T>::zeroed();
     let known = size.min(core::mem::size_of::<T>());
     // SAFETY: `value` is `size_of::<T>()` bytes, all initialised (zeroed),

@@ -112,7 +112,9 @@ unsafe extern "C" fn node_devnode(
 ) -> *mut ffi::c_char {
     // SAFETY: every device of `NODE_TYPE` is the `dev` field of a live
     // `NodeDevice` (see `Node::new`).
-    let perms = unsafe { (*kernel::container_of!(dev, NodeDevice, dev)).perms };
+    let perms = unsafe {
+        (*kernel::container_of!(dev.cast::<Opaque<bindings::device>>(), NodeDevice, dev)).perms
+    };
     // SAFETY: the driver core passes each pointer null or valid for writes.
     unsafe {
         if !mode.is_null() {
@@ -134,7 +136,8 @@ unsafe extern "C" fn node_devnode(
 ///
 /// Called once, by the driver core, for a device made by [`Node::new`].
 unsafe extern "C" fn node_release(dev: *mut bindings::device) {
-    let node = kernel::container_of!(dev, NodeDevice, dev) as *mut NodeDevice;
+    let node = kernel::container_of!(dev.cast::<Opaque<bindings::device>>(), NodeDevice, dev)
+        as *mut NodeDevice;
     // SAFETY: `Node::new` made `node` with `KBox::into_raw`, and this is the
     // last reference to it.
     drop(unsafe { KBox::from_raw(node) });
@@ -171,8 +174,9 @@ impl Node {
         // SAFETY: every field is initialised: `dev` is `Opaque` (any bytes,
         // zero here) and `perms` was just written.
         let node = KBox::into_raw(unsafe { boxed.assume_init() });
-        // SAFETY: `node` is valid; `Opaque::raw_get` does not create a reference.
-        let dev = unsafe { Opaque::raw_get(ptr::addr_of!((*node).dev)) };
+        // SAFETY: `node` is valid; no reference is made. `Opaque<T>` is a
+        // transparent wrapper of `T`, so the field's address is the device's.
+        let dev = unsafe { ptr::addr_of_mut!((*node).dev) }.cast::<bindings::device>();
         // SAFETY: `dev` is zeroed and exclusively ours until `device_add`;
         // from `device_initialize` on, its reference count owns `node` and
         // `node_release` frees it.

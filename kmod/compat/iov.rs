@@ -6,12 +6,8 @@
 //! ask for a non-blocking attempt (`IOCB_NOWAIT`) and poll, instead of
 //! parking an io-wq worker thread on every pending read.
 
-use super::file::File;
-use kernel::{
-    bindings, ffi,
-    prelude::*,
-    types::{AsBytes, FromBytes},
-};
+use super::{file::File, AsBytes, FromBytes};
+use kernel::{bindings, ffi, prelude::*};
 
 extern "C" {
     /// `iov_iter_count()`, a static inline in C; defined in `glue.c`.

@@ -7,6 +7,12 @@
 //! 6.13+ (`File`, `MiscDevice`-style `#[vtable]` traits), so a port to a newer
 //! kernel replaces these shims and leaves the logic alone.
 
+// Plain-data marker traits: in `types` up to 6.x, in `transmute` from 7.x.
+#[cfg(kchat_kapi7)]
+pub(crate) use kernel::transmute::{AsBytes, FromBytes};
+#[cfg(not(kchat_kapi7))]
+pub(crate) use kernel::types::{AsBytes, FromBytes};
+
 pub(crate) mod chrdev;
 pub(crate) mod device;
 pub(crate) mod errno;
@@ -17,3 +23,4 @@ pub(crate) mod params;
 pub(crate) mod poll;
 pub(crate) mod ring_area;
 pub(crate) mod task;
+pub(crate) mod uaccess;

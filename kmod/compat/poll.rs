@@ -18,7 +18,7 @@
 
 use super::{file::File, task::ns_to_jiffies};
 use core::sync::atomic::{AtomicU32, Ordering};
-use kernel::{bindings, ffi, init::PinInit, prelude::*, sync::LockClassKey, types::Opaque};
+use kernel::{bindings, ffi, prelude::*, sync::LockClassKey, types::Opaque};
 
 extern "C" {
     /// `poll_wait()`, a static inline in C; defined in `glue.c`.
@@ -94,18 +94,37 @@ unsafe impl Send for PollQueue {}
 // SAFETY: as above.
 unsafe impl Sync for PollQueue {}
 
+// `init_timer_key` was renamed `timer_init_key` in 6.16 (same arguments).
+#[cfg(not(kchat_kapi7))]
+use bindings::init_timer_key;
+#[cfg(kchat_kapi7)]
+use bindings::timer_init_key as init_timer_key;
+
+/// What `static_lock_class!()` gives: a pinned reference from 7.x on.
+#[cfg(not(kchat_kapi7))]
+pub(crate) type StaticLockKey = &'static LockClassKey;
+/// What `static_lock_class!()` gives: a pinned reference from 7.x on.
+#[cfg(kchat_kapi7)]
+pub(crate) type StaticLockKey = Pin<&'static LockClassKey>;
+
+/// The C key inside: `LockClassKey` is a `repr(transparent)` wrapper of it.
+fn raw_key(key: StaticLockKey) -> *mut bindings::lock_class_key {
+    #[cfg(kchat_kapi7)]
+    let key = key.get_ref();
+    key as *const LockClassKey as *mut bindings::lock_class_key
+}
+
 impl PollQueue {
     /// A new queue; the names and keys are for lockdep (the queue's lock,
     /// and its timer, which `timer_delete_sync` tracks).
     pub(crate) fn new(
         name: &'static CStr,
-        key: &'static LockClassKey,
+        key: StaticLockKey,
         timer_name: &'static CStr,
-        timer_key: &'static LockClassKey,
+        timer_key: StaticLockKey,
     ) -> impl PinInit<Self> {
-        // `LockClassKey` is a `repr(transparent)` wrapper of the C key.
-        let key = key as *const LockClassKey as *mut bindings::lock_class_key;
-        let timer_key = timer_key as *const LockClassKey as *mut bindings::lock_class_key;
+        let key = raw_key(key);
+        let timer_key = raw_key(timer_key);
         pin_init!(Self {
             // SAFETY: `slot` is valid for writes; the name and the key are
             // `'static`, as lockdep requires.
@@ -116,7 +135,7 @@ impl PollQueue {
             // finds the queue from the timer it is given, which only ever
             // is this queue's (see `wake_later`).
             timer <- Opaque::ffi_init(|slot| unsafe {
-                bindings::init_timer_key(
+                init_timer_key(
                     slot,
                     Some(Self::wake_later),
                     0,

@@ -15,7 +15,9 @@
 use super::iov::{IovDest, IovSource};
 use crate::abi;
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
-use kernel::{bindings, ffi, prelude::*, types::AsBytes};
+use kernel::{bindings, ffi, prelude::*};
+
+use super::AsBytes;
 
 extern "C" {
     /// `__vmalloc()`, zeroed and charged; defined in `glue.c`.

@@ -17,6 +17,16 @@ const PACKAGES: &[(&str, &str)] = &[
     ("lld", "links the kernel (LLVM=1)"),
     ("llvm", "binutils for the kernel (LLVM=1)"),
     ("libclang-dev", "bindgen's libclang"),
+    (
+        "clang-19",
+        "compiles the 7.3 test kernel (7.x needs LLVM 17 or later)",
+    ),
+    ("lld-19", "links the 7.3 test kernel"),
+    ("llvm-19", "binutils for the 7.3 test kernel"),
+    (
+        "libclang-19-dev",
+        "bindgen's libclang for the 7.3 test kernel",
+    ),
     ("flex", "kernel build"),
     ("bison", "kernel build"),
     ("bc", "kernel build"),

@@ -1,9 +1,11 @@
-//! The test kernels: Debian's linux-source-6.12, configured as tinyconfig plus
-//! `xtask/vm/kernel.config` (and `kasan.config` for the KASAN variant), built
-//! with clang (`LLVM=1`) and the pinned rustc into the cache, keyed by
-//! everything that changes the result.
+//! The test kernels: two lines, Debian's linux-source-6.12 (installed from
+//! the machine's own suites) and linux-source-7.3 (fetched from
+//! trixie-backports, see [`crate::debsuite`]), each configured as
+//! tinyconfig plus `xtask/vm/kernel.config` (and `kasan.config` for the
+//! KASAN variant), built with clang and the pinned rustc into the cache,
+//! keyed by everything that changes the result.
 
-use crate::{bootstrap, paths, process};
+use crate::{bootstrap, debsuite, paths, process};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::{
@@ -16,8 +18,72 @@ use std::{
 
 /// Bump when the build recipe below changes in a way the other inputs miss.
 const RECIPE: &str = "kchat-kernel-recipe-1";
-const SOURCE_PACKAGE: &str = "linux-source-6.12";
 const DONE_MARKER: &str = ".kchat-build-complete";
+
+/// Which kernel line: the LTS the project started on, and the newer line
+/// distributions ship with Rust enabled.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Line {
+    /// Linux 6.12 LTS (Debian's linux-source-6.12), built with the
+    /// distribution's clang.
+    #[value(name = "6.12")]
+    V6_12,
+    /// Linux 7.3 (Debian's linux-source-7.3 from trixie-backports), built
+    /// with clang 19: 7.x needs LLVM 17 or later, bookworm's default is 14.
+    #[value(name = "7.3")]
+    V7_3,
+}
+
+impl Line {
+    pub fn name(self) -> &'static str {
+        match self {
+            Line::V6_12 => "6.12",
+            Line::V7_3 => "7.3",
+        }
+    }
+
+    fn source_package(self) -> &'static str {
+        match self {
+            Line::V6_12 => "linux-source-6.12",
+            Line::V7_3 => "linux-source-7.3",
+        }
+    }
+
+    /// The suite a line's source comes from when the machine does not
+    /// install from it (`None`: `cargo xtask bootstrap` installs it).
+    fn fetched_from(self) -> Option<&'static str> {
+        match self {
+            Line::V6_12 => None,
+            Line::V7_3 => Some("trixie-backports"),
+        }
+    }
+
+    /// `LLVM=` for Kbuild: "1" takes `clang`, "-19" takes `clang-19`.
+    fn llvm(self) -> &'static str {
+        match self {
+            Line::V6_12 => "1",
+            Line::V7_3 => "-19",
+        }
+    }
+
+    fn llvm_suffix(self) -> &'static str {
+        self.llvm().strip_prefix('1').unwrap_or(self.llvm())
+    }
+
+    /// The libclang bindgen loads, when not the default one.
+    fn libclang(self) -> Option<&'static str> {
+        match self {
+            Line::V6_12 => None,
+            Line::V7_3 => Some("/usr/lib/llvm-19/lib"),
+        }
+    }
+}
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Which test kernel.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -58,6 +124,7 @@ impl std::fmt::Display for Variant {
 
 /// A built test kernel.
 pub struct Kernel {
+    pub line: Line,
     pub variant: Variant,
     /// The `O=` build directory: `KDIR` for out-of-tree modules.
     pub build_dir: PathBuf,
@@ -78,8 +145,11 @@ impl Kernel {
         let mut cmd = kbuild_make();
         cmd.env("RUSTUP_TOOLCHAIN", &self.toolchain)
             .arg("ARCH=x86_64")
-            .arg("LLVM=1")
+            .arg(format!("LLVM={}", self.line.llvm()))
             .arg(format!("BINDGEN={}", self.bindgen.display()));
+        if let Some(libclang) = self.line.libclang() {
+            cmd.env("LIBCLANG_PATH", libclang);
+        }
         cmd
     }
 
@@ -105,14 +175,20 @@ pub fn kbuild_make() -> Command {
     cmd
 }
 
-/// Returns the test kernel, building it first if the cache has no build for
-/// the current inputs.
+/// Returns the 6.12 test kernel, building it first if the cache has no
+/// build for the current inputs.
 pub fn ensure(variant: Variant) -> Result<Kernel> {
+    ensure_line(Line::V6_12, variant)
+}
+
+/// Returns a line's test kernel, building it first if the cache has no
+/// build for the current inputs.
+pub fn ensure_line(line: Line, variant: Variant) -> Result<Kernel> {
     let toolchain = paths::toolchain()?;
     let bindgen = bootstrap::bindgen()?;
     let cache = paths::cache()?;
-    let version = package_version()?;
-    let source_dir = unpack(&cache, &version)?;
+    let (version, tarball) = source(line, &cache)?;
+    let source_dir = unpack(&cache, line.source_package(), &version, &tarball)?;
     let fragment_paths: Vec<PathBuf> = variant
         .fragments()
         .iter()
@@ -136,8 +212,8 @@ pub fn ensure(variant: Variant) -> Result<Kernel> {
                 .arg("-vV"),
         )?,
         tool_version(Command::new(&bindgen).arg("--version"))?,
-        tool_version(Command::new("clang").arg("--version"))?,
-        tool_version(Command::new("ld.lld").arg("--version"))?,
+        tool_version(Command::new(format!("clang{}", line.llvm_suffix())).arg("--version"))?,
+        tool_version(Command::new(format!("ld.lld{}", line.llvm_suffix())).arg("--version"))?,
     ] {
         key.update(part.as_bytes());
         key.update([0]);
@@ -152,6 +228,7 @@ pub fn ensure(variant: Variant) -> Result<Kernel> {
         .join("kernel")
         .join(format!("{version}-{variant}-{key}"));
     let kernel = Kernel {
+        line,
         variant,
         build_dir,
         source_dir,
@@ -165,14 +242,41 @@ pub fn ensure(variant: Variant) -> Result<Kernel> {
     Ok(kernel)
 }
 
-fn package_version() -> Result<String> {
-    let version =
-        process::stdout(Command::new("dpkg-query").args(["-W", "-f=${Version}", SOURCE_PACKAGE]))
-            .with_context(|| format!("{SOURCE_PACKAGE} is not installed (cargo xtask bootstrap)"))?;
-    if version.is_empty() {
-        bail!("{SOURCE_PACKAGE} is not installed (cargo xtask bootstrap)");
+/// A line's source: its package version and the tarball inside.
+fn source(line: Line, cache: &Path) -> Result<(String, PathBuf)> {
+    let package = line.source_package();
+    let tarball_in_package = format!("usr/src/{package}.tar.xz");
+    let Some(suite) = line.fetched_from() else {
+        let version =
+            process::stdout(Command::new("dpkg-query").args(["-W", "-f=${Version}", package]))
+                .with_context(|| format!("{package} is not installed (cargo xtask bootstrap)"))?;
+        if version.is_empty() {
+            bail!("{package} is not installed (cargo xtask bootstrap)");
+        }
+        return Ok((version, Path::new("/").join(tarball_in_package)));
+    };
+    let fetched = debsuite::fetch(cache, suite, package)?;
+    // The tarball sits beside the .deb, taken out of it once per version.
+    let tarball = fetched.deb.with_extension("tar.xz");
+    if !tarball.exists() {
+        let partial = fetched.deb.with_extension("tar.xz.partial");
+        let mut extract = Command::new("sh");
+        extract
+            .arg("-c")
+            .arg("dpkg-deb --fsys-tarfile \"$1\" | tar -xO \"./$2\" > \"$3\"")
+            .arg("sh")
+            .arg(&fetched.deb)
+            .arg(&tarball_in_package)
+            .arg(&partial);
+        process::run(&mut extract).with_context(|| {
+            format!(
+                "taking {tarball_in_package} out of {}",
+                fetched.deb.display()
+            )
+        })?;
+        fs::rename(&partial, &tarball)?;
     }
-    Ok(version)
+    Ok((fetched.version, tarball))
 }
 
 fn tool_version(cmd: &mut Command) -> Result<String> {
@@ -182,14 +286,13 @@ fn tool_version(cmd: &mut Command) -> Result<String> {
 /// Unpacks the Debian source tarball, again whenever the package version
 /// changes. The path stays the same across versions: builds are keyed by
 /// version anyway, and a stable path keeps the build's command lines stable.
-fn unpack(cache: &Path, version: &str) -> Result<PathBuf> {
+fn unpack(cache: &Path, package: &str, version: &str, tarball: &Path) -> Result<PathBuf> {
     let dir = cache.join("src");
-    let tree = dir.join(SOURCE_PACKAGE);
-    let marker = dir.join(format!("{SOURCE_PACKAGE}.unpacked"));
+    let tree = dir.join(package);
+    let marker = dir.join(format!("{package}.unpacked"));
     if fs::read_to_string(&marker).is_ok_and(|unpacked| unpacked == version) {
         return Ok(tree);
     }
-    let tarball = Path::new("/usr/src").join(format!("{SOURCE_PACKAGE}.tar.xz"));
     eprintln!("kernel: unpacking {} ({version})", tarball.display());
     let _ = fs::remove_file(&marker);
     if tree.exists() {
@@ -199,7 +302,7 @@ fn unpack(cache: &Path, version: &str) -> Result<PathBuf> {
     process::run(
         Command::new("tar")
             .arg("-xf")
-            .arg(&tarball)
+            .arg(tarball)
             .arg("-C")
             .arg(&dir),
     )?;
@@ -213,7 +316,8 @@ fn build(kernel: &Kernel, fragment_paths: &[PathBuf], fragment: &str) -> Result<
     fs::create_dir_all(out)?;
     let log_path = out.join("kchat-build.log");
     eprintln!(
-        "kernel: building the {} test kernel in {} (about 12 minutes on 2 cores; log: {})",
+        "kernel: building the {} {} test kernel in {} (about 12 minutes on 2 cores; log: {})",
+        kernel.line,
         kernel.variant,
         out.display(),
         log_path.display()
@@ -244,7 +348,7 @@ fn build(kernel: &Kernel, fragment_paths: &[PathBuf], fragment: &str) -> Result<
         .stderr(log.try_clone()?);
     process::run(&mut merge)?;
     make(&["olddefconfig"])?;
-    check_config(&out.join(".config"), fragment)?;
+    check_config(&out.join(".config"), fragment, src)?;
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     make(&[&format!("-j{jobs}"), "all"])?;
     fs::write(out.join(DONE_MARKER), "")?;
@@ -253,8 +357,10 @@ fn build(kernel: &Kernel, fragment_paths: &[PathBuf], fragment: &str) -> Result<
 }
 
 /// Fails when Kconfig silently dropped a requested option (an unmet
-/// dependency, a toolchain that does not qualify for Rust).
-fn check_config(config: &Path, fragment: &str) -> Result<()> {
+/// dependency, a toolchain that does not qualify for Rust). An option the
+/// line's Kconfig does not define at all is not dropped but gone (7.x folded
+/// `PROC_SYSCTL` into `SYSCTL`): one fragment serves both lines.
+fn check_config(config: &Path, fragment: &str, src: &Path) -> Result<()> {
     let text = fs::read_to_string(config)?;
     let mut have = BTreeMap::new();
     for line in text.lines() {
@@ -287,9 +393,20 @@ fn check_config(config: &Path, fragment: &str) -> Result<()> {
     for (key, want) in want {
         let got = have.get(key).copied().unwrap_or("n");
         if got != want {
-            wrong.push(format!("{key}={want} (got {got})"));
+            wrong.push((key, format!("{key}={want} (got {got})")));
         }
     }
+    if !wrong.is_empty() {
+        let defined = kconfig_symbols(src)?;
+        wrong.retain(|(key, _)| {
+            let known = defined.contains(key.trim_start_matches("CONFIG_"));
+            if !known {
+                eprintln!("kernel: {key} is not an option of this kernel; skipped");
+            }
+            known
+        });
+    }
+    let wrong: Vec<String> = wrong.into_iter().map(|(_, text)| text).collect();
     if !wrong.is_empty() {
         bail!(
             "the kernel config did not take these options from its fragments (xtask/vm/*.config); \
@@ -298,4 +415,22 @@ fn check_config(config: &Path, fragment: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Every symbol the tree's Kconfig files define.
+fn kconfig_symbols(src: &Path) -> Result<std::collections::BTreeSet<String>> {
+    let text = process::stdout(
+        Command::new("grep")
+            .args([
+                "-rhoE",
+                "--include=Kconfig*",
+                "^(menu)?config [A-Za-z0-9_]+",
+            ])
+            .arg(src),
+    )?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(str::to_owned)
+        .collect())
 }

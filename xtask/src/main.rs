@@ -6,6 +6,7 @@ mod bench;
 mod bootstrap;
 mod dashboard;
 mod deb;
+mod debsuite;
 mod demo;
 mod deploy;
 mod install;
@@ -20,7 +21,7 @@ mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use kernel::Variant;
+use kernel::{Line, Variant};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -39,11 +40,17 @@ enum Command {
     Kernel {
         #[arg(long, value_enum, default_value_t = Variant::Debug)]
         variant: Variant,
+        /// The kernel line.
+        #[arg(long, value_enum, default_value_t = Line::V6_12)]
+        line: Line,
     },
     /// Build kchat.ko and the test fixtures against the test kernel.
     Kmod {
         #[arg(long, value_enum, default_value_t = Variant::Debug)]
         variant: Variant,
+        /// The kernel line.
+        #[arg(long, value_enum, default_value_t = Line::V6_12)]
+        line: Line,
     },
     /// Format kmod/ with the kernel's rustfmt settings.
     KmodFmt,
@@ -107,15 +114,15 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Bootstrap => bootstrap::ensure().map(|()| ExitCode::SUCCESS),
-        Command::Kernel { variant } => {
+        Command::Kernel { variant, line } => {
             bootstrap::ensure()?;
-            let kernel = kernel::ensure(variant)?;
+            let kernel = kernel::ensure_line(line, variant)?;
             println!("{}", kernel.bzimage().display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Kmod { variant } => {
+        Command::Kmod { variant, line } => {
             bootstrap::ensure()?;
-            let kernel = kernel::ensure(variant)?;
+            let kernel = kernel::ensure_line(line, variant)?;
             kmod::build(&kernel)?;
             Ok(ExitCode::SUCCESS)
         }

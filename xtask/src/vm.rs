@@ -33,6 +33,9 @@ pub struct VmArgs {
     /// Boot the KASAN kernel (about ten times slower under TCG).
     #[arg(long)]
     pub kasan: bool,
+    /// The kernel line to boot.
+    #[arg(long, value_enum, default_value_t = kernel::Line::V6_12)]
+    pub line: kernel::Line,
     /// Virtual CPUs (at least 2, so SMP races can happen).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=64))]
     pub cpus: u32,
@@ -86,6 +89,7 @@ impl VmArgs {
         VmArgs {
             kvm: std::env::var_os("KCHAT_KVM").is_some_and(|v| v == "1"),
             kasan: false,
+            line: kernel::Line::V6_12,
             cpus: 2,
             memory: 2048,
             systemd: false,
@@ -156,7 +160,7 @@ pub fn command(args: VmArgs) -> Result<ExitCode> {
     } else {
         kernel::Variant::Debug
     };
-    let kernel = kernel::ensure(variant)?;
+    let kernel = kernel::ensure_line(args.line, variant)?;
     kmod::build(&kernel)?;
     let script = (!args.command.is_empty()).then(|| args.command.join(" "));
     let run = run(&kernel, &args, script.as_deref(), true)?;
