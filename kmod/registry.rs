@@ -10,7 +10,7 @@ use crate::{
         chrdev::{Major, Router},
         device::{Class, Node, NodePerms},
         file::{File, OpeningFile},
-        fops::open_as,
+        fops::{into_foreign_mut, open_as},
     },
     control::Control,
     name,
@@ -147,7 +147,7 @@ impl Registry {
     /// once loading can no longer fail: a file opened before a failed load
     /// would keep pointers into the freed module.
     pub(crate) fn publish(registry: &Arc<Registry>) {
-        REGISTRY.store(registry.clone().into_foreign() as *mut _, Ordering::Release);
+        REGISTRY.store(into_foreign_mut(registry.clone()), Ordering::Release);
     }
 
     /// Withdraws the registry from the open router (at unload).

@@ -363,7 +363,8 @@ impl FileOps for RoomFile {
                 SEEK_END => next,
                 _ => return Err(EINVAL),
             };
-            let target = (base as i128 + i128::from(offset)).clamp(first as i128, next as i128);
+            let target =
+                (i128::from(base) + i128::from(offset)).clamp(i128::from(first), i128::from(next));
             Ok(target as u64)
         })?;
         Ok(seq as i64)

@@ -17,6 +17,11 @@ pub struct Config {
     /// Where JetStream rooms keep their place across restarts.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// How many other nodes a room remembers (gap counts, saved places):
+    /// past it, messages from a node not yet known are refused and counted,
+    /// so that made-up node names cannot grow memory or state files.
+    #[serde(default = "default_max_nodes")]
+    pub max_nodes: usize,
     pub rooms: BTreeMap<String, RoomBridge>,
 }
 
@@ -30,6 +35,13 @@ pub struct Nats {
     pub token: Option<String>,
     #[serde(default)]
     pub credentials: Option<PathBuf>,
+    /// Or a user and password: a user of its own per node is what lets
+    /// the server hold each node to its own subjects
+    /// (deploy/nats/nats-server.conf).
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
     /// TLS: required (also implied by `tls://` URLs), the CA to trust
     /// instead of the system's, a client certificate and its key.
     #[serde(default)]
@@ -40,13 +52,18 @@ pub struct Nats {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
-    /// Subjects are `<subject_prefix>.<room>`.
+    /// A room's subject is `<subject_prefix>.<room>`; each node publishes
+    /// on `<subject_prefix>.<room>.<node>`.
     #[serde(default = "default_prefix")]
     pub subject_prefix: String,
 }
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/kchat-bridge")
+}
+
+fn default_max_nodes() -> usize {
+    crate::trust::DEFAULT_MAX_NODES
 }
 
 fn default_prefix() -> String {
@@ -123,11 +140,25 @@ impl Config {
                 config.node
             ));
         }
+        if config.max_nodes == 0 {
+            return Err("max_nodes = 0: give at least 1 (the default is 64)".into());
+        }
         if config.nats.servers.is_empty() {
             return Err("nats.servers is empty: name at least one nats://host:port".into());
         }
-        if config.nats.token.is_some() && config.nats.credentials.is_some() {
-            return Err("nats.token and nats.credentials: give one".into());
+        if config.nats.user.is_some() != config.nats.password.is_some() {
+            return Err("nats.user and nats.password: give both or neither".into());
+        }
+        let ways = [
+            config.nats.token.is_some(),
+            config.nats.credentials.is_some(),
+            config.nats.user.is_some(),
+        ];
+        if ways.into_iter().filter(|&way| way).count() > 1 {
+            return Err(
+                "nats.token, nats.credentials, nats.user and password: give one way to log in"
+                    .into(),
+            );
         }
         if config.nats.tls_cert.is_some() != config.nats.tls_key.is_some() {
             return Err("nats.tls_cert and nats.tls_key: give both or neither".into());
@@ -178,7 +209,7 @@ impl Config {
         Config::parse(&text).map_err(|err| anyhow::anyhow!("{} is invalid: {err}", path.display()))
     }
 
-    /// The NATS subject of `room`.
+    /// The NATS subject of `room`: its nodes publish one token below it.
     pub fn subject(&self, room: &str, bridge: &RoomBridge) -> String {
         format!(
             "{}.{}",
@@ -198,6 +229,7 @@ mod tests {
     fn a_good_file_parses() {
         let config = Config::parse(GOOD).unwrap();
         assert_eq!(config.rooms["lobby"].direction, Direction::Both);
+        assert_eq!(config.max_nodes, 64);
         assert_eq!(config.subject("ops", &config.rooms["ops"]), "kchat.ops-all");
         assert_eq!(
             config.subject("lobby", &config.rooms["lobby"]),
@@ -223,6 +255,18 @@ mod tests {
             ),
             (format!("{GOOD}colour = 1\n"), "unknown field"),
             (format!("state_dir = \"rel\"\n{GOOD}"), "absolute"),
+            (format!("max_nodes = 0\n{GOOD}"), "max_nodes"),
+            (
+                GOOD.replace("[nats]\n", "[nats]\nuser = \"node-a\"\n"),
+                "nats.password",
+            ),
+            (
+                GOOD.replace(
+                    "[nats]\n",
+                    "[nats]\nuser = \"a\"\npassword = \"p\"\ntoken = \"t\"\n",
+                ),
+                "one way to log in",
+            ),
             (
                 GOOD.replace("[nats]\n", "[nats]\ntls_cert = \"/a.pem\"\n"),
                 "tls_key",

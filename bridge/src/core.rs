@@ -47,7 +47,7 @@ async fn publish(
             }
             let headers = wire::headers(&bridged.node, &frame.header);
             client
-                .publish_with_headers(bridged.subject.clone(), headers, frame.payload.into())
+                .publish_with_headers(bridged.own_subject(), headers, frame.payload.into())
                 .await?;
             counters.published.inc();
         }
@@ -62,32 +62,55 @@ async fn relay(
     counters: RoomCounters,
 ) -> anyhow::Result<()> {
     let relay = Relay::open(&bridged.room)?;
-    let mut subscriber = client.subscribe(bridged.subject.clone()).await?;
+    let mut subscriber = client.subscribe(bridged.all_subjects()).await?;
     client.flush().await?;
     counters.up.set(1);
     // Gaps count from what the room holds: messages that went by while
     // the bridge was away are counted once the next one comes.
     let mut gaps = wire::Gaps::default();
-    for (node, (_, seq)) in crate::local::relayed_so_far(&bridged.room, &Default::default())? {
+    let held = crate::local::relayed_so_far(&bridged.room, &Default::default(), bridged.max_nodes)?;
+    for (node, (_, seq)) in held {
         if let Some(field) = kchat_uapi::abi::name_field(&node) {
             gaps.seed(field, seq);
         }
     }
+    let mut quiet = crate::trust::Quiet::default();
+    let own = bridged.own_subject();
     while let Some(message) = subscriber.next().await {
         counters.received.inc();
         let headers = message.headers.as_ref();
-        if wire::node(headers) == Some(bridged.node.as_str()) {
+        let node = wire::node(headers);
+        if node == Some(bridged.node.as_str()) && message.subject.as_str() == own {
             // Our own publication, back from the server.
             continue;
         }
         let origin = match wire::origin(headers, message.payload.len()) {
             Ok(origin) => origin,
             Err(reason) => {
-                tracing::warn!(room = %bridged.room, %reason, "not relayed");
+                if let Some(held) = quiet.due(std::time::Instant::now()) {
+                    tracing::warn!(room = %bridged.room, %reason, held_back = held, "not relayed");
+                }
                 counters.dropped("malformed");
                 continue;
             }
         };
+        // Believed only on its own node's subject (the server's
+        // permissions say who may publish there); ours is not relayed in.
+        if let Err(untrusted) =
+            crate::trust::check_sender(&bridged.subject, message.subject.as_str(), node)
+        {
+            refuse(&bridged, &counters, &mut quiet, &untrusted);
+            continue;
+        }
+        if node == Some(bridged.node.as_str()) {
+            continue;
+        }
+        if let Err(untrusted) =
+            gaps.admit(&origin.node, node.unwrap_or_default(), bridged.max_nodes)
+        {
+            refuse(&bridged, &counters, &mut quiet, &untrusted);
+            continue;
+        }
         counters.gaps.inc_by(gaps.note(origin.node, origin.seq));
         // One relay write is one message, taken whole or not at all; a
         // full room drops it, as a drop room does.
@@ -103,5 +126,23 @@ async fn relay(
             Err(Refused::Room(err)) => return Err(err.into()),
         }
     }
-    anyhow::bail!("the subscription to {} ended", bridged.subject)
+    anyhow::bail!("the subscription to {} ended", bridged.all_subjects())
+}
+
+/// Counts a message not believed, and logs it unless many came lately.
+pub fn refuse(
+    bridged: &Bridged,
+    counters: &RoomCounters,
+    quiet: &mut crate::trust::Quiet,
+    untrusted: &crate::trust::Untrusted,
+) {
+    counters.refused(untrusted.reason());
+    if let Some(held) = quiet.due(std::time::Instant::now()) {
+        tracing::warn!(
+            room = %bridged.room,
+            reason = %untrusted,
+            held_back = held,
+            "refused, not relayed (see kchat_bridge_refused_total)"
+        );
+    }
 }

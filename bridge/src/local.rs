@@ -268,10 +268,12 @@ impl Relay {
 
 /// The last message of each other node the room already holds: the saved
 /// positions, moved on by what the room's history shows was relayed after
-/// the last save (a crash between writing and saving).
+/// the last save (a crash between writing and saving). At most `max_nodes`
+/// nodes: the room's history adds none past the bound.
 pub fn relayed_so_far(
     room: &str,
     saved: &BTreeMap<String, Position>,
+    max_nodes: usize,
 ) -> Result<BTreeMap<String, Position>, RoomError> {
     let mut last = saved.clone();
     let mut history = Reader::open(room)?;
@@ -285,6 +287,9 @@ pub fn relayed_so_far(
             continue;
         };
         let node = String::from_utf8_lossy(node).into_owned();
+        if crate::trust::admit(&last, &node, max_nodes).is_err() {
+            continue;
+        }
         let (epoch, seq) = last.get(&node).copied().unwrap_or((0, 0));
         if frame.origin.seq > seq {
             last.insert(node, (epoch, frame.origin.seq));

@@ -8,6 +8,7 @@ mod room;
 mod state;
 mod status;
 mod stream;
+mod trust;
 mod wire;
 
 use anyhow::{Context, Result};
@@ -118,6 +119,9 @@ async fn run(config: Config) -> Result<()> {
     if let Some(token) = &config.nats.token {
         options = options.token(token.clone());
     }
+    if let (Some(user), Some(password)) = (&config.nats.user, &config.nats.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
     if let Some(path) = &config.nats.credentials {
         options = options
             .credentials_file(path)
@@ -170,6 +174,7 @@ async fn run(config: Config) -> Result<()> {
             node: config.node.clone(),
             direction: bridge.direction,
             state_dir: config.state_dir.clone(),
+            max_nodes: config.max_nodes,
         };
         rooms.spawn(room::supervise(bridged, client.clone(), metrics.clone()));
     }

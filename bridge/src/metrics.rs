@@ -37,6 +37,10 @@ pub struct Metrics {
     pub relayed: Rooms,
     /// Messages not passed on, by reason.
     pub dropped: Family<DropLabel, Counter>,
+    /// Messages not believed, by reason: a node speaking on another's
+    /// subject (`forged_node`), an absurd epoch (`epoch`), a node past
+    /// `max_nodes` (`too_many_nodes`).
+    pub refused: Family<DropLabel, Counter>,
     /// Messages other nodes sent that never arrived (sequence gaps).
     pub gaps: Rooms,
     /// Messages the local room lost before the bridge read them.
@@ -83,6 +87,16 @@ impl RoomCounters {
     pub fn dropped(&self, reason: &'static str) {
         self.metrics
             .dropped
+            .get_or_create(&DropLabel {
+                room: self.room.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.metrics
+            .refused
             .get_or_create(&DropLabel {
                 room: self.room.clone(),
                 reason,
@@ -189,6 +203,11 @@ pub fn registry(metrics: &Arc<Metrics>) -> Registry {
         "dropped",
         "Messages not passed on, by reason",
         metrics.dropped.clone(),
+    );
+    registry.register(
+        "refused",
+        "Messages not believed, by reason (forged_node, epoch, too_many_nodes)",
+        metrics.refused.clone(),
     );
     registry.register(
         "room_up",

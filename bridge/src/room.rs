@@ -9,10 +9,27 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 pub struct Bridged {
     pub room: String,
+    /// The room's subject, `<prefix>.<room>`: this node publishes on
+    /// `<subject>.<node>` ([`Bridged::own_subject`]) and takes in
+    /// `<subject>.*`.
     pub subject: String,
     pub node: String,
     pub direction: Direction,
     pub state_dir: PathBuf,
+    /// How many other nodes the room remembers (`max_nodes`).
+    pub max_nodes: usize,
+}
+
+impl Bridged {
+    /// Where this node publishes the room's messages.
+    pub fn own_subject(&self) -> String {
+        crate::trust::node_subject(&self.subject, &self.node)
+    }
+
+    /// Every node's subject of the room.
+    pub fn all_subjects(&self) -> String {
+        crate::trust::room_wildcard(&self.subject)
+    }
 }
 
 /// How long a failed room waits before it is tried again, first and at most.

@@ -17,6 +17,9 @@ pub struct RoomStatus {
     pub gaps: u64,
     pub duplicates: u64,
     pub dropped: u64,
+    /// Messages not believed (another node's subject, an absurd epoch,
+    /// too many nodes).
+    pub refused: u64,
     pub local_lost: u64,
     pub pending: u64,
     pub errors: u64,
@@ -86,6 +89,7 @@ pub fn from_metrics(config: &Config, text: &str) -> Status {
             "gaps_total" => room.gaps = count,
             "duplicates_total" => room.duplicates = count,
             "dropped_total" => room.dropped += count,
+            "refused_total" => room.refused += count,
             "local_lost_total" => room.local_lost = count,
             "pending" => room.pending = count,
             "room_errors_total" => room.errors = count,
@@ -108,7 +112,7 @@ pub fn print(status: &Status) {
         status.reconnects
     );
     println!(
-        "{:<20} {:<9} {:<4} {:<7} {:>10} {:>10} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8}",
+        "{:<20} {:<9} {:<4} {:<7} {:>10} {:>10} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8}",
         "ROOM",
         "DELIVERY",
         "DIR",
@@ -118,13 +122,14 @@ pub fn print(status: &Status) {
         "GAPS",
         "DUPS",
         "DROPPED",
+        "REFUSED",
         "PENDING",
         "ERRORS",
         "LAG"
     );
     for (name, room) in &status.rooms {
         println!(
-            "{:<20} {:<9} {:<4} {:<7} {:>10} {:>10} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7.3}s",
+            "{:<20} {:<9} {:<4} {:<7} {:>10} {:>10} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7.3}s",
             name,
             if room.delivery.is_empty() {
                 "-"
@@ -142,6 +147,7 @@ pub fn print(status: &Status) {
             room.gaps,
             room.duplicates,
             room.dropped,
+            room.refused,
             room.pending,
             room.errors,
             room.lag_seconds
@@ -164,6 +170,7 @@ mod tests {
             kchat_bridge_room_up{room=\"lobby\"} 1\nkchat_bridge_published_total{room=\"lobby\"} 5\n\
             kchat_bridge_dropped_total{room=\"lobby\",reason=\"oversize\"} 2\n\
             kchat_bridge_dropped_total{room=\"lobby\",reason=\"malformed\"} 1\n\
+            kchat_bridge_refused_total{room=\"lobby\",reason=\"forged_node\"} 4\n\
             kchat_bridge_relayed_total{room=\"elsewhere\"} 9\n# EOF\n";
         let status = from_metrics(&config, text);
         assert!(status.connected);
@@ -178,6 +185,7 @@ mod tests {
             ),
             ("jetstream", true, 5, 3)
         );
+        assert_eq!(lobby.refused, 4);
         assert_eq!(status.rooms["ops"], RoomStatus::default());
         assert!(!status.rooms.contains_key("elsewhere"));
     }

@@ -39,6 +39,77 @@ pub fn stream_name(subject: &str) -> String {
     subject.replace('.', "~")
 }
 
+/// The stream of a room as this bridge wants it: every node's subject.
+fn stream_config(bridged: &Bridged) -> stream::Config {
+    stream::Config {
+        name: stream_name(&bridged.subject),
+        subjects: vec![bridged.all_subjects()],
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_age: Duration::from_secs(24 * 3600),
+        ..Default::default()
+    }
+}
+
+/// What a stream covering `subjects` lacks to carry the room `subject`:
+/// `None` when it covers every node's subject already; else the subjects
+/// to give it (a stream made by a bridge from before per-node subjects
+/// covers the room's bare subject, on which nobody publishes any more).
+pub fn subjects_to_fix(subjects: &[String], subject: &str) -> Option<Vec<String>> {
+    let wanted = crate::trust::room_wildcard(subject);
+    if subjects
+        .iter()
+        .any(|s| *s == wanted || *s == format!("{subject}.>"))
+    {
+        return None;
+    }
+    let mut fixed: Vec<String> = subjects
+        .iter()
+        .filter(|s| s.as_str() != subject)
+        .cloned()
+        .collect();
+    fixed.push(wanted);
+    Some(fixed)
+}
+
+/// Finds the room's stream, or creates it, and makes an old one cover
+/// every node's subject. A bridge whose NATS user may not manage streams
+/// (deploy/nats/nats-server.conf) says what the operator does instead.
+async fn ready_stream(
+    js: &jetstream::Context,
+    bridged: &Bridged,
+) -> anyhow::Result<stream::Stream> {
+    let wanted = stream_config(bridged);
+    let name = wanted.name.clone();
+    let all = bridged.all_subjects();
+    let mut stream = js.get_or_create_stream(wanted).await.with_context(|| {
+        format!(
+            "cannot find or create the JetStream stream {name} for {all}: if this bridge's NATS user \
+             may not create streams, create it as an admin (docs/federation.md, \"Trust\"): \
+             nats stream add {name} --subjects '{all}' --storage file --dupe-window 2m --max-age 24h --defaults"
+        )
+    })?;
+    let subjects = stream.cached_info().config.subjects.clone();
+    if let Some(fixed) = subjects_to_fix(&subjects, &bridged.subject) {
+        tracing::warn!(stream = %name, ?subjects, ?fixed, "the stream covers the room's subject as bridges before per-node subjects did: updating it (every bridge of the room must be upgraded; old ones are refused)");
+        let config = stream::Config {
+            subjects: fixed.clone(),
+            ..stream.cached_info().config.clone()
+        };
+        js.update_stream(&config).await.with_context(|| {
+            format!(
+                "the JetStream stream {name} covers {subjects:?}, not {all}, and cannot be updated: \
+                 update it as an admin: nats stream edit {name} --subjects '{}' --force",
+                fixed.join(",")
+            )
+        })?;
+        stream = js.get_stream(&name).await.with_context(|| {
+            format!("cannot read the JetStream stream {name} after updating it")
+        })?;
+    }
+    Ok(stream)
+}
+
 /// The room's state, shared by its two directions, saved at checkpoints.
 struct Shared {
     file: StateFile,
@@ -71,25 +142,15 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let js = jetstream::new(client);
-    let stream = js
-        .get_or_create_stream(stream::Config {
-            name: stream_name(&bridged.subject),
-            subjects: vec![bridged.subject.clone()],
-            storage: stream::StorageType::File,
-            duplicate_window: DUPLICATE_WINDOW,
-            max_age: Duration::from_secs(24 * 3600),
-            ..Default::default()
-        })
-        .await
-        .with_context(|| {
-            format!(
-                "cannot create or find the JetStream stream for {}",
-                bridged.subject
-            )
-        })?;
+    let stream = ready_stream(&js, &bridged).await?;
     tracing::debug!(room = %bridged.room, "stream ready");
     let file = StateFile::new(&bridged.state_dir, &bridged.room);
-    let state = Mutex::new(file.load());
+    let mut loaded = file.load();
+    let dropped = crate::trust::bound_nodes(&mut loaded.relayed, bridged.max_nodes);
+    if !dropped.is_empty() {
+        tracing::warn!(room = %bridged.room, ?dropped, max_nodes = bridged.max_nodes, "the saved state knows more nodes than max_nodes: forgetting the last ones (their messages still in the stream may be relayed again)");
+    }
+    let state = Mutex::new(loaded);
     let shared = Arc::new(Shared {
         file,
         state,
@@ -204,7 +265,7 @@ async fn publish(
             // and the room holds back its writers as a block room does.
             let ack = loop {
                 let sent = js
-                    .publish_with_headers(bridged.subject.clone(), headers.clone(), payload.clone())
+                    .publish_with_headers(bridged.own_subject(), headers.clone(), payload.clone())
                     .await;
                 let acked = match sent {
                     Ok(future) => future.await.map_err(anyhow::Error::from),
@@ -250,12 +311,12 @@ async fn relay(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        crate::local::relayed_so_far(&bridged.room, &state.relayed)?
+        crate::local::relayed_so_far(&bridged.room, &state.relayed, bridged.max_nodes)?
     };
     let deliver_policy = start_at(&bridged, &mut stream, shared.stream_seq()).await?;
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: bridged.subject.clone(),
+            filter_subject: bridged.all_subjects(),
             deliver_policy,
             ..Default::default()
         })
@@ -267,6 +328,7 @@ async fn relay(
         .context("cannot pull from JetStream")?;
     counters.up.set(1);
     let mut saved = Instant::now();
+    let mut quiet = crate::trust::Quiet::default();
     loop {
         let next = tokio::time::timeout(CHECKPOINT, messages.next()).await;
         let message = match next {
@@ -277,7 +339,7 @@ async fn relay(
                 }
                 continue;
             }
-            Ok(None) => anyhow::bail!("the JetStream consumer of {} ended", bridged.subject),
+            Ok(None) => anyhow::bail!("the JetStream consumer of {} ended", bridged.all_subjects()),
             Ok(Some(Err(err))) => {
                 // Heartbeats missed while the server is away and the like:
                 // the stream reconnects by itself.
@@ -292,15 +354,7 @@ async fn relay(
                 .pending
                 .set(i64::try_from(info.pending).unwrap_or(i64::MAX));
         }
-        let headers = message.headers.as_ref();
-        let node = wire::node(headers).unwrap_or_default().to_owned();
-        if node != bridged.node {
-            match relay_one(&bridged, &relay, &message, &mut last, &counters).await {
-                Ok(()) => {}
-                Err(RoomError::Deleted(room)) => return Err(RoomError::Deleted(room).into()),
-                Err(err) => return Err(err.into()),
-            }
-        }
+        relay_one(&bridged, &relay, &message, &mut last, &counters, &mut quiet).await?;
         // Done with it (in the room, or refused for good). A crash before
         // the next save brings it again, and `last` skips it then.
         let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -347,33 +401,61 @@ async fn start_at(
     })
 }
 
+/// Relays one stream message if it is believed, new and another node's;
+/// `Ok` also when it is refused for good (counted).
 async fn relay_one(
     bridged: &Bridged,
     relay: &Relay,
     message: &jetstream::Message,
     last: &mut std::collections::BTreeMap<String, Position>,
     counters: &RoomCounters,
+    quiet: &mut crate::trust::Quiet,
 ) -> Result<(), RoomError> {
     let headers = message.headers.as_ref();
+    let node = wire::node(headers);
+    if node == Some(bridged.node.as_str()) && message.subject.as_str() == bridged.own_subject() {
+        // Our own publication.
+        return Ok(());
+    }
     let parsed = wire::origin(headers, message.payload.len())
         .and_then(|origin| Ok((origin, wire::epoch(headers)?)));
     let (origin, epoch) = match parsed {
         Ok(parsed) => parsed,
         Err(reason) => {
-            tracing::warn!(room = %bridged.room, %reason, "not relayed");
+            if let Some(held) = quiet.due(Instant::now()) {
+                tracing::warn!(room = %bridged.room, %reason, held_back = held, "not relayed");
+            }
             counters.dropped("malformed");
             return Ok(());
         }
     };
-    let node = wire::node(headers).unwrap_or_default().to_owned();
+    // Believed only on its own node's subject; ours is not relayed in.
+    if let Err(untrusted) =
+        crate::trust::check_sender(&bridged.subject, message.subject.as_str(), node)
+    {
+        crate::core::refuse(bridged, counters, quiet, &untrusted);
+        return Ok(());
+    }
+    if node == Some(bridged.node.as_str()) {
+        return Ok(());
+    }
+    let node = node.unwrap_or_default().to_owned();
     let position = (epoch, origin.seq);
-    if let Some(&seen) = last.get(&node) {
-        if position <= seen {
+    // A new node past the bound, or an epoch jump no bridge makes: not
+    // relayed, and not saved, so the node's genuine messages go on.
+    let verdict = crate::trust::admit(last, &node, bridged.max_nodes)
+        .and_then(|()| crate::trust::judge(&node, last.get(&node).copied(), position));
+    match verdict {
+        Err(untrusted) => {
+            crate::core::refuse(bridged, counters, quiet, &untrusted);
+            return Ok(());
+        }
+        Ok(crate::trust::Verdict::Duplicate) => {
             counters.duplicates.inc();
             return Ok(());
         }
-        if position.0 == seen.0 {
-            counters.gaps.inc_by(position.1 - seen.1 - 1);
+        Ok(crate::trust::Verdict::Relay { gap }) => {
+            counters.gaps.inc_by(gap);
         }
     }
     let frame = kchat_client::relay_frame(origin, &message.payload);
@@ -391,5 +473,35 @@ async fn relay_one(
             Ok(())
         }
         Err(Refused::Room(err)) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_is_named_after_the_room_subject() {
+        assert_eq!(stream_name("kchat.lobby"), "kchat~lobby");
+        assert_eq!(stream_name("a.b.lobby"), "a~b~lobby");
+    }
+
+    #[test]
+    fn an_old_stream_is_moved_to_every_nodes_subject() {
+        let old = vec!["kchat.lobby".to_owned()];
+        assert_eq!(
+            subjects_to_fix(&old, "kchat.lobby"),
+            Some(vec!["kchat.lobby.*".to_owned()])
+        );
+        // An admin's own extra subjects stay.
+        let mixed = vec!["kchat.lobby".to_owned(), "audit.lobby".to_owned()];
+        assert_eq!(
+            subjects_to_fix(&mixed, "kchat.lobby"),
+            Some(vec!["audit.lobby".to_owned(), "kchat.lobby.*".to_owned()])
+        );
+        for good in [["kchat.lobby.*"], ["kchat.lobby.>"]] {
+            let good: Vec<String> = good.iter().map(|s| s.to_string()).collect();
+            assert_eq!(subjects_to_fix(&good, "kchat.lobby"), None);
+        }
     }
 }

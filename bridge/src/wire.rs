@@ -116,6 +116,24 @@ impl Gaps {
         *last = (*last).max(seq);
     }
 
+    /// Whether `node` (named `name`) may be noted: a node already known, or
+    /// one more while fewer than `max` are.
+    pub fn admit(
+        &self,
+        node: &[u8; abi::NAME_FIELD],
+        name: &str,
+        max: usize,
+    ) -> Result<(), crate::trust::Untrusted> {
+        if self.last.contains_key(node) || self.last.len() < max {
+            Ok(())
+        } else {
+            Err(crate::trust::Untrusted::TooManyNodes {
+                node: name.to_owned(),
+                max,
+            })
+        }
+    }
+
     /// Notes `seq` from `node`; returns how many were skipped before it.
     pub fn note(&mut self, node: [u8; abi::NAME_FIELD], seq: u64) -> u64 {
         let skipped = match self.last.get(&node) {
@@ -195,6 +213,11 @@ mod tests {
         // A duplicate or a late one is no gap.
         assert_eq!(gaps.note(a, 9), 0);
         assert_eq!(gaps.note(a, 8), 0);
+        // Two nodes known: a third is refused at a bound of two.
+        let c = abi::name_field("c").unwrap();
+        assert!(gaps.admit(&a, "a", 2).is_ok());
+        assert!(gaps.admit(&c, "c", 2).is_err());
+        assert!(gaps.admit(&c, "c", 3).is_ok());
     }
 
     #[test]

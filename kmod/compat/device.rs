@@ -27,7 +27,7 @@ struct StaticClass(bindings::class);
 unsafe impl Sync for StaticClass {}
 
 static KCHAT_CLASS: StaticClass = StaticClass(bindings::class {
-    name: c"kchat".as_ptr().cast(),
+    name: c"kchat".to_bytes_with_nul().as_ptr().cast(),
     devnode: Some(class_devnode),
     // SAFETY: all-zero is a valid `struct class`: nullable pointers only.
     ..unsafe { core::mem::zeroed() }
@@ -47,7 +47,7 @@ unsafe extern "C" fn class_devnode(
     unsafe {
         bindings::kasprintf(
             bindings::GFP_KERNEL,
-            c"kchat/%s".as_ptr().cast(),
+            c"kchat/%s".to_bytes_with_nul().as_ptr().cast(),
             (*dev).kobj.name,
         )
     }
@@ -136,8 +136,10 @@ unsafe extern "C" fn node_devnode(
 ///
 /// Called once, by the driver core, for a device made by [`Node::new`].
 unsafe extern "C" fn node_release(dev: *mut bindings::device) {
-    let node = kernel::container_of!(dev.cast::<Opaque<bindings::device>>(), NodeDevice, dev)
-        as *mut NodeDevice;
+    let node = kernel::container_of!(dev.cast::<Opaque<bindings::device>>(), NodeDevice, dev);
+    // `container_of!` gives `*const` on 6.12, `*mut` from 7.x on.
+    #[cfg(not(kchat_kapi7))]
+    let node = node.cast_mut();
     // SAFETY: `Node::new` made `node` with `KBox::into_raw`, and this is the
     // last reference to it.
     drop(unsafe { KBox::from_raw(node) });
@@ -188,7 +190,13 @@ impl Node {
             (*dev).release = Some(node_release);
         }
         // SAFETY: `dev` is initialised; the format consumes one C string.
-        let ret = unsafe { bindings::dev_set_name(dev, c"%s".as_ptr().cast(), name.as_char_ptr()) };
+        let ret = unsafe {
+            bindings::dev_set_name(
+                dev,
+                c"%s".to_bytes_with_nul().as_ptr().cast(),
+                name.as_char_ptr(),
+            )
+        };
         // SAFETY: `dev` is initialised and not added yet.
         let ret = to_result(ret).and_then(|()| to_result(unsafe { bindings::device_add(dev) }));
         if let Err(err) = ret {

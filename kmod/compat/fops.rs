@@ -18,6 +18,15 @@ use kernel::{
     bindings, build_error, error::VTABLE_DEFAULT_ERROR, ffi, prelude::*, types::ForeignOwnable,
 };
 
+/// `ForeignOwnable::into_foreign`, as the `*mut` C fields want it: it
+/// gives `*const` on 6.12, `*mut` from 7.x on.
+pub(crate) fn into_foreign_mut<P: ForeignOwnable>(owned: P) -> *mut ffi::c_void {
+    let raw = owned.into_foreign();
+    #[cfg(not(kchat_kapi7))]
+    let raw = raw.cast_mut();
+    raw
+}
+
 /// One kind of file under kchat's major (the control node, a room).
 #[vtable]
 pub(crate) trait FileOps: Sized {
@@ -106,7 +115,7 @@ pub(crate) fn open_as<T: FileOps>(file: &OpeningFile, target: T::Target) -> Resu
     // table is `'static` and has the same owner as the old one.
     unsafe {
         (*raw).f_op = Vtable::<T>::build();
-        (*raw).private_data = state.into_foreign() as *mut ffi::c_void;
+        (*raw).private_data = into_foreign_mut(state);
     }
     Ok(())
 }
@@ -185,7 +194,7 @@ impl<T: FileOps> Vtable<T> {
         let state = unsafe { T::Ptr::borrow((*raw).private_data) };
         match T::llseek(state, file, offset, whence as u32) {
             Ok(position) => position,
-            Err(err) => err.to_errno() as bindings::loff_t,
+            Err(err) => bindings::loff_t::from(err.to_errno()),
         }
     }
 

@@ -99,7 +99,10 @@ impl IovDest {
     pub(crate) fn write<T: AsBytes>(&mut self, value: &T) -> Result {
         // SAFETY: `AsBytes` means every byte of `T` is initialised.
         let bytes = unsafe {
-            core::slice::from_raw_parts((value as *const T).cast::<u8>(), core::mem::size_of::<T>())
+            core::slice::from_raw_parts(
+                core::ptr::from_ref(value).cast::<u8>(),
+                core::mem::size_of::<T>(),
+            )
         };
         self.write_slice(bytes)
     }

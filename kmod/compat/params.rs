@@ -2,8 +2,9 @@
 //! Module parameters, declared in `glue.c` because 6.12's `module!` has no
 //! parameter support.
 
-use core::ffi::CStr;
-use kernel::ffi;
+#[cfg(kchat_kapi7)]
+use kernel::str::CStrExt;
+use kernel::{ffi, str::CStr};
 
 extern "C" {
     fn kchat_default_room() -> *const ffi::c_char;
@@ -14,6 +15,10 @@ pub(crate) fn default_room() -> &'static [u8] {
     // SAFETY: the parameter is a static, NUL-terminated buffer that the
     // kernel only writes while parsing parameters, before `init` runs; its
     // sysfs file is read-only (0444).
-    // (`core`'s `c_char` is `i8`, the kernel's `u8`: the same bytes.)
-    unsafe { CStr::from_ptr(kchat_default_room().cast()) }.to_bytes()
+    let name = unsafe { CStr::from_char_ptr(kchat_default_room()) };
+    #[cfg(not(kchat_kapi7))]
+    return name.as_bytes();
+    // 7.x's `CStr` is `core::ffi::CStr`, extended by `CStrExt`.
+    #[cfg(kchat_kapi7)]
+    return name.to_bytes();
 }

@@ -111,7 +111,7 @@ pub(crate) type StaticLockKey = Pin<&'static LockClassKey>;
 fn raw_key(key: StaticLockKey) -> *mut bindings::lock_class_key {
     #[cfg(kchat_kapi7)]
     let key = key.get_ref();
-    key as *const LockClassKey as *mut bindings::lock_class_key
+    core::ptr::from_ref(key).cast_mut().cast()
 }
 
 impl PollQueue {

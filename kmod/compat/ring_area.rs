@@ -180,7 +180,7 @@ impl RingArea {
         // SAFETY: `to` is valid for `len` bytes of the area; `value` is
         // `len` initialised bytes (`AsBytes`) that cannot overlap the area,
         // which no Rust reference covers.
-        unsafe { core::ptr::copy_nonoverlapping((value as *const T).cast::<u8>(), to, len) };
+        unsafe { core::ptr::copy_nonoverlapping(core::ptr::from_ref(value).cast::<u8>(), to, len) };
         Ok(())
     }
 

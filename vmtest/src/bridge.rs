@@ -222,7 +222,7 @@ fn two_nodes_chat_exactly_once_and_nothing_loops() -> Result<()> {
     // A message no bridge sent (no headers) is refused, counted, and the
     // bridges go on.
     let mut raw = TcpStream::connect(("127.0.0.1", NATS_PORT))?;
-    raw.write_all(b"CONNECT {\"verbose\":false}\r\nPUB kchat.fed 5\r\nhello\r\nPING\r\n")?;
+    raw.write_all(b"CONNECT {\"verbose\":false}\r\nPUB kchat.fed.stray 5\r\nhello\r\nPING\r\n")?;
     wait_for("the stray message to be refused", PATIENCE, || {
         Ok(metric(
             19479,

@@ -423,9 +423,14 @@ pub fn hold_connections_as(
     match rx.recv_timeout(PATIENCE) {
         Ok(line) if line.starts_with("held ") => Ok(child),
         outcome => {
+            // An early exit shows in its status; a stall is killed.
+            let exited = child.try_wait().ok().flatten();
             child.kill().ok();
-            child.wait().ok();
-            bail!("the connection helper did not hold its connections: {outcome:?}")
+            let status = child.wait().ok();
+            bail!(
+                "the connection helper did not hold its connections: {outcome:?} \
+                 (exited on its own: {exited:?}, status {status:?})"
+            )
         }
     }
 }

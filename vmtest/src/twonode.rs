@@ -38,6 +38,18 @@ pub const TESTS: &[Test] = &[
         "twonode::bad_input_is_counted_and_the_other_rooms_go_on",
         bad_input_is_counted_and_the_other_rooms_go_on,
     ),
+    (
+        "twonode::a_node_named_by_another_is_refused_and_counted",
+        a_node_named_by_another_is_refused_and_counted,
+    ),
+    (
+        "twonode::a_huge_epoch_mutes_no_node",
+        a_huge_epoch_mutes_no_node,
+    ),
+    (
+        "twonode::the_shipped_nats_config_lets_each_node_speak_only_for_itself",
+        the_shipped_nats_config_lets_each_node_speak_only_for_itself,
+    ),
 ];
 
 /// Where the other guest's agent listens (set by `xtask test`).
@@ -129,11 +141,16 @@ fn kill_nats(a: &mut Node) -> Result<()> {
 /// Starts this node's bridge with `rooms` (TOML `[rooms.*]` tables) and
 /// waits until its metrics answer.
 fn start_bridge(node: &mut Node, name: &str, rooms: &str) -> Result<()> {
+    start_bridge_with(node, name, rooms, &format!("servers = [\"{NATS}\"]"))
+}
+
+/// [`start_bridge`] with its own `[nats]` table (servers, credentials).
+fn start_bridge_with(node: &mut Node, name: &str, rooms: &str, nats: &str) -> Result<()> {
     let bridge = bridge_bin()?;
     node.sh(
         &format!(
             "cat >{DIR}/{name}.toml <<'EOF'\nnode = \"{name}\"\nstate_dir = \"{DIR}/state-{name}\"\n\
-             [nats]\nservers = [\"{NATS}\"]\n[metrics]\nlisten = \"127.0.0.1:9478\"\n{rooms}\nEOF\n\
+             [nats]\n{nats}\n[metrics]\nlisten = \"127.0.0.1:9478\"\n{rooms}\nEOF\n\
              RUST_LOG=info setsid {bridge} --config {DIR}/{name}.toml >>{DIR}/{name}.log 2>&1 </dev/null &\n{}",
             poll_sh(
                 "curl -sf http://127.0.0.1:9478/metrics >/dev/null",
@@ -601,33 +618,77 @@ fn a_drop_room_accounts_for_every_message_across_restarts() -> Result<()> {
     Ok(())
 }
 
-/// Publishes, as no bridge would, a message without kchat headers and one
-/// naming a node that cannot be.
-fn stray_messages() -> Result<()> {
+/// Speaks the NATS text protocol to the server at `port` on this guest,
+/// as a plain client would (no NATS tool in the guest, none needed):
+/// `CONNECT` with `auth` (extra JSON fields: user and password), then
+/// `commands`, then `PING`; reads until the `PONG` and, if given, `until`
+/// (a reply that comes later). Returns all the server said.
+fn raw_nats(port: u16, auth: &str, commands: &str, until: Option<&str>) -> Result<String> {
     use std::io::{Read, Write};
-    let headers = "NATS/1.0\r\nKchat-Node: a/b\r\nKchat-Seq: 1\r\n\r\n";
-    let mut raw = std::net::TcpStream::connect((THIS_ADDR, 4222))?;
+    let mut raw = std::net::TcpStream::connect((THIS_ADDR, port))?;
     raw.set_read_timeout(Some(PATIENCE))?;
     write!(
         raw,
-        "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nPUB kchat.probe 5\r\nhello\r\n\
-         HPUB kchat.probe {} {}\r\n{headers}hi\r\nPING\r\n",
-        headers.len(),
-        headers.len() + 2
+        "CONNECT {{\"verbose\":false,\"headers\":true{auth}}}\r\n{commands}PING\r\n"
     )?;
     let mut seen = String::new();
-    let mut buf = [0u8; 512];
-    while !seen.contains("PONG") {
+    let mut buf = [0u8; 4096];
+    while !seen.contains("PONG") || until.is_some_and(|until| !seen.contains(until)) {
         let n = raw
             .read(&mut buf)
-            .context("nats-server did not answer the PING")?;
+            .with_context(|| format!("nats-server did not answer: {seen}"))?;
         ensure!(n > 0, "nats-server closed the connection: {seen}");
         seen += &String::from_utf8_lossy(&buf[..n]);
-        ensure!(
-            !seen.contains("-ERR"),
-            "nats-server refused the stray messages: {seen}"
-        );
     }
+    Ok(seen)
+}
+
+/// An `HPUB` of `payload` on `subject` with `headers` (`Name: value` lines).
+fn hpub(subject: &str, headers: &[String], payload: &str) -> String {
+    let head = format!(
+        "NATS/1.0\r\n{}\r\n",
+        headers
+            .iter()
+            .map(|h| format!("{h}\r\n"))
+            .collect::<String>()
+    );
+    format!(
+        "HPUB {subject} {} {}\r\n{head}{payload}\r\n",
+        head.len(),
+        head.len() + payload.len()
+    )
+}
+
+/// The headers a bridge of `node` would send, stamped uid 0.
+fn stamp_of(node: &str, seq: u64) -> Vec<String> {
+    vec![
+        format!("Kchat-Node: {node}"),
+        format!("Kchat-Seq: {seq}"),
+        "Kchat-Time: 1700000000000000000".into(),
+        "Kchat-Pid: 1".into(),
+        "Kchat-Uid: 0".into(),
+        "Kchat-Gid: 0".into(),
+    ]
+}
+
+/// Publishes, as no bridge would, a message without kchat headers and one
+/// naming a node that cannot be.
+fn stray_messages() -> Result<()> {
+    let headers = ["Kchat-Node: a/b".to_owned(), "Kchat-Seq: 1".to_owned()];
+    // On a node's subject of the room, where bridges listen.
+    let said = raw_nats(
+        4222,
+        "",
+        &format!(
+            "PUB kchat.probe.stray 5\r\nhello\r\n{}",
+            hpub("kchat.probe.stray", &headers, "hi")
+        ),
+        None,
+    )?;
+    ensure!(
+        !said.contains("-ERR"),
+        "nats-server refused the stray messages: {said}"
+    );
     Ok(())
 }
 
@@ -744,5 +805,237 @@ fn bad_input_is_counted_and_the_other_rooms_go_on() -> Result<()> {
     for node in [&mut pair.a, &mut pair.b] {
         kill_bridge(node)?;
     }
+    Ok(())
+}
+
+/// Every message `node`'s room holds with `payload`, relayed or not.
+fn holding(node: &mut Node, room: &str, payload: &str) -> Result<Vec<Value>> {
+    Ok(dump(node, room)?
+        .into_iter()
+        .filter(|m| m["payload"] == payload)
+        .collect())
+}
+
+/// A plain client (no bridge, no credentials: the test server has no
+/// permissions) publishes as node-b, uid 0, on node-a's subject of the
+/// room, and on the room's bare subject (where bridges listened before
+/// each node had its own): neither is relayed on either machine, the
+/// first is counted as refused on both. Before per-node subjects, b's and
+/// a's bridges relayed the bare one as "uid 0@node-b" and there was no
+/// refused counter.
+fn a_node_named_by_another_is_refused_and_counted() -> Result<()> {
+    let mut guard = pair()?;
+    let pair = &mut *guard;
+    both_bridge_a_new_room(pair, "guarded", "drop")?;
+    until_crossed(pair, true, "guarded")?;
+    until_crossed(pair, false, "guarded")?;
+    let forged = stamp_of("node-b", 1_000_000);
+    let said = raw_nats(
+        4222,
+        "",
+        &(hpub("kchat.guarded.node-a", &forged, "forged on a's subject\n")
+            + &hpub("kchat.guarded", &forged, "forged on the bare subject\n")),
+        None,
+    )?;
+    ensure!(
+        !said.contains("-ERR"),
+        "nats-server refused the rogue: {said}"
+    );
+    let refused = "kchat_bridge_refused_total{room=\"guarded\",reason=\"forged_node\"}";
+    for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
+        wait_for(
+            &format!("{name} to count the forged message"),
+            PATIENCE,
+            || Ok(metric(node, refused)? >= 1.0),
+        )
+        .with_context(|| logs(node, name))?;
+    }
+    // Genuine traffic still crosses, both ways, after the rogue's.
+    until_crossed(pair, true, "guarded")?;
+    until_crossed(pair, false, "guarded")?;
+    for node in [&mut pair.a, &mut pair.b] {
+        for payload in ["forged on a's subject\n", "forged on the bare subject\n"] {
+            let held = holding(node, "guarded", payload)?;
+            ensure!(
+                held.is_empty(),
+                "{} relayed a rogue's message as node-b: {held:?}",
+                node.name()
+            );
+        }
+    }
+    for node in [&mut pair.a, &mut pair.b] {
+        kill_bridge(node)?;
+    }
+    Ok(())
+}
+
+/// On a JetStream room, a plain client publishes as node-b with the
+/// largest epoch there is, on b's subject and on the room's bare subject:
+/// b's genuine messages still arrive at a, before and after a's bridge
+/// restarts (nothing absurd was saved), and the jump is counted. Before
+/// the epoch rule, a's bridge relayed the forged message, saved
+/// (2^64-1, seq) as b's place and took every later message of b's for an
+/// old one (and had no refused counter to wait for).
+fn a_huge_epoch_mutes_no_node() -> Result<()> {
+    let mut guard = pair()?;
+    let pair = &mut *guard;
+    let vmtest = vmtest()?;
+    let rooms = both_bridge_a_new_room(pair, "sealed", "block")?;
+    for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
+        wait_for("the room bridged", PATIENCE, || {
+            Ok(metric(node, "kchat_bridge_room_up{room=\"sealed\"}")? == 1.0)
+        })
+        .with_context(|| logs(node, name))?;
+    }
+    pair.b
+        .sh(&format!("{vmtest} job send sealed m 0 3"), STEP)?;
+    expect_exactly(&mut pair.a, "sealed", "node-b", "m", 3, PATIENCE)?;
+    let mut forged = stamp_of("node-b", 1_000_000);
+    forged.push(format!("Kchat-Epoch: {}", u64::MAX));
+    let said = raw_nats(
+        4222,
+        "",
+        &(hpub("kchat.sealed.node-b", &forged, "muted?\n")
+            + &hpub("kchat.sealed", &forged, "muted?\n")),
+        None,
+    )?;
+    ensure!(
+        !said.contains("-ERR"),
+        "nats-server refused the rogue: {said}"
+    );
+    wait_for("a to count the absurd epoch", PATIENCE, || {
+        Ok(metric(
+            &mut pair.a,
+            "kchat_bridge_refused_total{room=\"sealed\",reason=\"epoch\"}",
+        )? >= 1.0)
+    })
+    .with_context(|| logs(&mut pair.a, "node-a"))?;
+    pair.b
+        .sh(&format!("{vmtest} job send sealed m 3 3"), STEP)?;
+    expect_exactly(&mut pair.a, "sealed", "node-b", "m", 6, PATIENCE)
+        .with_context(|| logs(&mut pair.a, "node-a"))?;
+    // Nothing absurd was saved: a's bridge, started again, still takes b's.
+    kill_bridge(&mut pair.a)?;
+    let state = format!("{DIR}/state-node-a/sealed.json");
+    let saved = pair.a.sh(
+        &format!(
+            "if [ -f {state} ]; then grep -c {} {state} || true; else echo no file; fi",
+            u64::MAX
+        ),
+        STEP,
+    )?;
+    ensure!(
+        saved.trim() == "0",
+        "a's saved state {state} holds the absurd epoch ({saved:?} lines)"
+    );
+    start_bridge(&mut pair.a, "node-a", &rooms)?;
+    pair.b
+        .sh(&format!("{vmtest} job send sealed m 6 3"), STEP)?;
+    expect_exactly(&mut pair.a, "sealed", "node-b", "m", 9, PATIENCE)
+        .with_context(|| logs(&mut pair.a, "node-a"))?;
+    let held = holding(&mut pair.a, "sealed", "muted?\n")?;
+    ensure!(held.is_empty(), "a relayed the forged message: {held:?}");
+    for node in [&mut pair.a, &mut pair.b] {
+        kill_bridge(node)?;
+    }
+    Ok(())
+}
+
+/// deploy/nats/nats-server.conf, as shipped (its store moved under the
+/// test's directory, on another port): node-a's user may not publish on
+/// node-b's subject nor create a stream; with the stream made by the admin
+/// user, two bridges logged in as their nodes bridge a `block` room
+/// through it, both ways: the permissions are all a bridge needs.
+fn the_shipped_nats_config_lets_each_node_speak_only_for_itself() -> Result<()> {
+    const PORT: u16 = 4224;
+    const SHIPPED: &str = include_str!("../../deploy/nats/nats-server.conf");
+    let mut guard = pair()?;
+    let pair = &mut *guard;
+    let config = SHIPPED.replace(
+        "store_dir: /var/lib/nats",
+        &format!("store_dir: {DIR}/js-perm"),
+    );
+    ensure!(
+        config != SHIPPED,
+        "the shipped config no longer names /var/lib/nats"
+    );
+    pair.a.sh(
+        &format!(
+            "cat >{DIR}/nats-perm.conf <<'EOF'\n{config}\nEOF\n\
+             setsid nats-server -c {DIR}/nats-perm.conf -a {THIS_ADDR} -p {PORT} >>{DIR}/nats-perm.log 2>&1 </dev/null & {}",
+            poll_sh(
+                &format!("(exec 3<>/dev/tcp/{THIS_ADDR}/{PORT}) 2>/dev/null"),
+                &format!("echo nats-server did not listen; cat {DIR}/nats-perm.log"),
+            )
+        ),
+        STEP,
+    )?;
+    let as_user = |user: &str| format!(",\"user\":\"{user}\",\"pass\":\"change-me-{user}\"");
+    // Refused by the server, before any bridge sees it.
+    let forged = stamp_of("node-b", 1);
+    let said = raw_nats(
+        PORT,
+        &as_user("node-a"),
+        &hpub("kchat.perm.node-b", &forged, "x\n"),
+        None,
+    )?;
+    ensure!(
+        said.contains("Permissions Violation for Publish to \"kchat.perm.node-b\""),
+        "node-a's user published on node-b's subject: {said}"
+    );
+    let stream = "{\"name\":\"kchat~perm\",\"subjects\":[\"kchat.perm.*\"],\"storage\":\"file\",\
+                  \"duplicate_window\":120000000000,\"max_age\":86400000000000}";
+    let create = format!(
+        "SUB _INBOX.kchat-test 1\r\nPUB $JS.API.STREAM.CREATE.kchat~perm _INBOX.kchat-test {}\r\n{stream}\r\n",
+        stream.len()
+    );
+    let said = raw_nats(PORT, &as_user("node-a"), &create, None)?;
+    ensure!(
+        said.contains("Permissions Violation for Publish to \"$JS.API.STREAM.CREATE"),
+        "node-a's user may create streams: {said}"
+    );
+    let said = raw_nats(
+        PORT,
+        &as_user("admin"),
+        &create,
+        Some("MSG _INBOX.kchat-test"),
+    )?;
+    ensure!(
+        !said.contains("-ERR") && !said.contains("\"error\""),
+        "the admin could not create the stream: {said}"
+    );
+    // Two bridges through it, each as its own user.
+    let vmtest = vmtest()?;
+    for node in [&mut pair.a, &mut pair.b] {
+        node.sh(&format!("{vmtest} job mkroom perm block 1048576"), STEP)?;
+    }
+    let rooms = "[rooms.perm]\n";
+    for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
+        start_bridge_with(
+            node,
+            name,
+            rooms,
+            &format!(
+                "servers = [\"nats://{THIS_ADDR}:{PORT}\"]\nuser = \"{name}\"\npassword = \"change-me-{name}\""
+            ),
+        )?;
+        wait_for("the room bridged", PATIENCE, || {
+            Ok(metric(node, "kchat_bridge_room_up{room=\"perm\"}")? == 1.0)
+        })
+        .with_context(|| logs(node, name))?;
+    }
+    pair.a.sh(&format!("{vmtest} job send perm a 0 5"), STEP)?;
+    pair.b.sh(&format!("{vmtest} job send perm b 0 5"), STEP)?;
+    expect_exactly(&mut pair.b, "perm", "node-a", "a", 5, PATIENCE)
+        .with_context(|| logs(&mut pair.b, "node-b") + &logs(&mut pair.a, "node-a"))?;
+    expect_exactly(&mut pair.a, "perm", "node-b", "b", 5, PATIENCE)
+        .with_context(|| logs(&mut pair.a, "node-a") + &logs(&mut pair.b, "node-b"))?;
+    for node in [&mut pair.a, &mut pair.b] {
+        kill_bridge(node)?;
+    }
+    pair.a.sh(
+        &format!("pkill -f 'nats-serve[r] -c {DIR}/nats-perm.conf'"),
+        STEP,
+    )?;
     Ok(())
 }

@@ -35,6 +35,9 @@ pub enum Line {
 }
 
 impl Line {
+    /// The line of the demo, `cargo xtask vm` and the debug suites.
+    pub const DEFAULT: Line = Line::V7_3;
+
     pub fn name(self) -> &'static str {
         match self {
             Line::V6_12 => "6.12",
@@ -175,10 +178,11 @@ pub fn kbuild_make() -> Command {
     cmd
 }
 
-/// Returns the 6.12 test kernel, building it first if the cache has no
-/// build for the current inputs.
+/// Returns the default line's test kernel (the one `cargo xtask test` runs
+/// its debug suites on), building it first if the cache has no build for
+/// the current inputs.
 pub fn ensure(variant: Variant) -> Result<Kernel> {
-    ensure_line(Line::V6_12, variant)
+    ensure_line(Line::DEFAULT, variant)
 }
 
 /// Returns a line's test kernel, building it first if the cache has no

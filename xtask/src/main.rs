@@ -41,7 +41,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Variant::Debug)]
         variant: Variant,
         /// The kernel line.
-        #[arg(long, value_enum, default_value_t = Line::V6_12)]
+        #[arg(long, value_enum, default_value_t = Line::DEFAULT)]
         line: Line,
     },
     /// Build kchat.ko and the test fixtures against the test kernel.
@@ -49,7 +49,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Variant::Debug)]
         variant: Variant,
         /// The kernel line.
-        #[arg(long, value_enum, default_value_t = Line::V6_12)]
+        #[arg(long, value_enum, default_value_t = Line::DEFAULT)]
         line: Line,
     },
     /// Format kmod/ with the kernel's rustfmt settings.

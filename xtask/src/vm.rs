@@ -34,7 +34,7 @@ pub struct VmArgs {
     #[arg(long)]
     pub kasan: bool,
     /// The kernel line to boot.
-    #[arg(long, value_enum, default_value_t = kernel::Line::V6_12)]
+    #[arg(long, value_enum, default_value_t = kernel::Line::DEFAULT)]
     pub line: kernel::Line,
     /// Virtual CPUs (at least 2, so SMP races can happen).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=64))]
@@ -89,7 +89,7 @@ impl VmArgs {
         VmArgs {
             kvm: std::env::var_os("KCHAT_KVM").is_some_and(|v| v == "1"),
             kasan: false,
-            line: kernel::Line::V6_12,
+            line: kernel::Line::DEFAULT,
             cpus: 2,
             memory: 2048,
             systemd: false,
