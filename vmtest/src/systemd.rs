@@ -2,8 +2,9 @@
 //! with systemd as PID 1 and udev (`cargo xtask vm --systemd`), and kchatd
 //! is run by `systemctl` from the shipped unit.
 //!
-//! kchat is installed as a package (`cargo xtask deb`) plus the module
-//! built for the test kernel.
+//! kchat is installed as packages (`cargo xtask deb`): the userspace, and
+//! the module as `kchat-dkms`, which the real DKMS builds in the guest
+//! against the test kernel's build tree.
 //!
 //! These tests run only in that boot (`cargo xtask test` makes it after the
 //! suite); anywhere else they are ignored. They run in order and build on
@@ -49,6 +50,10 @@ pub const TESTS: &[Test] = &[
         "systemd::an_upgrade_keeps_an_admins_disable",
         an_upgrade_keeps_an_admins_disable,
     ),
+    (
+        "systemd::removing_kchat_dkms_leaves_nothing_behind",
+        removing_kchat_dkms_leaves_nothing_behind,
+    ),
 ];
 
 /// Whether systemd is PID 1 here (what `sd_booted()` checks).
@@ -82,39 +87,58 @@ fn property(unit: &str, name: &str) -> Result<String> {
         .to_owned())
 }
 
-/// Installs kchat as an admin would: the module built for this kernel
-/// (from the tree `xtask install --destdir` staged), then the Debian
-/// package of the userspace with `dpkg -i`, whose maintainer scripts make
-/// the group, reload udev and systemd, and enable and start kchatd. Once
-/// per boot.
+/// Where DKMS installs the module for the running kernel.
+fn dkms_module() -> Result<String> {
+    let release = run("uname", &["-r"])?;
+    Ok(format!(
+        "/lib/modules/{}/updates/dkms/kchat.ko",
+        release.trim()
+    ))
+}
+
+/// Installs kchat as an admin would: the module with the `kchat-dkms`
+/// package (its postinst has DKMS build and install it for the running
+/// kernel, whose build tree `/lib/modules/$(uname -r)/build` is, as a
+/// headers package would make it), then the Debian package of the
+/// userspace with `dpkg -i`, whose maintainer scripts make the group,
+/// reload udev and systemd, and enable and start kchatd. Once per boot.
 fn install() -> Result<()> {
     if Path::new(INSTALLED).exists() {
         return Ok(());
     }
     ensure!(booted(), "systemd is not PID 1 here");
-    let tree = std::env::var("KCHAT_INSTALL_TREE")
-        .context("KCHAT_INSTALL_TREE must name the tree `xtask install --destdir` staged")?;
     let deb = std::env::var("KCHAT_DEB").context("KCHAT_DEB must name kchat.deb")?;
-    // Merged /usr: the tree's lib/ must land in the directory /lib links
-    // to, which cp would try to replace.
-    run(
-        "sh",
-        &[
-            "-c",
-            "tar -C \"$1\" -cf - lib/modules | tar -C / --keep-directory-symlink -xf -",
-            "sh",
-            &tree,
-        ],
-    )?;
+    let dkms_deb =
+        std::env::var("KCHAT_DKMS_DEB").context("KCHAT_DKMS_DEB must name kchat-dkms's .deb")?;
+    let kdir =
+        std::env::var("KCHAT_KDIR").context("KCHAT_KDIR must name the kernel's build tree")?;
+    // The kernel's own rustc, as a user without it on PATH names it.
+    let rustc = std::env::var("KCHAT_RUSTC").context("KCHAT_RUSTC must name the kernel's rustc")?;
     let release = run("uname", &["-r"])?;
-    run("depmod", &["-a", release.trim()])?;
+    let modules = format!("/lib/modules/{}", release.trim());
+    std::fs::create_dir_all(&modules)?;
+    let build = format!("{modules}/build");
+    let _ = std::fs::remove_file(&build);
+    std::os::unix::fs::symlink(&kdir, &build)?;
+    // man-db's dpkg trigger would reindex every man page on the host's
+    // disk, minutes under emulation; it skips when this flag is gone.
+    let _ = std::fs::remove_file("/var/lib/man-db/auto-update");
+    let out = Command::new("dpkg")
+        .args(["-i", &dkms_deb])
+        .env("RUSTC", &rustc)
+        .output()?;
+    ensure!(
+        out.status.success() && Path::new(&dkms_module()?).exists(),
+        "installing kchat-dkms did not build and install {}: {}\n{}{}",
+        dkms_module()?,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     ensure!(
         !Path::new("/sys/module/kchat").exists(),
         "the module is loaded before the package is installed"
     );
-    // man-db's dpkg trigger would reindex every man page on the host's
-    // disk, minutes under emulation; it skips when this flag is gone.
-    let _ = std::fs::remove_file("/var/lib/man-db/auto-update");
     run("dpkg", &["-i", &deb])?;
     std::fs::write(INSTALLED, "")?;
     Ok(())
@@ -506,6 +530,38 @@ fn an_upgrade_keeps_an_admins_disable() -> Result<()> {
     ensure!(
         state == "disabled" && active == "inactive",
         "after an upgrade, the kchatd an admin disabled is {state} and {active}"
+    );
+    Ok(())
+}
+
+/// Removing `kchat-dkms` (the module unloaded first, as an admin would)
+/// takes every DKMS build of it away: the installed module, DKMS's state
+/// and the sources; `modprobe` no longer finds kchat.
+fn removing_kchat_dkms_leaves_nothing_behind() -> Result<()> {
+    install()?;
+    run("systemctl", &["stop", "kchatd"])?;
+    // kchatd may still hold the node for a moment: rmmod may meet it.
+    wait_for("rmmod kchat", PATIENCE, || {
+        Ok(!Path::new("/sys/module/kchat").exists()
+            || Command::new("rmmod").arg("kchat").status()?.success())
+    })?;
+    run("dpkg", &["-r", "kchat-dkms"])?;
+    let version = env!("CARGO_PKG_VERSION");
+    for left in [
+        dkms_module()?,
+        "/var/lib/dkms/kchat".to_owned(),
+        format!("/usr/src/kchat-{version}"),
+    ] {
+        ensure!(
+            !Path::new(&left).exists(),
+            "{left} is left after dpkg -r kchat-dkms"
+        );
+    }
+    let found = Command::new("modinfo").arg("kchat").output()?;
+    ensure!(
+        !found.status.success(),
+        "modinfo still finds kchat after dpkg -r kchat-dkms: {}",
+        String::from_utf8_lossy(&found.stdout)
     );
     Ok(())
 }

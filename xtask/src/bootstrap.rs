@@ -36,6 +36,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libssl-dev", "kernel build (sign-file)"),
     ("cpio", "kernel build"),
     ("kmod", "insmod/rmmod in the guest"),
+    (
+        "dkms",
+        "builds the kchat-dkms package's sources in its test",
+    ),
     ("iproute2", "loopback networking in the guest"),
     ("util-linux", "setpriv, setsid and mount in the guest"),
     ("procps", "ps, sysctl in the guest"),

@@ -1,7 +1,8 @@
 //! `cargo xtask deb`: the Debian package of kchat's userspace, made by
 //! cargo-deb from the files `cargo xtask install --no-module` stages (so a
 //! package and a plain install hold the same files). The module is built
-//! per kernel with `cargo xtask install --kdir`.
+//! per kernel with `cargo xtask install --kdir`, or by DKMS from the
+//! `kchat-dkms` package made beside it ([`crate::dkms`]).
 
 use crate::{bootstrap, install, paths, process};
 use anyhow::{ensure, Context, Result};
@@ -75,6 +76,7 @@ pub fn check(deb: &std::path::Path) -> Result<()> {
         "./usr/share/man/man5/kchatd.toml.5.gz",
         "./usr/share/bash-completion/completions/kchatctl",
         "./usr/share/kchat/dashboards/kchat.json",
+        "./usr/share/kchat/nats/nats-server.conf",
         "./etc/kchat/kchatd.toml",
     ] {
         ensure!(
@@ -131,5 +133,8 @@ pub fn run(args: DebArgs) -> Result<ExitCode> {
     let deb = build(args.debug)?;
     check(&deb)?;
     eprintln!("deb: {}", deb.display());
+    let dkms = crate::dkms::build_package()?;
+    crate::dkms::check_package(&dkms)?;
+    eprintln!("deb: {}", dkms.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -165,6 +165,7 @@ pub fn install_stages_everything(kernel: &Kernel) -> Result<()> {
         "usr/share/man/man5/kchatd.toml.5",
         "usr/share/bash-completion/completions/kchatctl",
         "usr/share/kchat/dashboards/kchat.json",
+        "usr/share/kchat/nats/nats-server.conf",
     ] {
         ensure!(dest.join(want).is_file(), "install did not stage {want}");
     }

@@ -77,6 +77,12 @@ const FILES: &[(&str, &str, u32)] = &[
         "usr/share/kchat/dashboards/kchat-alerts.yml",
         0o644,
     ),
+    // For the NATS server's admin: each node's user speaks only for itself.
+    (
+        "deploy/nats/nats-server.conf",
+        "usr/share/kchat/nats/nats-server.conf",
+        0o644,
+    ),
 ];
 
 const BINARIES: &[&str] = &["kchatd", "kchatctl", "kchat", "kchat-bridge"];

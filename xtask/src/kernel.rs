@@ -166,7 +166,12 @@ impl Kernel {
 /// clippy-driver (CARGO_PKG_RUST_VERSION overrides the kernel's MSRV), and
 /// the kernel build wants none of them.
 pub fn kbuild_make() -> Command {
-    let mut cmd = Command::new("make");
+    kbuild_command("make")
+}
+
+/// `program` (make, or dkms running make) without cargo's variables.
+pub fn kbuild_command(program: &str) -> Command {
+    let mut cmd = Command::new(program);
     for (name, _) in std::env::vars_os() {
         if name
             .to_str()

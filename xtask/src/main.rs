@@ -9,6 +9,7 @@ mod deb;
 mod debsuite;
 mod demo;
 mod deploy;
+mod dkms;
 mod install;
 mod kernel;
 mod kmod;
@@ -72,9 +73,20 @@ enum Command {
     /// Install kchat (binaries, module, systemd/udev files) on this machine
     /// or under --destdir.
     Install(install::InstallArgs),
-    /// Build the Debian package of the userspace (cargo-deb) into
-    /// target/deb/kchat.deb.
+    /// Build the Debian packages: the userspace (cargo-deb) into
+    /// target/deb/kchat.deb, the module's DKMS sources into
+    /// target/deb/kchat-dkms_VERSION_all.deb.
     Deb(deb::DebArgs),
+    /// Build kchat-dkms, then build its sources with the real dkms against
+    /// a test kernel (a private DKMS tree; the host's is left alone) and
+    /// check its refusals; prints the kchat.ko DKMS made.
+    Dkms {
+        /// The kernel line.
+        #[arg(long, value_enum, default_value_t = Line::DEFAULT)]
+        line: Line,
+        #[arg(long, value_enum, default_value_t = Variant::Debug)]
+        variant: Variant,
+    },
     /// Draw docs/dashboard.png: the Grafana dashboard's queries, evaluated
     /// by Prometheus over kchatd and traffic in the VM.
     Dashboard,
@@ -134,6 +146,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Vm(args) => vm::command(args),
         Command::Test(args) => test::run(args),
         Command::Demo => demo::run(),
+        Command::Dkms { line, variant } => {
+            bootstrap::ensure()?;
+            let kernel = kernel::ensure_line(line, variant)?;
+            let deb = dkms::build_package()?;
+            dkms::check_package(&deb)?;
+            let ko = dkms::build_against(&kernel, &deb)?;
+            dkms::refusals(&kernel, &deb)?;
+            println!("{}", ko.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Dashboard => dashboard::run(),
         Command::Deb(args) => deb::run(args),
         Command::Soak { minutes } => test::run(test::TestArgs {

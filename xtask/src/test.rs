@@ -191,6 +191,18 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
             deploy::dashboard_queries_parse(),
         );
     }
+    let dkms_deb = if args.vm_only {
+        None
+    } else {
+        let deb = crate::dkms::build_package()
+            .and_then(|deb| crate::dkms::check_package(&deb).map(|()| deb));
+        let path = deb.as_ref().ok().cloned();
+        tally.check(
+            "deploy: kchat-dkms packages the module's sources, dkms.conf and scripts",
+            deb.map(drop),
+        );
+        path
+    };
 
     // One kernel per line, so a fresh machine builds two: 7.3 with lockdep
     // (the fast debug kernel, first, and host of the suites that boot two
@@ -209,6 +221,39 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
                 continue;
             }
         };
+        if let Some(deb) = &dkms_deb {
+            let built = crate::dkms::build_against(&kernel, deb);
+            let ko = built.as_ref().ok().cloned();
+            tally.check(
+                &label("dkms builds kchat.ko from kchat-dkms"),
+                built.map(drop),
+            );
+            if variant == Variant::Debug {
+                tally.check(
+                    "dkms refuses a kernel without Rust, without Rust metadata, or with another rustc",
+                    crate::dkms::refusals(&kernel, deb),
+                );
+                if let Some(ko) = ko
+                    && guest_suite_built
+                {
+                    let dkms_modules = kmod::Modules {
+                        kchat: ko,
+                        fixtures: modules.fixtures.clone(),
+                    };
+                    let dkms_label =
+                        |what: &str| format!("{what} [dkms-built module, {line} {variant} kernel]");
+                    guest_suite_run(
+                        &kernel,
+                        &dkms_modules,
+                        Some("chat::"),
+                        None,
+                        &ModelArgs::default(),
+                        &mut tally,
+                        &dkms_label,
+                    )?;
+                }
+            }
+        }
         if variant == Variant::Debug {
             tally.check(
                 "kmod is formatted (kernel rustfmt)",
@@ -248,8 +293,11 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
                     "deploy: cargo deb packages every file, with maintainer scripts",
                     deb.map(drop),
                 );
-                if staged_ok && let Some(deb) = deb_path {
-                    systemd_boot_run(&kernel, &deb, &mut tally)?;
+                if staged_ok
+                    && let Some(deb) = deb_path
+                    && let Some(dkms_deb) = &dkms_deb
+                {
+                    systemd_boot_run(&kernel, &deb, dkms_deb, &mut tally)?;
                 }
                 eprintln!("vm: kchatd, Prometheus and traffic for the dashboard's queries");
                 let recorded = crate::dashboard::record(&kernel, 8).and_then(|recording| {
@@ -333,19 +381,29 @@ fn guest_suite_run(
 fn systemd_boot_run(
     kernel: &kernel::Kernel,
     deb: &std::path::Path,
+    dkms_deb: &std::path::Path,
     tally: &mut Tally,
 ) -> Result<()> {
     let suite = paths::target().join("debug/kchat-vmtest");
+    let rustc = crate::process::stdout(
+        Command::new("rustup")
+            .args(["which", "rustc"])
+            .env("RUSTUP_TOOLCHAIN", paths::toolchain()?),
+    )?;
     let script = format!(
-        "KCHAT_DEB={} KCHAT_INSTALL_TREE={} {} --test-threads 1 --color never systemd::",
+        "KCHAT_DEB={} KCHAT_DKMS_DEB={} KCHAT_KDIR={} KCHAT_RUSTC={} {} --test-threads 1 \
+         --color never systemd::",
         deb.display(),
-        deploy::install_check_dir().display(),
+        dkms_deb.display(),
+        kernel.build_dir.display(),
+        shell_quote(&rustc),
         suite.display(),
     );
-    eprintln!("vm: booting with systemd as PID 1 for the deploy tests");
+    // DKMS compiles the module in the guest, under emulation: minutes.
+    eprintln!("vm: booting with systemd as PID 1 for the deploy tests (DKMS builds in the guest)");
     let args = VmArgs {
         systemd: true,
-        ..VmArgs::scripted(Duration::from_secs(600))
+        ..VmArgs::scripted(Duration::from_secs(1200))
     };
     let run = vm::run(kernel, &args, Some(&script), true)?;
     let label = "deploy: systemd boot";
