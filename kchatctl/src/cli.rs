@@ -30,7 +30,8 @@ pub struct Cli {
     /// Print JSON instead of tables, for scripts (errors too).
     #[arg(long, global = true)]
     pub json: bool,
-    /// Seconds to wait for kchatd's answer (0: no limit).
+    /// Seconds to wait for kchatd to take the connection and for each part
+    /// of its answer (0: no limit).
     #[arg(long, global = true, value_name = "SECS", default_value_t = 10.0)]
     pub timeout: f64,
     #[command(subcommand)]

@@ -6,7 +6,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// How long a caller waits for kchatd's answer by default: a wedged
@@ -30,6 +30,51 @@ pub enum ClientError {
     Timeout(Duration),
 }
 
+/// Connects to `socket`, waiting at most `timeout` for room in kchatd's
+/// backlog: a blocking connect to a unix socket whose backlog is full waits
+/// until kchatd accepts, forever if kchatd is stuck. Non-blocking, such a
+/// connect fails with `EAGAIN` at once, so it is tried again, with pauses
+/// growing to 50 ms, until the deadline.
+fn connect(socket: &Path, timeout: Option<Duration>) -> std::io::Result<UnixStream> {
+    use nix::{
+        errno::Errno,
+        sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr},
+    };
+    let Some(limit) = timeout else {
+        return UnixStream::connect(socket);
+    };
+    let deadline = Instant::now() + limit;
+    let address = UnixAddr::new(socket)?;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        match socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &address) {
+            Ok(()) => {
+                let stream = UnixStream::from(fd);
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(Errno::EAGAIN) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "kchatd's connection backlog stayed full",
+                    ));
+                }
+                std::thread::sleep(pause.min(deadline - now));
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+}
+
 /// An open exchange: the request is sent, replies can be read.
 pub struct Exchange {
     stream: BufReader<UnixStream>,
@@ -44,9 +89,12 @@ impl Exchange {
         request: &Request,
         timeout: Option<Duration>,
     ) -> Result<Exchange, ClientError> {
-        let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-            socket: socket.to_owned(),
-            source,
+        let stream = connect(socket, timeout).map_err(|source| match (source.kind(), timeout) {
+            (std::io::ErrorKind::TimedOut, Some(limit)) => ClientError::Timeout(limit),
+            _ => ClientError::Connect {
+                socket: socket.to_owned(),
+                source,
+            },
         })?;
         stream.set_read_timeout(timeout)?;
         stream.set_write_timeout(timeout)?;

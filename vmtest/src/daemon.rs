@@ -85,6 +85,10 @@ pub const TESTS: &[Test] = &[
         idle_connections_from_one_user_do_not_lock_out_admins,
     ),
     (
+        "daemon::kchatctl_gives_up_on_a_full_backlog_within_its_timeout",
+        kchatctl_gives_up_on_a_full_backlog_within_its_timeout,
+    ),
+    (
         "daemon::module_limits_are_reconciled_every_pass",
         module_limits_are_reconciled_every_pass,
     ),
@@ -1350,6 +1354,80 @@ fn idle_connections_from_one_user_do_not_lock_out_admins() -> Result<()> {
         refused >= 1000.0,
         "only {refused} of 2,000 connections were refused"
     );
+    daemon.stop()
+}
+
+/// A stuck kchatd (stopped here) whose connection backlog is full: a
+/// blocking `connect()` would wait for it forever, so `--timeout` must
+/// cover the connect too: kchatctl says "unavailable" (exit 3) in about
+/// its timeout.
+fn kchatctl_gives_up_on_a_full_backlog_within_its_timeout() -> Result<()> {
+    use nix::{
+        errno::Errno,
+        sys::{
+            resource::{getrlimit, setrlimit, Resource},
+            socket::{self, AddressFamily, SockFlag, SockType, UnixAddr},
+        },
+    };
+    use std::os::fd::AsRawFd;
+    module::ensure_loaded()?;
+    let dir = Kchatd::prepare("backlog", "")?;
+    let daemon = Kchatd::start(&dir)?;
+    // tokio listens with a backlog of 1024 (capped by somaxconn).
+    const MOST: usize = 8192;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let need = (MOST + 64) as u64;
+    if soft < need {
+        setrlimit(Resource::RLIMIT_NOFILE, need.max(soft), need.max(hard))?;
+    }
+    let pid = Pid::from_raw(daemon.child.id() as i32);
+    kill(pid, Signal::SIGSTOP)?;
+    let outcome = (|| -> Result<()> {
+        let address = UnixAddr::new(&daemon.socket())?;
+        let mut queued = Vec::new();
+        let full = loop {
+            ensure!(
+                queued.len() < MOST,
+                "the backlog took {MOST} connections and was not full"
+            );
+            let fd = socket::socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                None,
+            )?;
+            match socket::connect(fd.as_raw_fd(), &address) {
+                Ok(()) => queued.push(fd),
+                Err(Errno::EAGAIN) => break queued.len(),
+                Err(err) => bail!("connecting to the stopped kchatd: {err}"),
+            }
+        };
+        let started = std::time::Instant::now();
+        let out = Command::new("timeout")
+            .arg(PATIENCE.as_secs().to_string())
+            .arg(bin("kchatctl")?)
+            .arg("--socket")
+            .arg(daemon.socket())
+            .args(["--timeout", "2", "--json", "status"])
+            .output()?;
+        let took = started.elapsed();
+        ensure!(
+            out.status.code() == Some(3),
+            "kchatctl --timeout 2 against a stuck kchatd with a full backlog ({full} queued) \
+             exited {:?} after {took:.1?}, not 3 (unavailable): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Its timeout plus the slowest guest's start-up, far below the
+        // `timeout` that ends a hung kchatctl.
+        ensure!(
+            took < PATIENCE / 2,
+            "kchatctl --timeout 2 took {took:.1?} to give up"
+        );
+        Ok(())
+    })();
+    kill(pid, Signal::SIGCONT)?;
+    outcome?;
     daemon.stop()
 }
 

@@ -117,21 +117,19 @@ fn build_module(kdir: &Path) -> Result<(PathBuf, String)> {
         })?
         .trim()
         .to_owned();
-    let config = fs::read_to_string(kdir.join(".config")).unwrap_or_default();
-    let mut make = kernel::kbuild_make();
+    // The script DKMS runs: it checks the kernel's Rust, metadata and
+    // rustc, and picks the clang the kernel was built with.
+    let mut make = kernel::kbuild_command("sh");
     // The pinned toolchain unless the caller picked one: make runs in the
     // kernel tree, outside this checkout's rust-toolchain.toml.
     if std::env::var_os("RUSTUP_TOOLCHAIN").is_none() {
         make.env("RUSTUP_TOOLCHAIN", paths::toolchain()?);
     }
-    make.arg("-C")
-        .arg(kdir)
-        .arg(format!("M={}", paths::root().join("kmod").display()));
-    // A module must be built by the compiler its kernel was built with.
-    if config.contains("CONFIG_CC_IS_CLANG=y") {
-        make.arg("LLVM=1");
-    }
-    process::run(make.arg("modules"))?;
+    make.current_dir(paths::root())
+        .arg("deploy/dkms/dkms-build")
+        .arg(&release)
+        .arg(kdir);
+    process::run(&mut make)?;
     Ok((paths::root().join("kmod/kchat.ko"), release))
 }
 

@@ -233,25 +233,26 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
                     "dkms refuses a kernel without Rust, without Rust metadata, or with another rustc",
                     crate::dkms::refusals(&kernel, deb),
                 );
-                if let Some(ko) = ko
-                    && guest_suite_built
-                {
-                    let dkms_modules = kmod::Modules {
-                        kchat: ko,
-                        fixtures: modules.fixtures.clone(),
-                    };
-                    let dkms_label =
-                        |what: &str| format!("{what} [dkms-built module, {line} {variant} kernel]");
-                    guest_suite_run(
-                        &kernel,
-                        &dkms_modules,
-                        Some("chat::"),
-                        None,
-                        &ModelArgs::default(),
-                        &mut tally,
-                        &dkms_label,
-                    )?;
-                }
+            }
+            // What DKMS made loads and works on each line.
+            if let Some(ko) = ko
+                && guest_suite_built
+            {
+                let dkms_modules = kmod::Modules {
+                    kchat: ko,
+                    fixtures: modules.fixtures.clone(),
+                };
+                let dkms_label =
+                    |what: &str| format!("{what} [dkms-built module, {line} {variant} kernel]");
+                guest_suite_run(
+                    &kernel,
+                    &dkms_modules,
+                    Some("chat::"),
+                    None,
+                    &ModelArgs::default(),
+                    &mut tally,
+                    &dkms_label,
+                )?;
             }
         }
         if variant == Variant::Debug {

@@ -315,9 +315,13 @@ pub fn run(kernel: &Kernel, args: &VmArgs, script: Option<&str>, echo: bool) -> 
     let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap_or_default();
     let exit_status = read("exit-status").trim().parse().ok();
     let mut findings = Vec::new();
-    for log in ["console.log", "dmesg.log", "kmemleak.log"] {
+    for log in ["console.log", "dmesg.log"] {
         findings.extend(logcheck::scan(log, &read(log)));
     }
+    findings.extend(logcheck::scan_kmemleak(
+        "kmemleak.log",
+        &read("kmemleak.log"),
+    ));
     // The console and dmesg carry the same kernel lines; report each once.
     dedup_by_line(&mut findings);
     Ok(VmRun {
