@@ -64,7 +64,8 @@ pub enum Command {
     /// (its deletion, a rate limit set with set-limit): kchatd makes it what
     /// the config says again.
     Reset { room: RoomName },
-    /// Set a room's rate limit (0 or nothing: unlimited).
+    /// Change a room's rate limit: the fields given change, the others stay
+    /// (0 in a field: no limit of that kind).
     SetLimit {
         room: RoomName,
         #[command(flatten)]

@@ -359,10 +359,21 @@ impl Daemon {
         self.health
             .last_reload_success
             .store(now(), Ordering::Relaxed);
+        let mut config = config;
         {
             let mut inner = self.lock();
             if config.socket != inner.config.socket || config.metrics != inner.config.metrics {
                 tracing::warn!("socket and [metrics] changes take effect when kchatd restarts");
+            }
+            // kchatd holds the lock of the state directory it started with;
+            // saving into another one, unlocked, could race a second kchatd.
+            if config.state_dir != inner.config.state_dir {
+                tracing::warn!(
+                    running = %inner.config.state_dir.display(),
+                    configured = %config.state_dir.display(),
+                    "a state_dir change takes effect when kchatd restarts"
+                );
+                config.state_dir = inner.config.state_dir.clone();
             }
             self.admin_gid
                 .store(admin_gid_of(&config), Ordering::Relaxed);
@@ -627,26 +638,27 @@ impl Daemon {
                 "nothing to change: give at least one of --msgs-per-sec, --burst, --bytes-per-sec, --byte-burst, --scope",
             ));
         }
-        // The room's limit as the kernel has it now, not as last seen.
-        let control = attach_for_request()?;
-        let info = control
-            .info(room.as_str())
-            .map_err(|err| kernel_error("read the rate limit of", &room, err))?;
-        drop(control);
-        let previous = RoomDecl::from_info(&info).rate_limit;
-        let limit = change.apply_to(previous).map_err(|err| {
-            api_error(
-                ErrorKind::Invalid,
-                format!("room {room}: {err}; nothing was changed"),
-            )
-        })?;
-        let previous = Some(previous);
+        // What the limit was, for the undo; known once read under the lock.
+        let previous = std::cell::Cell::new(None);
         let undo_room = room.clone();
         self.change(
             |state, control| {
+                // The room's limit as the kernel has it now, read under
+                // kchatd's lock: two partial changes at once both land.
+                let info = control
+                    .info(room.as_str())
+                    .map_err(|err| kernel_error("read the rate limit of", &room, err))?;
+                let current = RoomDecl::from_info(&info).rate_limit;
+                let limit = change.apply_to(current).map_err(|err| {
+                    api_error(
+                        ErrorKind::Invalid,
+                        format!("room {room}: {err}; nothing was changed"),
+                    )
+                })?;
                 control
                     .set_limit(&limit.to_abi(&room))
                     .map_err(|err| kernel_error("set the rate limit of", &room, err))?;
+                previous.set(Some(current));
                 match state.rooms.get_mut(&room) {
                     Some(decl) => decl.rate_limit = limit,
                     None => {
@@ -659,7 +671,7 @@ impl Daemon {
                 ))
             },
             |control| {
-                if let Some(previous) = previous {
+                if let Some(previous) = previous.get() {
                     let _ = control.set_limit(&previous.to_abi(&undo_room));
                 }
             },

@@ -85,6 +85,14 @@ pub const TESTS: &[Test] = &[
         idle_connections_from_one_user_do_not_lock_out_admins,
     ),
     (
+        "daemon::a_reload_keeps_the_locked_state_dir",
+        a_reload_keeps_the_locked_state_dir,
+    ),
+    (
+        "daemon::partial_limit_changes_at_once_both_land",
+        partial_limit_changes_at_once_both_land,
+    ),
+    (
         "daemon::kchatctl_gives_up_on_a_full_backlog_within_its_timeout",
         kchatctl_gives_up_on_a_full_backlog_within_its_timeout,
     ),
@@ -1354,6 +1362,94 @@ fn idle_connections_from_one_user_do_not_lock_out_admins() -> Result<()> {
         refused >= 1000.0,
         "only {refused} of 2,000 connections were refused"
     );
+    daemon.stop()
+}
+
+/// A reload whose file names another `state_dir` keeps saving into the
+/// one kchatd locked at start (another kchatd may use the new one), and
+/// says the change waits for a restart.
+fn a_reload_keeps_the_locked_state_dir() -> Result<()> {
+    module::ensure_loaded()?;
+    let _cleanup = Cleanup(vec!["moved-state"]);
+    let dir = Kchatd::prepare("statedir", "")?;
+    let daemon = Kchatd::start(&dir)?;
+    let config = std::fs::read_to_string(Kchatd::config_path(&dir))?;
+    let started = dir.join("state");
+    let moved = dir.join("elsewhere");
+    std::fs::write(
+        Kchatd::config_path(&dir),
+        config.replace(
+            &format!("state_dir = \"{}\"", started.display()),
+            &format!("state_dir = \"{}\"", moved.display()),
+        ),
+    )?;
+    daemon.signal(Signal::SIGHUP)?;
+    wait_for("the reload", PATIENCE, || {
+        Ok(daemon
+            .log()
+            .contains("a state_dir change takes effect when kchatd restarts"))
+    })?;
+    daemon.ctl(&["create-room", "moved-state"])?;
+    let saved = std::fs::read_to_string(started.join("state.json"))
+        .context("no state.json in the state_dir kchatd started with")?;
+    ensure!(
+        saved.contains("moved-state"),
+        "the change was not saved in the locked state_dir: {saved}"
+    );
+    ensure!(
+        !moved.join("state.json").exists(),
+        "kchatd saved into {}, which it does not hold the lock of",
+        moved.display()
+    );
+    daemon.stop()
+}
+
+/// Two `set-limit`s at once, each changing a different field: each reads
+/// the limit it changes under kchatd's lock, so neither undoes the other
+/// (read before the lock, the second wrote the first's field back).
+fn partial_limit_changes_at_once_both_land() -> Result<()> {
+    module::ensure_loaded()?;
+    let dir = Kchatd::prepare("limitrace", "")?;
+    let daemon = Kchatd::start(&dir)?;
+    daemon.ctl(&["create-room", "both-limits"])?;
+    let outcome = (|| -> Result<()> {
+        for round in 0..20u32 {
+            let (msgs, bytes) = (100 + round, 10_000 + round);
+            let spawn = |flag: &str, value: u32| -> Result<Child> {
+                Command::new(bin("kchatctl")?)
+                    .arg("--socket")
+                    .arg(daemon.socket())
+                    .args(["set-limit", "both-limits", flag, &value.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("running kchatctl")
+            };
+            let changes = [
+                spawn("--msgs-per-sec", msgs)?,
+                spawn("--bytes-per-sec", bytes)?,
+            ];
+            for change in changes {
+                let out = change.wait_with_output()?;
+                ensure!(
+                    out.status.success(),
+                    "set-limit in round {round}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let info = Control::open()?.info("both-limits")?;
+            ensure!(
+                info.msgs_per_sec == msgs && info.bytes_per_sec == bytes,
+                "round {round}: --msgs-per-sec {msgs} and --bytes-per-sec {bytes} at once \
+                 left {} msg/s and {} B/s: one change undid the other",
+                info.msgs_per_sec,
+                info.bytes_per_sec
+            );
+        }
+        Ok(())
+    })();
+    let _ = daemon.ctl(&["delete-room", "both-limits"]);
+    outcome?;
     daemon.stop()
 }
 
