@@ -72,14 +72,6 @@ impl Line {
     fn llvm_suffix(self) -> &'static str {
         self.llvm().strip_prefix('1').unwrap_or(self.llvm())
     }
-
-    /// The libclang bindgen loads, when not the default one.
-    fn libclang(self) -> Option<&'static str> {
-        match self {
-            Line::V6_12 => None,
-            Line::V7_3 => Some("/usr/lib/llvm-19/lib"),
-        }
-    }
 }
 
 impl std::fmt::Display for Line {
@@ -135,6 +127,10 @@ pub struct Kernel {
     pub source_dir: PathBuf,
     toolchain: String,
     bindgen: PathBuf,
+    /// The libclang bindgen must load: the one of the clang that builds
+    /// the kernel. bindgen would take the newest installed (19, once the
+    /// 7.3 line's clang is there), which rejects 6.12's clang-14 flags.
+    libclang: PathBuf,
 }
 
 impl Kernel {
@@ -150,9 +146,7 @@ impl Kernel {
             .arg("ARCH=x86_64")
             .arg(format!("LLVM={}", self.line.llvm()))
             .arg(format!("BINDGEN={}", self.bindgen.display()));
-        if let Some(libclang) = self.line.libclang() {
-            cmd.env("LIBCLANG_PATH", libclang);
-        }
+        cmd.env("LIBCLANG_PATH", &self.libclang);
         cmd
     }
 
@@ -236,7 +230,9 @@ pub fn ensure_line(line: Line, variant: Variant) -> Result<Kernel> {
     let build_dir = cache
         .join("kernel")
         .join(format!("{version}-{variant}-{key}"));
+    let libclang = libclang_of(&format!("clang{}", line.llvm_suffix()))?;
     let kernel = Kernel {
+        libclang,
         line,
         variant,
         build_dir,
@@ -442,4 +438,25 @@ fn kconfig_symbols(src: &Path) -> Result<std::collections::BTreeSet<String>> {
         .filter_map(|l| l.split_whitespace().nth(1))
         .map(str::to_owned)
         .collect())
+}
+
+/// The library directory of `clang`'s own LLVM (`/usr/lib/llvm-NN/lib`),
+/// from the version it prints.
+fn libclang_of(clang: &str) -> Result<PathBuf> {
+    let text = process::stdout(Command::new(clang).arg("--version"))
+        .with_context(|| format!("{clang} is missing (cargo xtask bootstrap)"))?;
+    let major = text
+        .split("clang version ")
+        .nth(1)
+        .and_then(|rest| rest.split('.').next())
+        .filter(|major| !major.is_empty() && major.bytes().all(|b| b.is_ascii_digit()))
+        .with_context(|| format!("no version in `{clang} --version`: {text}"))?;
+    let dir = PathBuf::from(format!("/usr/lib/llvm-{major}/lib"));
+    if !dir.join("libclang.so").exists() {
+        bail!(
+            "no libclang for {clang} in {} (install libclang-{major}-dev)",
+            dir.display()
+        );
+    }
+    Ok(dir)
 }
