@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * C glue for what Linux 6.12 offers Rust no way to express: a module
- * parameter (Rust `module!` parameters came later), and the static inlines
- * poll_wait(), wq_has_sleeper() and iov_iter_count(). Everything else is Rust; compat/
- * declares these.
+ * C glue for what the kernel offers Rust no way to express: a string
+ * module parameter, static inlines (poll_wait(), wq_has_sleeper(), and on
+ * 6.12 iov_iter_count() and signal_pending()), the ring's memory and its
+ * fault handler, and the credential walks. Everything else is Rust;
+ * compat/ declares these. KCHAT_KAPI7 (Kbuild, with the Rust cfg
+ * kchat_kapi7) leaves out what 7.x's Rust abstractions do instead.
  */
 #include <linux/module.h>
 #include <linux/moduleparam.h>
@@ -222,12 +224,15 @@ bool kchat_fatal_signal_pending(void)
 	return fatal_signal_pending(current);
 }
 
+#ifndef KCHAT_KAPI7
+/* 7.x's Task::signal_pending says it. */
 bool kchat_signal_pending(void);
 
 bool kchat_signal_pending(void)
 {
 	return signal_pending(current);
 }
+#endif
 
 /*
  * The user a file's opener is charged as for per-user limits: inside user
