@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * C glue for what Linux 6.12 offers Rust no way to express: a module
- * parameter (Rust `module!` parameters came later), and the static inlines
- * poll_wait(), wq_has_sleeper() and iov_iter_count(). Everything else is Rust; compat/
- * declares these.
+ * C glue for what the kernel offers Rust no way to express: a string
+ * module parameter, static inlines (poll_wait(), wq_has_sleeper(), and on
+ * 6.12 iov_iter_count() and signal_pending()), the ring's memory and its
+ * fault handler, and the credential walks. Everything else is Rust;
+ * compat/ declares these. KCHAT_KAPI7 (Kbuild, with the Rust cfg
+ * kchat_kapi7) leaves out what 7.x's Rust abstractions do instead.
  */
 #include <linux/module.h>
 #include <linux/moduleparam.h>
@@ -53,12 +55,15 @@ void kchat_poll_wait(struct file *filp, wait_queue_head_t *queue, poll_table *ta
 	poll_wait(filp, queue, table);
 }
 
+#ifndef KCHAT_KAPI7
+/* 7.x's IovIterSource and IovIterDest read the count themselves. */
 size_t kchat_iov_iter_count(const struct iov_iter *iter);
 
 size_t kchat_iov_iter_count(const struct iov_iter *iter)
 {
 	return iov_iter_count(iter);
 }
+#endif
 
 bool kchat_wq_has_sleeper(struct wait_queue_head *queue);
 
@@ -127,6 +132,20 @@ static const struct vm_operations_struct kchat_ring_vm_ops = {
 };
 
 /*
+ * Points a mapping of a room's ring at the ring and at the fault handler
+ * above. No line's Rust API sets vm_ops: 7.x's Rust (compat/ring_area.rs,
+ * through VmaNew) does the rest of what kchat_map_ring does on 6.12.
+ */
+void kchat_ring_vm_setup(struct vm_area_struct *vma, const struct kchat_ring_area *area);
+
+void kchat_ring_vm_setup(struct vm_area_struct *vma, const struct kchat_ring_area *area)
+{
+	vma->vm_private_data = (void *)area;
+	vma->vm_ops = &kchat_ring_vm_ops;
+}
+
+#ifndef KCHAT_KAPI7
+/*
  * Maps a room's ring (its control page and records) into a reader,
  * read-only for good: a reader can neither corrupt the ring nor forge a
  * header. The pages are inserted one by one (the ring is not VM_USERMAP,
@@ -148,8 +167,7 @@ int kchat_map_ring(struct vm_area_struct *vma, const struct kchat_ring_area *are
 	if (vma->vm_flags & (VM_WRITE | VM_EXEC))
 		return -EPERM;
 	vm_flags_mod(vma, VM_DONTEXPAND | VM_DONTDUMP, VM_MAYWRITE | VM_MAYEXEC);
-	vma->vm_private_data = (void *)area;
-	vma->vm_ops = &kchat_ring_vm_ops;
+	kchat_ring_vm_setup(vma, area);
 	for (off = 0; off < size; off += PAGE_SIZE) {
 		err = vm_insert_page(vma, vma->vm_start + off,
 				     vmalloc_to_page((char *)area->ptr + off));
@@ -158,6 +176,7 @@ int kchat_map_ring(struct vm_area_struct *vma, const struct kchat_ring_area *are
 	}
 	return 0;
 }
+#endif
 
 /*
  * Whether the current task's pid namespace and the file's user namespace
@@ -205,12 +224,15 @@ bool kchat_fatal_signal_pending(void)
 	return fatal_signal_pending(current);
 }
 
+#ifndef KCHAT_KAPI7
+/* 7.x's Task::signal_pending says it. */
 bool kchat_signal_pending(void);
 
 bool kchat_signal_pending(void)
 {
 	return signal_pending(current);
 }
+#endif
 
 /*
  * The user a file's opener is charged as for per-user limits: inside user

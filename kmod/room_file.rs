@@ -182,11 +182,11 @@ impl FileOps for RoomFile {
         Ok(state)
     }
 
-    fn read_iter(this: Pin<&RoomFile>, iocb: &Kiocb, dest: &mut IovDest) -> Result<usize> {
+    fn read_iter(this: Pin<&RoomFile>, iocb: &Kiocb, dest: &mut IovDest<'_>) -> Result<usize> {
         this.read_messages(iocb.file(), dest, iocb.nonblocking())
     }
 
-    fn write_iter(this: Pin<&RoomFile>, iocb: &Kiocb, src: &mut IovSource) -> Result<usize> {
+    fn write_iter(this: Pin<&RoomFile>, iocb: &Kiocb, src: &mut IovSource<'_>) -> Result<usize> {
         let how = Blocking {
             nonblock: iocb.nonblocking(),
             nowait: iocb.nowait(),
@@ -407,7 +407,7 @@ impl RoomFile {
     /// A blocking read sleeps without the cursor lock, so another thread's
     /// seek, ioctl or non-blocking read on the same file never waits for a
     /// message to arrive.
-    fn read_messages(&self, file: &File, dest: &mut IovDest, nonblock: bool) -> Result<usize> {
+    fn read_messages(&self, file: &File, dest: &mut IovDest<'_>, nonblock: bool) -> Result<usize> {
         let mark = self.mark.as_ref().ok_or(EBADF)?;
         let room = &self.room;
         let mut overtaken = false;
@@ -475,7 +475,7 @@ impl RoomFile {
         seq: u64,
         mode: u32,
         batch: &Batch,
-        dest: &mut IovDest,
+        dest: &mut IovDest<'_>,
     ) -> Result<Option<usize>> {
         let room = &self.room;
         let area = &room.area;

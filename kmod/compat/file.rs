@@ -1,9 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 //! `File`: a borrowed `struct file` and the credentials checks made on it.
 //!
-//! Mirrors `kernel::fs::File` of Linux 6.13+, reduced to what kchat needs.
+//! On 7.x it wraps the kernel's own `kernel::fs::File`, whose `flags()` and
+//! `cred()` (a `kernel::cred::Credential`, with its `euid()`) it uses; on
+//! 6.12, which has neither, it reads the same fields itself. What the
+//! upstream types lack on every line (`f_mode`, the credential's `egid`,
+//! `fsuid` and user namespace, the opener's capabilities) is read here or
+//! in `glue.c` on both.
 
-use kernel::{bindings, types::Opaque};
+use kernel::bindings;
+#[cfg(not(kchat_kapi7))]
+use kernel::types::Opaque;
 
 // `FMODE_*` are `__force` casts in C, which bindgen cannot evaluate;
 // `glue.c` checks these values against the kernel's at build time.
@@ -19,9 +26,21 @@ const FMODE_NOWAIT: u32 = 1 << 27;
 /// # Invariants
 ///
 /// The inner `struct file` is valid for as long as the reference is.
+#[cfg(not(kchat_kapi7))]
 #[repr(transparent)]
 pub(crate) struct File(Opaque<bindings::file>);
 
+/// An open file, borrowed for the length of a file operation: the kernel's
+/// own `File`, with kchat's checks on top.
+///
+/// # Invariants
+///
+/// The inner `struct file` is valid for as long as the reference is.
+#[cfg(kchat_kapi7)]
+#[repr(transparent)]
+pub(crate) struct File(kernel::fs::File);
+
+#[cfg(not(kchat_kapi7))]
 impl File {
     /// Borrows a `struct file` for the length of a callback.
     ///
@@ -35,6 +54,80 @@ impl File {
         unsafe { &*ptr.cast() }
     }
 
+    /// The raw pointer, for the compat layer's own callbacks.
+    pub(crate) fn as_raw(&self) -> *mut bindings::file {
+        self.0.get()
+    }
+
+    /// The file's credentials (`f_cred`): its opener's, fixed at open.
+    fn cred(&self) -> *const bindings::cred {
+        // SAFETY: the file is valid (type invariant); `f_cred` is set before
+        // `open` and never changed.
+        unsafe { (*self.as_raw()).f_cred }
+    }
+
+    /// The effective kernel uid of the file's credentials.
+    fn euid(&self) -> u32 {
+        // SAFETY: the credentials are held (refcounted) until the file is
+        // freed, and `euid` of a published `cred` never changes; the field
+        // is read at its offset with its own alignment.
+        unsafe {
+            self.cred()
+                .cast::<u8>()
+                .add(core::mem::offset_of!(bindings::cred, euid))
+                .cast::<bindings::kuid_t>()
+                .read()
+                .val
+        }
+    }
+
+    fn flags(&self) -> u32 {
+        // SAFETY: the file is valid; `fcntl` updates `f_flags` with plain
+        // stores, so a racy read sees the old or the new flags.
+        unsafe { core::ptr::read_volatile(&(*self.as_raw()).f_flags) }
+    }
+}
+
+#[cfg(kchat_kapi7)]
+impl File {
+    /// Borrows a `struct file` for the length of a callback.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must point at a valid `struct file` that outlives `'a`; the VFS
+    /// guarantees this for the file passed to a `file_operations` callback.
+    pub(crate) unsafe fn from_raw<'a>(ptr: *mut bindings::file) -> &'a File {
+        // SAFETY: the caller promises the file is valid, and referenced by
+        // the VFS, for `'a`. `kernel::fs::File` also asks that no
+        // `fdget_pos` region skip `f_pos_lock`: for a character device
+        // (no `FMODE_ATOMIC_POS`) the VFS never takes it, as for the
+        // upstream `MiscDevice`, which borrows its files the same way; what
+        // that rule guards is `f_pos`, which neither kchat nor the methods
+        // used here touch. `File` is `repr(transparent)` over it.
+        unsafe { &*core::ptr::from_ref(kernel::fs::File::from_raw_file(ptr)).cast::<File>() }
+    }
+
+    /// The raw pointer, for the compat layer's own callbacks.
+    pub(crate) fn as_raw(&self) -> *mut bindings::file {
+        self.0.as_ptr()
+    }
+
+    /// The file's credentials (`f_cred`): its opener's, fixed at open.
+    fn cred(&self) -> *const bindings::cred {
+        self.0.cred().as_ptr()
+    }
+
+    /// The effective kernel uid of the file's credentials.
+    fn euid(&self) -> u32 {
+        self.0.cred().euid().into_raw().val
+    }
+
+    fn flags(&self) -> u32 {
+        self.0.flags()
+    }
+}
+
+impl File {
     /// Whether the file was opened for reading (`FMODE_READ`).
     pub(crate) fn readable(&self) -> bool {
         self.mode() & FMODE_READ != 0
@@ -48,21 +141,18 @@ impl File {
     /// The effective uid and gid of the file's credentials (`f_cred`), as
     /// kernel ids.
     pub(crate) fn effective_ids(&self) -> (u32, u32) {
-        // SAFETY: the file is valid, and `f_cred` is set at open and held
-        // (refcounted) until the file is freed. Fields are read at their
-        // offsets with their own alignment.
-        unsafe {
-            let cred = (*self.as_raw()).f_cred.cast::<u8>();
-            let uid = cred
-                .add(core::mem::offset_of!(bindings::cred, euid))
-                .cast::<bindings::kuid_t>()
-                .read();
-            let gid = cred
+        // SAFETY: `f_cred` is held (refcounted) until the file is freed,
+        // and `egid` of a published `cred` never changes; the field is read
+        // at its offset with its own alignment. (No line's `Credential`
+        // has an `egid()`.)
+        let gid = unsafe {
+            self.cred()
+                .cast::<u8>()
                 .add(core::mem::offset_of!(bindings::cred, egid))
                 .cast::<bindings::kgid_t>()
-                .read();
-            (uid.val, gid.val)
-        }
+                .read()
+        };
+        (self.euid(), gid.val)
     }
 
     /// Kernel ids as this file's user namespace (its opener's) sees them;
@@ -71,8 +161,9 @@ impl File {
         // SAFETY: as in `effective_ids`; `user_ns` of a live cred is a live
         // namespace, and the mapping functions only read it.
         unsafe {
-            let cred = (*self.as_raw()).f_cred.cast::<u8>();
-            let ns = cred
+            let ns = self
+                .cred()
+                .cast::<u8>()
                 .add(core::mem::offset_of!(bindings::cred, user_ns))
                 .cast::<*mut bindings::user_namespace>()
                 .read();
@@ -144,17 +235,6 @@ impl File {
         // changed afterwards except by the driver itself.
         unsafe { (*self.as_raw()).f_mode }
     }
-
-    fn flags(&self) -> u32 {
-        // SAFETY: the file is valid; `fcntl` updates `f_flags` with plain
-        // stores, so a racy read sees the old or the new flags.
-        unsafe { core::ptr::read_volatile(&(*self.as_raw()).f_flags) }
-    }
-
-    /// The raw pointer, for the compat layer's own callbacks.
-    pub(crate) fn as_raw(&self) -> *mut bindings::file {
-        self.0.get()
-    }
 }
 
 /// A file during its `open`: not yet visible to any other thread, and the
@@ -191,11 +271,14 @@ impl OpeningFile {
     pub(crate) fn opener_may_access(&self, uid: u32, gid: u32, mode: u16) -> bool {
         let want =
             (if self.0.readable() { 4 } else { 0 }) | (if self.0.writable() { 2 } else { 0 });
-        // SAFETY: the file is valid, and `f_cred` is set before `open` and
-        // held until the file is freed; the field is read at its offset.
+        // SAFETY: `f_cred` is set before `open` and held until the file is
+        // freed; the field is read at its offset. (No line's `Credential`
+        // has an `fsuid()`.)
         let fsuid = unsafe {
-            let cred = (*self.0.as_raw()).f_cred.cast::<u8>();
-            cred.add(core::mem::offset_of!(bindings::cred, fsuid))
+            self.0
+                .cred()
+                .cast::<u8>()
+                .add(core::mem::offset_of!(bindings::cred, fsuid))
                 .cast::<bindings::kuid_t>()
                 .read()
                 .val

@@ -48,7 +48,7 @@ pub(crate) trait FileOps: Sized {
     fn read_iter(
         _state: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
         _iocb: &Kiocb,
-        _dest: &mut IovDest,
+        _dest: &mut IovDest<'_>,
     ) -> Result<usize> {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
@@ -58,7 +58,7 @@ pub(crate) trait FileOps: Sized {
     fn write_iter(
         _state: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
         _iocb: &Kiocb,
-        _src: &mut IovSource,
+        _src: &mut IovSource<'_>,
     ) -> Result<usize> {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
@@ -198,6 +198,27 @@ impl<T: FileOps> Vtable<T> {
         }
     }
 
+    /// The state of the file a kiocb reads or writes.
+    ///
+    /// # Safety
+    ///
+    /// `iocb` is the kiocb the VFS passed to the current iter callback, on
+    /// a file that `open_as::<T>` set up, and `'a` ends before the callback
+    /// returns.
+    unsafe fn iocb_state<'a>(
+        iocb: *mut bindings::kiocb,
+    ) -> <T::Ptr as ForeignOwnable>::Borrowed<'a> {
+        #[cfg(kchat_kapi7)]
+        // SAFETY: the kiocb is valid for `'a` (the callback), and its file's
+        // private data is the `T::Ptr` `open_as::<T>` stored, valid until
+        // `release`, which cannot run while this call holds the file.
+        return unsafe { kernel::fs::Kiocb::<'a, T::Ptr>::from_raw(iocb) }.file();
+        #[cfg(not(kchat_kapi7))]
+        // SAFETY: as above: the kiocb and its file are valid, and
+        // `private_data` holds a `T::Ptr` until `release`.
+        return unsafe { T::Ptr::borrow((*(*iocb).ki_filp).private_data) };
+    }
+
     /// # Safety
     ///
     /// Called by the VFS with a valid kiocb for a file that `open_as::<T>`
@@ -206,12 +227,15 @@ impl<T: FileOps> Vtable<T> {
         iocb: *mut bindings::kiocb,
         iter: *mut bindings::iov_iter,
     ) -> isize {
-        // SAFETY: the VFS passes a valid kiocb and iter for the call.
-        let (iocb, mut dest) = unsafe { (Kiocb::from_raw(iocb), IovDest::from_raw(iter)) };
-        let raw = iocb.file().as_raw();
-        // SAFETY: `private_data` holds a `T::Ptr` until `release`, which
-        // cannot run while this call holds the file.
-        let state = unsafe { T::Ptr::borrow((*raw).private_data) };
+        // SAFETY: the VFS passes a valid destination iter, used only here,
+        // for the call.
+        let mut dest = match unsafe { IovDest::from_raw(iter) } {
+            Ok(dest) => dest,
+            Err(err) => return err.to_errno() as isize,
+        };
+        // SAFETY: the VFS passes a valid kiocb for a file `open_as::<T>`
+        // set up, for the call.
+        let (state, iocb) = unsafe { (Self::iocb_state(iocb), Kiocb::from_raw(iocb)) };
         match T::read_iter(state, &iocb, &mut dest) {
             Ok(n) => n as isize,
             Err(err) => err.to_errno() as isize,
@@ -225,11 +249,14 @@ impl<T: FileOps> Vtable<T> {
         iocb: *mut bindings::kiocb,
         iter: *mut bindings::iov_iter,
     ) -> isize {
-        // SAFETY: the VFS passes a valid kiocb and iter for the call.
-        let (iocb, mut src) = unsafe { (Kiocb::from_raw(iocb), IovSource::from_raw(iter)) };
-        let raw = iocb.file().as_raw();
+        // SAFETY: the VFS passes a valid source iter, used only here, for
+        // the call.
+        let mut src = match unsafe { IovSource::from_raw(iter) } {
+            Ok(src) => src,
+            Err(err) => return err.to_errno() as isize,
+        };
         // SAFETY: as in `read_iter`.
-        let state = unsafe { T::Ptr::borrow((*raw).private_data) };
+        let (state, iocb) = unsafe { (Self::iocb_state(iocb), Kiocb::from_raw(iocb)) };
         match T::write_iter(state, &iocb, &mut src) {
             Ok(n) => n as isize,
             Err(err) => err.to_errno() as isize,
@@ -269,7 +296,7 @@ impl<T: FileOps> Vtable<T> {
         let state = unsafe { T::Ptr::borrow((*raw).private_data) };
         // SAFETY: the vma is the one this `mmap` call sets up.
         let vma = unsafe { Vma::from_raw(vma) };
-        match T::mmap(state, file, &vma) {
+        match T::mmap(state, file, vma) {
             Ok(()) => 0,
             Err(err) => err.to_errno(),
         }

@@ -4,8 +4,11 @@
 //!
 //! Linux 6.12's `kernel` crate has no file, chrdev, class or poll
 //! abstractions. These files fill the gap, shaped like the upstream ones of
-//! 6.13+ (`File`, `MiscDevice`-style `#[vtable]` traits), so a port to a newer
-//! kernel replaces these shims and leaves the logic alone.
+//! 6.13+ (`File`, `MiscDevice`-style `#[vtable]` traits), so the logic
+//! outside `compat/` is the same on every line. On 7.x (`kchat_kapi7`) they
+//! are built on the kernel's own `File`, `Credential`, `IovIter*`, `Kiocb`,
+//! `VmaNew` and `HrTimer` where those fit; docs/kernel-module.md ("Which
+//! shims remain") says what is still kchat's own on each line, and why.
 
 // Plain-data marker traits: in `types` up to 6.x, in `transmute` from 7.x.
 #[cfg(kchat_kapi7)]

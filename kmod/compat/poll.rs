@@ -7,8 +7,17 @@
 //! Some readiness comes back by itself, with time (a rate budget refills,
 //! a `block` room's bound on laggards runs out) and no event marks it: a
 //! sleeping writer sets itself a timeout, but a poller cannot. So the queue
-//! has a timer (`timer_list`; 6.12 has no Rust timer) that wakes its
-//! pollers at the earliest time a `poll` asked for.
+//! has a timer that wakes its pollers at the earliest time a `poll` asked
+//! for: on 7.x the kernel's Rust `HrTimer` (soft, so its callback runs in
+//! softirq context as a `timer_list`'s does); on 6.12, which has no Rust
+//! timer, a `timer_list`.
+//!
+//! Not the upstream `PollTable`/`PollCondVar` (7.x): `PollTable` registers
+//! only a `PollCondVar` and cannot say which events the poller asked for,
+//! and a `PollCondVar`'s queue is private to the kernel crate, so it can
+//! only be woken without an event mask (epoll then wakes every waiter
+//! whatever it waits for) and never skipped when nobody waits; its drop
+//! also waits for an RCU grace period, which a room does not need (below).
 //!
 //! No `wake_up_pollfree` is needed at drop: every queue lives in a room that
 //! each open file keeps alive (an `Arc`), select/poll remove their entries
@@ -16,7 +25,9 @@
 //! before `release` drops the file's reference. So when the queue goes, no
 //! poller is left on it.
 
-use super::{file::File, task::ns_to_jiffies};
+use super::file::File;
+#[cfg(not(kchat_kapi7))]
+use super::task::ns_to_jiffies;
 use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::{bindings, ffi, prelude::*, sync::LockClassKey, types::Opaque};
 
@@ -66,6 +77,7 @@ impl PollTable {
 }
 
 /// A wait queue for pollers, with a timer for readiness that time brings.
+#[cfg(not(kchat_kapi7))]
 #[pin_data(PinnedDrop)]
 pub(crate) struct PollQueue {
     #[pin]
@@ -77,6 +89,30 @@ pub(crate) struct PollQueue {
     later: AtomicU32,
 }
 
+/// A wait queue for pollers, with a timer for readiness that time brings.
+///
+/// # Invariants
+///
+/// `deadline` is `NO_DEADLINE`, or no earlier than the expiry the timer
+/// was last started with, which is then pending or running.
+#[cfg(kchat_kapi7)]
+#[pin_data(PinnedDrop)]
+pub(crate) struct PollQueue {
+    #[pin]
+    head: Opaque<bindings::wait_queue_head>,
+    /// Fires `wake(later)` at the earliest time `wake_after` asked for.
+    #[pin]
+    timer: HrTimer<PollQueue>,
+    /// What the deadlines below count from.
+    epoch: Instant<Monotonic>,
+    /// The earliest time asked for since the timer last fired, in
+    /// nanoseconds after `epoch`; `NO_DEADLINE` when none is.
+    deadline: AtomicI64,
+    /// The events the timer reports, gathered from every `wake_after`.
+    later: AtomicU32,
+}
+
+#[cfg(not(kchat_kapi7))]
 #[pinned_drop]
 impl PinnedDrop for PollQueue {
     fn drop(self: Pin<&mut Self>) {
@@ -88,17 +124,55 @@ impl PinnedDrop for PollQueue {
     }
 }
 
+#[cfg(kchat_kapi7)]
+#[pinned_drop]
+impl PinnedDrop for PollQueue {
+    fn drop(self: Pin<&mut Self>) {
+        let this: *const PollQueue = &*self;
+        // SAFETY: `this` points at a live `PollQueue`, whose timer `new`
+        // initialised. Nothing starts it any more (starting needs a
+        // reference, and this is the last), and its callback does not
+        // restart it, so after `hrtimer_cancel` it neither runs nor is
+        // queued, and the queue it points into may go: this is what the
+        // handles `wake_after` forgets would have done at their drop.
+        unsafe {
+            bindings::hrtimer_cancel(
+                <PollQueue as HasHrTimer<PollQueue>>::c_timer_ptr(this).cast_mut(),
+            )
+        };
+    }
+}
+
 // SAFETY: wait queues are meant to be used from any thread; their own
 // spinlock protects them.
 unsafe impl Send for PollQueue {}
 // SAFETY: as above.
 unsafe impl Sync for PollQueue {}
 
-// `init_timer_key` was renamed `timer_init_key` in 6.16 (same arguments).
+// `init_timer_key` was renamed `timer_init_key` in 6.16 (same arguments);
+// 7.x uses an `HrTimer` instead (see the module documentation).
 #[cfg(not(kchat_kapi7))]
 use bindings::init_timer_key;
+
 #[cfg(kchat_kapi7)]
-use bindings::timer_init_key as init_timer_key;
+use core::sync::atomic::AtomicI64;
+#[cfg(kchat_kapi7)]
+use kernel::time::{
+    hrtimer::{
+        AbsoluteSoftMode, HasHrTimer, HrTimer, HrTimerCallback, HrTimerCallbackContext,
+        HrTimerRestart, RawHrTimerCallback, UnsafeHrTimerPointer,
+    },
+    Delta, Instant, Monotonic,
+};
+
+/// `deadline` when the timer is not asked for.
+#[cfg(kchat_kapi7)]
+const NO_DEADLINE: i64 = i64::MAX;
+
+/// The longest delay `wake_after` arms the timer for (about 146 years):
+/// `epoch` plus any deadline stays within `ktime_t`.
+#[cfg(kchat_kapi7)]
+const MAX_DELAY_NS: u64 = 1 << 62;
 
 /// What `static_lock_class!()` gives: a pinned reference from 7.x on.
 #[cfg(not(kchat_kapi7))]
@@ -114,6 +188,7 @@ fn raw_key(key: StaticLockKey) -> *mut bindings::lock_class_key {
     core::ptr::from_ref(key).cast_mut().cast()
 }
 
+#[cfg(not(kchat_kapi7))]
 impl PollQueue {
     /// A new queue; the names and keys are for lockdep (the queue's lock,
     /// and its timer, which `timer_delete_sync` tracks).
@@ -177,7 +252,101 @@ impl PollQueue {
         let events = queue.later.swap(0, Ordering::Relaxed);
         queue.wake(events);
     }
+}
 
+#[cfg(kchat_kapi7)]
+kernel::impl_has_hr_timer! {
+    impl HasHrTimer<Self> for PollQueue {
+        mode: AbsoluteSoftMode<Monotonic>,
+        field: self.timer
+    }
+}
+
+#[cfg(kchat_kapi7)]
+impl HrTimerCallback for PollQueue {
+    type Pointer<'a> = Pin<&'a PollQueue>;
+
+    /// The timer's callback (softirq context): wakes the pollers with what
+    /// `wake_after` gathered.
+    fn run(
+        this: <Self::Pointer<'_> as RawHrTimerCallback>::CallbackTarget<'_>,
+        _ctx: HrTimerCallbackContext<'_, Self>,
+    ) -> HrTimerRestart {
+        // First forget the deadline, then take the events: a `wake_after`
+        // that still saw this deadline (and so started no timer) added its
+        // events before, and they go now; one that comes later starts the
+        // timer again.
+        this.deadline.store(NO_DEADLINE, Ordering::SeqCst);
+        let events = this.later.swap(0, Ordering::SeqCst);
+        this.wake(events);
+        HrTimerRestart::NoRestart
+    }
+}
+
+#[cfg(kchat_kapi7)]
+impl PollQueue {
+    /// A new queue; the name and key are for lockdep (the queue's lock).
+    /// The timer's are unused: an `hrtimer` has no lockdep class of its
+    /// own.
+    pub(crate) fn new(
+        name: &'static CStr,
+        key: StaticLockKey,
+        _timer_name: &'static CStr,
+        _timer_key: StaticLockKey,
+    ) -> impl PinInit<Self> {
+        let key = raw_key(key);
+        pin_init!(Self {
+            // SAFETY: `slot` is valid for writes; the name and the key are
+            // `'static`, as lockdep requires.
+            head <- Opaque::ffi_init(|slot| unsafe {
+                bindings::__init_waitqueue_head(slot, name.as_char_ptr(), key)
+            }),
+            timer <- HrTimer::new(),
+            epoch: Instant::now(),
+            deadline: AtomicI64::new(NO_DEADLINE),
+            later: AtomicU32::new(0),
+        })
+    }
+
+    /// Wakes the pollers with `events` in `delay_ns` (or at an earlier
+    /// time another call asked for): readiness that comes with time.
+    /// A poller woken early polls again and asks again.
+    ///
+    /// The timer is started only to bring the deadline forward, never
+    /// later (what `timer_reduce` does for a `timer_list`): whoever lowers
+    /// `deadline` starts the timer at it, then starts it again at the new
+    /// `deadline` if another call lowered it meanwhile, so the last start
+    /// is never later than the earliest time asked for.
+    pub(crate) fn wake_after(&self, delay_ns: u64, events: u32) {
+        self.later.fetch_or(events, Ordering::SeqCst);
+        let since_epoch = (Instant::<Monotonic>::now() - self.epoch).as_nanos();
+        // Both are at most 2^62: no overflow.
+        let mut at = since_epoch + delay_ns.min(MAX_DELAY_NS) as i64;
+        if self.deadline.fetch_min(at, Ordering::SeqCst) <= at {
+            // A timer at least as early is pending, or being started by
+            // the call that set that deadline, or running and taking these
+            // events with it (it takes them after it forgets the deadline).
+            return;
+        }
+        // SAFETY: every `PollQueue` is pinned: `new` only gives an
+        // initialiser in place, and nothing moves it out.
+        let this = unsafe { Pin::new_unchecked(self) };
+        loop {
+            // SAFETY: the queue outlives the timer: its drop cancels it, as
+            // the handle would, which is why the handle may be forgotten.
+            let handle =
+                unsafe { UnsafeHrTimerPointer::start(this, self.epoch + Delta::from_nanos(at)) };
+            core::mem::forget(handle);
+            let deadline = self.deadline.load(Ordering::SeqCst);
+            if deadline >= at {
+                return;
+            }
+            at = deadline;
+        }
+    }
+}
+
+impl PollQueue {
     /// Adds the caller's poll table to this queue (`poll_wait`).
     pub(crate) fn register(&self, file: &File, table: &PollTable) {
         // SAFETY: `file` and `table` come from the current `poll` call, and

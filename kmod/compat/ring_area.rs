@@ -24,21 +24,55 @@ extern "C" {
     fn kchat_ring_alloc(size: ffi::c_ulong) -> *mut ffi::c_void;
     /// `vfree()`; defined in `glue.c`.
     fn kchat_ring_free(area: *mut ffi::c_void);
+}
+
+#[cfg(not(kchat_kapi7))]
+extern "C" {
     /// Maps `area` (its control page and records) into `vma`, read-only
     /// for good, and keeps a pointer to it for faults; defined in
     /// `glue.c`.
     fn kchat_map_ring(vma: *mut ffi::c_void, area: *const RingArea) -> ffi::c_int;
 }
 
+#[cfg(kchat_kapi7)]
+extern "C" {
+    /// Points `vma` at `area` and at the fault handler that brings a zapped
+    /// page of it back (no line's Rust API sets `vm_ops`); defined in
+    /// `glue.c`.
+    fn kchat_ring_vm_setup(vma: *mut ffi::c_void, area: *const RingArea);
+}
+
 /// The mapping an `mmap` call is setting up.
-pub(crate) struct Vma(*mut bindings::vm_area_struct);
+///
+/// # Invariants
+///
+/// The vma is being set up by the current `mmap` callback.
+#[cfg(not(kchat_kapi7))]
+#[repr(transparent)]
+pub(crate) struct Vma(kernel::types::Opaque<bindings::vm_area_struct>);
+
+/// The mapping an `mmap` call is setting up: the kernel's own `VmaNew`.
+#[cfg(kchat_kapi7)]
+#[repr(transparent)]
+pub(crate) struct Vma(kernel::mm::virt::VmaNew);
 
 impl Vma {
     /// # Safety
     ///
-    /// `ptr` is the vma the VFS passed to the current `mmap` callback.
-    pub(crate) unsafe fn from_raw(ptr: *mut bindings::vm_area_struct) -> Self {
-        Vma(ptr)
+    /// `ptr` is the vma the VFS passed to the current `mmap` callback, and
+    /// `'a` ends before the callback returns.
+    pub(crate) unsafe fn from_raw<'a>(ptr: *mut bindings::vm_area_struct) -> &'a Self {
+        #[cfg(not(kchat_kapi7))]
+        // SAFETY: `Vma` is `repr(transparent)` over the C struct, which the
+        // caller promises is valid, and being set up, for `'a`.
+        return unsafe { &*ptr.cast::<Vma>() };
+        #[cfg(kchat_kapi7)]
+        // SAFETY: the caller promises the vma is undergoing its initial
+        // setup in `mmap` for `'a`; `Vma` is `repr(transparent)` over
+        // `VmaNew`.
+        return unsafe {
+            &*core::ptr::from_ref(kernel::mm::virt::VmaNew::from_raw(ptr)).cast::<Vma>()
+        };
     }
 }
 
@@ -162,6 +196,7 @@ impl RingArea {
     /// into `vma`, read-only (the mapping can never be made writable);
     /// `EINVAL` unless it starts at offset 0 and ends within them, `EPERM`
     /// if it asks to write.
+    #[cfg(not(kchat_kapi7))]
     pub(crate) fn map_read_only(&self, vma: &Vma) -> Result {
         // SAFETY: `vma` is being set up by the current `mmap` call, with
         // the mmap lock held; `self` is a vmalloc allocation of `PAGE +
@@ -169,8 +204,56 @@ impl RingArea {
         // keeps alive (it holds the file, the file the room), so the
         // pointer the fault handler keeps stays valid as long as the
         // mapping; inserted pages hold their own references.
-        let ret = unsafe { kchat_map_ring(vma.0.cast(), self) };
+        let ret = unsafe { kchat_map_ring(vma.0.get().cast(), self) };
         kernel::error::to_result(ret)
+    }
+
+    /// Maps the control page and the records (or the first pages of them)
+    /// into `vma`, read-only (the mapping can never be made writable);
+    /// `EINVAL` unless it starts at offset 0 and ends within them, `EPERM`
+    /// if it asks to write. The steps of `glue.c`'s `kchat_map_ring` (the
+    /// 6.12 line's), through `VmaNew`.
+    #[cfg(kchat_kapi7)]
+    pub(crate) fn map_read_only(&self, vma: &Vma) -> Result {
+        let vma = &vma.0;
+        // SAFETY: the vma is valid and being set up by this `mmap` call,
+        // under the mmap lock; `vm_pgoff` was set before the call and is
+        // not changed during it. (`VmaNew` has no accessor for it.)
+        let pgoff = unsafe { (*vma.as_ptr()).vm_pgoff };
+        let size = vma.end().wrapping_sub(vma.start());
+        // From the start, at most all of it: the control page alone says
+        // how large the rest is.
+        if pgoff != 0 || size > PAGE + self.len {
+            return Err(EINVAL);
+        }
+        // Records are data: never writable, never executable, now or later
+        // (mprotect cannot add what the VM_MAY* bits lack).
+        if vma.writable() || vma.executable() {
+            return Err(EPERM);
+        }
+        vma.try_clear_maywrite()?;
+        vma.try_clear_mayexec()?;
+        vma.set_dontexpand();
+        vma.set_dontdump();
+        // SAFETY: as for 6.12's `kchat_map_ring`: the vma is being set up by
+        // this `mmap` call; `self` is a vmalloc allocation of `PAGE + len`
+        // bytes (invariant) inside a pinned room, which the mapping keeps
+        // alive (it holds the file, the file the room), so the pointer the
+        // fault handler keeps stays valid as long as the mapping.
+        unsafe { kchat_ring_vm_setup(vma.as_ptr().cast(), self) };
+        // `vm_insert_page` would set `VM_MIXEDMAP` itself at the first page.
+        let mixed = vma.set_mixedmap();
+        for off in (0..size).step_by(PAGE) {
+            // SAFETY: `off < size <= PAGE + len`, so the address is inside
+            // the vmalloc allocation (invariant).
+            let page = unsafe { bindings::vmalloc_to_page(self.ptr.add(off).cast()) };
+            let page = core::ptr::NonNull::new(page).ok_or(EFAULT)?;
+            // SAFETY: the page belongs to the allocation, which outlives this
+            // call (`&self`); the mapping takes its own reference on it.
+            let page = unsafe { kernel::page::BorrowedPage::from_raw(page) };
+            mixed.vm_insert_page(vma.start() + off, &page)?;
+        }
+        Ok(())
     }
 
     /// Writes the bytes of `value` at `offset`.
@@ -192,7 +275,7 @@ impl RingArea {
         &self,
         offset: usize,
         len: usize,
-        src: &mut IovSource,
+        src: &mut IovSource<'_>,
     ) -> Result<usize> {
         extern "C" {
             /// `copy_from_iter()` between `pagefault_disable()` and
@@ -211,7 +294,7 @@ impl RingArea {
 
     /// Copies `len` bytes at `offset` to a reader's buffers; `EFAULT` (and
     /// a partial copy) if user memory is bad.
-    pub(crate) fn copy_to(&self, offset: usize, len: usize, dest: &mut IovDest) -> Result {
+    pub(crate) fn copy_to(&self, offset: usize, len: usize, dest: &mut IovDest<'_>) -> Result {
         let from = self.span(offset, len)?;
         // SAFETY: `from` is valid for reads of `len` bytes; the iter is
         // valid and advances by what was copied.

@@ -119,7 +119,12 @@ pub(crate) fn realtime_ns() -> u64 {
 extern "C" {
     /// `fatal_signal_pending(current)`, a static inline; defined in `glue.c`.
     fn kchat_fatal_signal_pending() -> bool;
-    /// `signal_pending(current)`, a static inline; defined in `glue.c`.
+}
+
+#[cfg(not(kchat_kapi7))]
+extern "C" {
+    /// `signal_pending(current)`, a static inline; defined in `glue.c`
+    /// (7.x: `Task::signal_pending`).
     fn kchat_signal_pending() -> bool;
 }
 
@@ -133,6 +138,9 @@ pub(crate) fn fatal_signal_pending() -> bool {
 /// Whether the current task has a signal to handle: a loop that may repeat
 /// returns `ERESTARTSYS` then.
 pub(crate) fn signal_pending() -> bool {
+    #[cfg(not(kchat_kapi7))]
     // SAFETY: reads the current task's pending signals; any process context.
-    unsafe { kchat_signal_pending() }
+    return unsafe { kchat_signal_pending() };
+    #[cfg(kchat_kapi7)]
+    return kernel::current!().signal_pending();
 }

@@ -57,7 +57,12 @@ impl Room {
     /// Writes `src` as messages of at most `max_msg` bytes each; returns how
     /// many bytes were taken. Each message is atomic; after the first, an
     /// error ends the write short instead of failing it (pipe semantics).
-    pub(crate) fn write(&self, file: &File, src: &mut IovSource, how: Blocking) -> Result<usize> {
+    pub(crate) fn write(
+        &self,
+        file: &File,
+        src: &mut IovSource<'_>,
+        how: Blocking,
+    ) -> Result<usize> {
         // The file's ids are fixed at open: read once per write, not per
         // message.
         let writer = Writer::of(file);
@@ -91,7 +96,7 @@ impl Room {
     pub(crate) fn write_relayed(
         &self,
         file: &File,
-        src: &mut IovSource,
+        src: &mut IovSource<'_>,
         how: Blocking,
     ) -> Result<usize> {
         let total = src.len();
@@ -137,7 +142,7 @@ impl Room {
     /// itself. The wake-ups the message owes go to `wakes`.
     fn write_message(
         &self,
-        src: &mut IovSource,
+        src: &mut IovSource<'_>,
         len: usize,
         writer: &Writer,
         how: Blocking,
@@ -193,7 +198,7 @@ impl Room {
     #[allow(clippy::too_many_arguments)]
     fn place_fill_push(
         &self,
-        src: &mut IovSource,
+        src: &mut IovSource<'_>,
         len: usize,
         writer: &Writer,
         how: Blocking,
@@ -290,7 +295,7 @@ impl Room {
         origin: Option<&abi::OriginHeader>,
         stamp: &Stamp,
         len: usize,
-        src: &mut IovSource,
+        src: &mut IovSource<'_>,
     ) -> Result<usize> {
         if let Some(pad_from) = placement.pad_from {
             if self.area.len() - pad_from >= RECORD_HEADER {

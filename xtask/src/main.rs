@@ -4,6 +4,7 @@
 
 mod bench;
 mod bootstrap;
+mod compat_lines;
 mod dashboard;
 mod deb;
 mod debsuite;
@@ -55,6 +56,9 @@ enum Command {
     },
     /// Format kmod/ with the kernel's rustfmt settings.
     KmodFmt,
+    /// Print how many lines of kmod/compat/ and glue.c each kernel line
+    /// compiles (the table in docs/kernel-module.md).
+    KmodLines,
     /// Boot the test kernel and run CMD in the guest (a shell without CMD).
     Vm(vm::VmArgs),
     /// Run every test: host tests, fmt, clippy, then the suite in the VM.
@@ -141,6 +145,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::KmodFmt => {
             let kernel = kernel::ensure(Variant::Debug)?;
             kmod::rustfmt_fix(&kernel)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::KmodLines => {
+            compat_lines::print(&kmod::dir())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Vm(args) => vm::command(args),
