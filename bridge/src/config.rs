@@ -32,10 +32,12 @@ pub struct Config {
 /// or `max_age_secs` the server discards the oldest messages (a node away
 /// longer than that misses them); a message over `max_msg_size` is never
 /// stored, so a room that takes one is not bridged. `replicas` copies on a
-/// clustered server.
+/// clustered server. A byte bound is reserved in full from the server's
+/// JetStream storage for each room, so there is none by default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamLimits {
+    /// -1: no byte limit (the age still bounds it).
     pub max_bytes: i64,
     /// -1: no limit on the count (the bytes and the age still bound it).
     pub max_msgs: i64,
@@ -47,7 +49,7 @@ pub struct StreamLimits {
 impl Default for StreamLimits {
     fn default() -> Self {
         StreamLimits {
-            max_bytes: 1 << 30,
+            max_bytes: -1,
             max_msgs: -1,
             max_msg_size: 1 << 20,
             max_age_secs: 24 * 3600,
@@ -58,9 +60,9 @@ impl Default for StreamLimits {
 
 impl StreamLimits {
     fn check(&self) -> Result<(), String> {
-        if self.max_bytes <= 0 {
+        if self.max_bytes == 0 || self.max_bytes < -1 {
             return Err(format!(
-                "jetstream.max_bytes = {}: give a size in bytes (the default is 1 GiB)",
+                "jetstream.max_bytes = {}: give a size in bytes, or -1 for none",
                 self.max_bytes
             ));
         }
