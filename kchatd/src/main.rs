@@ -5,7 +5,7 @@ use clap::Parser;
 use kchatd::{
     api,
     config::Config,
-    daemon::Daemon,
+    daemon::{Daemon, ReloadError},
     metrics,
     state::{State, StateLock},
 };
@@ -192,7 +192,8 @@ async fn run(config_path: PathBuf, config: Config, state: State, interval: Durat
                 ]);
                 match tokio::task::block_in_place(|| daemon.reload()) {
                     Ok(()) => tracing::info!("config reloaded"),
-                    Err(err) => tracing::error!(%err, "config reload refused; the old config stays"),
+                    Err(err @ ReloadError::Config(_)) => tracing::error!(%err, "config reload refused; the old config stays"),
+                    Err(err @ ReloadError::Apply(_)) => tracing::error!(%err, "config reloaded, but not applied in full"),
                 }
                 shown = tokio::task::block_in_place(|| daemon.summary());
                 notify(&[
