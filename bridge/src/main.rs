@@ -94,14 +94,7 @@ fn main() -> Result<std::process::ExitCode> {
     if let Some(Command::Status { json }) = args.command {
         return status(&config, json);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    kchat_logging::init_with_fields(&[("NODE", &config.node)]);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

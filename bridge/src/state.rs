@@ -56,7 +56,7 @@ impl StateFile {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return RoomState::default(),
             Err(err) => {
-                tracing::warn!(path = %self.path.display(), %err, "cannot read the room's state; starting afresh");
+                tracing::warn!(path = %self.path.display(), error = %err, "cannot read the room's state; starting afresh");
                 return RoomState::default();
             }
         };
@@ -65,7 +65,7 @@ impl StateFile {
             Err(err) => {
                 let aside = self.path.with_extension("json.bad");
                 let _ = std::fs::rename(&self.path, &aside);
-                tracing::warn!(path = %self.path.display(), %err, aside = %aside.display(), "the room's state is corrupt; set aside, starting afresh");
+                tracing::warn!(path = %self.path.display(), error = %err, aside = %aside.display(), "the room's state is corrupt; set aside, starting afresh");
                 RoomState::default()
             }
         }
