@@ -3,6 +3,7 @@
 mod config;
 mod core;
 mod local;
+mod lock;
 mod metrics;
 mod room;
 mod state;
@@ -106,6 +107,7 @@ fn main() -> Result<std::process::ExitCode> {
 
 async fn run(config: Config) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
+    let listener = metrics::bind(config.metrics.listen).await?;
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("kchat-bridge {}", config.node))
         .retry_on_initial_connect();
@@ -152,7 +154,11 @@ async fn run(config: Config) -> Result<()> {
         .await
         .context("cannot connect to NATS")?;
     let registry = metrics::registry(&metrics);
-    tokio::spawn(metrics::serve(config.metrics.listen, registry));
+    tokio::spawn(async move {
+        if let Err(err) = metrics::serve(listener, registry).await {
+            tracing::error!(error = %format!("{err:#}"), "the metrics server stopped");
+        }
+    });
     std::fs::create_dir_all(&config.state_dir).with_context(|| {
         format!(
             "cannot create the state directory {}",
