@@ -123,6 +123,12 @@ impl Metrics {
             room: room.to_owned(),
         };
         let counter = |family: &Rooms| family.get_or_create(&label).clone();
+        for reason in crate::trust::REFUSAL_REASONS {
+            drop(self.refused.get_or_create(&DropLabel {
+                room: room.to_owned(),
+                reason,
+            }));
+        }
         RoomCounters {
             room: room.to_owned(),
             metrics: self.clone(),

@@ -111,6 +111,10 @@ async fn hold(bridged: &Bridged, metrics: &Metrics) -> crate::lock::RoomLock {
 pub async fn supervise(bridged: Bridged, client: async_nats::Client, metrics: Arc<Metrics>) {
     let bridged = Arc::new(bridged);
     let _lock = hold(&bridged, &metrics).await;
+    // Every series of the room from now on, at 0: a rate or an alert sees
+    // the first event, and a dashboard the room before it is bridged.
+    let _ = metrics.counters(&bridged.room);
+    let _ = metrics.save_health(&bridged.room);
     let up = metrics.room_up(&bridged.room);
     let errors = metrics.room_errors(&bridged.room);
     let mut wait = RETRY_FIRST;

@@ -673,6 +673,42 @@ fn dashboards_use_only_real_bridge_metrics() -> Result<()> {
     Ok(())
 }
 
+/// The fields of one entry in the journal's native protocol: `NAME=value`
+/// lines, or `NAME`, a newline, a 64-bit little-endian length, the value
+/// and a newline (systemd.io/JOURNAL_NATIVE_PROTOCOL).
+fn journal_fields(mut data: &[u8]) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    while let Some(end) = data.iter().position(|&b| b == b'\n') {
+        let line = &data[..end];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            fields.push((
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            ));
+            data = &data[end + 1..];
+            continue;
+        }
+        let rest = &data[end + 1..];
+        let Some(len) = rest
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+            .and_then(|len| usize::try_from(len).ok())
+        else {
+            break;
+        };
+        let Some(value) = rest.get(8..8 + len) else {
+            break;
+        };
+        fields.push((
+            String::from_utf8_lossy(line).into_owned(),
+            String::from_utf8_lossy(value).into_owned(),
+        ));
+        data = rest.get(8 + len + 1..).unwrap_or_default();
+    }
+    fields
+}
+
 /// Under systemd (stderr is the journal stream `JOURNAL_STREAM` names) the
 /// bridge sends its entries to the journal in the journal's native
 /// protocol with their fields: `ROOM`, `NODE` and `ERROR`, as kchatd does.
@@ -724,23 +760,23 @@ fn under_journald_entries_carry_room_node_and_error() -> Result<()> {
                     log_of(&dir, "node-j")
                 )
             })?;
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let fields: Vec<&str> = text.lines().collect();
-            if fields.contains(&"ROOM=no-such-room")
-                && fields.contains(&"NODE=node-j")
-                && fields
-                    .iter()
-                    .any(|f| f.starts_with("ERROR=") && f.contains("no-such-room"))
+            let fields = journal_fields(&buf[..n]);
+            let has = |name: &str, value: &dyn Fn(&str) -> bool| {
+                fields.iter().any(|(n, v)| n == name && value(v))
+            };
+            if has("ROOM", &|v| v == "no-such-room")
+                && has("NODE", &|v| v == "node-j")
+                && has("ERROR", &|v| v.contains("no-such-room"))
             {
-                break text;
+                break fields;
             }
-            seen.push(text);
+            seen.push(format!("{fields:?}"));
         };
         ensure!(
             entry
-                .lines()
-                .any(|l| l.starts_with("MESSAGE=room not bridged")),
-            "the entry: {entry}"
+                .iter()
+                .any(|(n, v)| n == "MESSAGE" && v.starts_with("room not bridged")),
+            "the entry: {entry:?}"
         );
         // Stderr is the journal's: nothing is written there twice.
         ensure!(
