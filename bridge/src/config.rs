@@ -22,7 +22,71 @@ pub struct Config {
     /// so that made-up node names cannot grow memory or state files.
     #[serde(default = "default_max_nodes")]
     pub max_nodes: usize,
+    /// The limits of the streams `block` rooms go through.
+    #[serde(default)]
+    pub jetstream: StreamLimits,
     pub rooms: BTreeMap<String, RoomBridge>,
+}
+
+/// What a room's JetStream stream may hold: past `max_bytes`, `max_msgs`
+/// or `max_age_secs` the server discards the oldest messages (a node away
+/// longer than that misses them); a message over `max_msg_size` is never
+/// stored, so a room that takes one is not bridged. `replicas` copies on a
+/// clustered server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamLimits {
+    pub max_bytes: i64,
+    /// -1: no limit on the count (the bytes and the age still bound it).
+    pub max_msgs: i64,
+    pub max_msg_size: i32,
+    pub max_age_secs: u64,
+    pub replicas: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_bytes: 1 << 30,
+            max_msgs: -1,
+            max_msg_size: 1 << 20,
+            max_age_secs: 24 * 3600,
+            replicas: 1,
+        }
+    }
+}
+
+impl StreamLimits {
+    fn check(&self) -> Result<(), String> {
+        if self.max_bytes <= 0 {
+            return Err(format!(
+                "jetstream.max_bytes = {}: give a size in bytes (the default is 1 GiB)",
+                self.max_bytes
+            ));
+        }
+        if self.max_msgs == 0 || self.max_msgs < -1 {
+            return Err(format!(
+                "jetstream.max_msgs = {}: give a count, or -1 for none",
+                self.max_msgs
+            ));
+        }
+        if self.max_msg_size <= 0 {
+            return Err(format!(
+                "jetstream.max_msg_size = {}: give a size in bytes",
+                self.max_msg_size
+            ));
+        }
+        if self.max_age_secs == 0 {
+            return Err("jetstream.max_age_secs = 0: give seconds (the default is a day)".into());
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(format!(
+                "jetstream.replicas = {}: 1 to 5 (JetStream's range)",
+                self.replicas
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +116,10 @@ pub struct Nats {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Send a token or password over a plain connection to a server that
+    /// is not on this machine (a link private already, such as a VPN).
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
     /// A room's subject is `<subject_prefix>.<room>`; each node publishes
     /// on `<subject_prefix>.<room>.<node>`.
     #[serde(default = "default_prefix")]
@@ -175,6 +243,8 @@ impl Config {
                 return Err(format!("nats.{key} = {path:?}: give an absolute path"));
             }
         }
+        crate::connect::check(&config.nats)?;
+        config.jetstream.check()?;
         if !config.state_dir.is_absolute() {
             return Err(format!(
                 "state_dir = {:?}: give an absolute path",
@@ -278,6 +348,27 @@ mod tests {
             (
                 GOOD.replace("[nats]\n", "[nats]\nsubject_prefix = \"a.*\"\n"),
                 "subject_prefix",
+            ),
+            (
+                format!("{GOOD}[jetstream]\nreplicas = 7\n"),
+                "jetstream.replicas",
+            ),
+            (
+                format!("{GOOD}[jetstream]\nmax_msgs = 0\n"),
+                "jetstream.max_msgs",
+            ),
+            (
+                format!("{GOOD}[jetstream]\nmax_bytes = -5\n"),
+                "jetstream.max_bytes",
+            ),
+            (
+                format!("{GOOD}[jetstream]\nmax_size = 5\n"),
+                "unknown field",
+            ),
+            (
+                GOOD.replace("127.0.0.1", "10.0.0.5")
+                    .replace("[nats]\n", "[nats]\ntoken = \"t\"\n"),
+                "in clear",
             ),
         ] {
             let err = Config::parse(&text).unwrap_err();

@@ -1,6 +1,7 @@
 //! kchat-bridge: rooms across machines over NATS. See docs/federation.md.
 
 mod config;
+mod connect;
 mod core;
 mod local;
 mod lock;
@@ -108,30 +109,10 @@ fn main() -> Result<std::process::ExitCode> {
 async fn run(config: Config) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
     let listener = metrics::bind(config.metrics.listen).await?;
-    let mut options = async_nats::ConnectOptions::new()
+    let mut options = connect::options(&config.nats)
+        .await?
         .name(format!("kchat-bridge {}", config.node))
         .retry_on_initial_connect();
-    if let Some(token) = &config.nats.token {
-        options = options.token(token.clone());
-    }
-    if let (Some(user), Some(password)) = (&config.nats.user, &config.nats.password) {
-        options = options.user_and_password(user.clone(), password.clone());
-    }
-    if let Some(path) = &config.nats.credentials {
-        options = options
-            .credentials_file(path)
-            .await
-            .with_context(|| format!("cannot read NATS credentials {}", path.display()))?;
-    }
-    if config.nats.tls {
-        options = options.require_tls(true);
-    }
-    if let Some(ca) = &config.nats.tls_ca {
-        options = options.add_root_certificates(ca.clone());
-    }
-    if let (Some(cert), Some(key)) = (&config.nats.tls_cert, &config.nats.tls_key) {
-        options = options.add_client_certificate(cert.clone(), key.clone());
-    }
     let events = metrics.clone();
     options = options.event_callback(move |event| {
         let events = events.clone();
@@ -174,6 +155,7 @@ async fn run(config: Config) -> Result<()> {
             direction: bridge.direction,
             state_dir: config.state_dir.clone(),
             max_nodes: config.max_nodes,
+            limits: config.jetstream,
         };
         rooms.spawn(room::supervise(bridged, client.clone(), metrics.clone()));
     }

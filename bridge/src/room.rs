@@ -18,6 +18,8 @@ pub struct Bridged {
     pub state_dir: PathBuf,
     /// How many other nodes the room remembers (`max_nodes`).
     pub max_nodes: usize,
+    /// Its stream's limits (`block` rooms).
+    pub limits: crate::config::StreamLimits,
 }
 
 impl Bridged {

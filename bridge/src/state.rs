@@ -31,6 +31,11 @@ pub struct RoomState {
     /// this node's own or a duplicate, or refused).
     #[serde(default)]
     pub stream_seq: Option<u64>,
+    /// When the stream `stream_seq` counts in was made, as the server
+    /// reports it: a stream made anew (deleted, or its store lost) counts
+    /// from 1 again, so a saved number means nothing in it.
+    #[serde(default)]
+    pub stream_created: Option<String>,
 }
 
 pub struct StateFile {

@@ -9,6 +9,7 @@
 //! the stream still retain.
 
 use crate::{
+    config::StreamLimits,
     local::{Reader, Refused, Relay, RoomError},
     metrics::{Metrics, RoomCounters},
     room::Bridged,
@@ -46,9 +47,51 @@ fn stream_config(bridged: &Bridged) -> stream::Config {
         subjects: vec![bridged.all_subjects()],
         storage: stream::StorageType::File,
         duplicate_window: DUPLICATE_WINDOW,
-        max_age: Duration::from_secs(24 * 3600),
-        ..Default::default()
+        ..with_limits(stream::Config::default(), &bridged.limits)
     }
+}
+
+/// `config` with the configured limits (discarding the oldest past them).
+fn with_limits(config: stream::Config, limits: &StreamLimits) -> stream::Config {
+    stream::Config {
+        max_bytes: limits.max_bytes,
+        max_messages: limits.max_msgs,
+        max_message_size: limits.max_msg_size,
+        max_age: Duration::from_secs(limits.max_age_secs),
+        num_replicas: limits.replicas,
+        discard: stream::DiscardPolicy::Old,
+        ..config
+    }
+}
+
+/// Whether a stream's limits are the configured ones.
+fn has_limits(config: &stream::Config, limits: &StreamLimits) -> bool {
+    config.max_bytes == limits.max_bytes
+        && config.max_messages == limits.max_msgs
+        && config.max_message_size == limits.max_msg_size
+        && config.max_age == Duration::from_secs(limits.max_age_secs)
+        && config.num_replicas == limits.replicas
+}
+
+/// What a stored message costs besides its payload: the subject and the
+/// headers a bridge sends (node, room, epoch, stamp, message id), with room
+/// to spare.
+const STORED_OVERHEAD: u32 = 1024;
+
+/// A room whose largest message the stream would refuse is not bridged:
+/// each such message would hold the room up for ever.
+pub fn fits(room_max_msg: u32, limits: &StreamLimits) -> Result<(), String> {
+    let stored = u64::from(room_max_msg) + u64::from(STORED_OVERHEAD);
+    if stored > u64::try_from(limits.max_msg_size).unwrap_or(0) {
+        return Err(format!(
+            "the room takes messages of up to {room_max_msg} bytes, which its stream would refuse \
+             (jetstream.max_msg_size = {}, and a message carries up to {STORED_OVERHEAD} bytes of \
+             subject and headers): raise jetstream.max_msg_size to at least {stored} or lower \
+             the room's max_msg",
+            limits.max_msg_size
+        ));
+    }
+    Ok(())
 }
 
 /// What a stream covering `subjects` lacks to carry the room `subject`:
@@ -80,32 +123,55 @@ async fn ready_stream(
     bridged: &Bridged,
 ) -> anyhow::Result<stream::Stream> {
     let wanted = stream_config(bridged);
+    let limits = &bridged.limits;
     let name = wanted.name.clone();
     let all = bridged.all_subjects();
     let mut stream = js.get_or_create_stream(wanted).await.with_context(|| {
         format!(
             "cannot find or create the JetStream stream {name} for {all}: if this bridge's NATS user \
              may not create streams, create it as an admin (docs/federation.md, \"Trust\"): \
-             nats stream add {name} --subjects '{all}' --storage file --dupe-window 2m --max-age 24h --defaults"
+             nats stream add {name} --subjects '{all}' --storage file --dupe-window 2m \
+             --max-bytes {} --max-msgs {} --max-msg-size {} --max-age {}s --replicas {} --discard old --defaults",
+            limits.max_bytes, limits.max_msgs, limits.max_msg_size, limits.max_age_secs, limits.replicas
         )
     })?;
-    let subjects = stream.cached_info().config.subjects.clone();
-    if let Some(fixed) = subjects_to_fix(&subjects, &bridged.subject) {
-        tracing::warn!(stream = %name, ?subjects, ?fixed, "the stream covers the room's subject as bridges before per-node subjects did: updating it (every bridge of the room must be upgraded; old ones are refused)");
-        let config = stream::Config {
-            subjects: fixed.clone(),
-            ..stream.cached_info().config.clone()
-        };
-        js.update_stream(&config).await.with_context(|| {
-            format!(
-                "the JetStream stream {name} covers {subjects:?}, not {all}, and cannot be updated: \
-                 update it as an admin: nats stream edit {name} --subjects '{}' --force",
-                fixed.join(",")
-            )
-        })?;
-        stream = js.get_stream(&name).await.with_context(|| {
-            format!("cannot read the JetStream stream {name} after updating it")
-        })?;
+    let current = stream.cached_info().config.clone();
+    let fixed = subjects_to_fix(&current.subjects, &bridged.subject);
+    if let Some(fixed) = &fixed {
+        tracing::warn!(stream = %name, subjects = ?current.subjects, ?fixed, "the stream covers the room's subject as bridges before per-node subjects did: updating it (every bridge of the room must be upgraded; old ones are refused)");
+    }
+    let limits_differ = !has_limits(&current, &bridged.limits);
+    if fixed.is_some() || limits_differ {
+        let config = with_limits(
+            stream::Config {
+                subjects: fixed.clone().unwrap_or_else(|| current.subjects.clone()),
+                ..current.clone()
+            },
+            &bridged.limits,
+        );
+        match js.update_stream(&config).await {
+            Ok(_) => {
+                if limits_differ {
+                    tracing::info!(stream = %name, limits = ?bridged.limits, "the stream's limits set as configured");
+                }
+                stream = js.get_stream(&name).await.with_context(|| {
+                    format!("cannot read the JetStream stream {name} after updating it")
+                })?;
+            }
+            // Limits are the admin's to set when bridges may not: bridge
+            // under the stream's own.
+            Err(err) if fixed.is_none() => {
+                tracing::warn!(stream = %name, %err, limits = ?bridged.limits, "the stream's limits differ from [jetstream] and cannot be changed by this bridge: bridging under the stream's own (an admin can set them: nats stream edit)");
+            }
+            Err(err) => {
+                return Err(anyhow::Error::from(err).context(format!(
+                    "the JetStream stream {name} covers {:?}, not {all}, and cannot be updated: \
+                     update it as an admin: nats stream edit {name} --subjects '{}' --force",
+                    current.subjects,
+                    fixed.unwrap_or_default().join(",")
+                )));
+            }
+        }
     }
     Ok(stream)
 }
@@ -120,11 +186,13 @@ struct Shared {
 }
 
 impl Shared {
-    fn stream_seq(&self) -> Option<u64> {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .stream_seq
+    /// The last stream message handled, and when its stream was made.
+    fn stream_place(&self) -> Option<StreamPlace> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Some(StreamPlace {
+            seq: state.stream_seq?,
+            created: state.stream_created.clone(),
+        })
     }
 
     fn save(&self) {
@@ -139,6 +207,11 @@ pub async fn run(
     client: async_nats::Client,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
+    let max_msg = kchat_client::Control::open()
+        .and_then(|control| Ok(control.info(&bridged.room)?))
+        .map_err(|err| anyhow::anyhow!("cannot read room {}'s settings: {err}", bridged.room))?
+        .max_msg;
+    fits(max_msg, &bridged.limits).map_err(anyhow::Error::msg)?;
     let js = jetstream::new(client);
     let stream = ready_stream(&js, &bridged).await?;
     tracing::debug!(room = %bridged.room, "stream ready");
@@ -267,11 +340,19 @@ async fn publish(
                     .publish_with_headers(bridged.own_subject(), headers.clone(), payload.clone())
                     .await;
                 let acked = match sent {
-                    Ok(future) => future.await.map_err(anyhow::Error::from),
-                    Err(err) => Err(err.into()),
+                    Ok(future) => future.await,
+                    Err(err) => Err(err),
                 };
                 match acked {
                     Ok(ack) => break ack,
+                    Err(err)
+                        if err.kind() == jetstream::context::PublishErrorKind::StreamNotFound =>
+                    {
+                        // Deleted, or the server lost its store: waiting
+                        // here would wait for ever; setting the room up
+                        // again makes the stream anew.
+                        anyhow::bail!("the room's JetStream stream is gone ({err}): setting the room up again");
+                    }
                     Err(err) => {
                         counters.retries.inc();
                         tracing::warn!(room = %bridged.room, seq = frame.header.seq, error = %err, "not acknowledged; trying again");
@@ -312,7 +393,7 @@ async fn relay(
             .clone();
         crate::local::relayed_so_far(&bridged.room, &state.relayed, bridged.max_nodes)?
     };
-    let deliver_policy = start_at(&bridged, &mut stream, shared.stream_seq()).await?;
+    let (deliver_policy, created) = start_at(&bridged, &mut stream, shared.stream_place()).await?;
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: bridged.all_subjects(),
@@ -360,6 +441,7 @@ async fn relay(
         state.relayed = last.clone();
         if let Ok(info) = message.info() {
             state.stream_seq = Some(info.stream_sequence);
+            state.stream_created = Some(created.clone());
         }
         drop(state);
         if saved.elapsed() >= CHECKPOINT {
@@ -369,35 +451,76 @@ async fn relay(
     }
 }
 
-/// Where this node's consumer starts: after the last stream message it
-/// handled (what arrived while it was away comes now, in order), or, the
-/// first time or on a stream made anew, with what is published from now.
+/// Where a node's relay side stands in the room's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamPlace {
+    /// The last stream sequence number handled.
+    pub seq: u64,
+    /// When that stream was made (`None` in a state file from before
+    /// this was saved).
+    pub created: Option<String>,
+}
+
+/// Where a consumer starts reading a stream that holds `first..=last`
+/// and was made at `created`, given its saved place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// With what is published from now: a room bridged for the first time.
+    New,
+    /// After the saved place.
+    After(u64),
+    /// From the stream's first message: the stream was made anew since
+    /// (deleted, or the server lost its store), so the saved number counts
+    /// in another stream; what the room already holds is skipped as seen.
+    First,
+}
+
+pub fn start(place: Option<&StreamPlace>, created: &str, last: u64) -> Start {
+    let Some(place) = place else {
+        return Start::New;
+    };
+    let made_anew = place
+        .created
+        .as_deref()
+        .is_some_and(|saved| saved != created);
+    // A stream shorter than the saved place is another stream too (a
+    // state file that does not say when its stream was made).
+    if made_anew || place.seq > last {
+        Start::First
+    } else {
+        Start::After(place.seq)
+    }
+}
+
+/// Where this node's consumer starts (see [`start`]), and when the stream
+/// was made, to save beside the place.
 async fn start_at(
     bridged: &Bridged,
     stream: &mut stream::Stream,
-    handled: Option<u64>,
-) -> anyhow::Result<consumer::DeliverPolicy> {
-    let state = stream
+    place: Option<StreamPlace>,
+) -> anyhow::Result<(consumer::DeliverPolicy, String)> {
+    let info = stream
         .info()
         .await
-        .context("cannot read the JetStream stream's state")?
-        .state
-        .clone();
-    Ok(match handled {
-        Some(seq) if seq <= state.last_sequence => {
-            if seq + 1 < state.first_sequence {
-                tracing::warn!(room = %bridged.room, expired = state.first_sequence - seq - 1, "the stream no longer holds what was published while the bridge was away");
+        .context("cannot read the JetStream stream's state")?;
+    let created = info.created.to_string();
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let policy = match start(place.as_ref(), &created, last) {
+        Start::New => consumer::DeliverPolicy::New,
+        Start::After(seq) => {
+            if seq + 1 < first {
+                tracing::warn!(room = %bridged.room, expired = first - seq - 1, "the stream no longer holds what was published while the bridge was away");
             }
             consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: seq + 1,
             }
         }
-        Some(seq) => {
-            tracing::warn!(room = %bridged.room, handled = seq, last = state.last_sequence, "the stream is newer than this node's place in it: taking what comes from now");
-            consumer::DeliverPolicy::New
+        Start::First => {
+            tracing::warn!(room = %bridged.room, saved = ?place, %created, last, "the stream was made anew since this node last read it: reading it from its first message (what the room holds already is skipped)");
+            consumer::DeliverPolicy::All
         }
-        None => consumer::DeliverPolicy::New,
-    })
+    };
+    Ok((policy, created))
 }
 
 /// Relays one stream message if it is believed, new and another node's;
@@ -478,6 +601,39 @@ async fn relay_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_room_whose_messages_the_stream_refuses_is_not_bridged() {
+        let limits = StreamLimits::default();
+        fits(4096, &limits).unwrap();
+        fits((1 << 20) - STORED_OVERHEAD, &limits).unwrap();
+        let err = fits((1 << 20) - STORED_OVERHEAD + 1, &limits).unwrap_err();
+        assert!(
+            err.contains("raise jetstream.max_msg_size to at least 1048577"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_stream_made_anew_is_read_from_its_first_message() {
+        let place = |seq, created: Option<&str>| StreamPlace {
+            seq,
+            created: created.map(str::to_owned),
+        };
+        assert_eq!(start(None, "t1", 50), Start::New);
+        assert_eq!(
+            start(Some(&place(20, Some("t1"))), "t1", 50),
+            Start::After(20)
+        );
+        assert_eq!(start(Some(&place(20, None)), "t1", 50), Start::After(20));
+        // Made anew and grown past the saved number: 1..=20 would be skipped.
+        assert_eq!(start(Some(&place(20, Some("t1"))), "t2", 50), Start::First);
+        // Made anew and shorter: everything published meanwhile would be.
+        assert_eq!(start(Some(&place(20, Some("t1"))), "t2", 5), Start::First);
+        assert_eq!(start(Some(&place(20, None)), "t2", 5), Start::First);
+        // Nothing handled yet in an empty stream.
+        assert_eq!(start(Some(&place(0, Some("t1"))), "t1", 0), Start::After(0));
+    }
 
     #[test]
     fn a_stream_is_named_after_the_room_subject() {

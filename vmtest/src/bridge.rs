@@ -43,6 +43,10 @@ pub const TESTS: &[Test] = &[
         "bridge::under_journald_entries_carry_room_node_and_error",
         under_journald_entries_carry_room_node_and_error,
     ),
+    (
+        "bridge::tls_with_client_certificates_carries_a_room_and_nothing_falls_back_to_clear",
+        tls_with_client_certificates_carries_a_room_and_nothing_falls_back_to_clear,
+    ),
 ];
 
 const NATS_PORT: u16 = 14222;
@@ -60,7 +64,18 @@ impl Drop for Running {
 }
 
 fn bridge(dir: &Path, node: &str, room: &str, metrics_port: u16) -> Result<Child> {
-    bridge_on(dir, node, room, "fed", NATS_PORT, metrics_port)
+    bridge_with(
+        dir,
+        node,
+        room,
+        metrics_port,
+        &format!("servers = [\"nats://127.0.0.1:{NATS_PORT}\"]\nsubject_prefix = \"kchat\""),
+    )
+}
+
+/// A bridge of `room` on the subject `fed` with its own `[nats]` table.
+fn bridge_with(dir: &Path, node: &str, room: &str, metrics_port: u16, nats: &str) -> Result<Child> {
+    bridge_config(dir, node, room, "fed", metrics_port, nats)
 }
 
 /// A bridge `node` of `room` on `subject`, through the nats-server on
@@ -73,12 +88,23 @@ fn bridge_on(
     nats_port: u16,
     metrics_port: u16,
 ) -> Result<Child> {
+    let nats = format!("servers = [\"nats://127.0.0.1:{nats_port}\"]");
+    bridge_config(dir, node, room, subject, metrics_port, &nats)
+}
+
+fn bridge_config(
+    dir: &Path,
+    node: &str,
+    room: &str,
+    subject: &str,
+    metrics_port: u16,
+    nats: &str,
+) -> Result<Child> {
     let config = dir.join(format!("{node}.toml"));
     std::fs::write(
         &config,
         format!(
-            "node = \"{node}\"\nstate_dir = \"{}/state-{node}\"\n\
-             [nats]\nservers = [\"nats://127.0.0.1:{nats_port}\"]\n\
+            "node = \"{node}\"\nstate_dir = \"{}/state-{node}\"\n[nats]\n{nats}\n\
              [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[rooms.{room}]\nsubject = \"{subject}\"\n",
             dir.display()
         ),
@@ -789,4 +815,181 @@ fn under_journald_entries_carry_room_node_and_error() -> Result<()> {
     })();
     let _ = std::fs::remove_file(SOCKET);
     outcome
+}
+
+/// A CA, a server certificate for 127.0.0.1 and client certificates, made
+/// for the test (PEM files in `dir`: ca.pem, server.pem/.key, NAME.pem/.key).
+fn make_certificates(dir: &Path, clients: &[&str]) -> Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "kchat test CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    let mut leaves = vec![(
+        "server",
+        vec!["127.0.0.1".to_owned()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )];
+    leaves.extend(clients.iter().map(|name| {
+        (
+            *name,
+            vec![format!("{name}.kchat.test")],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }));
+    for (name, names, usage) in leaves {
+        let mut params = CertificateParams::new(names)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca)?;
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem())?;
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+    }
+    Ok(())
+}
+
+/// A nats-server that speaks only TLS and wants a client certificate from
+/// the test's CA and a token; two bridges with certificates (and the
+/// token, which goes only inside TLS) carry a room between them. A bridge
+/// given the CA but pointed at a plain server refuses to talk in clear
+/// (the CA alone did not turn TLS on before: it connected in clear), and
+/// `--check` refuses a token bound for another machine without TLS.
+fn tls_with_client_certificates_carries_a_room_and_nothing_falls_back_to_clear() -> Result<()> {
+    const TLS_PORT: u16 = 14322;
+    const PLAIN_PORT: u16 = 14323;
+    module::ensure_loaded()?;
+    let dir = Path::new("/run/kchat-test/bridge-tls");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    make_certificates(dir, &["node-a", "node-b"])?;
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nats.conf"),
+        format!(
+            "listen: 127.0.0.1:{TLS_PORT}\n\
+             tls {{\n  cert_file: \"{d}/server.pem\"\n  key_file: \"{d}/server.key\"\n  \
+             ca_file: \"{d}/ca.pem\"\n  verify: true\n  timeout: 10\n}}\n\
+             authorization {{ token: \"s3cret\" }}\n"
+        ),
+    )?;
+    let a = TempRoom::create(spec("tls-a"))?;
+    let b = TempRoom::create(spec("tls-b"))?;
+    let c = TempRoom::create(spec("tls-c"))?;
+    let mut running = Running(Vec::new());
+    for args in [
+        vec!["-c".to_owned(), format!("{d}/nats.conf")],
+        vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            PLAIN_PORT.to_string(),
+        ],
+    ] {
+        running.0.push(
+            Command::new("nats-server")
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(
+                    dir.join(format!("nats-{}.log", running.0.len())),
+                )?)
+                .spawn()
+                .context("starting nats-server (Debian's nats-server package)")?,
+        );
+    }
+    for port in [TLS_PORT, PLAIN_PORT] {
+        wait_for("nats-server to listen", PATIENCE, || {
+            Ok(TcpStream::connect(("127.0.0.1", port)).is_ok())
+        })?;
+    }
+    let tls = |node: &str| {
+        format!(
+            "servers = [\"nats://127.0.0.1:{TLS_PORT}\"]\ntoken = \"s3cret\"\n\
+             tls_ca = \"{d}/ca.pem\"\ntls_cert = \"{d}/{node}.pem\"\ntls_key = \"{d}/{node}.key\""
+        )
+    };
+    running
+        .0
+        .push(bridge_with(dir, "node-a", "tls-a", 19578, &tls("node-a"))?);
+    running
+        .0
+        .push(bridge_with(dir, "node-b", "tls-b", 19579, &tls("node-b"))?);
+    // The CA given, the server plain: no connection in clear.
+    running.0.push(bridge_with(
+        dir,
+        "node-c",
+        "tls-c",
+        19580,
+        &format!("servers = [\"nats://127.0.0.1:{PLAIN_PORT}\"]\ntls_ca = \"{d}/ca.pem\""),
+    )?);
+    let logs = || {
+        ["node-a", "node-b", "node-c", "nats-0"]
+            .iter()
+            .map(|name| {
+                format!(
+                    "{name}: {}\n",
+                    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+                )
+            })
+            .collect::<String>()
+    };
+    let mut on_b = b.open_read_nonblock()?;
+    kchat_client::set_read_mode(&on_b, abi::READ_FRAMED_ORIGIN)?;
+    let mut writer_a = a.open_write()?;
+    wait_for("a message to cross over TLS", PATIENCE, || {
+        writer_a.write_all(b"over tls\n")?;
+        let crossed = wait_for("this one", Duration::from_secs(2), || {
+            Ok(origin_frames(&mut on_b)?.iter().any(|(_, o, p)| {
+                o.flags & abi::ORIGIN_RELAYED != 0
+                    && abi::field_name(&o.node) == Some(&b"node-a"[..])
+                    && p == b"over tls\n"
+            }))
+        });
+        Ok(crossed.is_ok())
+    })
+    .with_context(logs)?;
+    ensure!(
+        metric(19578, "kchat_bridge_connected")? == 1.0
+            && metric(19579, "kchat_bridge_connected")? == 1.0,
+        "the TLS bridges do not report themselves connected"
+    );
+    // node-c: up (its metrics answer) but never connected, and it says why.
+    wait_for("node-c to say it wants TLS", PATIENCE, || {
+        let log = std::fs::read_to_string(dir.join("node-c.log")).unwrap_or_default();
+        Ok(log.to_lowercase().contains("tls"))
+    })
+    .with_context(logs)?;
+    ensure!(
+        metric(19580, "kchat_bridge_connected")? == 0.0,
+        "a bridge given a CA connected to a plain server in clear\n{}",
+        logs()
+    );
+    // A token for another machine without TLS: refused before it runs.
+    let config = dir.join("clear.toml");
+    std::fs::write(
+        &config,
+        "node = \"node-d\"\n[nats]\nservers = [\"nats://10.0.0.5:4222\"]\ntoken = \"s3cret\"\n[rooms.tls-c]\n",
+    )?;
+    let check = Command::new(bin("kchat-bridge")?)
+        .arg("--config")
+        .arg(&config)
+        .arg("--check")
+        .output()?;
+    let said = String::from_utf8_lossy(&check.stderr);
+    ensure!(
+        !check.status.success() && said.contains("in clear to nats://10.0.0.5:4222"),
+        "kchat-bridge --check took a token bound for another machine in clear: {:?} {said}",
+        check.status
+    );
+    drop((a, b, c));
+    Ok(())
 }

@@ -31,6 +31,14 @@ pub const TESTS: &[Test] = &[
         a_room_created_again_starts_a_new_epoch_and_loses_nothing,
     ),
     (
+        "twonode::a_stream_made_anew_is_read_from_its_first_message",
+        a_stream_made_anew_is_read_from_its_first_message,
+    ),
+    (
+        "twonode::a_stream_has_the_configured_limits",
+        a_stream_has_the_configured_limits,
+    ),
+    (
         "twonode::a_drop_room_accounts_for_every_message_across_restarts",
         a_drop_room_accounts_for_every_message_across_restarts,
     ),
@@ -536,6 +544,157 @@ fn a_room_created_again_starts_a_new_epoch_and_loses_nothing() -> Result<()> {
     Ok(())
 }
 
+/// Deletes a JetStream stream as an admin would (the test server has no
+/// permissions), waiting for the server's answer.
+fn delete_stream(name: &str) -> Result<()> {
+    let said = raw_nats(
+        4222,
+        "",
+        &format!(
+            "SUB _INBOX.kchat-del 1\r\nPUB $JS.API.STREAM.DELETE.{name} _INBOX.kchat-del 0\r\n\r\n"
+        ),
+        Some("MSG _INBOX.kchat-del"),
+    )?;
+    ensure!(
+        said.contains("\"success\":true"),
+        "nats-server did not delete the stream {name}: {said}"
+    );
+    Ok(())
+}
+
+/// The room's stream is deleted while b's bridge is away and made anew by
+/// a's, which then publishes more than b's saved place in the old stream
+/// (then, a second time, fewer): b reads the new stream from its first
+/// message and gets every message once. Before b saved when its stream was
+/// made, it started after its old number in the longer new stream
+/// (skipping that many of a's messages) and with what comes next in the
+/// shorter one (skipping all that waited).
+fn a_stream_made_anew_is_read_from_its_first_message() -> Result<()> {
+    let mut guard = pair()?;
+    let pair = &mut *guard;
+    let vmtest = vmtest()?;
+    let rooms = both_bridge_a_new_room(pair, "anew", "block")?;
+    for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
+        wait_for("the room bridged", PATIENCE, || {
+            Ok(metric(node, "kchat_bridge_room_up{room=\"anew\"}")? == 1.0)
+        })
+        .with_context(|| logs(node, name))?;
+    }
+    pair.a.sh(&format!("{vmtest} job send anew s 0 20"), STEP)?;
+    expect_exactly(&mut pair.b, "anew", "node-a", "s", 20, PATIENCE)
+        .with_context(|| logs(&mut pair.b, "node-b"))?;
+    // (messages in the stream b reads, a's first number and count while b
+    // is away, b's total then)
+    for (in_stream, from, count, total) in [(20, 20, 50, 70), (50, 70, 5, 75)] {
+        let state = format!("{DIR}/state-node-b/anew.json");
+        wait_for("b to save its place", PATIENCE, || {
+            Ok(pair
+                .b
+                .sh(&format!("cat {state} 2>/dev/null || true"), STEP)?
+                .contains(&format!("\"stream_seq\":{in_stream}")))
+        })
+        .with_context(|| logs(&mut pair.b, "node-b"))?;
+        kill_bridge(&mut pair.b)?;
+        delete_stream("kchat~anew")?;
+        // a's bridge finds the stream gone and makes it anew.
+        pair.a
+            .sh(&format!("{vmtest} job send anew s {from} {count}"), STEP)?;
+        wait_for("a to publish into the new stream", PATIENCE, || {
+            Ok(metric(&mut pair.a, "kchat_bridge_published_total{room=\"anew\"}")? >= total as f64)
+        })
+        .with_context(|| logs(&mut pair.a, "node-a"))?;
+        start_bridge(&mut pair.b, "node-b", &rooms)?;
+        expect_exactly(&mut pair.b, "anew", "node-a", "s", total, PATIENCE)
+            .with_context(|| logs(&mut pair.b, "node-b") + &logs(&mut pair.a, "node-a"))?;
+    }
+    for node in [&mut pair.a, &mut pair.b] {
+        kill_bridge(node)?;
+    }
+    Ok(())
+}
+
+/// The stream's configuration as the server reports it (JSON).
+fn stream_info(name: &str) -> Result<String> {
+    raw_nats(
+        4222,
+        "",
+        &format!(
+            "SUB _INBOX.kchat-info 1\r\nPUB $JS.API.STREAM.INFO.{name} _INBOX.kchat-info 0\r\n\r\n"
+        ),
+        // What the server writes after the limits.
+        Some("\"storage\""),
+    )
+}
+
+/// A room's stream made with the default limits takes the ones `[jetstream]`
+/// gives when its bridge starts again with them; a room whose messages
+/// would be larger than the stream takes is not bridged, and its bridge
+/// says what to change. Before `[jetstream]`, streams had no limit but a
+/// day's age, and the table was refused as an unknown field.
+fn a_stream_has_the_configured_limits() -> Result<()> {
+    let mut guard = pair()?;
+    let pair = &mut *guard;
+    let vmtest = vmtest()?;
+    pair.a
+        .sh(&format!("{vmtest} job mkroom limited block 1048576"), STEP)?;
+    start_bridge(&mut pair.a, "node-a", "[rooms.limited]\n")?;
+    let up = |node: &mut Node, room: &str| {
+        metric(node, &format!("kchat_bridge_room_up{{room=\"{room}\"}}"))
+    };
+    wait_for("the room bridged", PATIENCE, || {
+        Ok(up(&mut pair.a, "limited")? == 1.0)
+    })
+    .with_context(|| logs(&mut pair.a, "node-a"))?;
+    let info = stream_info("kchat~limited")?;
+    ensure!(
+        info.contains("\"max_bytes\":1073741824"),
+        "the stream does not have the default 1 GiB bound: {info}"
+    );
+    kill_bridge(&mut pair.a)?;
+    pair.a.sh(
+        &format!("{vmtest} job mkroom toolarge block 1048576 65536"),
+        STEP,
+    )?;
+    start_bridge(
+        &mut pair.a,
+        "node-a",
+        "[jetstream]\nmax_bytes = 10000000\nmax_msgs = 5000\nmax_msg_size = 65536\n\
+         max_age_secs = 3600\n[rooms.limited]\n[rooms.toolarge]\n",
+    )?;
+    wait_for("the room bridged again", PATIENCE, || {
+        Ok(up(&mut pair.a, "limited")? == 1.0)
+    })
+    .with_context(|| logs(&mut pair.a, "node-a"))?;
+    let info = stream_info("kchat~limited")?;
+    for field in [
+        "\"max_bytes\":10000000",
+        "\"max_msgs\":5000",
+        "\"max_msg_size\":65536",
+        "\"max_age\":3600000000000",
+    ] {
+        ensure!(info.contains(field), "the stream lacks {field}: {info}");
+    }
+    wait_for("the oversized room to be refused", PATIENCE, || {
+        Ok(pair
+            .a
+            .sh(
+                &format!(
+                    "grep -c 'raise jetstream.max_msg_size to at least' {DIR}/node-a.log || true"
+                ),
+                STEP,
+            )?
+            .trim()
+            != "0")
+    })
+    .with_context(|| logs(&mut pair.a, "node-a"))?;
+    ensure!(
+        up(&mut pair.a, "toolarge")? == 0.0,
+        "a room with messages larger than its stream takes is bridged"
+    );
+    kill_bridge(&mut pair.a)?;
+    Ok(())
+}
+
 /// What `node`'s room holds relayed from node-a after a's sequence number
 /// `after`: how many, and the last sequence number.
 fn held_after(node: &mut Node, room: &str, after: u64) -> Result<(u64, u64)> {
@@ -781,7 +940,7 @@ fn bad_input_is_counted_and_the_other_rooms_go_on() -> Result<()> {
     pair.b.sh(
         &format!(
             "cat >{DIR}/wrong.toml <<'EOF'\nnode = \"node-b\"\nstate_dir = \"{DIR}/state-wrong\"\n[nats]\n\
-             servers = [\"nats://{THIS_ADDR}:4223\"]\ntoken = \"wrong\"\n[metrics]\nlisten = \"127.0.0.1:9478\"\n[rooms.probe]\nEOF\n\
+             servers = [\"nats://{THIS_ADDR}:4223\"]\ntoken = \"wrong\"\nallow_plaintext_auth = true\n[metrics]\nlisten = \"127.0.0.1:9478\"\n[rooms.probe]\nEOF\n\
              RUST_LOG=info setsid {bridge} --config {DIR}/wrong.toml >{DIR}/wrong.log 2>&1 </dev/null &"
         ),
         STEP,
@@ -1016,7 +1175,8 @@ fn the_shipped_nats_config_lets_each_node_speak_only_for_itself() -> Result<()> 
             name,
             rooms,
             &format!(
-                "servers = [\"nats://{THIS_ADDR}:{PORT}\"]\nuser = \"{name}\"\npassword = \"change-me-{name}\""
+                "servers = [\"nats://{THIS_ADDR}:{PORT}\"]\nuser = \"{name}\"\npassword = \"change-me-{name}\"\n\
+                 allow_plaintext_auth = true"
             ),
         )?;
         wait_for("the room bridged", PATIENCE, || {

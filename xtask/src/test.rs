@@ -30,6 +30,10 @@ pub struct TestArgs {
     /// How long the soak test runs, in seconds (default: its CI length).
     #[arg(long)]
     pub soak_seconds: Option<u64>,
+    /// Boot only this kernel line (its variant in the matrix); both when
+    /// not given.
+    #[arg(long, value_enum)]
+    pub line: Option<Line>,
     /// Settings for the model-based test in the guest (`cargo xtask model`).
     #[arg(skip)]
     pub model: ModelArgs,
@@ -213,6 +217,9 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
     // guests or systemd), and 6.12 with lockdep and KASAN (ten times
     // slower, last). docs/kernel-module.md says what each line covers.
     for (line, variant) in [(Line::V7_3, Variant::Debug), (Line::V6_12, Variant::Kasan)] {
+        if args.line.is_some_and(|only| only != line) {
+            continue;
+        }
         let kernel = kernel::ensure_line(line, variant)?;
         let label = |what: &str| format!("{what} [{line} {variant} kernel]");
         let modules = match kmod::build(&kernel) {
@@ -340,7 +347,7 @@ fn guest_suite_run(
     tally: &mut Tally,
     label: &dyn Fn(&str) -> String,
 ) -> Result<()> {
-    let suite = paths::target().join("debug/kchat-vmtest");
+    let suite = guest_suite();
     let soak_env = soak_seconds.map_or_else(String::new, |s| format!("KCHAT_SOAK_SECONDS={s} "));
     let model_env = model.guest_env();
     let script = format!(
@@ -389,7 +396,7 @@ fn systemd_boot_run(
     dkms_deb: &std::path::Path,
     tally: &mut Tally,
 ) -> Result<()> {
-    let suite = paths::target().join("debug/kchat-vmtest");
+    let suite = guest_suite();
     let rustc = crate::process::stdout(
         Command::new("rustup")
             .args(["which", "rustc"])
@@ -420,6 +427,16 @@ fn systemd_boot_run(
     Ok(())
 }
 
+/// The guest suite's binary, beside the programs it tests. `KCHAT_GUEST_BINS`
+/// names another directory holding all of them: how a new test is run
+/// against the old programs, to see it fail there first.
+fn guest_suite() -> std::path::PathBuf {
+    std::env::var_os("KCHAT_GUEST_BINS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| paths::target().join("debug"))
+        .join("kchat-vmtest")
+}
+
 /// Boots two guests joined by a link and runs the `twonode::` tests on the
 /// first; the second serves as the other machine (its agent). Each has its
 /// own kernel, module and log check.
@@ -429,7 +446,7 @@ fn two_node_run(
     filter: Option<&str>,
     tally: &mut Tally,
 ) -> Result<()> {
-    let suite = paths::target().join("debug/kchat-vmtest");
+    let suite = guest_suite();
     let script_a = format!(
         "KCHAT_PEER={peer}:7070 KCHAT_KMOD={kmod} {suite} --test-threads 1 --color never {filter}; \
          status=$?; {suite} job release {peer}:7070; exit $status",
