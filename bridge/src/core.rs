@@ -120,7 +120,7 @@ async fn relay(
                 counters.observe_lag(origin.time_ns);
             }
             Err(Refused::Message(reason, err)) => {
-                tracing::warn!(room = %bridged.room, %err, reason, "not relayed");
+                tracing::warn!(room = %bridged.room, error = %err, reason, "not relayed");
                 counters.dropped(reason);
             }
             Err(Refused::Room(err)) => return Err(err.into()),

@@ -4,6 +4,7 @@ mod config;
 mod connect;
 mod core;
 mod local;
+mod lock;
 mod metrics;
 mod room;
 mod state;
@@ -95,14 +96,7 @@ fn main() -> Result<std::process::ExitCode> {
     if let Some(Command::Status { json }) = args.command {
         return status(&config, json);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    kchat_logging::init_with_fields(&[("NODE", &config.node)]);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -114,6 +108,7 @@ fn main() -> Result<std::process::ExitCode> {
 
 async fn run(config: Config) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
+    let listener = metrics::bind(config.metrics.listen).await?;
     let mut options = connect::options(&config.nats)
         .await?
         .name(format!("kchat-bridge {}", config.node))
@@ -140,7 +135,11 @@ async fn run(config: Config) -> Result<()> {
         .await
         .context("cannot connect to NATS")?;
     let registry = metrics::registry(&metrics);
-    tokio::spawn(metrics::serve(config.metrics.listen, registry));
+    tokio::spawn(async move {
+        if let Err(err) = metrics::serve(listener, registry).await {
+            tracing::error!(error = %format!("{err:#}"), "the metrics server stopped");
+        }
+    });
     std::fs::create_dir_all(&config.state_dir).with_context(|| {
         format!(
             "cannot create the state directory {}",

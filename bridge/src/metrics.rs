@@ -60,6 +60,9 @@ pub struct Metrics {
     /// Age of the last relayed message when it was written in, by its
     /// origin's clock.
     pub lag: Family<RoomLabel, Gauge<f64, AtomicU64>>,
+    pub state_save_failing: Family<RoomLabel, Gauge>,
+    pub state_save_failures: Rooms,
+    pub room_locked: Family<RoomLabel, Gauge>,
     pub reconnects: Counter,
     /// Whether the NATS connection is up.
     pub connected: Gauge,
@@ -120,6 +123,12 @@ impl Metrics {
             room: room.to_owned(),
         };
         let counter = |family: &Rooms| family.get_or_create(&label).clone();
+        for reason in crate::trust::REFUSAL_REASONS {
+            drop(self.refused.get_or_create(&DropLabel {
+                room: room.to_owned(),
+                reason,
+            }));
+        }
         RoomCounters {
             room: room.to_owned(),
             metrics: self.clone(),
@@ -138,6 +147,27 @@ impl Metrics {
 
     pub fn room_up(&self, room: &str) -> Gauge {
         self.room_up
+            .get_or_create(&RoomLabel {
+                room: room.to_owned(),
+            })
+            .clone()
+    }
+
+    /// Where a room's state file reports how its saves go.
+    pub fn save_health(&self, room: &str) -> crate::state::SaveHealth {
+        let label = RoomLabel {
+            room: room.to_owned(),
+        };
+        crate::state::SaveHealth {
+            room: room.to_owned(),
+            failing: self.state_save_failing.get_or_create(&label).clone(),
+            failures: self.state_save_failures.get_or_create(&label).clone(),
+        }
+    }
+
+    /// 1 while another kchat-bridge on this machine holds the room.
+    pub fn room_locked(&self, room: &str) -> Gauge {
+        self.room_locked
             .get_or_create(&RoomLabel {
                 room: room.to_owned(),
             })
@@ -196,6 +226,11 @@ pub fn registry(metrics: &Arc<Metrics>) -> Registry {
             "Times a room's bridging stopped on an error and was started again",
             &metrics.room_errors,
         ),
+        (
+            "state_save_failures",
+            "Saves of the room's state file that failed (JetStream rooms)",
+            &metrics.state_save_failures,
+        ),
     ] {
         registry.register(name, help, family.clone());
     }
@@ -220,6 +255,16 @@ pub fn registry(metrics: &Arc<Metrics>) -> Registry {
         metrics.room_delivery.clone(),
     );
     registry.register(
+        "state_save_failing",
+        "Whether the room's last state save failed (1) until one succeeds (JetStream rooms)",
+        metrics.state_save_failing.clone(),
+    );
+    registry.register(
+        "room_locked",
+        "Whether another kchat-bridge on this machine bridges the room, so this one does not (1)",
+        metrics.room_locked.clone(),
+    );
+    registry.register(
         "pending",
         "JetStream messages waiting for this node's consumer",
         metrics.pending.clone(),
@@ -242,7 +287,21 @@ pub fn registry(metrics: &Arc<Metrics>) -> Registry {
     registry
 }
 
-pub async fn serve(listen: std::net::SocketAddr, registry: Registry) -> anyhow::Result<()> {
+/// Binds the metrics address: a bridge that cannot be watched (`status`,
+/// alerts) must not run as if it were, so a taken or bad address stops it
+/// at start with what to do.
+pub async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen).await.map_err(|err| {
+        let hint = if err.kind() == std::io::ErrorKind::AddrInUse {
+            "another process (another kchat-bridge? kchatd?) listens there: stop it, or set [metrics] listen to a free address"
+        } else {
+            "set [metrics] listen to an address of this machine"
+        };
+        anyhow::anyhow!("cannot listen for metrics on {listen}: {err}; {hint}")
+    })
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, registry: Registry) -> anyhow::Result<()> {
     let registry = Arc::new(registry);
     let app = axum::Router::new().route(
         "/metrics",
@@ -266,9 +325,6 @@ pub async fn serve(listen: std::net::SocketAddr, registry: Registry) -> anyhow::
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|err| anyhow::anyhow!("cannot listen for metrics on {listen}: {err}"))?;
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -69,8 +69,54 @@ fn delivery(room: &str) -> anyhow::Result<Delivery> {
     })
 }
 
+/// Waits until this bridge holds the room's lock (see [`crate::lock`]):
+/// while another bridge on the machine holds it, the room is not bridged
+/// here, which `kchat_bridge_room_locked` and `status` show, and the log
+/// says once.
+async fn hold(bridged: &Bridged, metrics: &Metrics) -> crate::lock::RoomLock {
+    let locked = metrics.room_locked(&bridged.room);
+    let errors = metrics.room_errors(&bridged.room);
+    let dir = std::path::Path::new(crate::lock::LOCK_DIR);
+    let mut said = String::new();
+    loop {
+        match crate::lock::take(dir, &bridged.room) {
+            Ok(crate::lock::Taken::Held(lock)) => {
+                if locked.set(0) != 0 {
+                    tracing::info!(room = %bridged.room, "the other kchat-bridge let the room go; bridging it here");
+                }
+                return lock;
+            }
+            Ok(crate::lock::Taken::Elsewhere { path, holder }) => {
+                if locked.set(1) == 0 {
+                    tracing::error!(
+                        room = %bridged.room,
+                        lock = %path.display(),
+                        holder = %holder,
+                        "another kchat-bridge on this machine (pid {holder}) bridges room {}: not bridging it here, which would relay every message twice; remove the room from one bridge's config (this one takes it over if the other lets it go)",
+                        bridged.room
+                    );
+                }
+            }
+            Err(err) => {
+                errors.inc();
+                let text = format!("{err:#}");
+                if text != said {
+                    tracing::error!(room = %bridged.room, error = %text, "cannot take the room's lock; not bridging it until it can");
+                    said = text;
+                }
+            }
+        }
+        tokio::time::sleep(RETRY_MAX).await;
+    }
+}
+
 pub async fn supervise(bridged: Bridged, client: async_nats::Client, metrics: Arc<Metrics>) {
     let bridged = Arc::new(bridged);
+    let _lock = hold(&bridged, &metrics).await;
+    // Every series of the room from now on, at 0: a rate or an alert sees
+    // the first event, and a dashboard the room before it is bridged.
+    let _ = metrics.counters(&bridged.room);
+    let _ = metrics.save_health(&bridged.room);
     let up = metrics.room_up(&bridged.room);
     let errors = metrics.room_errors(&bridged.room);
     let mut wait = RETRY_FIRST;

@@ -40,15 +40,65 @@ pub struct RoomState {
 
 pub struct StateFile {
     path: PathBuf,
+    health: Option<SaveHealth>,
+}
+
+/// Where a room's saves are reported: a failing save is an error state
+/// (`kchat_bridge_state_save_failing`, `status`, an alert), logged once
+/// when it starts and once when it ends, not on every checkpoint.
+#[derive(Clone)]
+pub struct SaveHealth {
+    pub room: String,
+    pub failing: prometheus_client::metrics::gauge::Gauge,
+    pub failures: prometheus_client::metrics::counter::Counter,
 }
 
 impl StateFile {
     pub fn new(dir: &Path, room: &str) -> StateFile {
         StateFile {
             path: dir.join(format!("{room}.json")),
+            health: None,
         }
     }
 
+    /// Reports [`StateFile::save_reported`]'s outcomes to `health`.
+    pub fn reporting(mut self, health: SaveHealth) -> StateFile {
+        self.health = Some(health);
+        self
+    }
+
+    /// Saves, and reports a failure (or the end of one) instead of
+    /// returning it: the bridge goes on relaying, but until a save works a
+    /// restart takes it back to the last saved position.
+    pub fn save_reported(&self, state: &RoomState) {
+        let outcome = self.save(state);
+        let Some(health) = &self.health else {
+            if let Err(err) = outcome {
+                tracing::warn!(path = %self.path.display(), error = %err, "cannot save the room's state");
+            }
+            return;
+        };
+        match outcome {
+            Ok(()) => {
+                if health.failing.set(0) != 0 {
+                    tracing::info!(room = %health.room, path = %self.path.display(), "the room's state is saved again");
+                }
+            }
+            Err(err) => {
+                health.failures.inc();
+                if health.failing.set(1) == 0 {
+                    tracing::error!(
+                        room = %health.room,
+                        path = %self.path.display(),
+                        error = %err,
+                        "cannot save the room's state; relaying goes on, but a restart now goes back to the last saved position (messages relayed or published again, de-duplicated by the server only within its window): make the state directory writable"
+                    );
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -61,7 +111,7 @@ impl StateFile {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return RoomState::default(),
             Err(err) => {
-                tracing::warn!(path = %self.path.display(), %err, "cannot read the room's state; starting afresh");
+                tracing::warn!(path = %self.path.display(), error = %err, "cannot read the room's state; starting afresh");
                 return RoomState::default();
             }
         };
@@ -70,7 +120,7 @@ impl StateFile {
             Err(err) => {
                 let aside = self.path.with_extension("json.bad");
                 let _ = std::fs::rename(&self.path, &aside);
-                tracing::warn!(path = %self.path.display(), %err, aside = %aside.display(), "the room's state is corrupt; set aside, starting afresh");
+                tracing::warn!(path = %self.path.display(), error = %err, aside = %aside.display(), "the room's state is corrupt; set aside, starting afresh");
                 RoomState::default()
             }
         }
@@ -81,6 +131,32 @@ impl StateFile {
         let text = serde_json::to_vec(state).map_err(std::io::Error::other)?;
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, &self.path)
+    }
+}
+
+#[cfg(test)]
+mod reporting {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn a_failing_save_is_a_state_not_a_stream_of_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::default();
+        let health = metrics.save_health("lobby");
+        let file = StateFile::new(dir.path(), "lobby").reporting(health.clone());
+        file.save_reported(&RoomState::default());
+        assert_eq!((health.failing.get(), health.failures.get()), (0, 0));
+        // A directory where the file goes: renaming over it fails, as root
+        // too.
+        std::fs::remove_file(file.path()).unwrap();
+        std::fs::create_dir(file.path()).unwrap();
+        file.save_reported(&RoomState::default());
+        file.save_reported(&RoomState::default());
+        assert_eq!((health.failing.get(), health.failures.get()), (1, 2));
+        std::fs::remove_dir(file.path()).unwrap();
+        file.save_reported(&RoomState::default());
+        assert_eq!((health.failing.get(), health.failures.get()), (0, 2));
     }
 }
 

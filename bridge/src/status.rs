@@ -24,6 +24,12 @@ pub struct RoomStatus {
     pub pending: u64,
     pub errors: u64,
     pub lag_seconds: f64,
+    /// The room's last state save failed (and none worked since).
+    pub state_save_failing: bool,
+    pub state_save_failures: u64,
+    /// Another kchat-bridge on this machine bridges the room, so this one
+    /// does not.
+    pub locked_elsewhere: bool,
 }
 
 #[derive(Debug, Default, Serialize, PartialEq)]
@@ -94,6 +100,9 @@ pub fn from_metrics(config: &Config, text: &str) -> Status {
             "pending" => room.pending = count,
             "room_errors_total" => room.errors = count,
             "relay_lag_seconds" => room.lag_seconds = value,
+            "state_save_failing" => room.state_save_failing = value == 1.0,
+            "state_save_failures_total" => room.state_save_failures = count,
+            "room_locked" => room.locked_elsewhere = value == 1.0,
             _ => {}
         }
     }
@@ -112,11 +121,12 @@ pub fn print(status: &Status) {
         status.reconnects
     );
     println!(
-        "{:<20} {:<9} {:<4} {:<7} {:>10} {:>10} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8}",
+        "{:<20} {:<9} {:<4} {:<9} {:<7} {:>10} {:>10} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8}",
         "ROOM",
         "DELIVERY",
         "DIR",
         "STATE",
+        "SAVES",
         "PUBLISHED",
         "RELAYED",
         "GAPS",
@@ -129,7 +139,7 @@ pub fn print(status: &Status) {
     );
     for (name, room) in &status.rooms {
         println!(
-            "{:<20} {:<9} {:<4} {:<7} {:>10} {:>10} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7.3}s",
+            "{:<20} {:<9} {:<4} {:<9} {:<7} {:>10} {:>10} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7.3}s",
             name,
             if room.delivery.is_empty() {
                 "-"
@@ -141,7 +151,18 @@ pub fn print(status: &Status) {
             } else {
                 &room.direction
             },
-            if room.up { "up" } else { "waiting" },
+            if room.locked_elsewhere {
+                "elsewhere"
+            } else if room.up {
+                "up"
+            } else {
+                "waiting"
+            },
+            if room.state_save_failing {
+                "FAILING"
+            } else {
+                "ok"
+            },
             room.published,
             room.relayed,
             room.gaps,
@@ -171,7 +192,10 @@ mod tests {
             kchat_bridge_dropped_total{room=\"lobby\",reason=\"oversize\"} 2\n\
             kchat_bridge_dropped_total{room=\"lobby\",reason=\"malformed\"} 1\n\
             kchat_bridge_refused_total{room=\"lobby\",reason=\"forged_node\"} 4\n\
-            kchat_bridge_relayed_total{room=\"elsewhere\"} 9\n# EOF\n";
+            kchat_bridge_relayed_total{room=\"elsewhere\"} 9\n\
+            kchat_bridge_state_save_failing{room=\"lobby\"} 1\n\
+            kchat_bridge_state_save_failures_total{room=\"lobby\"} 7\n\
+            kchat_bridge_room_locked{room=\"ops\"} 1\n# EOF\n";
         let status = from_metrics(&config, text);
         assert!(status.connected);
         assert_eq!(status.reconnects, 2);
@@ -186,7 +210,15 @@ mod tests {
             ("jetstream", true, 5, 3)
         );
         assert_eq!(lobby.refused, 4);
-        assert_eq!(status.rooms["ops"], RoomStatus::default());
+        assert!(lobby.state_save_failing && !lobby.locked_elsewhere);
+        assert_eq!(lobby.state_save_failures, 7);
+        assert_eq!(
+            status.rooms["ops"],
+            RoomStatus {
+                locked_elsewhere: true,
+                ..RoomStatus::default()
+            }
+        );
         assert!(!status.rooms.contains_key("elsewhere"));
     }
 }

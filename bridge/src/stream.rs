@@ -198,9 +198,7 @@ impl Shared {
     fn save(&self) {
         let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Err(err) = self.file.save(&state) {
-            tracing::warn!(path = %self.file.path().display(), %err, "cannot save the room's state");
-        }
+        self.file.save_reported(&state);
     }
 }
 
@@ -217,7 +215,8 @@ pub async fn run(
     let js = jetstream::new(client);
     let stream = ready_stream(&js, &bridged).await?;
     tracing::debug!(room = %bridged.room, "stream ready");
-    let file = StateFile::new(&bridged.state_dir, &bridged.room);
+    let file = StateFile::new(&bridged.state_dir, &bridged.room)
+        .reporting(metrics.save_health(&bridged.room));
     let mut loaded = file.load();
     let dropped = crate::trust::bound_nodes(&mut loaded.relayed, bridged.max_nodes);
     if !dropped.is_empty() {

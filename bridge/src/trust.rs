@@ -58,6 +58,10 @@ pub enum Untrusted {
     TooManyNodes { node: String, max: usize },
 }
 
+/// Every `reason` of `kchat_bridge_refused_total`: each room's series
+/// start at 0, so `increase()` (and the alert on it) sees the first one.
+pub const REFUSAL_REASONS: [&str; 3] = ["forged_node", "epoch", "too_many_nodes"];
+
 impl Untrusted {
     /// The `reason` label of `kchat_bridge_refused_total`.
     pub fn reason(&self) -> &'static str {

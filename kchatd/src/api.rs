@@ -2,8 +2,9 @@
 //! the kernel (SO_PEERCRED). See `kchat_proto::api` for the protocol.
 //!
 //! Each connection is its own task with a read limit and an idle timeout,
-//! so a client that sends garbage, too much, or nothing at all costs one
-//! task for a while and never holds up anyone else.
+//! and every reply (each event too) must be taken within a time limit, so a
+//! client that sends garbage, too much, nothing at all, or never reads what
+//! it asked for costs one task for a while and never holds up anyone else.
 //!
 //! The socket is open to every local user, so what one user may hold is
 //! capped ([`Gate`]): connections per uid and in all, and event
@@ -28,6 +29,10 @@ use tokio::{
 
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one reply line (or event) may wait for the client to make room
+/// for it: a client that stops reading is hung up on, and gives back its
+/// place under the caps, instead of holding it (and its task) for ever.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections one uid that is not an admin may hold at once.
 pub const MAX_CONNECTIONS_PER_UID: usize = 32;
@@ -184,7 +189,16 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
 async fn send(stream: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    stream.write_all(&line).await
+    match tokio::time::timeout(REPLY_TIMEOUT, stream.write_all(&line)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the client took no reply for {} s; hung up on it",
+                REPLY_TIMEOUT.as_secs()
+            ),
+        )),
+    }
 }
 
 fn invalid(message: String) -> Reply {

@@ -125,6 +125,17 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Why a reload (SIGHUP) did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file is bad: nothing changed, the old config runs.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The file is in force, but the kernel did not take all of it.
+    #[error("the new config is in force but applying it failed: {0}; kchatd retries on every pass, fix the cause (or the file and reload)")]
+    Apply(String),
+}
+
 impl Daemon {
     pub fn new(config_path: PathBuf, config: Config, state: State) -> Daemon {
         let admin_gid = admin_gid_of(&config);
@@ -196,6 +207,14 @@ impl Daemon {
     /// every tick (so a reloaded module gets its rooms back within one) and
     /// after every change.
     pub fn reconcile(&self) {
+        // Each pass's failures are logged and counted where they happen.
+        let _ = self.reconcile_once();
+    }
+
+    /// One reconcile pass; what failed in it, if anything (a kchatd not
+    /// attached to the module has nothing to apply, which is no failure:
+    /// the config is applied once the module is there).
+    fn reconcile_once(&self) -> Result<(), String> {
         self.health.reconciles.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
         let control = match kernel::attach() {
@@ -222,14 +241,16 @@ impl Daemon {
                 self.attached.store(false, Ordering::Relaxed);
                 inner.detached_reason = Some(reason);
                 inner.seen = None;
-                return;
+                return Ok(());
             }
         };
         let errors = self.converge(&mut inner, &control);
         inner.last_error = errors.last().cloned();
-        if !errors.is_empty() {
-            self.health.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+        if errors.is_empty() {
+            return Ok(());
         }
+        self.health.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+        Err(errors.join("; "))
     }
 
     /// Brings the module-wide limits to what `[limits]` says, like rooms:
@@ -344,22 +365,28 @@ impl Daemon {
     }
 
     /// Rereads the config file (SIGHUP). A bad file changes nothing: the
-    /// running config stays, and the error says why.
-    pub fn reload(&self) -> Result<(), ConfigError> {
+    /// running config stays, and the error says why. A good file is put in
+    /// force and applied; the reload succeeded only if applying it did
+    /// (`kchat_config_last_reload_successful`), and a failed apply is
+    /// retried on every pass like any other reconcile.
+    pub fn reload(&self) -> Result<(), ReloadError> {
         self.health.reloads.fetch_add(1, Ordering::Relaxed);
-        let config = match Config::load(&self.config_path) {
-            Ok(config) => config,
-            Err(err) => {
-                self.health.reload_errors.fetch_add(1, Ordering::Relaxed);
-                self.health.last_reload_ok.store(false, Ordering::Relaxed);
-                return Err(err);
-            }
-        };
-        self.health.last_reload_ok.store(true, Ordering::Relaxed);
-        self.health
-            .last_reload_success
-            .store(now(), Ordering::Relaxed);
-        let mut config = config;
+        let outcome = self.load_and_apply();
+        let ok = outcome.is_ok();
+        if !ok {
+            self.health.reload_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.health.last_reload_ok.store(ok, Ordering::Relaxed);
+        if ok {
+            self.health
+                .last_reload_success
+                .store(now(), Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    fn load_and_apply(&self) -> Result<(), ReloadError> {
+        let mut config = Config::load(&self.config_path)?;
         {
             let mut inner = self.lock();
             if config.socket != inner.config.socket || config.metrics != inner.config.metrics {
@@ -379,8 +406,7 @@ impl Daemon {
                 .store(admin_gid_of(&config), Ordering::Relaxed);
             inner.config = config;
         }
-        self.reconcile();
-        Ok(())
+        self.reconcile_once().map_err(ReloadError::Apply)
     }
 
     /// Every room the kernel has, as the API shows them.

@@ -5,13 +5,12 @@ use clap::Parser;
 use kchatd::{
     api,
     config::Config,
-    daemon::Daemon,
+    daemon::{Daemon, ReloadError},
     metrics,
     state::{State, StateLock},
 };
 use std::{path::PathBuf, sync::Arc, time::Duration};
 use tokio::signal::unix::{signal, SignalKind};
-use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
 
 /// The kchat daemon: keeps the rooms declared in its config (and changed
 /// with kchatctl) in the kchat module, serves kchatctl on a unix socket and
@@ -37,47 +36,6 @@ struct Args {
     /// Print the kchatd(8) man page (roff) and exit.
     #[arg(long, hide = true)]
     man: bool,
-}
-
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    // Under systemd, stderr is the journal already; the journald layer adds
-    // structured fields (ROOM, ACTION, as docs/kchatd.md names them) to
-    // each entry.
-    if stderr_is_the_journal()
-        && let Ok(journald) = tracing_journald::layer()
-    {
-        registry.with(journald.with_field_prefix(None)).init();
-        return;
-    }
-    // Colours only for a person at a terminal, not in files or pipes.
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    registry
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(terminal),
-        )
-        .init();
-}
-
-/// Whether stderr is the journal stream systemd connected (`JOURNAL_STREAM`
-/// names its device and inode, as sd_journal_stream_fd(3) says to check): an
-/// inherited variable with stderr redirected elsewhere is not. A handful of
-/// lines, so no crate for them.
-fn stderr_is_the_journal() -> bool {
-    use std::os::fd::AsFd;
-    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let Some((device, inode)) = stream.to_str().and_then(|s| s.split_once(':')) else {
-        return false;
-    };
-    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else {
-        return false;
-    };
-    device.parse() == Ok(stat.st_dev) && inode.parse() == Ok(stat.st_ino)
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
@@ -114,7 +72,7 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
-    init_logging();
+    kchat_logging::init();
     let interval = Duration::try_from_secs_f64(args.interval)
         .ok()
         .filter(|d| !d.is_zero())
@@ -192,7 +150,8 @@ async fn run(config_path: PathBuf, config: Config, state: State, interval: Durat
                 ]);
                 match tokio::task::block_in_place(|| daemon.reload()) {
                     Ok(()) => tracing::info!("config reloaded"),
-                    Err(err) => tracing::error!(%err, "config reload refused; the old config stays"),
+                    Err(err @ ReloadError::Config(_)) => tracing::error!(%err, "config reload refused; the old config stays"),
+                    Err(err @ ReloadError::Apply(_)) => tracing::error!(%err, "config reloaded, but not applied in full"),
                 }
                 shown = tokio::task::block_in_place(|| daemon.summary());
                 notify(&[

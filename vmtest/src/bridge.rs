@@ -24,6 +24,26 @@ pub const TESTS: &[Test] = &[
         two_nodes_chat_exactly_once_and_nothing_loops,
     ),
     (
+        "bridge::a_failing_state_save_is_an_error_state",
+        a_failing_state_save_is_an_error_state,
+    ),
+    (
+        "bridge::a_second_bridge_on_a_room_leaves_it_alone",
+        a_second_bridge_on_a_room_leaves_it_alone,
+    ),
+    (
+        "bridge::a_taken_metrics_address_stops_the_bridge",
+        a_taken_metrics_address_stops_the_bridge,
+    ),
+    (
+        "bridge::dashboards_use_only_real_bridge_metrics",
+        dashboards_use_only_real_bridge_metrics,
+    ),
+    (
+        "bridge::under_journald_entries_carry_room_node_and_error",
+        under_journald_entries_carry_room_node_and_error,
+    ),
+    (
         "bridge::tls_with_client_certificates_carries_a_room_and_nothing_falls_back_to_clear",
         tls_with_client_certificates_carries_a_room_and_nothing_falls_back_to_clear,
     ),
@@ -55,12 +75,37 @@ fn bridge(dir: &Path, node: &str, room: &str, metrics_port: u16) -> Result<Child
 
 /// A bridge of `room` on the subject `fed` with its own `[nats]` table.
 fn bridge_with(dir: &Path, node: &str, room: &str, metrics_port: u16, nats: &str) -> Result<Child> {
+    bridge_config(dir, node, room, "fed", metrics_port, nats)
+}
+
+/// A bridge `node` of `room` on `subject`, through the nats-server on
+/// `nats_port`, its state under `dir/state-<node>`, its log `dir/<node>.log`.
+fn bridge_on(
+    dir: &Path,
+    node: &str,
+    room: &str,
+    subject: &str,
+    nats_port: u16,
+    metrics_port: u16,
+) -> Result<Child> {
+    let nats = format!("servers = [\"nats://127.0.0.1:{nats_port}\"]");
+    bridge_config(dir, node, room, subject, metrics_port, &nats)
+}
+
+fn bridge_config(
+    dir: &Path,
+    node: &str,
+    room: &str,
+    subject: &str,
+    metrics_port: u16,
+    nats: &str,
+) -> Result<Child> {
     let config = dir.join(format!("{node}.toml"));
     std::fs::write(
         &config,
         format!(
             "node = \"{node}\"\nstate_dir = \"{}/state-{node}\"\n[nats]\n{nats}\n\
-             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[rooms.{room}]\nsubject = \"fed\"\n",
+             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[rooms.{room}]\nsubject = \"{subject}\"\n",
             dir.display()
         ),
     )?;
@@ -256,6 +301,520 @@ fn two_nodes_chat_exactly_once_and_nothing_loops() -> Result<()> {
     drop(a);
     drop(b);
     Ok(())
+}
+
+fn fresh_dir(name: &str) -> Result<std::path::PathBuf> {
+    let dir = Path::new("/run/kchat-test").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// nats-server on `port`, with JetStream (its store in `dir/js`) if `js`.
+fn nats_server(dir: &Path, port: u16, js: bool) -> Result<Child> {
+    let mut command = Command::new("nats-server");
+    command.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    if js {
+        command.arg("-js").arg("-sd").arg(dir.join("js"));
+    }
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("nats.log"))?)
+        .spawn()
+        .context("starting nats-server (Debian's nats-server package)")?;
+    wait_for("nats-server to listen", PATIENCE, || {
+        Ok(TcpStream::connect(("127.0.0.1", port)).is_ok())
+    })?;
+    Ok(child)
+}
+
+fn log_of(dir: &Path, node: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{node}.log"))).unwrap_or_default()
+}
+
+/// `kchat-bridge status --json` of the bridge `node` in `dir`.
+fn status_json(dir: &Path, node: &str) -> Result<serde_json::Value> {
+    let out = Command::new("timeout")
+        .arg(PATIENCE.as_secs().to_string())
+        .arg(bin("kchat-bridge")?)
+        .arg("--config")
+        .arg(dir.join(format!("{node}.toml")))
+        .args(["status", "--json"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "kchat-bridge status exited {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("status printed {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A JetStream room whose state file cannot be saved (its path is a
+/// directory: renaming over it fails, as root too) is in an error state:
+/// `kchat_bridge_state_save_failing` is 1 and the failures are counted,
+/// `status` says so, and the log says it once, not on every 200 ms
+/// checkpoint; once saves work again, all of it clears and the log says
+/// that once.
+fn a_failing_state_save_is_an_error_state() -> Result<()> {
+    module::ensure_loaded()?;
+    const PORT: u16 = 14231;
+    const METRICS: u16 = 19481;
+    let dir = fresh_dir("savefail")?;
+    let room = TempRoom::create(abi::RoomSpec {
+        policy: abi::POLICY_BLOCK,
+        ..spec("save-fail")
+    })?;
+    let mut running = Running(vec![nats_server(&dir, PORT, true)?]);
+    running.0.push(bridge_on(
+        &dir,
+        "node-s",
+        "save-fail",
+        "savefail",
+        PORT,
+        METRICS,
+    )?);
+    let logs = || log_of(&dir, "node-s");
+    let series = |name: &str| format!("kchat_bridge_{name}{{room=\"save-fail\"}}");
+    let file = dir.join("state-node-s/save-fail.json");
+    wait_for("the room's first state save", PATIENCE, || {
+        Ok(file.is_file())
+    })
+    .with_context(logs)?;
+    let mut writer = room.open_write()?;
+    writer.write_all(b"before")?;
+    wait_for("a message to be published", PATIENCE, || {
+        Ok(metric(METRICS, &series("published_total"))? >= 1.0)
+    })
+    .with_context(logs)?;
+    ensure!(
+        metric(METRICS, &series("state_save_failing"))? == 0.0,
+        "saves fail before anything was done to them:\n{}",
+        logs()
+    );
+    std::fs::remove_file(&file)?;
+    std::fs::create_dir(&file)?;
+    // Checkpoints come every 200 ms, traffic or not.
+    wait_for("five failed saves", PATIENCE, || {
+        Ok(metric(METRICS, &series("state_save_failures_total"))? >= 5.0)
+    })
+    .with_context(|| format!("no failed saves counted; log:\n{}", logs()))?;
+    ensure!(
+        metric(METRICS, &series("state_save_failing"))? == 1.0,
+        "failing saves do not show in kchat_bridge_state_save_failing"
+    );
+    let status = status_json(&dir, "node-s")?;
+    ensure!(
+        status["rooms"]["save-fail"]["state_save_failing"] == true,
+        "status does not show the failing saves: {status}"
+    );
+    let said = |what: &str| logs().lines().filter(|l| l.contains(what)).count();
+    let failed = "cannot save the room's state";
+    ensure!(
+        said(failed) == 1,
+        "the log says {failed:?} {} times over five failed saves, not once:\n{}",
+        said(failed),
+        logs()
+    );
+    std::fs::remove_dir(&file)?;
+    wait_for("saves to work again", PATIENCE, || {
+        Ok(metric(METRICS, &series("state_save_failing"))? == 0.0 && file.is_file())
+    })
+    .with_context(logs)?;
+    ensure!(
+        said(failed) == 1 && said("the room's state is saved again") == 1,
+        "the log does not say the failure and the recovery once each:\n{}",
+        logs()
+    );
+    let status = status_json(&dir, "node-s")?;
+    ensure!(
+        status["rooms"]["save-fail"]["state_save_failing"] == false,
+        "status still shows failing saves: {status}"
+    );
+    drop(running);
+    drop(room);
+    Ok(())
+}
+
+/// Two bridges on one machine bridging one room: the second leaves it alone
+/// (`kchat_bridge_room_locked`, `status`, one log line), so what another
+/// node sends lands once and what is written here is published once;
+/// when the first bridge goes, the second takes the room over. Here
+/// `dup-far` with its bridge stands in for the other machine.
+fn a_second_bridge_on_a_room_leaves_it_alone() -> Result<()> {
+    module::ensure_loaded()?;
+    const PORT: u16 = 14232;
+    let (first, second, far) = (19482, 19483, 19484);
+    let dir = fresh_dir("duplock")?;
+    let here = TempRoom::create(spec("dup-here"))?;
+    let there = TempRoom::create(spec("dup-far"))?;
+    let mut running = Running(vec![nats_server(&dir, PORT, false)?]);
+    running
+        .0
+        .push(bridge_on(&dir, "node-x", "dup-here", "dup", PORT, first)?);
+    running
+        .0
+        .push(bridge_on(&dir, "node-far", "dup-far", "dup", PORT, far)?);
+    let logs = || {
+        ["node-x", "node-y", "node-far"]
+            .iter()
+            .map(|node| format!("{node}:\n{}", log_of(&dir, node)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let up = |port: u16, room: &str| -> Result<bool> {
+        Ok(metric(port, &format!("kchat_bridge_room_up{{room=\"{room}\"}}"))? == 1.0)
+    };
+    let answers =
+        |port: u16| -> Result<bool> { Ok(TcpStream::connect(("127.0.0.1", port)).is_ok()) };
+    wait_for("the first bridge's metrics", PATIENCE, || answers(first)).with_context(logs)?;
+    wait_for("the first bridge to bridge dup-here", PATIENCE, || {
+        up(first, "dup-here")
+    })
+    .with_context(logs)?;
+    running
+        .0
+        .push(bridge_on(&dir, "node-y", "dup-here", "dup", PORT, second)?);
+    let locked = || metric(second, "kchat_bridge_room_locked{room=\"dup-here\"}");
+    wait_for("the second bridge's metrics", PATIENCE, || answers(second)).with_context(logs)?;
+    wait_for(
+        "the second bridge to leave dup-here alone",
+        PATIENCE,
+        || Ok(locked()? == 1.0),
+    )
+    .with_context(|| {
+        format!(
+            "the second bridge does not say the room is held; logs:\n{}",
+            logs()
+        )
+    })?;
+    let status = status_json(&dir, "node-y")?;
+    ensure!(
+        status["rooms"]["dup-here"]["locked_elsewhere"] == true
+            && status["rooms"]["dup-here"]["up"] == false,
+        "the second bridge's status: {status}"
+    );
+    let mut on_here = here.open_read_nonblock()?;
+    kchat_client::set_read_mode(&on_here, abi::READ_FRAMED_ORIGIN)?;
+    let mut on_far = there.open_read_nonblock()?;
+    kchat_client::set_read_mode(&on_far, abi::READ_FRAMED_ORIGIN)?;
+    let mut writer_here = here.open_write()?;
+    let mut writer_far = there.open_write()?;
+    // Both ways up: a probe crosses each way (core NATS drops what is sent
+    // before a subscriber is there).
+    for (writer, reader, way) in [
+        (&mut writer_far, &mut on_here, "far to here"),
+        (&mut writer_here, &mut on_far, "here to far"),
+    ] {
+        wait_for(&format!("a probe to cross {way}"), PATIENCE, || {
+            writer.write_all(b"probe")?;
+            let crossed = wait_for("the probe", Duration::from_secs(2), || {
+                Ok(origin_frames(reader)?
+                    .iter()
+                    .any(|(_, o, _)| o.flags & abi::ORIGIN_RELAYED != 0))
+            });
+            Ok(crossed.is_ok())
+        })
+        .with_context(logs)?;
+    }
+    const N: usize = 200;
+    for n in 0..N {
+        writer_far.write_all(format!("far {n}").as_bytes())?;
+        writer_here.write_all(format!("here {n}").as_bytes())?;
+    }
+    // Each side's last message closes its count; copies relayed by a
+    // second bridge would come with the first's, each subscriber getting
+    // every message.
+    writer_far.write_all(b"far end")?;
+    writer_here.write_all(b"here end")?;
+    let mut got_here = Vec::new();
+    let mut got_far = Vec::new();
+    wait_for("both ends to cross", PATIENCE, || {
+        got_here.extend(origin_frames(&mut on_here)?);
+        got_far.extend(origin_frames(&mut on_far)?);
+        let seen = |got: &[(abi::FrameHeader, abi::OriginHeader, Vec<u8>)], end: &[u8]| {
+            got.iter().any(|(_, _, p)| p == end)
+        };
+        Ok(seen(&got_here, b"far end") && seen(&got_far, b"here end"))
+    })
+    .with_context(logs)?;
+    let count = |got: &[(abi::FrameHeader, abi::OriginHeader, Vec<u8>)], prefix: &str| {
+        got.iter()
+            .filter(|(_, o, p)| {
+                o.flags & abi::ORIGIN_RELAYED != 0 && p.starts_with(prefix.as_bytes())
+            })
+            .count()
+    };
+    ensure!(
+        count(&got_here, "far ") == N + 1 && count(&got_far, "here ") == N + 1,
+        "dup-here got {} of far's {} messages relayed, dup-far {} of here's: a second bridge doubled them\n{}",
+        count(&got_here, "far "),
+        N + 1,
+        count(&got_far, "here "),
+        logs()
+    );
+    let relayed_by_second = metric(second, "kchat_bridge_relayed_total{room=\"dup-here\"}")?;
+    let published_by_second = metric(second, "kchat_bridge_published_total{room=\"dup-here\"}")?;
+    ensure!(
+        relayed_by_second == 0.0 && published_by_second == 0.0,
+        "the second bridge relayed {relayed_by_second} and published {published_by_second} messages"
+    );
+    let refused = log_of(&dir, "node-y")
+        .lines()
+        .filter(|l| l.contains("another kchat-bridge on this machine"))
+        .count();
+    ensure!(
+        refused == 1,
+        "the second bridge said {refused} times that the room is held, not once:\n{}",
+        logs()
+    );
+    // The first bridge goes: the second takes the room over.
+    let first_bridge = &mut running.0[1];
+    first_bridge.kill()?;
+    first_bridge.wait()?;
+    wait_for("the second bridge to take dup-here over", PATIENCE, || {
+        Ok(locked()? == 0.0 && up(second, "dup-here")?)
+    })
+    .with_context(logs)?;
+    drop(running);
+    drop(here);
+    drop(there);
+    Ok(())
+}
+
+/// A bridge whose metrics address is taken does not run unwatched: it
+/// exits non-zero at once, naming the address and what to do.
+fn a_taken_metrics_address_stops_the_bridge() -> Result<()> {
+    const PORT: u16 = 19485;
+    let dir = fresh_dir("metricsbind")?;
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", PORT))?;
+    let mut running = Running(vec![bridge_on(
+        &dir,
+        "node-m",
+        "metrics-taken",
+        "metrics",
+        // No server here: the bind comes first.
+        14239,
+        PORT,
+    )?]);
+    let child = &mut running.0[0];
+    let mut status = None;
+    wait_for("the bridge to exit", PATIENCE, || {
+        status = child.try_wait()?;
+        Ok(status.is_some())
+    })
+    .with_context(|| {
+        format!(
+            "a bridge with its metrics address taken still runs; log:\n{}",
+            log_of(&dir, "node-m")
+        )
+    })?;
+    let log = log_of(&dir, "node-m");
+    ensure!(
+        status.is_some_and(|s| !s.success()),
+        "the bridge exited {status:?}: {log}"
+    );
+    ensure!(
+        log.contains(&format!("127.0.0.1:{PORT}")) && log.contains("[metrics] listen"),
+        "the bridge's error does not name the address and what to do: {log}"
+    );
+    Ok(())
+}
+
+/// Every `kchat_bridge_*` name the Grafana dashboard and the alert rules
+/// use is a series a real bridge serves: a family the bridge registers (a
+/// counter's samples end in `_total`), whether or not it has a sample yet
+/// (refusals, say, appear with their first one).
+fn dashboards_use_only_real_bridge_metrics() -> Result<()> {
+    const METRICS: u16 = 19486;
+    let dir = fresh_dir("bridgedash")?;
+    // No NATS server: the metrics are served all the same.
+    let mut running = Running(vec![bridge_on(
+        &dir,
+        "node-d",
+        "dash-room",
+        "dash",
+        14238,
+        METRICS,
+    )?]);
+    wait_for("the bridge's metrics", PATIENCE, || {
+        Ok(TcpStream::connect(("127.0.0.1", METRICS)).is_ok())
+    })
+    .with_context(|| log_of(&dir, "node-d"))?;
+    let mut stream = TcpStream::connect(("127.0.0.1", METRICS))?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut scrape = String::new();
+    stream.read_to_string(&mut scrape)?;
+    let mut served = std::collections::BTreeSet::new();
+    for line in scrape.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split(' ');
+            let (Some(name), Some(kind)) = (words.next(), words.next()) else {
+                continue;
+            };
+            served.insert(if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            });
+        } else if !line.starts_with('#')
+            && let Some(name) = line.split(['{', ' ']).next()
+        {
+            served.insert(name.to_owned());
+        }
+    }
+    ensure!(
+        served.contains("kchat_bridge_connected"),
+        "the scrape has no kchat_bridge_connected:\n{scrape}"
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in ["dashboards/kchat.json", "dashboards/kchat-alerts.yml"] {
+        let text = std::fs::read_to_string(root.join(file))?;
+        let used: std::collections::BTreeSet<&str> = text
+            .match_indices("kchat_bridge_")
+            .map(|(at, _)| {
+                let rest = &text[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        ensure!(used.len() >= 5, "{file} names only {used:?}");
+        for name in &used {
+            ensure!(
+                served.contains(*name),
+                "{file} uses {name}, which kchat-bridge does not serve:\n{scrape}"
+            );
+        }
+    }
+    let bridge = &mut running.0[0];
+    ensure!(
+        bridge.try_wait()?.is_none(),
+        "the bridge exited:\n{}",
+        log_of(&dir, "node-d")
+    );
+    Ok(())
+}
+
+/// The fields of one entry in the journal's native protocol: `NAME=value`
+/// lines, or `NAME`, a newline, a 64-bit little-endian length, the value
+/// and a newline (systemd.io/JOURNAL_NATIVE_PROTOCOL).
+fn journal_fields(mut data: &[u8]) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    while let Some(end) = data.iter().position(|&b| b == b'\n') {
+        let line = &data[..end];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            fields.push((
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            ));
+            data = &data[end + 1..];
+            continue;
+        }
+        let rest = &data[end + 1..];
+        let Some(len) = rest
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+            .and_then(|len| usize::try_from(len).ok())
+        else {
+            break;
+        };
+        let Some(value) = rest.get(8..8 + len) else {
+            break;
+        };
+        fields.push((
+            String::from_utf8_lossy(line).into_owned(),
+            String::from_utf8_lossy(value).into_owned(),
+        ));
+        data = rest.get(8 + len + 1..).unwrap_or_default();
+    }
+    fields
+}
+
+/// Under systemd (stderr is the journal stream `JOURNAL_STREAM` names) the
+/// bridge sends its entries to the journal in the journal's native
+/// protocol with their fields: `ROOM`, `NODE` and `ERROR`, as kchatd does.
+/// The plain guest runs no journald: the test binds the journal's socket
+/// itself and reads what the bridge sends there.
+fn under_journald_entries_carry_room_node_and_error() -> Result<()> {
+    use std::os::unix::{fs::MetadataExt, net::UnixDatagram};
+    const SOCKET: &str = "/run/systemd/journal/socket";
+    ensure!(
+        !Path::new(SOCKET).exists(),
+        "{SOCKET} exists: a journald runs here (run this test in the plain guest)"
+    );
+    let dir = fresh_dir("journald")?;
+    std::fs::create_dir_all("/run/systemd/journal")?;
+    let journal = UnixDatagram::bind(SOCKET)?;
+    journal.set_read_timeout(Some(PATIENCE))?;
+    let outcome = (|| -> Result<()> {
+        let config = dir.join("node-j.toml");
+        std::fs::write(
+            &config,
+            "node = \"node-j\"\n[nats]\nservers = [\"nats://127.0.0.1:14237\"]\n\
+             [metrics]\nlisten = \"127.0.0.1:19487\"\n[rooms.no-such-room]\n",
+        )?;
+        let stderr = std::fs::File::create(dir.join("node-j.log"))?;
+        let meta = stderr.metadata()?;
+        let mut running = Running(vec![Command::new(bin("kchat-bridge")?)
+            .arg("--config")
+            .arg(&config)
+            .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("starting kchat-bridge")?]);
+        // The room does not exist: "room not bridged", with its error.
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let mut buf = vec![0u8; 1 << 16];
+        let entry = loop {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "no journal entry with ROOM, NODE and ERROR within {PATIENCE:?}; got:\n{}\nstderr:\n{}",
+                seen.join("\n---\n"),
+                log_of(&dir, "node-j")
+            );
+            let n = journal.recv(&mut buf).with_context(|| {
+                format!(
+                    "nothing sent to the journal; got:\n{}\nstderr:\n{}",
+                    seen.join("\n---\n"),
+                    log_of(&dir, "node-j")
+                )
+            })?;
+            let fields = journal_fields(&buf[..n]);
+            let has = |name: &str, value: &dyn Fn(&str) -> bool| {
+                fields.iter().any(|(n, v)| n == name && value(v))
+            };
+            if has("ROOM", &|v| v == "no-such-room")
+                && has("NODE", &|v| v == "node-j")
+                && has("ERROR", &|v| v.contains("no-such-room"))
+            {
+                break fields;
+            }
+            seen.push(format!("{fields:?}"));
+        };
+        ensure!(
+            entry
+                .iter()
+                .any(|(n, v)| n == "MESSAGE" && v.starts_with("room not bridged")),
+            "the entry: {entry:?}"
+        );
+        // Stderr is the journal's: nothing is written there twice.
+        ensure!(
+            log_of(&dir, "node-j").is_empty(),
+            "the bridge also wrote to stderr: {}",
+            log_of(&dir, "node-j")
+        );
+        running.0[0].kill()?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(SOCKET);
+    outcome
 }
 
 /// A CA, a server certificate for 127.0.0.1 and client certificates, made

@@ -108,6 +108,14 @@ pub const TESTS: &[Test] = &[
         "daemon::a_second_kchatd_on_the_same_state_is_refused",
         a_second_kchatd_on_the_same_state_is_refused,
     ),
+    (
+        "daemon::a_client_that_never_reads_is_hung_up_on",
+        a_client_that_never_reads_is_hung_up_on,
+    ),
+    (
+        "daemon::a_reload_that_cannot_be_applied_is_not_successful",
+        a_reload_that_cannot_be_applied_is_not_successful,
+    ),
 ];
 
 /// Each daemon gets its own metrics port, so a restart never waits for the
@@ -239,6 +247,17 @@ impl Kchatd {
                 bail!("kchatd exited with {status}:\n{}", self.log());
             }
         }
+    }
+
+    /// Reads away the notifications waiting: a unix datagram socket holds
+    /// only a few (`net.unix.max_dgram_qlen`, 10 by default), and kchatd,
+    /// as under systemd, blocks on the next one until they are read.
+    fn drain_notifications(&self) -> Result<()> {
+        self.notify.set_nonblocking(true)?;
+        let mut buf = [0u8; 256];
+        while self.notify.recv(&mut buf).is_ok() {}
+        self.notify.set_nonblocking(false)?;
+        Ok(())
     }
 
     fn log(&self) -> String {
@@ -1220,7 +1239,8 @@ fn kchat_proto_max() -> usize {
 }
 
 /// Every `kchat_*` name the Grafana dashboard and the alert rules use is a
-/// series a real kchatd serves, so they cannot drift apart.
+/// series a real kchatd serves (`kchat_bridge_*`: a real bridge, in
+/// `bridge::`), so they cannot drift apart.
 fn dashboards_use_only_real_metrics() -> Result<()> {
     module::ensure_loaded()?;
     let _cleanup = Cleanup(vec!["dash-drop", "dash-block"]);
@@ -1248,7 +1268,11 @@ fn dashboards_use_only_real_metrics() -> Result<()> {
             })
             .collect();
         ensure!(used.len() >= 5, "{file} names only {used:?}");
-        for name in &used {
+        // The bridge's names: `bridge::dashboards_use_only_real_bridge_metrics`.
+        for name in used
+            .iter()
+            .filter(|name| !name.starts_with("kchat_bridge_"))
+        {
             ensure!(
                 served.contains(name),
                 "{file} uses {name}, which kchatd does not serve"
@@ -1661,5 +1685,180 @@ fn config_rooms_come_back_with_reset() -> Result<()> {
             "reset {room}: {out:?}"
         );
     }
+    daemon.stop()
+}
+
+/// A client that asks for something and never reads what comes back is
+/// hung up on within kchatd's reply timeout and gives its places back: one
+/// user's 32 event streams (its whole share) that stopped reading, their
+/// socket buffers full, no longer lock that user out. With unbounded
+/// writes each stuck stream held its task and its place for ever.
+fn a_client_that_never_reads_is_hung_up_on() -> Result<()> {
+    use std::os::unix::net::UnixStream;
+    module::ensure_loaded()?;
+    let dir = Kchatd::prepare("unread", "")?;
+    // Debug: the log says when and why each connection ended.
+    let daemon = Kchatd::start_with(&dir, &[("RUST_LOG", "debug")])?;
+    // kchatd's MAX_CONNECTIONS_PER_UID.
+    const SHARE: usize = 32;
+    const EVENTS: &str = "{\"op\":\"events\"}\n";
+    let mut holder =
+        crate::helper::hold_connections_sending_as(&NOBODY, &daemon.socket(), SHARE, Some(EVENTS))?;
+    let names: Vec<String> = (0..100).map(|n| format!("unread-{n}")).collect();
+    let outcome = (|| -> Result<()> {
+        let list_as_nobody = || -> Result<Output> { ctl_as(&daemon, &NOBODY, &["list"]) };
+        wait_for("nobody's 32 event streams to be admitted", PATIENCE, || {
+            Ok(!list_as_nobody()?.status.success())
+        })
+        .with_context(|| daemon.log())?;
+        // Events enough to fill every stuck stream's socket buffer, each
+        // burst seen by a stream that reads (so kchatd has sent it).
+        let mut reader = UnixStream::connect(daemon.socket())?;
+        reader.set_read_timeout(Some(PATIENCE))?;
+        reader.write_all(EVENTS.as_bytes())?;
+        let mut lines = BufReader::new(reader.try_clone()?).lines();
+        let first = lines
+            .next()
+            .context("no reply to the events request")?
+            .with_context(|| {
+                format!(
+                    "no reply to the events request; kchatd's log:\n{}",
+                    daemon.log()
+                )
+            })?;
+        ensure!(first.contains("done"), "events began with {first}");
+        let control = Control::open()?;
+        let mut seen = 0usize;
+        // Rooms are reported in name order: the last name's event ends a
+        // burst.
+        let mut until = |kind: &str| -> Result<()> {
+            loop {
+                let line = lines
+                    .next()
+                    .context("the event stream ended")?
+                    .with_context(|| {
+                        format!(
+                            "no {kind} event for unread-99 after {seen} events; kchatd's log:\n{}\nits threads:\n{}",
+                            daemon.log(),
+                            daemon.threads()
+                        )
+                    })?;
+                seen += 1;
+                if line.contains("\"unread-99\"") && line.contains(kind) {
+                    return Ok(());
+                }
+            }
+        };
+        let mut churn = |round: usize| -> Result<()> {
+            for name in &names {
+                control
+                    .create(&crate::client::spec(name))
+                    .with_context(|| format!("creating {name} in round {round}"))?;
+            }
+            until("room-created")?;
+            daemon.drain_notifications()?;
+            for name in &names {
+                control.delete(name)?;
+            }
+            until("room-deleted")?;
+            daemon.drain_notifications()
+        };
+        for round in 0..4 {
+            churn(round)?;
+        }
+        // The reply timeout (10 s) after the buffers filled, and the slowest
+        // guest's kchatctl on top.
+        wait_for(
+            "nobody to be let in again once its stuck streams are hung up on",
+            PATIENCE,
+            || Ok(list_as_nobody()?.status.success()),
+        )
+        .with_context(|| {
+            format!(
+                "nobody still refused after {PATIENCE:?} ({}); its log:\n{}",
+                list_as_nobody()
+                    .map(|out| String::from_utf8_lossy(&out.stderr).into_owned())
+                    .unwrap_or_default(),
+                daemon.log()
+            )
+        })?;
+        Ok(())
+    })();
+    holder.kill().ok();
+    holder.wait().ok();
+    if let Ok(control) = Control::open() {
+        for name in &names {
+            let _ = control.delete(name);
+        }
+    }
+    outcome?;
+    daemon.stop()
+}
+
+/// A reload whose file is good but whose apply fails (here: the new room is
+/// created, but kchatd cannot save that it owns it, its state file's path
+/// being a directory) reports 0 in `kchat_config_last_reload_successful`,
+/// counts as a reload error, and says in the log what failed; the next
+/// reload that applies cleanly reports 1 again. (Set before the reconcile,
+/// the gauge said 1 for any file that parsed.)
+fn a_reload_that_cannot_be_applied_is_not_successful() -> Result<()> {
+    module::ensure_loaded()?;
+    let _cleanup = Cleanup(vec!["unsaved-room"]);
+    let dir = Kchatd::prepare("badapply", "")?;
+    let daemon = Kchatd::start(&dir)?;
+    let state = dir.join("state/state.json");
+    let reload_ok = || -> Result<Option<f64>> {
+        Ok(sample(
+            &daemon.get("/metrics")?,
+            "kchat_config_last_reload_successful",
+        ))
+    };
+    ensure!(
+        reload_ok()? == Some(1.0),
+        "a fresh kchatd reports its last reload failed"
+    );
+    let _ = std::fs::remove_file(&state);
+    std::fs::create_dir(&state)
+        .with_context(|| format!("making {} a directory", state.display()))?;
+    let config = std::fs::read_to_string(Kchatd::config_path(&dir))?;
+    std::fs::write(
+        Kchatd::config_path(&dir),
+        format!("{config}\n[rooms.unsaved-room]\n"),
+    )?;
+    daemon.signal(Signal::SIGHUP)?;
+    wait_for("the reload to be reported failed", PATIENCE, || {
+        Ok(reload_ok()? == Some(0.0))
+    })
+    .with_context(|| {
+        format!(
+            "kchat_config_last_reload_successful stayed 1; log:\n{}",
+            daemon.log()
+        )
+    })?;
+    let scrape = daemon.get("/metrics")?;
+    ensure!(
+        sample(&scrape, "kchat_daemon_reload_errors_total") == Some(1.0),
+        "the failed apply was not counted as a reload error:\n{scrape}"
+    );
+    let log = daemon.log();
+    let said = log
+        .lines()
+        .find(|line| line.contains("config reloaded, but not applied in full"))
+        .with_context(|| format!("the log does not say the reload failed:\n{log}"))?;
+    ensure!(
+        said.contains("state") && !log.contains("config reloaded\n"),
+        "the log does not say what failed: {said}"
+    );
+    // The room the file declares is there all the same (the file is in
+    // force); once the cause is gone, a reload that applies is a success.
+    daemon.room("unsaved-room")?;
+    std::fs::remove_dir(&state)?;
+    daemon.signal(Signal::SIGHUP)?;
+    wait_for(
+        "the next reload to be reported successful",
+        PATIENCE,
+        || Ok(reload_ok()? == Some(1.0)),
+    )
+    .with_context(|| format!("log:\n{}", daemon.log()))?;
     daemon.stop()
 }

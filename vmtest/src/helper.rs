@@ -34,6 +34,9 @@ const MEMCG_CREATE_VAR: &str = "KCHAT_VMTEST_HELPER_MEMCG_CREATE";
 /// and hold every connection (as far as this process's descriptors allow),
 /// printing "held" once done, until killed.
 const CONNECT_VAR: &str = "KCHAT_VMTEST_HELPER_CONNECT";
+/// With `CONNECT_VAR`: a line to send on each connection (and then never
+/// read what comes back).
+const SEND_VAR: &str = "KCHAT_VMTEST_HELPER_SEND";
 /// Helper job: open the room for writing and try `IOC_SET_RELAY`; prints
 /// "ok" or the errno name.
 const RELAY_VAR: &str = "KCHAT_VMTEST_HELPER_RELAY";
@@ -81,8 +84,13 @@ pub fn run_if_requested() -> Option<ExitCode> {
         // this helper if the test never kills it: well after the test's own
         // wait for it (`PATIENCE`) and its use of the connections.
         unsafe { nix::libc::alarm(3 * PATIENCE.as_secs() as u32) };
+        let line = std::env::var(SEND_VAR).ok();
         let held: Vec<_> = (0..count)
             .filter_map(|_| std::os::unix::net::UnixStream::connect(&path).ok())
+            .filter_map(|mut stream| match &line {
+                Some(line) => stream.write_all(line.as_bytes()).ok().map(|()| stream),
+                None => Some(stream),
+            })
             .collect();
         println!("held {}", held.len());
         std::io::stdout().flush().ok();
@@ -399,6 +407,17 @@ pub fn hold_connections_as(
     path: &Path,
     count: usize,
 ) -> Result<std::process::Child> {
+    hold_connections_sending_as(setpriv_args, path, count, None)
+}
+
+/// Like [`hold_connections_as`], sending `line` on each connection first
+/// (and never reading the replies).
+pub fn hold_connections_sending_as(
+    setpriv_args: &[&str],
+    path: &Path,
+    count: usize,
+    line: Option<&str>,
+) -> Result<std::process::Child> {
     use std::io::BufRead;
     let exe = std::env::current_exe().context("finding the suite's own binary")?;
     // Descriptors for every connection: raised as root, kept by setpriv.
@@ -410,6 +429,7 @@ pub fn hold_connections_as(
         .arg(exe)
         .env(CONNECT_VAR, path)
         .env(COUNT_VAR, count.to_string())
+        .envs(line.map(|line| (SEND_VAR, line)))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("running prlimit and setpriv (util-linux)")?;

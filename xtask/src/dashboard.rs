@@ -39,7 +39,8 @@ pub fn build() -> Result<()> {
     process::run(
         Command::new(cargo)
             .args(["build", "--locked"])
-            .args(["-p", "kchatd", "-p", "kchatctl", "-p", "kchat-dashplot"])
+            .args(["-p", "kchatd", "-p", "kchatctl", "-p", "kchat-bridge"])
+            .args(["-p", "kchat-dashplot"])
             .current_dir(paths::root()),
     )
 }

@@ -91,6 +91,28 @@ pub fn alert_rules_check() -> Result<()> {
     promtool_check(&paths::root().join("dashboards/kchat-alerts.yml"))
 }
 
+/// promtool's unit tests of the rules (`dashboards/kchat-alerts.test.yml`):
+/// each alert fires on the series it watches, after its `for:`, with its
+/// labels and text.
+pub fn alert_rules_test() -> Result<()> {
+    let tests = paths::root().join("dashboards/kchat-alerts.test.yml");
+    let out = process::output(
+        Command::new("promtool")
+            .arg("test")
+            .arg("rules")
+            .arg(&tests),
+    )?;
+    if !out.status.success() {
+        bail!(
+            "promtool test rules {}: {}{}",
+            tests.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Every `expr` in the dashboard, with Grafana's variables filled in.
 fn dashboard_queries() -> Result<Vec<String>> {
     let path = paths::root().join("dashboards/kchat.json");

@@ -191,6 +191,10 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
             deploy::alert_rules_check(),
         );
         tally.check(
+            "dashboards: promtool test rules (the alerts fire on the series they watch)",
+            deploy::alert_rules_test(),
+        );
+        tally.check(
             "dashboards: every dashboard query parses",
             deploy::dashboard_queries_parse(),
         );

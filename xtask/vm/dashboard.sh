@@ -1,13 +1,13 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
 # Traffic for the dashboard picture (`cargo xtask dashboard`), run in the
-# test VM from the checkout's root: kchatd, Debian's Prometheus scraping it
-# every second, and three phases of chat of several kinds (steady rooms, a
+# test VM from the checkout's root: kchatd and kchat-bridge (with a local
+# nats-server), Debian's Prometheus scraping them every second, and three phases of chat of several kinds (steady rooms, a
 # throttled writer, a slow reader losing messages, readers joining, a room
 # made and deleted). Then kchat-dashplot evaluates every panel's query over
 # that window into $KCHAT_OUT; it fails if a panel has no data.
 set -euo pipefail
-bin=${KCHAT_BIN:?KCHAT_BIN must name the directory of kchatd, kchatctl and kchat-dashplot}
+bin=${KCHAT_BIN:?KCHAT_BIN must name the directory of kchatd, kchatctl, kchat-bridge and kchat-dashplot}
 out=${KCHAT_OUT:?KCHAT_OUT must name the recording to write}
 phase=${KCHAT_PHASE_SECONDS:-30}
 work=/run/kchat-dashboard
@@ -40,6 +40,25 @@ for _ in $(seq 200); do
 	sleep 0.1
 done
 
+# A bridge of lobby (a drop room: core NATS) and ops (a block room:
+# JetStream) for the bridge's panels, through a local nats-server.
+nats-server -a 127.0.0.1 -p 4222 -js -sd "$work/js" >"$work/nats.log" 2>&1 &
+cat >"$work/bridge.toml" <<CONFIG
+node = "node-a"
+state_dir = "$work/bridge-state"
+
+[nats]
+servers = ["nats://127.0.0.1:4222"]
+
+[metrics]
+listen = "127.0.0.1:9478"
+
+[rooms.lobby]
+
+[rooms.ops]
+CONFIG
+"$bin/kchat-bridge" --config "$work/bridge.toml" 2>"$work/bridge.log" &
+
 cat >"$work/prometheus.yml" <<CONFIG
 global:
   scrape_interval: 1s
@@ -48,6 +67,9 @@ scrape_configs:
   - job_name: kchatd
     static_configs:
       - targets: ["127.0.0.1:9477"]
+  - job_name: kchat-bridge
+    static_configs:
+      - targets: ["127.0.0.1:9478"]
 CONFIG
 prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
 	--web.listen-address=127.0.0.1:9090 >"$work/prometheus.log" 2>&1 &
