@@ -321,7 +321,7 @@ fn build(kernel: &Kernel, fragment_paths: &[PathBuf], fragment: &str) -> Result<
     fs::create_dir_all(out)?;
     let log_path = out.join("kchat-build.log");
     eprintln!(
-        "kernel: building the {} {} test kernel in {} (about 12 minutes on 2 cores; log: {})",
+        "kernel: building the {} {} test kernel in {} (7 to 12 minutes on 2 cores: KASAN takes longest; log: {})",
         kernel.line,
         kernel.variant,
         out.display(),
