@@ -54,7 +54,8 @@ impl Delivery {
 }
 
 /// The room's policy decides: a `block` room promises to lose nothing.
-fn delivery(room: &str) -> anyhow::Result<Delivery> {
+/// Also its largest message, which its stream must take.
+fn delivery(room: &str) -> anyhow::Result<(Delivery, u32)> {
     let control = kchat_client::Control::open().map_err(|err| {
         anyhow::anyhow!("cannot open /dev/kchat/control to learn room {room}'s policy: {err}")
     })?;
@@ -62,11 +63,12 @@ fn delivery(room: &str) -> anyhow::Result<Delivery> {
         nix::errno::Errno::ENOENT => anyhow::anyhow!("room {room} does not exist (yet)"),
         err => anyhow::anyhow!("cannot read room {room}'s policy: {err}"),
     })?;
-    Ok(if info.policy == abi::POLICY_BLOCK {
+    let delivery = if info.policy == abi::POLICY_BLOCK {
         Delivery::JetStream
     } else {
         Delivery::Core
-    })
+    };
+    Ok((delivery, info.max_msg))
 }
 
 /// Waits until this bridge holds the room's lock (see [`crate::lock`]):
@@ -123,7 +125,7 @@ pub async fn supervise(bridged: Bridged, client: async_nats::Client, metrics: Ar
     let mut shown: Option<Delivery> = None;
     loop {
         let attempt = async {
-            let delivery = delivery(&bridged.room)?;
+            let (delivery, max_msg) = delivery(&bridged.room)?;
             if shown != Some(delivery) {
                 for old in shown.iter() {
                     metrics.room_delivery.remove(&label(&bridged, *old));
@@ -140,7 +142,8 @@ pub async fn supervise(bridged: Bridged, client: async_nats::Client, metrics: Ar
                     crate::core::run(bridged.clone(), client.clone(), metrics.clone()).await
                 }
                 Delivery::JetStream => {
-                    crate::stream::run(bridged.clone(), client.clone(), metrics.clone()).await
+                    crate::stream::run(bridged.clone(), client.clone(), metrics.clone(), max_msg)
+                        .await
                 }
             }
         };

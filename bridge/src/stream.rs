@@ -206,11 +206,8 @@ pub async fn run(
     bridged: Arc<Bridged>,
     client: async_nats::Client,
     metrics: Arc<Metrics>,
+    max_msg: u32,
 ) -> anyhow::Result<()> {
-    let max_msg = kchat_client::Control::open()
-        .and_then(|control| Ok(control.info(&bridged.room)?))
-        .map_err(|err| anyhow::anyhow!("cannot read room {}'s settings: {err}", bridged.room))?
-        .max_msg;
     fits(max_msg, &bridged.limits).map_err(anyhow::Error::msg)?;
     let js = jetstream::new(client);
     let stream = ready_stream(&js, &bridged).await?;
