@@ -64,18 +64,7 @@ impl Drop for Running {
 }
 
 fn bridge(dir: &Path, node: &str, room: &str, metrics_port: u16) -> Result<Child> {
-    bridge_with(
-        dir,
-        node,
-        room,
-        metrics_port,
-        &format!("servers = [\"nats://127.0.0.1:{NATS_PORT}\"]\nsubject_prefix = \"kchat\""),
-    )
-}
-
-/// A bridge of `room` on the subject `fed` with its own `[nats]` table.
-fn bridge_with(dir: &Path, node: &str, room: &str, metrics_port: u16, nats: &str) -> Result<Child> {
-    bridge_config(dir, node, room, "fed", metrics_port, nats)
+    bridge_on(dir, node, room, "fed", NATS_PORT, metrics_port)
 }
 
 /// A bridge `node` of `room` on `subject`, through the nats-server on
@@ -155,6 +144,25 @@ fn origin_frames(
     }
 }
 
+/// Writes probes into one room until one is relayed into the other (`way`
+/// names the direction). A probe sent before the other bridge subscribed is
+/// gone for good (core NATS): send another unless this one crosses soon.
+fn probe_until_relayed(
+    writer: &mut std::fs::File,
+    reader: &mut std::fs::File,
+    way: &str,
+) -> Result<()> {
+    wait_for(&format!("a probe to cross {way}"), PATIENCE, || {
+        writer.write_all(b"probe")?;
+        let crossed = wait_for("the probe", Duration::from_secs(2), || {
+            Ok(origin_frames(reader)?
+                .iter()
+                .any(|(_, o, _)| o.flags & abi::ORIGIN_RELAYED != 0))
+        });
+        Ok(crossed.is_ok())
+    })
+}
+
 fn two_nodes_chat_exactly_once_and_nothing_loops() -> Result<()> {
     module::ensure_loaded()?;
     let dir = Path::new("/run/kchat-test/bridge");
@@ -191,23 +199,8 @@ fn two_nodes_chat_exactly_once_and_nothing_loops() -> Result<()> {
             std::fs::read_to_string(dir.join("node-b.log")).unwrap_or_default()
         )
     };
-    for (writer, reader, way) in [
-        (&mut writer_a, &mut on_b, "a to b"),
-        (&mut writer_b, &mut on_a, "b to a"),
-    ] {
-        wait_for(&format!("a probe to cross {way}"), PATIENCE, || {
-            // A probe sent before the other bridge subscribed is gone
-            // for good: send another unless this one crosses soon.
-            writer.write_all(b"probe")?;
-            let crossed = wait_for("the probe", Duration::from_secs(2), || {
-                Ok(origin_frames(reader)?
-                    .iter()
-                    .any(|(_, o, _)| o.flags & abi::ORIGIN_RELAYED != 0))
-            });
-            Ok(crossed.is_ok())
-        })
-        .with_context(logs)?;
-    }
+    probe_until_relayed(&mut writer_a, &mut on_b, "a to b").with_context(logs)?;
+    probe_until_relayed(&mut writer_b, &mut on_a, "b to a").with_context(logs)?;
     // Probes still in flight land before the count starts: everything one
     // bridge published, the other relayed.
     let published_a = || metric(19478, "kchat_bridge_published_total{room=\"fed-a\"}");
@@ -503,21 +496,8 @@ fn a_second_bridge_on_a_room_leaves_it_alone() -> Result<()> {
     let mut writer_far = there.open_write()?;
     // Both ways up: a probe crosses each way (core NATS drops what is sent
     // before a subscriber is there).
-    for (writer, reader, way) in [
-        (&mut writer_far, &mut on_here, "far to here"),
-        (&mut writer_here, &mut on_far, "here to far"),
-    ] {
-        wait_for(&format!("a probe to cross {way}"), PATIENCE, || {
-            writer.write_all(b"probe")?;
-            let crossed = wait_for("the probe", Duration::from_secs(2), || {
-                Ok(origin_frames(reader)?
-                    .iter()
-                    .any(|(_, o, _)| o.flags & abi::ORIGIN_RELAYED != 0))
-            });
-            Ok(crossed.is_ok())
-        })
-        .with_context(logs)?;
-    }
+    probe_until_relayed(&mut writer_far, &mut on_here, "far to here").with_context(logs)?;
+    probe_until_relayed(&mut writer_here, &mut on_far, "here to far").with_context(logs)?;
     const N: usize = 200;
     for n in 0..N {
         writer_far.write_all(format!("far {n}").as_bytes())?;
@@ -669,23 +649,10 @@ fn dashboards_use_only_real_bridge_metrics() -> Result<()> {
         served.contains("kchat_bridge_connected"),
         "the scrape has no kchat_bridge_connected:\n{scrape}"
     );
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for file in ["dashboards/kchat.json", "dashboards/kchat-alerts.yml"] {
-        let text = std::fs::read_to_string(root.join(file))?;
-        let used: std::collections::BTreeSet<&str> = text
-            .match_indices("kchat_bridge_")
-            .map(|(at, _)| {
-                let rest = &text[at..];
-                let end = rest
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(rest.len());
-                &rest[..end]
-            })
-            .collect();
-        ensure!(used.len() >= 5, "{file} names only {used:?}");
+    for (file, used) in crate::helper::dashboard_metric_names("kchat_bridge_")? {
         for name in &used {
             ensure!(
-                served.contains(*name),
+                served.contains(name.as_str()),
                 "{file} uses {name}, which kchat-bridge does not serve:\n{scrape}"
             );
         }
@@ -868,13 +835,11 @@ fn tls_with_client_certificates_carries_a_room_and_nothing_falls_back_to_clear()
     const TLS_PORT: u16 = 14322;
     const PLAIN_PORT: u16 = 14323;
     module::ensure_loaded()?;
-    let dir = Path::new("/run/kchat-test/bridge-tls");
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir)?;
+    let dir = &fresh_dir("bridge-tls")?;
     make_certificates(dir, &["node-a", "node-b"])?;
     let d = dir.display();
     std::fs::write(
-        dir.join("nats.conf"),
+        dir.join("nats-tls.conf"),
         format!(
             "listen: 127.0.0.1:{TLS_PORT}\n\
              tls {{\n  cert_file: \"{d}/server.pem\"\n  key_file: \"{d}/server.key\"\n  \
@@ -885,61 +850,52 @@ fn tls_with_client_certificates_carries_a_room_and_nothing_falls_back_to_clear()
     let a = TempRoom::create(spec("tls-a"))?;
     let b = TempRoom::create(spec("tls-b"))?;
     let c = TempRoom::create(spec("tls-c"))?;
-    let mut running = Running(Vec::new());
-    for args in [
-        vec!["-c".to_owned(), format!("{d}/nats.conf")],
-        vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            PLAIN_PORT.to_string(),
-        ],
-    ] {
-        running.0.push(
-            Command::new("nats-server")
-                .args(&args)
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(
-                    dir.join(format!("nats-{}.log", running.0.len())),
-                )?)
-                .spawn()
-                .context("starting nats-server (Debian's nats-server package)")?,
-        );
-    }
-    for port in [TLS_PORT, PLAIN_PORT] {
-        wait_for("nats-server to listen", PATIENCE, || {
-            Ok(TcpStream::connect(("127.0.0.1", port)).is_ok())
-        })?;
-    }
+    let mut running = Running(vec![Command::new("nats-server")
+        .arg("-c")
+        .arg(dir.join("nats-tls.conf"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("nats-tls.log"))?)
+        .spawn()
+        .context("starting nats-server (Debian's nats-server package)")?]);
+    running.0.push(nats_server(dir, PLAIN_PORT, false)?);
+    wait_for("the TLS nats-server to listen", PATIENCE, || {
+        Ok(TcpStream::connect(("127.0.0.1", TLS_PORT)).is_ok())
+    })?;
     let tls = |node: &str| {
         format!(
             "servers = [\"nats://127.0.0.1:{TLS_PORT}\"]\ntoken = \"s3cret\"\n\
              tls_ca = \"{d}/ca.pem\"\ntls_cert = \"{d}/{node}.pem\"\ntls_key = \"{d}/{node}.key\""
         )
     };
-    running
-        .0
-        .push(bridge_with(dir, "node-a", "tls-a", 19578, &tls("node-a"))?);
-    running
-        .0
-        .push(bridge_with(dir, "node-b", "tls-b", 19579, &tls("node-b"))?);
+    running.0.push(bridge_config(
+        dir,
+        "node-a",
+        "tls-a",
+        "fed",
+        19578,
+        &tls("node-a"),
+    )?);
+    running.0.push(bridge_config(
+        dir,
+        "node-b",
+        "tls-b",
+        "fed",
+        19579,
+        &tls("node-b"),
+    )?);
     // The CA given, the server plain: no connection in clear.
-    running.0.push(bridge_with(
+    running.0.push(bridge_config(
         dir,
         "node-c",
         "tls-c",
+        "fed",
         19580,
         &format!("servers = [\"nats://127.0.0.1:{PLAIN_PORT}\"]\ntls_ca = \"{d}/ca.pem\""),
     )?);
     let logs = || {
-        ["node-a", "node-b", "node-c", "nats-0"]
+        ["node-a", "node-b", "node-c", "nats-tls"]
             .iter()
-            .map(|name| {
-                format!(
-                    "{name}: {}\n",
-                    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
-                )
-            })
+            .map(|name| format!("{name}: {}\n", log_of(dir, name)))
             .collect::<String>()
     };
     let mut on_b = b.open_read_nonblock()?;
@@ -964,8 +920,7 @@ fn tls_with_client_certificates_carries_a_room_and_nothing_falls_back_to_clear()
     );
     // node-c: up (its metrics answer) but never connected, and it says why.
     wait_for("node-c to say it wants TLS", PATIENCE, || {
-        let log = std::fs::read_to_string(dir.join("node-c.log")).unwrap_or_default();
-        Ok(log.to_lowercase().contains("tls"))
+        Ok(log_of(dir, "node-c").to_lowercase().contains("tls"))
     })
     .with_context(logs)?;
     ensure!(

@@ -1254,27 +1254,14 @@ fn dashboards_use_only_real_metrics() -> Result<()> {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for file in ["dashboards/kchat.json", "dashboards/kchat-alerts.yml"] {
-        let text = std::fs::read_to_string(root.join(file))?;
-        let used: std::collections::BTreeSet<&str> = text
-            .match_indices("kchat_")
-            .map(|(at, _)| {
-                let rest = &text[at..];
-                let end = rest
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(rest.len());
-                &rest[..end]
-            })
-            .collect();
-        ensure!(used.len() >= 5, "{file} names only {used:?}");
+    for (file, used) in crate::helper::dashboard_metric_names("kchat_")? {
         // The bridge's names: `bridge::dashboards_use_only_real_bridge_metrics`.
         for name in used
             .iter()
             .filter(|name| !name.starts_with("kchat_bridge_"))
         {
             ensure!(
-                served.contains(name),
+                served.contains(name.as_str()),
                 "{file} uses {name}, which kchatd does not serve"
             );
         }

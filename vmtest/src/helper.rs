@@ -477,3 +477,28 @@ pub fn map_under(wrapper: &[&str], room: &Path) -> Result<String> {
 pub fn set_relay_as(setpriv_args: &[&str], room: &Path) -> Result<String> {
     helper_as(setpriv_args, &[(RELAY_VAR, &room.display().to_string())])
 }
+
+/// The metric names starting with `prefix` that the Grafana dashboard and
+/// the alert rules use, per file; each file must name at least five.
+pub fn dashboard_metric_names(
+    prefix: &str,
+) -> Result<Vec<(&'static str, std::collections::BTreeSet<String>)>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    for file in ["dashboards/kchat.json", "dashboards/kchat-alerts.yml"] {
+        let text = std::fs::read_to_string(root.join(file))?;
+        let used: std::collections::BTreeSet<String> = text
+            .match_indices(prefix)
+            .map(|(at, _)| {
+                let rest = &text[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                rest[..end].to_owned()
+            })
+            .collect();
+        ensure!(used.len() >= 5, "{file} names only {used:?}");
+        files.push((file, used));
+    }
+    Ok(files)
+}
