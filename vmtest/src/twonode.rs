@@ -170,6 +170,14 @@ fn start_bridge_with(node: &mut Node, name: &str, rooms: &str, nats: &str) -> Re
     .map(drop)
 }
 
+/// Waits until the node's bridge (`name`) reports `room` bridged.
+fn until_up(node: &mut Node, name: &str, room: &str) -> Result<()> {
+    wait_for("the room bridged", PATIENCE, || {
+        Ok(metric(node, &format!("kchat_bridge_room_up{{room=\"{room}\"}}"))? == 1.0)
+    })
+    .with_context(|| logs(node, name))
+}
+
 fn kill_bridge(node: &mut Node) -> Result<()> {
     node.sh(
         "pkill -9 -x kchat-bridge; while pgrep -x kchat-bridge >/dev/null; do sleep 0.05; done",
@@ -523,10 +531,7 @@ fn a_room_created_again_starts_a_new_epoch_and_loses_nothing() -> Result<()> {
     let vmtest = vmtest()?;
     let rooms = both_bridge_a_new_room(pair, "again", "block")?;
     for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
-        wait_for("the room bridged", PATIENCE, || {
-            Ok(metric(node, "kchat_bridge_room_up{room=\"again\"}")? == 1.0)
-        })
-        .with_context(|| logs(node, name))?;
+        until_up(node, name, "again")?;
     }
     pair.b.sh(&format!("{vmtest} job send again m 0 3"), STEP)?;
     expect_exactly(&mut pair.a, "again", "node-b", "m", 3, PATIENCE)?;
@@ -547,14 +552,7 @@ fn a_room_created_again_starts_a_new_epoch_and_loses_nothing() -> Result<()> {
 /// Deletes a JetStream stream as an admin would (the test server has no
 /// permissions), waiting for the server's answer.
 fn delete_stream(name: &str) -> Result<()> {
-    let said = raw_nats(
-        4222,
-        "",
-        &format!(
-            "SUB _INBOX.kchat-del 1\r\nPUB $JS.API.STREAM.DELETE.{name} _INBOX.kchat-del 0\r\n\r\n"
-        ),
-        Some("MSG _INBOX.kchat-del"),
-    )?;
+    let said = js_api(&format!("STREAM.DELETE.{name}"), "MSG _INBOX.kchat-js")?;
     ensure!(
         said.contains("\"success\":true"),
         "nats-server did not delete the stream {name}: {said}"
@@ -575,10 +573,7 @@ fn a_stream_made_anew_is_read_from_its_first_message() -> Result<()> {
     let vmtest = vmtest()?;
     let rooms = both_bridge_a_new_room(pair, "anew", "block")?;
     for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
-        wait_for("the room bridged", PATIENCE, || {
-            Ok(metric(node, "kchat_bridge_room_up{room=\"anew\"}")? == 1.0)
-        })
-        .with_context(|| logs(node, name))?;
+        until_up(node, name, "anew")?;
     }
     pair.a.sh(&format!("{vmtest} job send anew s 0 20"), STEP)?;
     expect_exactly(&mut pair.b, "anew", "node-a", "s", 20, PATIENCE)
@@ -615,14 +610,18 @@ fn a_stream_made_anew_is_read_from_its_first_message() -> Result<()> {
 
 /// The stream's configuration as the server reports it (JSON).
 fn stream_info(name: &str) -> Result<String> {
+    // What the server writes after the limits.
+    js_api(&format!("STREAM.INFO.{name}"), "\"storage\"")
+}
+
+/// Asks the test server's JetStream API `api` (`$JS.API.<api>`, no
+/// payload) as a plain client, until its answer holds `until`.
+fn js_api(api: &str, until: &str) -> Result<String> {
     raw_nats(
         4222,
         "",
-        &format!(
-            "SUB _INBOX.kchat-info 1\r\nPUB $JS.API.STREAM.INFO.{name} _INBOX.kchat-info 0\r\n\r\n"
-        ),
-        // What the server writes after the limits.
-        Some("\"storage\""),
+        &format!("SUB _INBOX.kchat-js 1\r\nPUB $JS.API.{api} _INBOX.kchat-js 0\r\n\r\n"),
+        Some(until),
     )
 }
 
@@ -642,10 +641,7 @@ fn a_stream_has_the_configured_limits() -> Result<()> {
     let up = |node: &mut Node, room: &str| {
         metric(node, &format!("kchat_bridge_room_up{{room=\"{room}\"}}"))
     };
-    wait_for("the room bridged", PATIENCE, || {
-        Ok(up(&mut pair.a, "limited")? == 1.0)
-    })
-    .with_context(|| logs(&mut pair.a, "node-a"))?;
+    until_up(&mut pair.a, "node-a", "limited")?;
     let info = stream_info("kchat~limited")?;
     ensure!(
         info.contains("\"max_bytes\":-1") && info.contains("\"max_age\":86400000000000"),
@@ -662,10 +658,7 @@ fn a_stream_has_the_configured_limits() -> Result<()> {
         "[jetstream]\nmax_bytes = 10000000\nmax_msgs = 5000\nmax_msg_size = 65536\n\
          max_age_secs = 3600\n[rooms.limited]\n[rooms.toolarge]\n",
     )?;
-    wait_for("the room bridged again", PATIENCE, || {
-        Ok(up(&mut pair.a, "limited")? == 1.0)
-    })
-    .with_context(|| logs(&mut pair.a, "node-a"))?;
+    until_up(&mut pair.a, "node-a", "limited")?;
     let info = stream_info("kchat~limited")?;
     for field in [
         "\"max_bytes\":10000000",
@@ -1042,10 +1035,7 @@ fn a_huge_epoch_mutes_no_node() -> Result<()> {
     let vmtest = vmtest()?;
     let rooms = both_bridge_a_new_room(pair, "sealed", "block")?;
     for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
-        wait_for("the room bridged", PATIENCE, || {
-            Ok(metric(node, "kchat_bridge_room_up{room=\"sealed\"}")? == 1.0)
-        })
-        .with_context(|| logs(node, name))?;
+        until_up(node, name, "sealed")?;
     }
     pair.b
         .sh(&format!("{vmtest} job send sealed m 0 3"), STEP)?;
@@ -1180,10 +1170,7 @@ fn the_shipped_nats_config_lets_each_node_speak_only_for_itself() -> Result<()> 
                  allow_plaintext_auth = true"
             ),
         )?;
-        wait_for("the room bridged", PATIENCE, || {
-            Ok(metric(node, "kchat_bridge_room_up{room=\"perm\"}")? == 1.0)
-        })
-        .with_context(|| logs(node, name))?;
+        until_up(node, name, "perm")?;
     }
     pair.a.sh(&format!("{vmtest} job send perm a 0 5"), STEP)?;
     pair.b.sh(&format!("{vmtest} job send perm b 0 5"), STEP)?;
