@@ -69,17 +69,13 @@ pub fn unit_exposure(name: &str) -> Result<f64> {
     Ok(score)
 }
 
-fn promtool_check(rules: &Path) -> Result<()> {
-    let out = process::output(
-        Command::new("promtool")
-            .arg("check")
-            .arg("rules")
-            .arg(rules),
-    )?;
+/// `promtool <verb> rules FILE`, its output in the error when it fails.
+fn promtool_rules(verb: &str, file: &Path) -> Result<()> {
+    let out = process::output(Command::new("promtool").arg(verb).arg("rules").arg(file))?;
     if !out.status.success() {
         bail!(
-            "promtool check rules {}: {}{}",
-            rules.display(),
+            "promtool {verb} rules {}: {}{}",
+            file.display(),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -88,29 +84,17 @@ fn promtool_check(rules: &Path) -> Result<()> {
 }
 
 pub fn alert_rules_check() -> Result<()> {
-    promtool_check(&paths::root().join("dashboards/kchat-alerts.yml"))
+    promtool_rules("check", &paths::root().join("dashboards/kchat-alerts.yml"))
 }
 
 /// promtool's unit tests of the rules (`dashboards/kchat-alerts.test.yml`):
 /// each alert fires on the series it watches, after its `for:`, with its
 /// labels and text.
 pub fn alert_rules_test() -> Result<()> {
-    let tests = paths::root().join("dashboards/kchat-alerts.test.yml");
-    let out = process::output(
-        Command::new("promtool")
-            .arg("test")
-            .arg("rules")
-            .arg(&tests),
-    )?;
-    if !out.status.success() {
-        bail!(
-            "promtool test rules {}: {}{}",
-            tests.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+    promtool_rules(
+        "test",
+        &paths::root().join("dashboards/kchat-alerts.test.yml"),
+    )
 }
 
 /// Every `expr` in the dashboard, with Grafana's variables filled in.
@@ -149,7 +133,7 @@ pub fn dashboard_queries_parse() -> Result<()> {
     let file = paths::target().join("deploy-check/dashboard-queries.yml");
     fs::create_dir_all(file.parent().context("path")?)?;
     fs::write(&file, rules)?;
-    promtool_check(&file)
+    promtool_rules("check", &file)
 }
 
 /// `xtask install --destdir` stages every file an operator needs.
