@@ -4,7 +4,9 @@
 //!
 //! kchat is installed as packages (`cargo xtask deb`): the userspace, and
 //! the module as `kchat-dkms`, which the real DKMS builds in the guest
-//! against the test kernel's build tree.
+//! against the test kernel's build tree, or (on the KASAN kernel, too slow
+//! to compile under emulation) as `kchat-modules-RELEASE`, the package of
+//! what the real DKMS built on the host.
 //!
 //! These tests run only in that boot (`cargo xtask test` makes it after the
 //! suite); anywhere else they are ignored. They run in order and build on
@@ -51,8 +53,8 @@ pub const TESTS: &[Test] = &[
         an_upgrade_keeps_an_admins_disable,
     ),
     (
-        "systemd::removing_kchat_dkms_leaves_nothing_behind",
-        removing_kchat_dkms_leaves_nothing_behind,
+        "systemd::removing_the_module_package_leaves_nothing_behind",
+        removing_the_module_package_leaves_nothing_behind,
     ),
 ];
 
@@ -96,18 +98,60 @@ fn dkms_module() -> Result<String> {
     ))
 }
 
-/// Installs kchat as an admin would: the module with the `kchat-dkms`
-/// package (its postinst has DKMS build and install it for the running
-/// kernel, whose build tree `/lib/modules/$(uname -r)/build` is, as a
-/// headers package would make it), then the Debian package of the
-/// userspace with `dpkg -i`, whose maintainer scripts make the group,
-/// reload udev and systemd, and enable and start kchatd. Once per boot.
+/// The package of the module DKMS built on the host (`KCHAT_MODULES_DEB`),
+/// when the guest installs that instead of having DKMS build in it.
+fn modules_deb() -> Option<String> {
+    std::env::var("KCHAT_MODULES_DEB").ok()
+}
+
+/// Installs kchat as an admin would: the module, then the Debian package
+/// of the userspace with `dpkg -i`, whose maintainer scripts make the
+/// group, reload udev and systemd, and enable and start kchatd. Once per
+/// boot. The module comes with the `kchat-dkms` package (its postinst has
+/// DKMS build and install it for the running kernel, whose build tree
+/// `/lib/modules/$(uname -r)/build` is, as a headers package would make
+/// it), or with the `kchat-modules` package of what DKMS built elsewhere.
 fn install() -> Result<()> {
     if Path::new(INSTALLED).exists() {
         return Ok(());
     }
     ensure!(booted(), "systemd is not PID 1 here");
     let deb = std::env::var("KCHAT_DEB").context("KCHAT_DEB must name kchat.deb")?;
+    // man-db's dpkg trigger would reindex every man page on the host's
+    // disk, minutes under emulation; it skips when this flag is gone.
+    let _ = std::fs::remove_file("/var/lib/man-db/auto-update");
+    match modules_deb() {
+        Some(modules) => install_modules_package(&modules)?,
+        None => install_dkms_package()?,
+    }
+    ensure!(
+        !Path::new("/sys/module/kchat").exists(),
+        "the module is loaded before the package is installed"
+    );
+    run("dpkg", &["-i", &deb])?;
+    std::fs::write(INSTALLED, "")?;
+    Ok(())
+}
+
+/// `dpkg -i kchat-modules-RELEASE`: the module where DKMS would have put
+/// it, known to modprobe at once.
+fn install_modules_package(modules: &str) -> Result<()> {
+    run("dpkg", &["-i", modules])?;
+    ensure!(
+        Path::new(&dkms_module()?).exists(),
+        "installing {modules} did not install {}",
+        dkms_module()?
+    );
+    let found = run("modinfo", &["-F", "filename", "kchat"])?;
+    ensure!(
+        found.trim() == dkms_module()?,
+        "modprobe would load {found:?}, not the packaged {}",
+        dkms_module()?
+    );
+    Ok(())
+}
+
+fn install_dkms_package() -> Result<()> {
     let dkms_deb =
         std::env::var("KCHAT_DKMS_DEB").context("KCHAT_DKMS_DEB must name kchat-dkms's .deb")?;
     let kdir =
@@ -120,9 +164,6 @@ fn install() -> Result<()> {
     let build = format!("{modules}/build");
     let _ = std::fs::remove_file(&build);
     std::os::unix::fs::symlink(&kdir, &build)?;
-    // man-db's dpkg trigger would reindex every man page on the host's
-    // disk, minutes under emulation; it skips when this flag is gone.
-    let _ = std::fs::remove_file("/var/lib/man-db/auto-update");
     let out = Command::new("dpkg")
         .args(["-i", &dkms_deb])
         .env("RUSTC", &rustc)
@@ -135,12 +176,6 @@ fn install() -> Result<()> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    ensure!(
-        !Path::new("/sys/module/kchat").exists(),
-        "the module is loaded before the package is installed"
-    );
-    run("dpkg", &["-i", &deb])?;
-    std::fs::write(INSTALLED, "")?;
     Ok(())
 }
 
@@ -534,10 +569,11 @@ fn an_upgrade_keeps_an_admins_disable() -> Result<()> {
     Ok(())
 }
 
-/// Removing `kchat-dkms` (the module unloaded first, as an admin would)
-/// takes every DKMS build of it away: the installed module, DKMS's state
-/// and the sources; `modprobe` no longer finds kchat.
-fn removing_kchat_dkms_leaves_nothing_behind() -> Result<()> {
+/// Removing the module's package (the module unloaded first, as an admin
+/// would) takes it away: `kchat-dkms` every DKMS build of it (the
+/// installed module, DKMS's state and the sources), `kchat-modules` the
+/// module; `modprobe` no longer finds kchat.
+fn removing_the_module_package_leaves_nothing_behind() -> Result<()> {
     install()?;
     run("systemctl", &["stop", "kchatd"])?;
     // kchatd may still hold the node for a moment: rmmod may meet it.
@@ -545,7 +581,11 @@ fn removing_kchat_dkms_leaves_nothing_behind() -> Result<()> {
         Ok(!Path::new("/sys/module/kchat").exists()
             || Command::new("rmmod").arg("kchat").status()?.success())
     })?;
-    run("dpkg", &["-r", "kchat-dkms"])?;
+    let package = match modules_deb() {
+        Some(_) => format!("kchat-modules-{}", run("uname", &["-r"])?.trim()),
+        None => "kchat-dkms".to_owned(),
+    };
+    run("dpkg", &["-r", &package])?;
     let version = env!("CARGO_PKG_VERSION");
     for left in [
         dkms_module()?,
@@ -554,13 +594,13 @@ fn removing_kchat_dkms_leaves_nothing_behind() -> Result<()> {
     ] {
         ensure!(
             !Path::new(&left).exists(),
-            "{left} is left after dpkg -r kchat-dkms"
+            "{left} is left after dpkg -r {package}"
         );
     }
     let found = Command::new("modinfo").arg("kchat").output()?;
     ensure!(
         !found.status.success(),
-        "modinfo still finds kchat after dpkg -r kchat-dkms: {}",
+        "modinfo still finds kchat after dpkg -r {package}: {}",
         String::from_utf8_lossy(&found.stdout)
     );
     Ok(())

@@ -28,22 +28,79 @@ pub fn build_package() -> Result<PathBuf> {
     let _ = fs::remove_dir_all(&stage);
     let src = stage.join(format!("usr/src/{NAME}-{}", version()));
     stage_sources(&src)?;
+    let deb = out.join(format!("{NAME}-dkms_{}_all.deb", version()));
+    build_deb(
+        &stage,
+        "deploy/dkms/debian",
+        &["control", "postinst", "prerm"],
+        &[("@VERSION@", version())],
+        &deb,
+    )?;
+    Ok(deb)
+}
+
+/// Writes `stage`'s `DEBIAN/` from the templates in `templates` (the
+/// control file, then maintainer scripts), with `replace` applied, and
+/// builds `deb` from `stage`.
+fn build_deb(
+    stage: &Path,
+    templates: &str,
+    files: &[&str],
+    replace: &[(&str, &str)],
+    deb: &Path,
+) -> Result<()> {
     let debian = stage.join("DEBIAN");
     fs::create_dir_all(&debian)?;
-    let templates = paths::root().join("deploy/dkms/debian");
-    for (name, mode) in [("control", 0o644), ("postinst", 0o755), ("prerm", 0o755)] {
-        let text = fs::read_to_string(templates.join(name))?.replace("@VERSION@", version());
+    let templates = paths::root().join(templates);
+    for name in files {
+        let mut text = fs::read_to_string(templates.join(name))
+            .with_context(|| format!("reading {}", templates.join(name).display()))?;
+        for (from, to) in replace {
+            text = text.replace(from, to);
+        }
         let path = debian.join(name);
         fs::write(&path, text)?;
-        set_mode(&path, mode)?;
+        set_mode(&path, if *name == "control" { 0o644 } else { 0o755 })?;
     }
-    let deb = out.join(format!("{NAME}-dkms_{}_all.deb", version()));
     process::output(
         Command::new("dpkg-deb")
             .args(["--root-owner-group", "-Zgzip", "--build"])
-            .arg(&stage)
-            .arg(&deb),
+            .arg(stage)
+            .arg(deb),
     )?;
+    Ok(())
+}
+
+/// Packages the `kchat.ko` DKMS built for `kernel` as
+/// `kchat-modules-RELEASE_VERSION_ARCH.deb`, the binary package `dkms
+/// mkbmdeb` made before dkms 3 dropped it: the module where DKMS installs
+/// it, and `depmod` on install and removal. For machines that run one
+/// kernel and build nothing; the tests install it on the line whose
+/// emulated guest is too slow to compile the module.
+pub fn modules_package(kernel: &Kernel, ko: &Path) -> Result<PathBuf> {
+    let release = release(kernel)?;
+    let out = paths::target().join("deb");
+    let stage = out.join(format!("modules-root-{release}"));
+    let _ = fs::remove_dir_all(&stage);
+    copy(
+        ko,
+        &stage.join(format!("lib/modules/{release}/updates/dkms/{NAME}.ko")),
+        0o644,
+    )?;
+    let arch = process::stdout(Command::new("dpkg").arg("--print-architecture"))?;
+    let deb = out.join(format!("{NAME}-modules-{release}_{}_{arch}.deb", version()));
+    build_deb(
+        &stage,
+        "deploy/dkms/modules",
+        &["control", "postinst", "postrm"],
+        &[
+            ("@VERSION@", version()),
+            ("@RELEASE@", &release),
+            ("@ARCH@", &arch),
+        ],
+        &deb,
+    )?;
+    fs::remove_dir_all(&stage)?;
     Ok(deb)
 }
 

@@ -83,7 +83,8 @@ enum Command {
     Deb(deb::DebArgs),
     /// Build kchat-dkms, then build its sources with the real dkms against
     /// a test kernel (a private DKMS tree; the host's is left alone) and
-    /// check its refusals; prints the kchat.ko DKMS made.
+    /// check its refusals; prints the kchat.ko DKMS made and the
+    /// kchat-modules package of it (for machines running that kernel).
     Dkms {
         /// The kernel line.
         #[arg(long, value_enum, default_value_t = Line::DEFAULT)]
@@ -161,7 +162,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dkms::check_package(&deb)?;
             let ko = dkms::build_against(&kernel, &deb)?;
             dkms::refusals(&kernel, &deb)?;
-            println!("{}", ko.display());
+            let modules = dkms::modules_package(&kernel, &ko)?;
+            println!("{}\n{}", ko.display(), modules.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Dashboard => dashboard::run(),
