@@ -104,11 +104,13 @@ fn modules_deb() -> Option<String> {
     std::env::var("KCHAT_MODULES_DEB").ok()
 }
 
-/// Installs kchat as an admin would: the module, then the Debian package
-/// of the userspace with `dpkg -i`, whose maintainer scripts make the
-/// group, reload udev and systemd, and enable and start kchatd. Once per
-/// boot. The module comes with the `kchat-dkms` package (its postinst has
-/// DKMS build and install it for the running kernel, whose build tree
+/// Installs kchat as an admin would, both packages in one `dpkg -i` (as
+/// `apt install ./kchat-dkms_*.deb ./kchat.deb` in the README; each dpkg
+/// run reads its whole database, minutes on the emulated KASAN guest): the
+/// module's, then the userspace's, whose maintainer scripts make the
+/// group, reload udev and systemd, and enable kchatd. Once per boot. The
+/// module comes with the `kchat-dkms` package (its postinst has DKMS
+/// build and install it for the running kernel, whose build tree
 /// `/lib/modules/$(uname -r)/build` is, as a headers package would make
 /// it), or with the `kchat-modules` package of what DKMS built elsewhere.
 fn install() -> Result<()> {
@@ -120,62 +122,47 @@ fn install() -> Result<()> {
     // man-db's dpkg trigger would reindex every man page on the host's
     // disk, minutes under emulation; it skips when this flag is gone.
     let _ = std::fs::remove_file("/var/lib/man-db/auto-update");
-    match modules_deb() {
-        Some(modules) => install_modules_package(&modules)?,
-        None => install_dkms_package()?,
-    }
-    ensure!(
-        !Path::new("/sys/module/kchat").exists(),
-        "the module is loaded before the package is installed"
-    );
-    run("dpkg", &["-i", &deb])?;
-    std::fs::write(INSTALLED, "")?;
-    Ok(())
-}
-
-/// `dpkg -i kchat-modules-RELEASE`: the module where DKMS would have put
-/// it, known to modprobe at once.
-fn install_modules_package(modules: &str) -> Result<()> {
-    run("dpkg", &["-i", modules])?;
-    ensure!(
-        Path::new(&dkms_module()?).exists(),
-        "installing {modules} did not install {}",
-        dkms_module()?
-    );
-    let found = run("modinfo", &["-F", "filename", "kchat"])?;
-    ensure!(
-        found.trim() == dkms_module()?,
-        "modprobe would load {found:?}, not the packaged {}",
-        dkms_module()?
-    );
-    Ok(())
-}
-
-fn install_dkms_package() -> Result<()> {
-    let dkms_deb =
-        std::env::var("KCHAT_DKMS_DEB").context("KCHAT_DKMS_DEB must name kchat-dkms's .deb")?;
-    let kdir =
-        std::env::var("KCHAT_KDIR").context("KCHAT_KDIR must name the kernel's build tree")?;
-    // The kernel's own rustc, as a user without it on PATH names it.
-    let rustc = std::env::var("KCHAT_RUSTC").context("KCHAT_RUSTC must name the kernel's rustc")?;
-    let release = run("uname", &["-r"])?;
-    let modules = format!("/lib/modules/{}", release.trim());
-    std::fs::create_dir_all(&modules)?;
-    let build = format!("{modules}/build");
-    let _ = std::fs::remove_file(&build);
-    std::os::unix::fs::symlink(&kdir, &build)?;
-    let out = Command::new("dpkg")
-        .args(["-i", &dkms_deb])
-        .env("RUSTC", &rustc)
-        .output()?;
+    let mut dpkg = Command::new("dpkg");
+    let module_package = match modules_deb() {
+        Some(modules) => modules,
+        None => {
+            let dkms_deb = std::env::var("KCHAT_DKMS_DEB")
+                .context("KCHAT_DKMS_DEB must name kchat-dkms's .deb")?;
+            let kdir = std::env::var("KCHAT_KDIR")
+                .context("KCHAT_KDIR must name the kernel's build tree")?;
+            // The kernel's own rustc, as a user without it on PATH names it.
+            let rustc = std::env::var("KCHAT_RUSTC")
+                .context("KCHAT_RUSTC must name the kernel's rustc")?;
+            let release = run("uname", &["-r"])?;
+            let modules = format!("/lib/modules/{}", release.trim());
+            std::fs::create_dir_all(&modules)?;
+            let build = format!("{modules}/build");
+            let _ = std::fs::remove_file(&build);
+            std::os::unix::fs::symlink(&kdir, &build)?;
+            dpkg.env("RUSTC", &rustc);
+            dkms_deb
+        }
+    };
+    let out = dpkg.args(["-i", &module_package, &deb]).output()?;
     ensure!(
         out.status.success() && Path::new(&dkms_module()?).exists(),
-        "installing kchat-dkms did not build and install {}: {}\n{}{}",
+        "installing {module_package} and {deb} did not install {}: {}\n{}{}",
         dkms_module()?,
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let found = run("modinfo", &["-F", "filename", "kchat"])?;
+    ensure!(
+        found.trim() == dkms_module()?,
+        "modprobe would load {found:?}, not the installed {}",
+        dkms_module()?
+    );
+    ensure!(
+        !Path::new("/sys/module/kchat").exists(),
+        "installing the packages loaded the module"
+    );
+    std::fs::write(INSTALLED, "")?;
     Ok(())
 }
 
