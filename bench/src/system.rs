@@ -1,16 +1,17 @@
 //! What every system under test provides, and the harness that drives one
-//! workload through it: writers at full speed (or paced), then wait for
-//! delivery to settle, then stop the receivers and add up.
+//! workload through it: readers ready first, then writers at full speed
+//! (or paced) for the window, then wait for delivery to settle, then stop
+//! the receivers and add up. Delivered counts arrivals inside the window.
 
 use crate::{
     message,
     tally::{Progress, Tally},
 };
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
-        Arc,
+        mpsc, Arc, Barrier,
     },
     thread,
     time::{Duration, Instant},
@@ -24,16 +25,26 @@ pub struct Workload {
     pub size: usize,
 }
 
-/// One writer's way into the system.
-pub trait Sender: Send {
+/// One writer's way into the system, made and used on the writer's own
+/// thread (some systems' ports must stay on the thread that made them).
+pub trait Sender {
     /// Sends `count` messages; `fill` stamps each into the buffer just
     /// before it goes.
     fn burst(&mut self, count: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()>;
+    /// After the window: push out anything the client still buffers.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
-/// A system with its readers subscribed and ready.
+/// Makes one writer's `Sender`, on the writer's thread.
+pub type MakeSender = Box<dyn FnOnce() -> Result<Box<dyn Sender>> + Send>;
+
+/// A system with its readers subscribed, mapped and waiting: `start`
+/// returns only once every reader is ready, so nothing of the set-up
+/// falls inside the write window.
 pub struct Started {
-    pub senders: Vec<Box<dyn Sender>>,
+    pub senders: Vec<MakeSender>,
     /// Ends the receivers (after the harness saw delivery settle) and
     /// returns what they counted.
     pub finish: Box<dyn FnOnce() -> Result<Tally>>,
@@ -43,14 +54,72 @@ pub trait System {
     fn name(&self) -> &'static str;
     /// Whether every message must reach every reader (checked).
     fn lossless(&self) -> bool;
-    /// Sets up readers (counting into `progress`) and writers.
+    /// Sets up readers (counting into `progress`) and writers; returns
+    /// when every reader is ready.
     fn start(&mut self, workload: Workload, progress: Arc<Progress>) -> Result<Started>;
+}
+
+/// Readers report here once they are ready; `start` waits for all.
+pub struct Ready {
+    tx: mpsc::Sender<Result<(), String>>,
+    rx: mpsc::Receiver<Result<(), String>>,
+}
+
+impl Ready {
+    pub fn new() -> Self {
+        let (tx, rx) = mpsc::channel();
+        Ready { tx, rx }
+    }
+
+    /// The handle one reader reports through.
+    pub fn handle(&self) -> ReadyHandle {
+        ReadyHandle(self.tx.clone())
+    }
+
+    /// Waits until `readers` readers said they are ready (or one failed).
+    pub fn wait(self, readers: usize) -> Result<()> {
+        drop(self.tx);
+        let deadline = Instant::now() + READY_WITHIN;
+        for n in 0..readers {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => bail!("a reader failed to get ready: {err}"),
+                Err(_) => bail!(
+                    "{n} of {readers} readers were ready after {}s (or one ended before)",
+                    READY_WITHIN.as_secs()
+                ),
+            }
+        }
+        Ok(())
+    }
+}
+
+const READY_WITHIN: Duration = Duration::from_secs(120);
+
+/// One reader's side of `Ready`.
+pub struct ReadyHandle(mpsc::Sender<Result<(), String>>);
+
+impl ReadyHandle {
+    /// Reports the reader's set-up: ready, or why not; passes it on.
+    pub fn report<T>(self, setup: Result<T>) -> Result<T> {
+        let _ = self
+            .0
+            .send(setup.as_ref().map(|_| ()).map_err(|err| format!("{err:#}")));
+        setup
+    }
 }
 
 /// What one throughput run measured.
 pub struct Measured {
+    /// Messages the writers handed to the system.
     pub written: u64,
-    pub elapsed: Duration,
+    /// The write window: from the writers' start to when the harness
+    /// closed it (arrivals after it are not counted as delivered in it).
+    pub window: Duration,
+    /// From the writers' start until the last writer's last burst
+    /// returned (its last burst may end after the window).
+    pub writing: Duration,
     pub tally: Tally,
     /// Most io_uring worker threads (`iou-wrk-*`) alive at once.
     pub io_wq_workers: u32,
@@ -79,6 +148,50 @@ fn io_wq_workers() -> u32 {
         .count() as u32
 }
 
+/// One writer: makes its sender, waits for the start, writes until told
+/// to stop; returns what it wrote and when its last burst returned.
+fn writer(
+    id: usize,
+    make: MakeSender,
+    start: Arc<Barrier>,
+    stop: Arc<AtomicBool>,
+    pace: Pace,
+) -> Result<(u64, Instant)> {
+    let sender = make();
+    // Everyone meets at the start line, a failed writer too.
+    start.wait();
+    let mut sender = sender?;
+    let begun = Instant::now();
+    let mut seq = 0u64;
+    let mut fill = |buf: &mut [u8]| {
+        message::stamp(buf, id as u32, seq);
+        seq += 1;
+    };
+    let mut sent = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        match pace {
+            Pace::Flat => {
+                sender.burst(BURST, &mut fill)?;
+                sent += BURST as u64;
+            }
+            Pace::Rate(rate) => {
+                let due = Duration::from_secs_f64(sent as f64 / f64::from(rate));
+                if let Some(wait) = due.checked_sub(begun.elapsed()) {
+                    thread::sleep(wait);
+                }
+                sender.burst(1, &mut fill)?;
+                sent += 1;
+            }
+        }
+    }
+    let ended = Instant::now();
+    sender.finish()?;
+    Ok((sent, ended))
+}
+
+/// Messages per burst at full speed.
+pub const BURST: usize = 64;
+
 pub fn measure(
     system: &mut dyn System,
     workload: Workload,
@@ -98,54 +211,44 @@ pub fn measure(
             }
         })
     };
-    let begun = Instant::now();
+    let start = Arc::new(Barrier::new(started.senders.len() + 1));
+    let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = started
         .senders
         .into_iter()
         .enumerate()
-        .map(|(id, mut sender)| {
-            thread::spawn(move || -> Result<u64> {
-                let mut seq = 0u64;
-                let mut fill = |buf: &mut [u8]| {
-                    message::stamp(buf, id as u32, seq);
-                    seq += 1;
-                };
-                let mut sent = 0u64;
-                while begun.elapsed() < duration {
-                    match pace {
-                        Pace::Flat => {
-                            sender.burst(64, &mut fill)?;
-                            sent += 64;
-                        }
-                        Pace::Rate(rate) => {
-                            let due = Duration::from_secs_f64(sent as f64 / f64::from(rate));
-                            if let Some(wait) = due.checked_sub(begun.elapsed()) {
-                                thread::sleep(wait);
-                            }
-                            sender.burst(1, &mut fill)?;
-                            sent += 1;
-                        }
-                    }
-                }
-                Ok(sent)
-            })
+        .map(|(id, make)| {
+            let (start, stop) = (start.clone(), stop.clone());
+            thread::spawn(move || writer(id, make, start, stop, pace))
         })
         .collect();
+    // Readers are ready (`start` returned) and every writer has its
+    // sender: the clock starts now.
+    start.wait();
+    let begun = Instant::now();
+    // The window itself: nothing to wait for but time.
+    thread::sleep(duration);
+    progress.close_window();
+    let window = begun.elapsed();
+    stop.store(true, Ordering::Relaxed);
     let mut written = 0;
+    let mut last = begun;
     for writer in writers {
-        written += writer.join().map_err(|_| anyhow!("a writer panicked"))??;
+        let (sent, ended) = writer.join().map_err(|_| anyhow!("a writer panicked"))??;
+        written += sent;
+        last = last.max(ended);
     }
-    let elapsed = begun.elapsed();
+    let writing = last - begun;
     // Delivery has settled when every copy arrived, or nothing moved for
     // half a second (lossy systems never reach the full count).
     let expected = written * workload.readers as u64;
-    let mut last = (progress.get(), Instant::now());
+    let mut moved = (progress.get(), Instant::now());
     let give_up = Instant::now() + Duration::from_secs(60);
-    while progress.get() < expected && last.1.elapsed() < Duration::from_millis(500) {
+    while progress.get() < expected && moved.1.elapsed() < Duration::from_millis(500) {
         thread::sleep(Duration::from_millis(20));
         let now = progress.get();
-        if now != last.0 {
-            last = (now, Instant::now());
+        if now != moved.0 {
+            moved = (now, Instant::now());
         }
         if Instant::now() > give_up {
             break;
@@ -154,8 +257,16 @@ pub fn measure(
     stop_sampling.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     let tally = (started.finish)().context("stopping the receivers")?;
+    if tally.corrupt > 0 {
+        bail!(
+            "{}: {} damaged messages (wrong length or pattern) among {} received intact",
+            system.name(),
+            tally.corrupt,
+            tally.messages
+        );
+    }
     if system.lossless() && tally.messages != expected {
-        anyhow::bail!(
+        bail!(
             "{} is lossless but delivered {} of {expected} messages",
             system.name(),
             tally.messages
@@ -163,7 +274,8 @@ pub fn measure(
     }
     Ok(Measured {
         written,
-        elapsed,
+        window,
+        writing,
         tally,
         io_wq_workers: most_workers.load(Ordering::Relaxed),
     })
