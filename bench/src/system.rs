@@ -293,3 +293,130 @@ pub fn join_all(handles: Vec<thread::JoinHandle<Result<Tally>>>) -> Result<Tally
     }
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A system in this process: a bounded channel per reader (a queue
+    /// of 256 messages, so writers wait for slow readers), a reader thread
+    /// that takes `delay` per message, and optionally a byte flipped in
+    /// every `damage`th message on the way.
+    struct Channels {
+        delay: Duration,
+        damage: Option<u64>,
+    }
+
+    struct ToAll {
+        readers: Vec<mpsc::SyncSender<Vec<u8>>>,
+        size: usize,
+        damage: Option<u64>,
+        sent: u64,
+    }
+
+    impl Sender for ToAll {
+        fn burst(&mut self, count: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
+            for _ in 0..count {
+                let mut message = vec![0u8; self.size];
+                fill(&mut message);
+                self.sent += 1;
+                if self.damage.is_some_and(|every| self.sent % every == 0) {
+                    message[self.size - 1] ^= 1;
+                }
+                for reader in &self.readers {
+                    reader.send(message.clone())?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    impl System for Channels {
+        fn name(&self) -> &'static str {
+            "channels"
+        }
+
+        fn lossless(&self) -> bool {
+            true
+        }
+
+        fn start(&mut self, workload: Workload, progress: Arc<Progress>) -> Result<Started> {
+            let mut ends = Vec::new();
+            let mut handles = Vec::new();
+            for _ in 0..workload.readers {
+                let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(256);
+                ends.push(tx);
+                let (mut tally, progress, delay) = (
+                    Tally::new(workload.size, &progress),
+                    progress.clone(),
+                    self.delay,
+                );
+                handles.push(thread::spawn(move || {
+                    for message in rx {
+                        thread::sleep(delay);
+                        tally.record(&message);
+                        progress.add(1);
+                    }
+                    Ok(tally)
+                }));
+            }
+            let (size, damage) = (workload.size, self.damage);
+            let sender: MakeSender = Box::new(move || {
+                Ok(Box::new(ToAll {
+                    readers: ends,
+                    size,
+                    damage,
+                    sent: 0,
+                }) as Box<dyn Sender>)
+            });
+            Ok(Started {
+                senders: vec![sender],
+                finish: Box::new(move || join_all(handles)),
+            })
+        }
+    }
+
+    const WORKLOAD: Workload = Workload {
+        writers: 1,
+        readers: 2,
+        size: 64,
+    };
+
+    #[test]
+    fn what_arrives_after_the_window_is_drain_not_delivered_in_it() {
+        // A reader takes 2 ms a message: about 25 arrive in a 50 ms
+        // window, while the 256 queued and the burst in flight arrive
+        // after it.
+        let mut system = Channels {
+            delay: Duration::from_millis(2),
+            damage: None,
+        };
+        let measured = measure(&mut system, WORKLOAD, Duration::from_millis(50), Pace::Flat)
+            .expect("measured");
+        let tally = &measured.tally;
+        assert_eq!(
+            tally.messages,
+            measured.written * 2,
+            "all arrive in the end"
+        );
+        assert!(
+            tally.in_window < tally.messages / 2,
+            "{} of {} counted inside the window",
+            tally.in_window,
+            tally.messages
+        );
+        assert!(measured.window >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_damaged_message_fails_the_run() {
+        let mut system = Channels {
+            delay: Duration::ZERO,
+            damage: Some(100),
+        };
+        let err = measure(&mut system, WORKLOAD, Duration::from_millis(20), Pace::Flat)
+            .err()
+            .expect("a run with damaged messages fails");
+        assert!(err.to_string().contains("damaged messages"), "{err:#}");
+    }
+}

@@ -90,11 +90,7 @@ fn new_node() -> Result<Node<Ipc>> {
 type ReaderPorts = (Node<Ipc>, Subscriber<Ipc, [u8], ()>, Listener<Ipc>);
 
 /// A reader's ports, made on its own thread.
-fn subscribe(
-    data: &ServiceName,
-    wake: &ServiceName,
-    buffer: usize,
-) -> Result<ReaderPorts> {
+fn subscribe(data: &ServiceName, wake: &ServiceName, buffer: usize) -> Result<ReaderPorts> {
     let node = new_node()?;
     let subscriber = node
         .service_builder(data)
