@@ -320,7 +320,7 @@ mod tests {
                 let mut message = vec![0u8; self.size];
                 fill(&mut message);
                 self.sent += 1;
-                if self.damage.is_some_and(|every| self.sent % every == 0) {
+                if self.damage.is_some_and(|every| self.sent.is_multiple_of(every)) {
                     message[self.size - 1] ^= 1;
                 }
                 for reader in &self.readers {
