@@ -7,14 +7,11 @@
 //! empty system call costs: every message costs at least one to write and
 //! one to read.
 
-use crate::systems::kchat::RING_BYTES;
+use crate::{system::StartLine, systems::kchat::RING_BYTES};
 use anyhow::{anyhow, bail, Result};
 use std::{
     hint::black_box,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Barrier,
-    },
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
@@ -52,19 +49,18 @@ fn source() -> (Vec<u8>, Vec<u64>) {
 pub fn memory(threads: usize, duration: Duration) -> Result<f64> {
     let (bytes, sums) = source();
     let shared = Arc::new((bytes, sums));
-    let start = Arc::new(Barrier::new(threads + 1));
-    let stop = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(StartLine::new(threads, duration));
     let workers: Vec<_> = (0..threads)
         .map(|n| {
-            let (shared, start, stop) = (shared.clone(), start.clone(), stop.clone());
+            let (shared, start) = (shared.clone(), start.clone());
             thread::spawn(move || -> Result<u64> {
                 let (source, sums) = &*shared;
                 let mut dest = vec![0u8; CHUNK];
                 let chunks = sums.len();
                 let mut next = n % chunks;
                 let mut done = 0u64;
-                start.wait();
-                while !stop.load(Ordering::Relaxed) {
+                let begun = start.wait(|_| {});
+                while !start.over(begun) {
                     let at = next * CHUNK;
                     dest.copy_from_slice(black_box(&source[at..at + CHUNK]));
                     if sweep(black_box(&dest)) != sums[next] {
@@ -77,18 +73,15 @@ pub fn memory(threads: usize, duration: Duration) -> Result<f64> {
             })
         })
         .collect();
-    start.wait();
-    let begun = Instant::now();
-    // The window itself: nothing to wait for but time.
-    thread::sleep(duration);
-    stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     for worker in workers {
         total += worker
             .join()
             .map_err(|_| anyhow!("a memory reference thread panicked"))??;
     }
-    Ok(total as f64 / begun.elapsed().as_secs_f64())
+    // Every thread stops at the window's end by its own clock (none
+    // waits for this thread to wake up): bytes over the window.
+    Ok(total as f64 / duration.as_secs_f64())
 }
 
 /// getppid(2), nanoseconds per call.

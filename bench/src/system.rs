@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
-        mpsc, Arc, Barrier,
+        mpsc, Arc, Barrier, OnceLock,
     },
     thread,
     time::{Duration, Instant},
@@ -114,8 +114,8 @@ impl ReadyHandle {
 pub struct Measured {
     /// Messages the writers handed to the system.
     pub written: u64,
-    /// The write window: from the writers' start to when the harness
-    /// closed it (arrivals after it are not counted as delivered in it).
+    /// The write window, from the first writer's start (arrivals after
+    /// it are not counted as delivered in it).
     pub window: Duration,
     /// From the writers' start until the last writer's last burst
     /// returned (its last burst may end after the window).
@@ -148,27 +148,67 @@ fn io_wq_workers() -> u32 {
         .count() as u32
 }
 
-/// One writer: makes its sender, waits for the start, writes until told
-/// to stop; returns what it wrote and when its last burst returned.
+/// The start of a window: set once, by the first thread past the start
+/// line, which also fixes when the window closes. Every thread reads the
+/// same instant, and nothing depends on when a busy scheduler wakes the
+/// thread that runs the harness (with hundreds of busy threads on two
+/// vCPUs that can be seconds).
+pub struct StartLine {
+    barrier: Barrier,
+    begun: OnceLock<Instant>,
+    duration: Duration,
+}
+
+impl StartLine {
+    pub fn new(threads: usize, duration: Duration) -> Self {
+        StartLine {
+            barrier: Barrier::new(threads),
+            begun: OnceLock::new(),
+            duration,
+        }
+    }
+
+    /// Waits for everyone; returns the start of the window, calling
+    /// `opened` with it once (whoever is first).
+    pub fn wait(&self, opened: impl FnOnce(Instant)) -> Instant {
+        self.barrier.wait();
+        let mut first = false;
+        let begun = *self.begun.get_or_init(|| {
+            first = true;
+            Instant::now()
+        });
+        if first {
+            opened(begun);
+        }
+        begun
+    }
+
+    /// Whether the window that began at `begun` is over.
+    pub fn over(&self, begun: Instant) -> bool {
+        begun.elapsed() >= self.duration
+    }
+}
+
+/// One writer: makes its sender, waits for the start, writes until the
+/// window is over; returns what it wrote and when its last burst returned.
 fn writer(
     id: usize,
     make: MakeSender,
-    start: Arc<Barrier>,
-    stop: Arc<AtomicBool>,
+    start: Arc<StartLine>,
+    progress: Arc<Progress>,
     pace: Pace,
 ) -> Result<(u64, Instant)> {
     let sender = make();
     // Everyone meets at the start line, a failed writer too.
-    start.wait();
+    let begun = start.wait(|begun| open_window(&progress, begun, start.duration));
     let mut sender = sender?;
-    let begun = Instant::now();
     let mut seq = 0u64;
     let mut fill = |buf: &mut [u8]| {
         message::stamp(buf, id as u32, seq);
         seq += 1;
     };
     let mut sent = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    while !start.over(begun) {
         match pace {
             Pace::Flat => {
                 sender.burst(BURST, &mut fill)?;
@@ -187,6 +227,13 @@ fn writer(
     let ended = Instant::now();
     sender.finish()?;
     Ok((sent, ended))
+}
+
+/// Fixes the window's end for the receivers: `duration` after `begun`.
+fn open_window(progress: &Progress, begun: Instant, duration: Duration) {
+    let now = message::now_ns();
+    let since = begun.elapsed().as_nanos() as u64;
+    progress.close_window_at(now.saturating_sub(since) + duration.as_nanos() as u64);
 }
 
 /// Messages per burst at full speed.
@@ -211,33 +258,31 @@ pub fn measure(
             }
         })
     };
-    let start = Arc::new(Barrier::new(started.senders.len() + 1));
-    let stop = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(StartLine::new(started.senders.len(), duration));
     let writers: Vec<_> = started
         .senders
         .into_iter()
         .enumerate()
         .map(|(id, make)| {
-            let (start, stop) = (start.clone(), stop.clone());
-            thread::spawn(move || writer(id, make, start, stop, pace))
+            let (start, progress) = (start.clone(), progress.clone());
+            thread::spawn(move || writer(id, make, start, progress, pace))
         })
         .collect();
-    // Readers are ready (`start` returned) and every writer has its
-    // sender: the clock starts now.
-    start.wait();
-    let begun = Instant::now();
-    // The window itself: nothing to wait for but time.
-    thread::sleep(duration);
-    progress.close_window();
-    let window = begun.elapsed();
-    stop.store(true, Ordering::Relaxed);
+    // Readers are ready (`start` returned); the writers start the clock
+    // together once each has its sender, and stop at the window's end.
     let mut written = 0;
-    let mut last = begun;
+    let mut last = None;
     for writer in writers {
         let (sent, ended) = writer.join().map_err(|_| anyhow!("a writer panicked"))??;
         written += sent;
-        last = last.max(ended);
+        last = last.max(Some(ended));
     }
+    let begun = *start
+        .begun
+        .get()
+        .ok_or_else(|| anyhow!("no writer reached the start line"))?;
+    let window = duration;
+    let last = last.unwrap_or(begun);
     let writing = last - begun;
     // Delivery has settled when every copy arrived, or nothing moved for
     // half a second (lossy systems never reach the full count).
@@ -320,7 +365,10 @@ mod tests {
                 let mut message = vec![0u8; self.size];
                 fill(&mut message);
                 self.sent += 1;
-                if self.damage.is_some_and(|every| self.sent.is_multiple_of(every)) {
+                if self
+                    .damage
+                    .is_some_and(|every| self.sent.is_multiple_of(every))
+                {
                     message[self.size - 1] ^= 1;
                 }
                 for reader in &self.readers {

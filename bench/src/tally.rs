@@ -147,10 +147,10 @@ impl Progress {
         self.delivered.load(Ordering::Relaxed)
     }
 
-    /// Closes the write window now: later arrivals are drain, not counted
-    /// as delivered inside it.
-    pub fn close_window(&self) {
-        self.window_end.store(message::now_ns(), Ordering::Release);
+    /// Sets when the write window closes (`message::now_ns` time): later
+    /// arrivals are drain, not counted as delivered inside it.
+    pub fn close_window_at(&self, end_ns: u64) {
+        self.window_end.store(end_ns, Ordering::Release);
     }
 
     fn window_end(&self) -> u64 {
@@ -241,7 +241,7 @@ mod tests {
         let mut tally = Tally::new(64, &progress);
         let bytes = stream(5, 64);
         tally.record_chunk(&bytes[..3 * 64]);
-        progress.close_window();
+        progress.close_window_at(message::now_ns());
         tally.record_chunk(&bytes[3 * 64..]);
         assert_eq!((tally.messages, tally.in_window), (5, 3));
         let mut total = Tally::default();
