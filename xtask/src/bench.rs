@@ -130,7 +130,9 @@ pub fn run(
     eprintln!("bench: running in the VM ({variant} kernel, TCG)");
     let run = vm::run(
         &kernel,
-        &vm::VmArgs::scripted(Duration::from_secs(3600)),
+        // The default run (18 rows, 9 systems, 5 repetitions) takes about
+        // 1.5 hours of TCG; rows of 256 readers take most of it.
+        &vm::VmArgs::scripted(Duration::from_secs(3 * 3600)),
         Some(&script),
         true,
     )?;

@@ -4,8 +4,9 @@
 //! its own node, as each process would have). Writers loan a sample, fill
 //! it (one copy in, as a kchat `write` makes) and send it; every
 //! subscriber checks it in place. Each subscriber's buffer holds as many
-//! bytes as kchat's ring (so many samples of the run's size) and overflows
-//! into the oldest sample (lossy, like a `drop` room). Readers sleep on an
+//! bytes as kchat's ring (so many samples of the run's size), capped where
+//! the shared-memory pool would not fit the guest (`buffer_samples`), and
+//! overflows into the oldest sample (lossy, like a `drop` room). Readers sleep on an
 //! event service between bursts, as iceoryx2's own event-driven examples
 //! do; writers notify after each burst. Nothing stamps who sent a message.
 
@@ -84,6 +85,26 @@ fn new_node() -> Result<Node<Ipc>> {
     NodeBuilder::new()
         .create::<Ipc>()
         .map_err(|err| anyhow!("creating an iceoryx2 node: {err:?}"))
+}
+
+/// Bytes of shared memory iceoryx2's sample pool may take. It sizes the
+/// pool for the worst case, every subscriber holding a full buffer of
+/// distinct samples, and the guest's /dev/shm is half of its 2 GiB: 256
+/// subscribers of 64 B with buffers of kchat's ring (65,536 samples each)
+/// took more than that and the bench died of SIGBUS in a smoke run.
+const POOL_BUDGET: usize = 256 << 20;
+
+/// Bytes a sample takes in the pool beyond its payload (a generous guess
+/// at iceoryx2's header and alignment).
+const SAMPLE_OVERHEAD: usize = 64;
+
+/// Samples each subscriber's buffer holds: as many bytes as kchat's ring,
+/// unless the worst-case pool would pass `POOL_BUDGET` (then as many as
+/// fit it: at 256 readers, 252 samples of 4 KiB or 8,192 of 64 B).
+pub fn buffer_samples(readers: usize, size: usize) -> usize {
+    let ring = RING_BYTES as usize / size.max(1);
+    let fits = POOL_BUDGET / (readers.max(1) * (size + SAMPLE_OVERHEAD));
+    ring.min(fits).max(1)
 }
 
 /// A reader's node and ports.
@@ -185,8 +206,7 @@ impl System for Iceoryx2 {
                 .try_into()
                 .map_err(|err| anyhow!("a service name: {err:?}"))
         };
-        // A subscriber holds as many bytes as kchat's ring.
-        let buffer = (RING_BYTES as usize / workload.size).max(1);
+        let buffer = buffer_samples(workload.readers, workload.size);
         let nodes = workload.readers + workload.writers + 1;
         let (data, wake) = (name("data")?, name("wake")?);
         let service = self
@@ -243,5 +263,25 @@ impl System for Iceoryx2 {
                 tally
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_hold_kchats_ring_unless_the_pool_would_not_fit() {
+        assert_eq!(buffer_samples(1, 64), 65_536);
+        assert_eq!(buffer_samples(16, 64), 65_536);
+        assert_eq!(buffer_samples(16, 4096), 1024);
+        assert_eq!(buffer_samples(256, 64), 8192);
+        assert_eq!(buffer_samples(256, 4096), 252);
+        for readers in [1, 16, 256] {
+            for size in [20, 64, 1024, 4096] {
+                let pool = readers * buffer_samples(readers, size) * (size + SAMPLE_OVERHEAD);
+                assert!(pool <= POOL_BUDGET, "{readers} x {size} B: {pool}");
+            }
+        }
     }
 }
