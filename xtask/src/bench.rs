@@ -130,8 +130,8 @@ pub fn run(
     eprintln!("bench: running in the VM ({variant} kernel, TCG)");
     let run = vm::run(
         &kernel,
-        // The default run (18 rows, 9 systems, 5 repetitions) takes about
-        // 1.5 hours of TCG; rows of 256 readers take most of it.
+        // The default run (18 rows, 9 systems, 5 repetitions) should take
+        // 1.5-2 hours of TCG (smoke runs); rows of 256 readers take most.
         &vm::VmArgs::scripted(Duration::from_secs(3 * 3600)),
         Some(&script),
         true,
