@@ -6,6 +6,7 @@
 mod cross;
 mod message;
 mod plot;
+mod progress;
 mod reference;
 mod report;
 mod stopped;
@@ -15,7 +16,7 @@ mod tally;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use report::{LatencyRow, Report, Row};
+use report::{LatencyRow, MemoryRow, Report, Row, Stats, StoppedRow};
 use std::{path::PathBuf, time::Duration};
 use system::{Pace, System, Workload};
 use systems::{iceoryx2::Iceoryx2, kchat::Kchat, nats::Nats, pipe::PipeTee, redis::Redis};
@@ -57,9 +58,16 @@ struct RunArgs {
     /// Message sizes in bytes (at least 20: the stamp).
     #[arg(long, value_delimiter = ',', default_values_t = [64, 1024, 4096])]
     sizes: Vec<usize>,
-    /// How long each throughput run writes, in milliseconds.
-    #[arg(long, default_value_t = 1500)]
+    /// How long each run's write window lasts, in milliseconds.
+    #[arg(long, alias = "window-ms", default_value_t = 1500)]
     millis: u64,
+    /// Repetitions of every row (systems in a random order each time).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Seed of the random orders (default: from the clock; the report
+    /// names it, so a run's order can be replayed).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Systems to run (kchat, kchat-block, kchat-epoll, kchat-uring,
     /// kchat-mmap, pipe-tee, redis, nats, iceoryx2); all by default.
     #[arg(long, value_delimiter = ',')]
@@ -70,14 +78,20 @@ struct RunArgs {
     /// Paced latency runs: reader counts.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 16])]
     latency_readers: Vec<usize>,
+    /// The host's load average, for the report (`cargo xtask bench`
+    /// passes /proc/loadavg of the host).
+    #[arg(long)]
+    host_load: Option<String>,
     /// Where to save the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Where to write the Markdown report (else standard output).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
 }
 
 fn machine() -> String {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -86,7 +100,16 @@ fn machine() -> String {
                 .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_default();
-    format!("Linux {}, {cpus} vCPUs ({model})", release.trim())
+    format!("Linux {}, {} vCPUs ({model})", release.trim(), vcpus())
+}
+
+fn vcpus() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+fn clocksource() -> String {
+    std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+        .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned())
 }
 
 /// (quantile, latency) points: every percent, then the tail.
@@ -118,7 +141,38 @@ fn raise_file_limit() -> Result<()> {
     Ok(())
 }
 
+/// The order of `entries` things in each of `reps` repetitions: a fresh
+/// shuffle each time, the same for the same seed.
+pub fn orders(seed: u64, entries: usize, reps: usize) -> Vec<Vec<usize>> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..reps)
+        .map(|_| {
+            let mut order: Vec<usize> = (0..entries).collect();
+            rng.shuffle(&mut order);
+            order
+        })
+        .collect()
+}
+
+/// One throughput repetition of one system.
+struct Sample {
+    accepted: f64,
+    delivered: f64,
+    lost: f64,
+    tally: tally::Tally,
+    io_wq_workers: u32,
+}
+
 fn run(args: RunArgs) -> Result<()> {
+    anyhow::ensure!(args.reps >= 1, "--reps must be at least 1");
+    anyhow::ensure!(args.millis >= 1, "--millis must be at least 1");
+    for &size in &args.sizes {
+        anyhow::ensure!(
+            size >= message::HEADER,
+            "messages must hold the {}-byte stamp (--sizes {size})",
+            message::HEADER
+        );
+    }
     raise_file_limit()?;
     let wanted = |name: &str| args.systems.is_empty() || args.systems.iter().any(|s| s == name);
     let mut systems: Vec<Box<dyn System>> = Vec::new();
@@ -139,78 +193,151 @@ fn run(args: RunArgs) -> Result<()> {
     if wanted("iceoryx2") {
         systems.push(Box::new(Iceoryx2::start()?));
     }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
     let duration = Duration::from_millis(args.millis);
-    let mut report = Report {
-        machine: machine(),
-        millis: args.millis,
-        reference: reference::measure(),
-        throughput: Vec::new(),
-        latency: Vec::new(),
-        stopped_reader: Vec::new(),
-    };
+    let paced = Duration::from_millis(args.millis.max(2000));
+    let mut workloads = Vec::new();
     for &size in &args.sizes {
-        anyhow::ensure!(
-            size >= message::HEADER,
-            "messages must hold the {}-byte stamp",
-            message::HEADER
-        );
         for &writers in &args.writers {
             for &readers in &args.readers {
-                let workload = Workload {
+                workloads.push(Workload {
                     writers,
                     readers,
                     size,
-                };
-                for system in &mut systems {
-                    let name = system.name();
-                    eprintln!("bench: {name}, {writers} writer(s), {readers} reader(s), {size} B");
-                    let measured = system::measure(system.as_mut(), workload, duration, Pace::Flat)
-                        .with_context(|| {
-                            format!("{name} with {writers} writers, {readers} readers, {size} B")
-                        })?;
-                    let seconds = measured.elapsed.as_secs_f64();
-                    let owed = (measured.written * readers as u64).max(1) as f64;
-                    report.throughput.push(Row {
-                        system: name.to_owned(),
-                        writers,
-                        readers,
-                        size,
-                        written_per_sec: measured.written as f64 / seconds,
-                        delivered_per_sec: measured.tally.messages as f64 / seconds,
-                        lost: (1.0 - measured.tally.messages as f64 / owed).max(0.0),
-                        p99_ns: measured.tally.latency.value_at_quantile(0.99),
-                        io_wq_workers: measured.io_wq_workers,
-                    });
-                }
+                });
             }
         }
     }
-    let paced = Duration::from_millis(args.millis.max(2000));
-    for &readers in &args.latency_readers {
-        for system in &mut systems {
-            let name = system.name();
-            eprintln!(
-                "bench: {name}, paced at {} msg/s, {readers} reader(s)",
-                args.latency_rate
+    let stopped_sizes = if wanted("kchat") { args.sizes.len() } else { 0 };
+    let mut progress = progress::Bar::new(
+        args.reps
+            * (workloads.len() * (systems.len() + 1)
+                + args.latency_readers.len() * systems.len()
+                + stopped_sizes),
+        duration,
+    );
+    let mut report = Report {
+        machine: machine(),
+        vcpus: vcpus(),
+        clocksource: clocksource(),
+        host_load: args.host_load.clone(),
+        seed,
+        reps: args.reps,
+        millis: args.millis,
+        syscall_ns: reference::syscall_ns(),
+        throughput: Vec::new(),
+        memory: Vec::new(),
+        latency: Vec::new(),
+        stopped_reader: Vec::new(),
+    };
+    // One order stream per table, so a seed replays every table's orders.
+    let mut streams = 0u64;
+    let mut next_orders = |entries: usize| {
+        streams += 1;
+        orders(seed.wrapping_add(streams), entries, args.reps)
+    };
+    for workload in &workloads {
+        let Workload {
+            writers,
+            readers,
+            size,
+        } = *workload;
+        let label = format!("{writers}w/{readers}r/{size} B");
+        // The memory reference is the last entry of each shuffled order.
+        let mut samples: Vec<Vec<Sample>> = (0..systems.len()).map(|_| Vec::new()).collect();
+        let mut memory = Vec::new();
+        for (rep, order) in next_orders(systems.len() + 1).into_iter().enumerate() {
+            for entry in order {
+                let Some(system) = systems.get_mut(entry) else {
+                    progress.step(&format!("memory, {label}, rep {}", rep + 1));
+                    memory.push(reference::memory(readers, duration)?);
+                    continue;
+                };
+                let name = system.name();
+                progress.step(&format!("{name}, {label}, rep {}", rep + 1));
+                let measured = system::measure(system.as_mut(), *workload, duration, Pace::Flat)
+                    .with_context(|| format!("{name}, {label}"))?;
+                let owed = (measured.written * readers as u64).max(1) as f64;
+                samples[entry].push(Sample {
+                    accepted: measured.written as f64 / measured.writing.as_secs_f64(),
+                    delivered: measured.tally.in_window as f64 / measured.window.as_secs_f64(),
+                    lost: (1.0 - measured.tally.messages as f64 / owed).max(0.0),
+                    tally: measured.tally,
+                    io_wq_workers: measured.io_wq_workers,
+                });
+            }
+        }
+        for (system, samples) in systems.iter().zip(samples) {
+            let stats =
+                |f: fn(&Sample) -> f64| Stats::of(&samples.iter().map(f).collect::<Vec<_>>());
+            let (accepted, delivered, lost) = (
+                stats(|s| s.accepted),
+                stats(|s| s.delivered),
+                stats(|s| s.lost),
             );
-            let workload = Workload {
-                writers: 1,
+            let workers = samples.iter().map(|s| s.io_wq_workers).max().unwrap_or(0);
+            let mut pooled = tally::Tally::default();
+            for sample in samples {
+                pooled.merge(sample.tally)?;
+            }
+            report.throughput.push(Row {
+                system: system.name().to_owned(),
+                writers,
                 readers,
-                size: 64,
-            };
-            let measured = system::measure(
-                system.as_mut(),
-                workload,
-                paced,
-                Pace::Rate(args.latency_rate),
-            )
-            .with_context(|| format!("{name} paced with {readers} readers"))?;
-            let latency = &measured.tally.latency;
+                size,
+                accepted_per_sec: accepted,
+                delivered_per_sec: delivered,
+                lost,
+                p99_ns: pooled.latency.value_at_quantile(0.99),
+                io_wq_workers: workers,
+            });
+        }
+        report.memory.push(MemoryRow {
+            writers,
+            readers,
+            size,
+            bytes_per_sec: Stats::of(&memory),
+        });
+    }
+    for &readers in &args.latency_readers {
+        let workload = Workload {
+            writers: 1,
+            readers,
+            size: 64,
+        };
+        let mut pooled: Vec<tally::Tally> =
+            (0..systems.len()).map(|_| Default::default()).collect();
+        for (rep, order) in next_orders(systems.len()).into_iter().enumerate() {
+            for entry in order {
+                let system = &mut systems[entry];
+                let name = system.name();
+                progress.step(&format!(
+                    "{name}, paced at {} msg/s, {readers} reader(s), rep {}",
+                    args.latency_rate,
+                    rep + 1
+                ));
+                let measured = system::measure(
+                    system.as_mut(),
+                    workload,
+                    paced,
+                    Pace::Rate(args.latency_rate),
+                )
+                .with_context(|| format!("{name} paced with {readers} readers"))?;
+                pooled[entry].merge(measured.tally)?;
+            }
+        }
+        for (system, tally) in systems.iter().zip(pooled) {
+            let latency = &tally.latency;
             report.latency.push(LatencyRow {
-                system: name.to_owned(),
+                system: system.name().to_owned(),
                 readers,
                 size: 64,
                 rate: args.latency_rate,
+                samples: latency.len(),
                 p50_ns: latency.value_at_quantile(0.5),
                 p99_ns: latency.value_at_quantile(0.99),
                 p999_ns: latency.value_at_quantile(0.999),
@@ -219,19 +346,32 @@ fn run(args: RunArgs) -> Result<()> {
             });
         }
     }
-    if wanted("kchat") {
+    if stopped_sizes > 0 {
         for &size in &args.sizes {
-            eprintln!("bench: a stopped reader, {size} B");
-            report
-                .stopped_reader
-                .push(stopped::measure(size, duration)?);
+            let mut rates = (Vec::new(), Vec::new());
+            for rep in 0..args.reps {
+                progress.step(&format!("a stopped reader, {size} B, rep {}", rep + 1));
+                let (alone, with_stopped) = stopped::measure(size, duration)?;
+                rates.0.push(alone);
+                rates.1.push(with_stopped);
+            }
+            report.stopped_reader.push(StoppedRow {
+                size,
+                alone_per_sec: Stats::of(&rates.0),
+                with_stopped_per_sec: Stats::of(&rates.1),
+            });
         }
     }
+    progress.done();
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    print!("{}", report.markdown());
+    match &args.markdown {
+        Some(path) => std::fs::write(path, report.markdown())
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{}", report.markdown()),
+    }
     Ok(())
 }
 
@@ -256,5 +396,23 @@ fn main() -> Result<()> {
         }
         Command::Cross(args) => cross::drive(args),
         Command::CrossPeer(args) => cross::peer(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_order_is_random_per_repetition_and_replays_from_its_seed() {
+        let one = orders(42, 10, 5);
+        assert_eq!(one, orders(42, 10, 5));
+        assert_ne!(one, orders(43, 10, 5));
+        for order in &one {
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+        }
+        assert!(one.windows(2).any(|w| w[0] != w[1]), "{one:?}");
     }
 }

@@ -2,7 +2,7 @@
 //! with one reader draining, then with a second reader that never reads.
 //! In a `drop` room nobody waits for it, so the cost should be nil.
 
-use crate::{report::StoppedRow, systems::kchat};
+use crate::systems::kchat;
 use anyhow::{anyhow, Result};
 use kchat_uapi::abi;
 use std::{
@@ -11,7 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub fn measure(size: usize, duration: Duration) -> Result<StoppedRow> {
+/// The writer's rate alone with one reader, then with a stopped one too.
+pub fn measure(size: usize, duration: Duration) -> Result<(f64, f64)> {
     let mut rates = [0.0; 2];
     for (stopped, rate) in rates.iter_mut().enumerate() {
         kchat::create_room(abi::POLICY_DROP, size)?;
@@ -38,9 +39,5 @@ pub fn measure(size: usize, duration: Duration) -> Result<StoppedRow> {
         drop(idle);
         drain.join().map_err(|_| anyhow!("the reader panicked"))?;
     }
-    Ok(StoppedRow {
-        size,
-        alone_per_sec: rates[0],
-        with_stopped_per_sec: rates[1],
-    })
+    Ok((rates[0], rates[1]))
 }

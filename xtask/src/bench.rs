@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: runs `kchat-bench run` in the test VM (bench
 //! kernel), with redis-server and nats-server from the host's packages,
-//! then draws the plots on the host. Tables go to `benchmarks/latest.md`,
-//! the raw numbers to `benchmarks/latest.json`, the plots beside them;
+//! then draws the plots on the host. Tables go to `benchmarks/latest.md`
+//! (or `--out DIR`), the raw numbers to `latest.json`, the plots beside
+//! them;
 //! BENCHMARKS.md quotes them with the machine they ran on.
 
 use crate::{bootstrap, kernel, kmod, paths, process, vm};
@@ -69,15 +70,40 @@ fn prepare(
     Ok((kernel, modules, paths::target().join("release/kchat-bench")))
 }
 
+/// The host's load average (/proc/loadavg's first three fields), for the
+/// report: the guest cannot see it, and a busy host slows the guest.
+fn host_load() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".to_owned(),
+        |line| {
+            line.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
+    )
+}
+
 /// Runs the bench; with `perf`, under `perf record -a -g` in the guest,
-/// keeping `perf report`'s flat profile as `benchmarks/profile.txt` and
-/// every sample in the kernel's allocators as `benchmarks/profile-alloc.txt`.
-pub fn run(variant: kernel::Variant, perf: bool, extra: &[String]) -> Result<ExitCode> {
+/// keeping `perf report`'s flat profile as `profile.txt` and every sample
+/// in the kernel's allocators as `profile-alloc.txt`. Everything goes to
+/// `out` (`benchmarks/` unless told otherwise: a smoke run goes elsewhere,
+/// so it never stands in for the record of a full run).
+pub fn run(
+    variant: kernel::Variant,
+    perf: bool,
+    out: Option<&std::path::Path>,
+    extra: &[String],
+) -> Result<ExitCode> {
     let (kernel, modules, bench) = prepare(variant, &["kchat-bench"])?;
-    // The run folder is mounted at /run/kchat-vm in the guest.
+    // The run folder is mounted at /run/kchat-vm in the guest. The report
+    // goes to a file of its own: the console also carries the progress
+    // lines and whatever libraries print, which belong to no report.
     let bench_cmd = format!(
-        "{} run --json /run/kchat-vm/bench.json {}",
+        "{} run --json /run/kchat-vm/bench.json --markdown /run/kchat-vm/bench.md \
+         --host-load '{}' {}",
         bench.display(),
+        host_load(),
         extra.join(" ")
     );
     let bench_cmd = if perf {
@@ -104,7 +130,9 @@ pub fn run(variant: kernel::Variant, perf: bool, extra: &[String]) -> Result<Exi
     eprintln!("bench: running in the VM ({variant} kernel, TCG)");
     let run = vm::run(
         &kernel,
-        &vm::VmArgs::scripted(Duration::from_secs(3600)),
+        // The default run (18 rows, 9 systems, 5 repetitions) should take
+        // 1.5-2 hours of TCG (smoke runs); rows of 256 readers take most.
+        &vm::VmArgs::scripted(Duration::from_secs(3 * 3600)),
         Some(&script),
         true,
     )?;
@@ -112,14 +140,14 @@ pub fn run(variant: kernel::Variant, perf: bool, extra: &[String]) -> Result<Exi
         eprint!("bench: {}", run.verdict(20));
         return Ok(ExitCode::FAILURE);
     }
-    let out = paths::root().join("benchmarks");
+    let out = out.map_or_else(|| paths::root().join("benchmarks"), |dir| dir.to_owned());
     std::fs::create_dir_all(&out)?;
     let json = out.join("latest.json");
     std::fs::copy(run.dir.join("bench.json"), &json)
         .with_context(|| format!("keeping the results as {}", json.display()))?;
     let tables = out.join("latest.md");
-    std::fs::write(&tables, &run.output)
-        .with_context(|| format!("writing {}", tables.display()))?;
+    std::fs::copy(run.dir.join("bench.md"), &tables)
+        .with_context(|| format!("keeping the report as {}", tables.display()))?;
     process::run(
         Command::new(&bench)
             .arg("plot")

@@ -111,8 +111,13 @@ enum Command {
         /// NATS (benchmarks/cross.md).
         #[arg(long, conflicts_with = "perf")]
         cross: bool,
+        /// Where the report, JSON and plots go instead of benchmarks/ (for
+        /// smoke runs, which must not replace the record of a full run).
+        #[arg(long, conflicts_with = "cross")]
+        out: Option<std::path::PathBuf>,
         /// Arguments for `kchat-bench run` (--readers, --writers, --sizes,
-        /// --millis, --systems, --latency-rate, --latency-readers).
+        /// --millis, --reps, --seed, --systems, --latency-rate,
+        /// --latency-readers; `kchat-bench run --help` says more).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -192,8 +197,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench {
             variant,
             perf,
+            out,
             args,
             ..
-        } => bench::run(variant, perf, &args),
+        } => bench::run(variant, perf, out.as_deref(), &args),
     }
 }

@@ -1,17 +1,21 @@
 //! iceoryx2: zero-copy publish-subscribe over shared memory, the best local
-//! fan-out there is. Writers loan a sample, fill it (one copy in, as a
-//! kchat `write` makes) and send it; every subscriber reads it in place.
-//! Readers sleep on an event service between bursts, as iceoryx2's own
-//! event-driven examples do; writers notify after each burst. Subscribers'
-//! buffers overflow into the oldest sample (lossy, like a `drop` room).
-//! Nothing stamps who sent a message.
+//! fan-out there is, set up as its authors recommend: the single-threaded
+//! `ipc::Service`, each port made on the thread that uses it (each thread
+//! its own node, as each process would have). Writers loan a sample, fill
+//! it (one copy in, as a kchat `write` makes) and send it; every
+//! subscriber checks it in place. Each subscriber's buffer holds as many
+//! bytes as kchat's ring (so many samples of the run's size), capped where
+//! the shared-memory pool would not fit the guest (`buffer_samples`), and
+//! overflows into the oldest sample (lossy, like a `drop` room). Readers sleep on an
+//! event service between bursts, as iceoryx2's own event-driven examples
+//! do; writers notify after each burst. Nothing stamps who sent a message.
 
 use crate::{
-    message,
-    system::{join_all, Sender, Started, System, Workload},
+    system::{join_all, MakeSender, Ready, ReadyHandle, Sender, Started, System, Workload},
+    systems::kchat::RING_BYTES,
     tally::{Progress, Tally},
 };
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use iceoryx2::{
     port::{listener::Listener, notifier::Notifier, publisher::Publisher, subscriber::Subscriber},
     prelude::*,
@@ -25,11 +29,7 @@ use std::{
     time::Duration,
 };
 
-type Ipc = ipc_threadsafe::Service;
-
-/// Samples each subscriber may hold queued: a few bursts' worth, as a
-/// shared-memory pool sized for 256 subscribers of 4 KiB must stay small.
-const BUFFER: usize = 256;
+type Ipc = ipc::Service;
 
 pub struct Iceoryx2 {
     node: Node<Ipc>,
@@ -40,6 +40,9 @@ pub struct Iceoryx2 {
 
 impl Iceoryx2 {
     pub fn start() -> Result<Self> {
+        // Warnings such as "No config file was loaded" (the defaults are
+        // what the bench wants) belong to no report; errors still show.
+        set_log_level(LogLevel::Error);
         let node = NodeBuilder::new()
             .create::<Ipc>()
             .map_err(|err| anyhow!("creating an iceoryx2 node: {err:?}"))?;
@@ -51,9 +54,11 @@ impl Iceoryx2 {
 }
 
 struct Writer {
+    // Dropped last: the ports belong to it.
     publisher: Publisher<Ipc, [u8], ()>,
     notifier: Notifier<Ipc>,
     buf: Vec<u8>,
+    _node: Node<Ipc>,
 }
 
 impl Sender for Writer {
@@ -76,21 +81,74 @@ impl Sender for Writer {
     }
 }
 
+fn new_node() -> Result<Node<Ipc>> {
+    NodeBuilder::new()
+        .create::<Ipc>()
+        .map_err(|err| anyhow!("creating an iceoryx2 node: {err:?}"))
+}
+
+/// Bytes of shared memory iceoryx2's sample pool may take. It sizes the
+/// pool for the worst case, every subscriber holding a full buffer of
+/// distinct samples, and the guest's /dev/shm is half of its 2 GiB: 256
+/// subscribers of 64 B with buffers of kchat's ring (65,536 samples each)
+/// took more than that and the bench died of SIGBUS in a smoke run.
+const POOL_BUDGET: usize = 256 << 20;
+
+/// Bytes a sample takes in the pool beyond its payload (a generous guess
+/// at iceoryx2's header and alignment).
+const SAMPLE_OVERHEAD: usize = 64;
+
+/// Samples each subscriber's buffer holds: as many bytes as kchat's ring,
+/// unless the worst-case pool would pass `POOL_BUDGET` (then as many as
+/// fit it: at 256 readers, 252 samples of 4 KiB or 8,192 of 64 B).
+pub fn buffer_samples(readers: usize, size: usize) -> usize {
+    let ring = RING_BYTES as usize / size.max(1);
+    let fits = POOL_BUDGET / (readers.max(1) * (size + SAMPLE_OVERHEAD));
+    ring.min(fits).max(1)
+}
+
+/// A reader's node and ports.
+type ReaderPorts = (Node<Ipc>, Subscriber<Ipc, [u8], ()>, Listener<Ipc>);
+
+/// A reader's ports, made on its own thread.
+fn subscribe(data: &ServiceName, wake: &ServiceName, buffer: usize) -> Result<ReaderPorts> {
+    let node = new_node()?;
+    let subscriber = node
+        .service_builder(data)
+        .publish_subscribe::<[u8]>()
+        .open()
+        .map_err(|err| anyhow!("opening the pub-sub service: {err:?}"))?
+        .subscriber_builder()
+        .buffer_size(buffer)
+        .create()
+        .map_err(|err| anyhow!("creating a subscriber: {err:?}"))?;
+    let listener = node
+        .service_builder(wake)
+        .event()
+        .open()
+        .map_err(|err| anyhow!("opening the event service: {err:?}"))?
+        .listener_builder()
+        .create()
+        .map_err(|err| anyhow!("creating a listener: {err:?}"))?;
+    Ok((node, subscriber, listener))
+}
+
 fn reader(
-    subscriber: Subscriber<Ipc, [u8], ()>,
-    listener: Listener<Ipc>,
+    names: (ServiceName, ServiceName),
+    buffer: usize,
+    ready: ReadyHandle,
     stop: Arc<AtomicBool>,
+    mut tally: Tally,
     progress: Arc<Progress>,
 ) -> Result<Tally> {
-    let mut tally = Tally::default();
+    let (_node, subscriber, listener) = ready.report(subscribe(&names.0, &names.1, buffer))?;
     loop {
         let mut got = 0;
         while let Some(sample) = subscriber
             .receive()
             .map_err(|err| anyhow!("receiving: {err:?}"))?
         {
-            let payload = sample.payload();
-            tally.record_stamp(message::sent_ns(payload), payload.len());
+            tally.record(sample.payload());
             got += 1;
         }
         progress.add(got);
@@ -101,6 +159,34 @@ fn reader(
             .timed_wait(|_| {}, Duration::from_millis(100))
             .map_err(|err| anyhow!("waiting for an event: {err:?}"))?;
     }
+}
+
+/// A writer's ports, made on its own thread.
+fn publish(data: &ServiceName, wake: &ServiceName, size: usize) -> Result<Writer> {
+    let node = new_node()?;
+    let publisher = node
+        .service_builder(data)
+        .publish_subscribe::<[u8]>()
+        .open()
+        .map_err(|err| anyhow!("opening the pub-sub service: {err:?}"))?
+        .publisher_builder()
+        .initial_max_slice_len(size)
+        .create()
+        .map_err(|err| anyhow!("creating a publisher: {err:?}"))?;
+    let notifier = node
+        .service_builder(wake)
+        .event()
+        .open()
+        .map_err(|err| anyhow!("opening the event service: {err:?}"))?
+        .notifier_builder()
+        .create()
+        .map_err(|err| anyhow!("creating a notifier: {err:?}"))?;
+    Ok(Writer {
+        _node: node,
+        publisher,
+        notifier,
+        buf: vec![0; size],
+    })
 }
 
 impl System for Iceoryx2 {
@@ -120,14 +206,17 @@ impl System for Iceoryx2 {
                 .try_into()
                 .map_err(|err| anyhow!("a service name: {err:?}"))
         };
+        let buffer = buffer_samples(workload.readers, workload.size);
+        let nodes = workload.readers + workload.writers + 1;
+        let (data, wake) = (name("data")?, name("wake")?);
         let service = self
             .node
-            .service_builder(&name("data")?)
+            .service_builder(&data)
             .publish_subscribe::<[u8]>()
             .max_publishers(workload.writers)
             .max_subscribers(workload.readers)
-            .max_nodes(2)
-            .subscriber_max_buffer_size(BUFFER)
+            .max_nodes(nodes)
+            .subscriber_max_buffer_size(buffer)
             .subscriber_max_borrowed_samples(1)
             .history_size(0)
             .enable_safe_overflow(true)
@@ -135,54 +224,64 @@ impl System for Iceoryx2 {
             .map_err(|err| anyhow!("creating the pub-sub service: {err:?}"))?;
         let events = self
             .node
-            .service_builder(&name("wake")?)
+            .service_builder(&wake)
             .event()
             .max_notifiers(workload.writers)
             .max_listeners(workload.readers)
-            .max_nodes(2)
+            .max_nodes(nodes)
             .create()
             .map_err(|err| anyhow!("creating the event service: {err:?}"))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let mut handles = Vec::new();
-        for _ in 0..workload.readers {
-            let subscriber = service
-                .subscriber_builder()
-                .create()
-                .map_err(|err| anyhow!("creating a subscriber: {err:?}"))?;
-            let listener = events
-                .listener_builder()
-                .create()
-                .map_err(|err| anyhow!("creating a listener: {err:?}"))?;
-            let (stop, progress) = (stop.clone(), progress.clone());
-            handles.push(thread::spawn(move || {
-                reader(subscriber, listener, stop, progress)
-            }));
+        let ready = Ready::new();
+        let handles: Vec<_> = (0..workload.readers)
+            .map(|_| {
+                let names = (data, wake);
+                let (handle, stop) = (ready.handle(), stop.clone());
+                let (tally, progress) = (Tally::new(workload.size, &progress), progress.clone());
+                thread::spawn(move || reader(names, buffer, handle, stop, tally, progress))
+            })
+            .collect();
+        if let Err(err) = ready.wait(workload.readers) {
+            stop.store(true, Ordering::Release);
+            let _ = join_all(handles);
+            return Err(err);
         }
         let senders = (0..workload.writers)
             .map(|_| {
-                let publisher = service
-                    .publisher_builder()
-                    .initial_max_slice_len(workload.size)
-                    .create()
-                    .map_err(|err| anyhow!("creating a publisher: {err:?}"))?;
-                let notifier = events
-                    .notifier_builder()
-                    .create()
-                    .map_err(|err| anyhow!("creating a notifier: {err:?}"))?;
-                Ok(Box::new(Writer {
-                    publisher,
-                    notifier,
-                    buf: vec![0; workload.size],
-                }) as Box<dyn Sender>)
+                let (data, wake, size) = (data, wake, workload.size);
+                Box::new(move || Ok(Box::new(publish(&data, &wake, size)?) as Box<dyn Sender>))
+                    as MakeSender
             })
-            .collect::<Result<Vec<_>>>()
-            .context("setting up iceoryx2 writers")?;
+            .collect();
         Ok(Started {
             senders,
             finish: Box::new(move || {
                 stop.store(true, Ordering::Release);
-                join_all(handles)
+                let tally = join_all(handles);
+                // The services live until every port is gone.
+                drop((service, events));
+                tally
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_hold_kchats_ring_unless_the_pool_would_not_fit() {
+        assert_eq!(buffer_samples(1, 64), 65_536);
+        assert_eq!(buffer_samples(16, 64), 65_536);
+        assert_eq!(buffer_samples(16, 4096), 1024);
+        assert_eq!(buffer_samples(256, 64), 8192);
+        assert_eq!(buffer_samples(256, 4096), 252);
+        for readers in [1, 16, 256] {
+            for size in [20, 64, 1024, 4096] {
+                let pool = readers * buffer_samples(readers, size) * (size + SAMPLE_OVERHEAD);
+                assert!(pool <= POOL_BUDGET, "{readers} x {size} B: {pool}");
+            }
+        }
     }
 }

@@ -5,7 +5,8 @@
 //! the room ends the readers: they drain what is left and see the end.
 
 use crate::{
-    system::{join_all, Sender, Started, System, Workload},
+    message,
+    system::{join_all, MakeSender, Ready, ReadyHandle, Sender, Started, System, Workload},
     tally::{Progress, Tally},
 };
 use anyhow::{anyhow, Context, Result};
@@ -26,7 +27,7 @@ use std::{
 const ROOM: &str = "bench";
 /// Room for 4096 messages of 1 KiB: slack enough that a `block` room's
 /// writers rarely wait on a reader that is merely descheduled.
-const RING_BYTES: u32 = 4 << 20;
+pub const RING_BYTES: u32 = 4 << 20;
 /// What one read asks for: many whole messages.
 const READ_BYTES: usize = 64 * 1024;
 
@@ -121,31 +122,30 @@ pub fn open_writer() -> Result<File> {
     Ok(File::options().write(true).open(room_path(ROOM))?)
 }
 
-fn thread_reader(mut fd: File, size: usize, progress: Arc<Progress>) -> Result<Tally> {
-    let mut tally = Tally::default();
+fn thread_reader(mut fd: File, mut tally: Tally, progress: Arc<Progress>) -> Result<Tally> {
     let mut buf = vec![0u8; READ_BYTES];
     loop {
         match fd.read(&mut buf) {
             Ok(0) => return Ok(tally),
-            Ok(n) => progress.add(tally.record_chunk(&buf[..n], size)),
+            Ok(n) => progress.add(tally.record_chunk(&buf[..n])),
             Err(err) if err.kind() == ErrorKind::Interrupted => {}
             Err(err) => return Err(err.into()),
         }
     }
 }
 
-/// Reads the mapped ring in place: the stamp and length of each message,
-/// counted once the message is known to have been read whole. Reports its
-/// place and sleeps in poll when there is nothing new.
-fn mapped_reader(fd: File, progress: Arc<Progress>) -> Result<Tally> {
-    let mut room = MappedRoom::map(fd).context("mapping the bench room")?;
-    let mut tally = Tally::default();
+/// Reads the mapped ring in place: checks every byte of each message
+/// where it lies (no copy), and counts the message once it is known to
+/// have been read whole. Reports its place and sleeps in poll when there
+/// is nothing new.
+fn mapped_reader(mut room: MappedRoom, mut tally: Tally, progress: Arc<Progress>) -> Result<Tally> {
+    let size = tally.size();
     loop {
         let mut got = 0;
         loop {
-            match room.read(|m| (crate::message::sent_ns(m.payload), m.payload.len()))? {
-                Next::Message((sent, len)) => {
-                    tally.record_stamp(sent, len);
+            match room.read(|m| (message::check(m.payload, size), m.payload.len()))? {
+                Next::Message((checked, len)) => {
+                    tally.record_checked(checked, len);
                     got += 1;
                     if got % 256 == 0 {
                         progress.add(256);
@@ -163,12 +163,20 @@ fn mapped_reader(fd: File, progress: Arc<Progress>) -> Result<Tally> {
     }
 }
 
-fn epoll_loop(fds: Vec<File>, size: usize, progress: Arc<Progress>) -> Result<Tally> {
+fn epoll_set(fds: &[File]) -> Result<Epoll> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     for (n, fd) in fds.iter().enumerate() {
         epoll.add(fd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, n as u64))?;
     }
-    let mut tally = Tally::default();
+    Ok(epoll)
+}
+
+fn epoll_loop(
+    epoll: Epoll,
+    fds: Vec<File>,
+    mut tally: Tally,
+    progress: Arc<Progress>,
+) -> Result<Tally> {
     let mut buf = vec![0u8; READ_BYTES];
     let mut open = fds.len();
     let mut fds: Vec<Option<File>> = fds.into_iter().map(Some).collect();
@@ -185,7 +193,7 @@ fn epoll_loop(fds: Vec<File>, size: usize, progress: Arc<Progress>) -> Result<Ta
                     fds[n] = None;
                     open -= 1;
                 }
-                Ok(got) => progress.add(tally.record_chunk(&buf[..got], size)),
+                Ok(got) => progress.add(tally.record_chunk(&buf[..got])),
                 Err(err)
                     if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
                 Err(err) => return Err(err.into()),
@@ -198,22 +206,28 @@ fn epoll_loop(fds: Vec<File>, size: usize, progress: Arc<Progress>) -> Result<Ta
 /// One tokio-uring runtime on this thread; one task per reader keeps one
 /// read in flight on its fd. The offset is ignored by kchat (each file
 /// has its own cursor).
-fn uring_loop(fds: Vec<File>, size: usize, progress: Arc<Progress>) -> Result<Tally> {
+fn uring_loop(
+    fds: Vec<File>,
+    tally: &Tally,
+    progress: Arc<Progress>,
+    ready: ReadyHandle,
+) -> Result<Tally> {
+    let size = tally.size();
     tokio_uring::start(async move {
         let tasks: Vec<_> = fds
             .into_iter()
             .map(|fd| {
                 let progress = progress.clone();
+                let mut tally = Tally::new(size, &progress);
                 tokio_uring::spawn(async move {
                     let file = tokio_uring::fs::File::from_std(fd);
-                    let mut tally = Tally::default();
                     let mut buf = vec![0u8; READ_BYTES];
                     loop {
                         let (result, back) = file.read_at(buf, 0).await;
                         buf = back;
                         match result {
                             Ok(0) => return Ok::<_, anyhow::Error>(tally),
-                            Ok(n) => progress.add(tally.record_chunk(&buf[..n], size)),
+                            Ok(n) => progress.add(tally.record_chunk(&buf[..n])),
                             Err(err) if err.kind() == ErrorKind::Interrupted => {}
                             Err(err) => return Err(err.into()),
                         }
@@ -221,6 +235,9 @@ fn uring_loop(fds: Vec<File>, size: usize, progress: Arc<Progress>) -> Result<Ta
                 })
             })
             .collect();
+        // The runtime runs and every reader task exists; each submits its
+        // first read as soon as this task yields.
+        ready.report(Ok(()))?;
         let mut total = Tally::default();
         for task in tasks {
             total.merge(
@@ -254,31 +271,49 @@ impl System for Kchat {
             .collect::<Result<Vec<_>>>()?;
         let senders = (0..workload.writers)
             .map(|_| {
-                Ok(Box::new(Writer {
-                    fd: open_writer()?,
-                    size: workload.size,
-                    buf: Vec::new(),
-                }) as Box<dyn Sender>)
+                let (fd, size) = (open_writer()?, workload.size);
+                Ok(Box::new(move || {
+                    Ok(Box::new(Writer {
+                        fd,
+                        size,
+                        buf: Vec::new(),
+                    }) as Box<dyn Sender>)
+                }) as MakeSender)
             })
             .collect::<Result<Vec<_>>>()?;
-        let size = workload.size;
+        let tally = || Tally::new(workload.size, &progress);
+        // Every fd is open (and, for mapped readers, mapped) before the
+        // clock starts; the reader threads run before `start` returns.
         let handles = match self.engine {
             Engine::Threads => readers
                 .into_iter()
                 .map(|fd| {
-                    let progress = progress.clone();
-                    thread::spawn(move || thread_reader(fd, size, progress))
+                    let (tally, progress) = (tally(), progress.clone());
+                    thread::spawn(move || thread_reader(fd, tally, progress))
                 })
                 .collect(),
-            Engine::Epoll => vec![thread::spawn(move || epoll_loop(readers, size, progress))],
-            Engine::Uring => vec![thread::spawn(move || uring_loop(readers, size, progress))],
+            Engine::Epoll => {
+                let epoll = epoll_set(&readers)?;
+                let (tally, progress) = (tally(), progress.clone());
+                vec![thread::spawn(move || {
+                    epoll_loop(epoll, readers, tally, progress)
+                })]
+            }
+            Engine::Uring => {
+                let ready = Ready::new();
+                let (handle, tally, progress) = (ready.handle(), tally(), progress.clone());
+                let thread = thread::spawn(move || uring_loop(readers, &tally, progress, handle));
+                ready.wait(1)?;
+                vec![thread]
+            }
             Engine::Mapped => readers
                 .into_iter()
                 .map(|fd| {
-                    let progress = progress.clone();
-                    thread::spawn(move || mapped_reader(fd, progress))
+                    let room = MappedRoom::map(fd).context("mapping the bench room")?;
+                    let (tally, progress) = (tally(), progress.clone());
+                    Ok(thread::spawn(move || mapped_reader(room, tally, progress)))
                 })
-                .collect(),
+                .collect::<Result<Vec<_>>>()?,
         };
         Ok(Started {
             senders,

@@ -1,14 +1,18 @@
 //! The baseline anyone could build without kchat: one pipe per reader, and
-//! every writer writes every message into every pipe (a tee). Messages up
-//! to PIPE_BUF are written atomically, so several writers do not tear them;
-//! a burst goes in as few writes as that allows (as many whole messages as
-//! fit PIPE_BUF per write), as a careful tee would.
+//! every writer writes every message into every pipe (a tee), tuned as a
+//! careful author would: each pipe holds as many bytes as kchat's ring
+//! (`F_SETPIPE_SZ`), a lone writer writes each burst whole in one `write`
+//! per pipe (nobody else writes, so nothing can interleave), and several
+//! writers write as many whole messages as fit `PIPE_BUF` (atomic, so
+//! they do not tear each other's messages).
 
 use crate::{
-    system::{join_all, Sender, Started, System, Workload},
+    system::{join_all, MakeSender, Sender, Started, System, Workload},
+    systems::kchat::RING_BYTES,
     tally::{Progress, Reassembler, Tally},
 };
-use anyhow::Result;
+use anyhow::{Context, Result};
+use nix::fcntl::{fcntl, FcntlArg};
 use std::{
     fs::File,
     io::{ErrorKind, Read, Write},
@@ -25,12 +29,14 @@ const PIPE_BUF: usize = 4096;
 struct Tee {
     pipes: Vec<File>,
     size: usize,
+    /// Whole messages per `write`.
+    per_write: usize,
     buf: Vec<u8>,
 }
 
 impl Sender for Tee {
     fn burst(&mut self, count: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
-        let per_write = (PIPE_BUF / self.size).max(1);
+        let per_write = self.per_write;
         let mut left = count;
         while left > 0 {
             let batch = left.min(per_write);
@@ -47,9 +53,8 @@ impl Sender for Tee {
     }
 }
 
-fn reader(mut pipe: File, size: usize, progress: Arc<Progress>) -> Result<Tally> {
-    let mut tally = Tally::default();
-    let mut joiner = Reassembler::new(size);
+fn reader(mut pipe: File, mut tally: Tally, progress: Arc<Progress>) -> Result<Tally> {
+    let mut joiner = Reassembler::new(tally.size());
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match pipe.read(&mut buf) {
@@ -75,25 +80,45 @@ impl System for PipeTee {
         let mut handles = Vec::new();
         for _ in 0..workload.readers {
             let (read_end, write_end) = std::io::pipe()?;
-            write_ends.push(File::from(OwnedFd::from(write_end)));
-            let (pipe, progress) = (File::from(OwnedFd::from(read_end)), progress.clone());
-            handles.push(thread::spawn(move || reader(pipe, workload.size, progress)));
+            let write_end = File::from(OwnedFd::from(write_end));
+            // Past /proc/sys/fs/pipe-max-size (1 MiB by default) this
+            // needs CAP_SYS_RESOURCE, which root in the guest has.
+            fcntl(&write_end, FcntlArg::F_SETPIPE_SZ(RING_BYTES as i32)).with_context(|| {
+                format!(
+                    "F_SETPIPE_SZ to {RING_BYTES} bytes (kchat's ring): run as root with \
+                     CAP_SYS_RESOURCE, or raise /proc/sys/fs/pipe-max-size"
+                )
+            })?;
+            write_ends.push(write_end);
+            let pipe = File::from(OwnedFd::from(read_end));
+            let (tally, progress) = (Tally::new(workload.size, &progress), progress.clone());
+            handles.push(thread::spawn(move || reader(pipe, tally, progress)));
         }
+        let per_write = if workload.writers == 1 {
+            usize::MAX
+        } else {
+            (PIPE_BUF / workload.size).max(1)
+        };
         let senders = (0..workload.writers)
             .map(|_| {
                 let pipes = write_ends
                     .iter()
                     .map(File::try_clone)
                     .collect::<std::io::Result<Vec<_>>>()?;
-                Ok(Box::new(Tee {
-                    pipes,
-                    size: workload.size,
-                    buf: Vec::new(),
-                }) as Box<dyn Sender>)
+                let size = workload.size;
+                Ok(Box::new(move || {
+                    Ok(Box::new(Tee {
+                        pipes,
+                        size,
+                        per_write,
+                        buf: Vec::new(),
+                    }) as Box<dyn Sender>)
+                }) as MakeSender)
             })
             .collect::<Result<Vec<_>>>()?;
         // The senders own the only write ends once these go: when the
         // harness drops them after writing, the readers see end-of-file.
+        // Readers need no set-up beyond their pipe: ready as it exists.
         drop(write_ends);
         Ok(Started {
             senders,

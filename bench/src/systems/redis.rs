@@ -2,14 +2,17 @@
 //! redis-server (no persistence, no limit on subscriber output buffers, so
 //! it never drops a slow subscriber and so loses nothing), one connection
 //! per reader subscribed to one channel, one per writer publishing in
-//! pipelines of a burst each.
+//! pipelines of a burst each, sent without waiting for the replies (a
+//! thread per writer reads and drops them), as a pipelining client does.
 
 use crate::{
-    system::{join_all, Sender, Started, System, Workload},
+    system::{join_all, MakeSender, Sender, Started, System, Workload},
     tally::{Progress, Tally},
 };
 use anyhow::{bail, Context, Result};
 use std::{
+    io::{Read, Write},
+    os::unix::net::UnixStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
@@ -75,9 +78,37 @@ impl Drop for Redis {
     }
 }
 
+/// Writes each burst's pipeline (packed by the `redis` crate) to the
+/// socket and goes on; `replies` reads the server's answers meanwhile.
 struct Publisher {
-    connection: redis::Connection,
+    socket: UnixStream,
+    replies: Option<thread::JoinHandle<std::io::Result<u64>>>,
     buf: Vec<u8>,
+}
+
+impl Publisher {
+    fn connect(path: &std::path::Path, size: usize) -> Result<Publisher> {
+        let socket = UnixStream::connect(path)
+            .with_context(|| format!("connecting to redis-server at {}", path.display()))?;
+        let mut answers = socket.try_clone()?;
+        let replies = thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0u64;
+            loop {
+                match answers.read(&mut buf) {
+                    Ok(0) => return Ok(total),
+                    Ok(n) => total += n as u64,
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        });
+        Ok(Publisher {
+            socket,
+            replies: Some(replies),
+            buf: vec![0; size],
+        })
+    }
 }
 
 impl Sender for Publisher {
@@ -85,13 +116,21 @@ impl Sender for Publisher {
         let mut pipeline = redis::pipe();
         for _ in 0..count {
             fill(&mut self.buf);
-            pipeline
-                .cmd("PUBLISH")
-                .arg(CHANNEL)
-                .arg(&self.buf[..])
-                .ignore();
+            pipeline.cmd("PUBLISH").arg(CHANNEL).arg(&self.buf[..]);
         }
-        pipeline.query::<()>(&mut self.connection)?;
+        self.socket.write_all(&pipeline.get_packed_pipeline())?;
+        Ok(())
+    }
+
+    /// Ends the connection once the server answered everything.
+    fn finish(&mut self) -> Result<()> {
+        self.socket.shutdown(std::net::Shutdown::Write)?;
+        if let Some(replies) = self.replies.take() {
+            replies
+                .join()
+                .map_err(|_| anyhow::anyhow!("the reply reader panicked"))?
+                .context("reading redis-server's replies")?;
+        }
         Ok(())
     }
 }
@@ -100,6 +139,7 @@ fn subscriber(
     client: Result<redis::Client>,
     ready: Arc<Barrier>,
     stop: Arc<AtomicBool>,
+    mut tally: Tally,
     progress: Arc<Progress>,
 ) -> Result<Tally> {
     let connection = client.and_then(|client| Ok(client.get_connection()?));
@@ -116,7 +156,6 @@ fn subscriber(
     ready.wait();
     subscribed?;
     pubsub.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let mut tally = Tally::default();
     while !stop.load(Ordering::Relaxed) {
         match pubsub.get_message() {
             Ok(message) => {
@@ -146,17 +185,18 @@ impl System for Redis {
             .map(|_| {
                 let (client, ready, stop, progress) =
                     (self.client(), ready.clone(), stop.clone(), progress.clone());
-                thread::spawn(move || subscriber(client, ready, stop, progress))
+                let tally = Tally::new(workload.size, &progress);
+                thread::spawn(move || subscriber(client, ready, stop, tally, progress))
             })
             .collect();
         // Every SUBSCRIBE has its reply: publishing now reaches everyone.
         ready.wait();
         let senders = (0..workload.writers)
             .map(|_| {
-                Ok(Box::new(Publisher {
-                    connection: self.client()?.get_connection()?,
-                    buf: vec![0; workload.size],
-                }) as Box<dyn Sender>)
+                let (socket, size) = (self.socket.clone(), workload.size);
+                Ok(Box::new(move || {
+                    Ok(Box::new(Publisher::connect(&socket, size)?) as Box<dyn Sender>)
+                }) as MakeSender)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Started {
