@@ -53,7 +53,8 @@ pub(crate) fn write_prefix<T: AsBytes>(arg: usize, value: &T, len: usize) -> Res
     let len = len.min(core::mem::size_of::<T>());
     // SAFETY: `AsBytes` says every byte of a `T` is initialised; the slice
     // covers at most `size_of::<T>()` bytes of `value`, which outlives it.
-    let bytes = unsafe { core::slice::from_raw_parts(core::ptr::from_ref(value).cast::<u8>(), len) };
+    let bytes =
+        unsafe { core::slice::from_raw_parts(core::ptr::from_ref(value).cast::<u8>(), len) };
     user_slice(arg, len).writer().write_slice(bytes)
 }
 
