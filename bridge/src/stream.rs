@@ -267,17 +267,20 @@ fn resume(
     counters: &RoomCounters,
 ) -> Result<(), RoomError> {
     let (oldest, next) = reader.retained()?;
-    let saved_incarnation = state.published_incarnation.replace(incarnation);
+    let saved_incarnation = state.published_incarnation;
     let Some(last) = state.published else {
         // A room bridged for the first time joins from now.
         state.published = next.checked_sub(1);
+        state.published_incarnation = Some(incarnation);
         return reader.seek(next);
     };
     // A file from before incarnations: the same room unless its saved
     // number is past the room's end.
     let same_room = saved_incarnation.map_or(last < next, |saved| saved == incarnation);
     if !same_room {
-        state.published = oldest.checked_sub(1);
+        // The saved place stays the old room's until a message of this
+        // one is acknowledged: a restart before that starts from the
+        // oldest again.
         tracing::info!(
             incarnation,
             ?saved_incarnation,
@@ -285,6 +288,7 @@ fn resume(
         );
         return reader.seek(oldest);
     }
+    state.published_incarnation = Some(incarnation);
     if last + 1 >= oldest {
         return reader.seek(last + 1);
     }
@@ -367,6 +371,7 @@ async fn publish(
             }
             let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             state.published = Some(frame.header.seq);
+            state.published_incarnation = Some(incarnation);
             drop(state);
         }
         if saved.elapsed() >= CHECKPOINT {
