@@ -27,20 +27,20 @@ pub const TESTS: &[Test] = &[
         a_block_room_loses_and_duplicates_nothing_across_restarts,
     ),
     (
-        "twonode::a_room_created_again_while_its_bridge_is_away_loses_nothing",
-        a_room_created_again_while_its_bridge_is_away_loses_nothing,
+        "twonode::incarnations_tell_a_room_created_again_while_its_bridge_is_away",
+        incarnations_tell_a_room_created_again_while_its_bridge_is_away,
     ),
     (
-        "twonode::relayed_history_keeps_its_incarnation_across_a_restart",
-        relayed_history_keeps_its_incarnation_across_a_restart,
+        "twonode::incarnations_keep_relayed_history_apart_across_a_restart",
+        incarnations_keep_relayed_history_apart_across_a_restart,
     ),
     (
-        "twonode::a_node_whose_state_is_lost_is_not_muted",
-        a_node_whose_state_is_lost_is_not_muted,
+        "twonode::incarnations_keep_a_node_whose_state_is_lost_heard",
+        incarnations_keep_a_node_whose_state_is_lost_heard,
     ),
     (
-        "twonode::a_drop_room_used_both_ways_counts_no_false_gaps",
-        a_drop_room_used_both_ways_counts_no_false_gaps,
+        "twonode::incarnations_and_runs_number_a_two_way_drop_room_without_holes",
+        incarnations_and_runs_number_a_two_way_drop_room_without_holes,
     ),
     (
         "twonode::a_stream_made_anew_is_read_from_its_first_message",
@@ -63,8 +63,8 @@ pub const TESTS: &[Test] = &[
         a_node_named_by_another_is_refused_and_counted,
     ),
     (
-        "twonode::a_forged_incarnation_mutes_no_node",
-        a_forged_incarnation_mutes_no_node,
+        "twonode::incarnations_forged_mute_no_node",
+        incarnations_forged_mute_no_node,
     ),
     (
         "twonode::the_shipped_nats_config_lets_each_node_speak_only_for_itself",
@@ -537,7 +537,7 @@ fn a_block_room_loses_and_duplicates_nothing_across_restarts() -> Result<()> {
 /// written to past the sequence number the bridge last published: the
 /// bridge tells the new room by its incarnation and publishes every
 /// message of the new room; a holds all, once.
-fn a_room_created_again_while_its_bridge_is_away_loses_nothing() -> Result<()> {
+fn incarnations_tell_a_room_created_again_while_its_bridge_is_away() -> Result<()> {
     let mut guard = pair()?;
     let pair = &mut *guard;
     let vmtest = vmtest()?;
@@ -579,7 +579,7 @@ fn recreate(node: &mut Node, room: &str) -> Result<()> {
 /// that incarnation's place. Under epochs the ring said none, b took a's
 /// message 49 of the old room for the new epoch's and skipped the new
 /// room's 10..49: 60 arrived.
-fn relayed_history_keeps_its_incarnation_across_a_restart() -> Result<()> {
+fn incarnations_keep_relayed_history_apart_across_a_restart() -> Result<()> {
     let mut guard = pair()?;
     let pair = &mut *guard;
     let vmtest = vmtest()?;
@@ -614,7 +614,7 @@ fn relayed_history_keeps_its_incarnation_across_a_restart() -> Result<()> {
 /// at b. Under epochs, a's bridge started over at epoch 0 and b, holding
 /// epoch 1 for a, took every one of them for an old one: a was muted for
 /// good.
-fn a_node_whose_state_is_lost_is_not_muted() -> Result<()> {
+fn incarnations_keep_a_node_whose_state_is_lost_heard() -> Result<()> {
     let mut guard = pair()?;
     let pair = &mut *guard;
     let vmtest = vmtest()?;
@@ -655,7 +655,7 @@ fn a_node_whose_state_is_lost_is_not_muted() -> Result<()> {
 /// publishes without holes; before, receivers counted by the origin's
 /// room numbers, whose holes (the other node's relayed messages) they
 /// took for losses: 10 per turn.
-fn a_drop_room_used_both_ways_counts_no_false_gaps() -> Result<()> {
+fn incarnations_and_runs_number_a_two_way_drop_room_without_holes() -> Result<()> {
     let mut guard = pair()?;
     let pair = &mut *guard;
     let vmtest = vmtest()?;
@@ -1190,7 +1190,7 @@ fn a_node_named_by_another_is_refused_and_counted() -> Result<()> {
 /// Under epochs, the forged message (no `Kchat-Epoch`: a's own epoch 0)
 /// set a's place to that sequence number and every later message of a's
 /// looked old.
-fn a_forged_incarnation_mutes_no_node() -> Result<()> {
+fn incarnations_forged_mute_no_node() -> Result<()> {
     let mut guard = pair()?;
     let pair = &mut *guard;
     let vmtest = vmtest()?;
