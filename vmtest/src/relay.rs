@@ -273,10 +273,10 @@ fn a_room_created_again_has_a_new_incarnation() -> Result<()> {
     let now = control.info(name)?;
     // A v2 caller: its 184 bytes, then bytes it does not own.
     let mut buf = [0xaau8; size_of::<abi::RoomInfo>() + 8];
+    // Its struct zero but for its size and the name, as a caller sends it.
+    buf[..abi::ROOM_INFO_V1_SIZE as usize].fill(0);
     buf[..4].copy_from_slice(&abi::ROOM_INFO_V1_SIZE.to_ne_bytes());
     buf[8..8 + abi::NAME_FIELD].copy_from_slice(&abi::name_field(name).context("name")?);
-    // The rest of its struct zero, as a caller would send it.
-    buf[8 + abi::NAME_FIELD..abi::ROOM_INFO_V1_SIZE as usize].fill(0);
     raw_ioctl(&control.0, abi::IOC_ROOM_INFO, buf.as_mut_ptr() as usize)
         .context("IOC_ROOM_INFO with the v2 size")?;
     let past = &buf[abi::ROOM_INFO_V1_SIZE as usize..];
