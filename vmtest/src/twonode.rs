@@ -449,10 +449,14 @@ fn held_from(node: &mut Node, room: &str, origin: &str, tag: &str) -> Result<u64
 }
 
 /// Creates `room` (1 MiB ring) on both machines and starts both bridges on
-/// it; returns the bridges' `[rooms]` table.
+/// it (alone: any bridge still running is stopped first); returns the
+/// bridges' `[rooms]` table.
 fn both_bridge_a_new_room(pair: &mut Pair, room: &str, policy: &str) -> Result<String> {
     let vmtest = vmtest()?;
     for node in [&mut pair.a, &mut pair.b] {
+        // A test that failed left its bridges running: they would hold the
+        // metrics port and fail this test for another reason.
+        kill_bridge(node)?;
         node.sh(
             &format!("{vmtest} job mkroom {room} {policy} 1048576"),
             STEP,
