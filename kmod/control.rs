@@ -14,7 +14,7 @@ use crate::{
         uaccess::user_slice,
     },
     registry::Registry,
-    uabi::{read_extensible, read_extensible_from},
+    uabi::{read_extensible, read_extensible_from, write_prefix},
 };
 use kernel::{
     prelude::*,
@@ -95,14 +95,16 @@ impl FileOps for Control {
                     .write(&registry.limits())?;
             }
             abi::IOC_ROOM_INFO => {
-                let mut info = read_extensible::<abi::RoomInfo>(arg)?;
+                let mut info =
+                    read_extensible_from::<abi::RoomInfo>(arg, abi::ROOM_INFO_V1_SIZE as usize)?;
                 if info.flags != 0 {
                     return Err(EINVAL);
                 }
+                // The caller's size, before `info` is filled: an older
+                // caller's buffer ends before the fields it does not know.
+                let size = info.size as usize;
                 registry.info(file, &mut info)?;
-                user_slice(arg, core::mem::size_of::<abi::RoomInfo>())
-                    .writer()
-                    .write(&info)?;
+                write_prefix(arg, &info, size)?;
             }
             abi::IOC_LIST_ROOMS => {
                 let mut list = read_extensible::<abi::RoomList>(arg)?;

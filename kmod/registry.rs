@@ -314,6 +314,7 @@ impl Registry {
         (info.uid, info.gid) = caller.ids_as_seen(settings.uid, settings.gid);
         info.mode = u32::from(settings.mode);
         info.minor = room.minor;
+        info.incarnation = room.incarnation;
         {
             let inner = room.inner.lock();
             info.max_wait_ms = inner.max_wait_ms;

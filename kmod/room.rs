@@ -221,6 +221,10 @@ pub(crate) struct Room {
     pub(crate) settings: Settings,
     _ring_charge: RingCharge,
     pub(crate) minor: u32,
+    /// Random and nonzero, chosen at creation (`RoomInfo::incarnation`):
+    /// tells this room from any other that had its name, here or before a
+    /// reload or boot.
+    pub(crate) incarnation: u64,
     pub(crate) stats: Stats,
     /// The records' bytes, laid out as `RoomInner::ring` says.
     pub(crate) area: RingArea,
@@ -278,6 +282,7 @@ impl Room {
                 settings,
                 _ring_charge: charge,
                 minor,
+                incarnation: crate::compat::random::nonzero_u64(),
                 stats: Stats::default(),
                 area,
                 writing <- new_mutex!((), "Room::writing"),

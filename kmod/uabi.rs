@@ -46,6 +46,18 @@ unsafe impl AsBytes for abi::OriginHeader {}
 // SAFETY: as above.
 unsafe impl AsBytes for abi::GlobalLimits {}
 
+/// Writes the first `len` bytes of `value` (at most all of it) to user
+/// address `arg`: a caller compiled against an older, smaller version of a
+/// grown struct gets the fields it knows and nothing past its buffer.
+pub(crate) fn write_prefix<T: AsBytes>(arg: usize, value: &T, len: usize) -> Result {
+    let len = len.min(core::mem::size_of::<T>());
+    // SAFETY: `AsBytes` says every byte of a `T` is initialised; the slice
+    // covers at most `size_of::<T>()` bytes of `value`, which outlives it.
+    let bytes =
+        unsafe { core::slice::from_raw_parts(core::ptr::from_ref(value).cast::<u8>(), len) };
+    user_slice(arg, len).writer().write_slice(bytes)
+}
+
 /// Reads a `T` whose first field is its size, from user address `arg`.
 pub(crate) fn read_extensible<T: FromBytes>(arg: usize) -> Result<T> {
     read_extensible_from::<T>(arg, core::mem::size_of::<T>())

@@ -1,6 +1,9 @@
 //! A `drop` room over core NATS: at most once, like the room itself. A
 //! slow or absent subscriber loses messages; the receiving bridge counts
-//! each origin's sequence gaps, so losses are seen, not hidden.
+//! each origin's gaps, so losses are seen, not hidden. What a bridge
+//! publishes is numbered per (incarnation, run) without holes (the room's
+//! own sequence numbers have holes where relayed messages took them), so
+//! only what never came counts.
 
 use crate::{
     local::{Reader, Refused, Relay, RoomError},
@@ -16,11 +19,17 @@ pub async fn run(
     bridged: Arc<Bridged>,
     client: Client,
     metrics: Arc<Metrics>,
+    incarnation: u64,
 ) -> anyhow::Result<()> {
     let counters = metrics.counters(&bridged.room);
     let mut tasks = tokio::task::JoinSet::new();
     if bridged.direction.publishes() {
-        tasks.spawn(publish(bridged.clone(), client.clone(), counters.clone()));
+        tasks.spawn(publish(
+            bridged.clone(),
+            client.clone(),
+            counters.clone(),
+            incarnation,
+        ));
     }
     if bridged.direction.relays() {
         tasks.spawn(relay(bridged.clone(), client, counters));
@@ -32,20 +41,28 @@ pub async fn run(
 
 /// Publishes what was written here. Relayed messages (those this or
 /// another bridge wrote in) never go out again: that is what keeps two
-/// bridges from looping.
+/// bridges from looping. Each published message is numbered in this run
+/// (random, so a restarted bridge's numbers are never taken for the last
+/// run's): 1, 2, 3..., counting only what is published.
 async fn publish(
     bridged: Arc<Bridged>,
     client: Client,
     counters: RoomCounters,
+    incarnation: u64,
 ) -> anyhow::Result<()> {
     let mut reader = Reader::open(&bridged.room)?;
+    crate::room::still(&bridged.room, incarnation)?;
+    let run = fastrand::u64(..);
+    let mut num = 0u64;
     while let Some(batch) = reader.next_batch().await? {
         for frame in batch {
             counters.local_lost.inc_by(frame.header.lost);
             if frame.relayed() {
                 continue;
             }
-            let headers = wire::headers(&bridged.node, &frame.header);
+            num += 1;
+            let headers =
+                wire::numbered_headers(&bridged.node, incarnation, run, num, &frame.header);
             client
                 .publish_with_headers(bridged.own_subject(), headers, frame.payload.into())
                 .await?;
@@ -69,9 +86,11 @@ async fn relay(
     // the bridge was away are counted once the next one comes.
     let mut gaps = wire::Gaps::default();
     let held = crate::local::relayed_so_far(&bridged.room, &Default::default(), bridged.max_nodes)?;
-    for (node, (_, seq)) in held {
-        if let Some(field) = kchat_uapi::abi::name_field(&node) {
-            gaps.seed(field, seq);
+    for (node, seen) in held {
+        if let (Some(field), Some((incarnation, seq))) =
+            (kchat_uapi::abi::name_field(&node), seen.latest())
+        {
+            gaps.seed(field, incarnation, seq);
         }
     }
     let mut quiet = crate::trust::Quiet::default();
@@ -84,8 +103,10 @@ async fn relay(
             // Our own publication, back from the server.
             continue;
         }
-        let origin = match wire::origin(headers, message.payload.len()) {
-            Ok(origin) => origin,
+        let parsed = wire::origin(headers, message.payload.len())
+            .and_then(|origin| Ok((origin, wire::numbering(headers)?)));
+        let (origin, numbering) = match parsed {
+            Ok(parsed) => parsed,
             Err(reason) => {
                 if let Some(held) = quiet.due(std::time::Instant::now()) {
                     tracing::warn!(room = %bridged.room, %reason, held_back = held, "not relayed");
@@ -111,7 +132,9 @@ async fn relay(
             refuse(&bridged, &counters, &mut quiet, &untrusted);
             continue;
         }
-        counters.gaps.inc_by(gaps.note(origin.node, origin.seq));
+        counters
+            .gaps
+            .inc_by(gaps.note(origin.node, &origin, numbering));
         // One relay write is one message, taken whole or not at all; a
         // full room drops it, as a drop room does.
         match relay.write_now(&kchat_client::relay_frame(origin, &message.payload)) {

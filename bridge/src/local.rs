@@ -2,7 +2,7 @@
 //! (to publish what was written here) and a relay (to write in what other
 //! nodes wrote), both non-blocking under tokio.
 
-use crate::state::Position;
+use crate::trust::Seen;
 use kchat_uapi::abi;
 use nix::errno::Errno;
 use std::{
@@ -115,22 +115,6 @@ impl Reader {
     pub fn seek(&self, seq: u64) -> Result<(), RoomError> {
         kchat_client::seek_seq(self.fd.get_ref(), seq)
             .map_err(|err| io(&self.room, "seek", err.into()))
-    }
-
-    /// When the retained message `seq` was written (its stamp), if the
-    /// room holds it; leaves the reader just after it.
-    pub fn time_of(&mut self, seq: u64) -> Result<Option<u64>, RoomError> {
-        self.seek(seq)?;
-        let n = match self.fd.get_mut().read(&mut self.buf) {
-            Ok(n) => n,
-            Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(None),
-            Err(err) => return Err(io(&self.room, "read", err)),
-        };
-        Ok(self
-            .frames(n)?
-            .first()
-            .filter(|frame| frame.header.seq == seq)
-            .map(|frame| frame.header.time_ns))
     }
 
     /// The next batch of messages, waiting for one; `None` at the end of a
@@ -266,15 +250,18 @@ impl Relay {
     }
 }
 
-/// The last message of each other node the room already holds: the saved
-/// positions, moved on by what the room's history shows was relayed after
-/// the last save (a crash between writing and saving). At most `max_nodes`
-/// nodes: the room's history adds none past the bound.
+/// The last message of each other node the room already holds, per
+/// incarnation of its room: the saved places, moved on by what the room's
+/// history shows was relayed after the last save (a crash between writing
+/// and saving). Each relayed message in the ring says its origin's node,
+/// incarnation and sequence number (`OriginHeader`), so messages of an
+/// origin's earlier incarnation move only that incarnation's place. At
+/// most `max_nodes` nodes: the room's history adds none past the bound.
 pub fn relayed_so_far(
     room: &str,
-    saved: &BTreeMap<String, Position>,
+    saved: &BTreeMap<String, Seen>,
     max_nodes: usize,
-) -> Result<BTreeMap<String, Position>, RoomError> {
+) -> Result<BTreeMap<String, Seen>, RoomError> {
     let mut last = saved.clone();
     let mut history = Reader::open(room)?;
     let (oldest, _) = history.retained()?;
@@ -290,10 +277,9 @@ pub fn relayed_so_far(
         if crate::trust::admit(&last, &node, max_nodes).is_err() {
             continue;
         }
-        let (epoch, seq) = last.get(&node).copied().unwrap_or((0, 0));
-        if frame.origin.seq > seq {
-            last.insert(node, (epoch, frame.origin.seq));
-        }
+        last.entry(node)
+            .or_default()
+            .note(frame.origin.incarnation(), frame.origin.seq);
     }
     Ok(last)
 }

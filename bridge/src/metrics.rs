@@ -38,10 +38,11 @@ pub struct Metrics {
     /// Messages not passed on, by reason.
     pub dropped: Family<DropLabel, Counter>,
     /// Messages not believed, by reason: a node speaking on another's
-    /// subject (`forged_node`), an absurd epoch (`epoch`), a node past
-    /// `max_nodes` (`too_many_nodes`).
+    /// subject (`forged_node`), a node past `max_nodes`
+    /// (`too_many_nodes`).
     pub refused: Family<DropLabel, Counter>,
-    /// Messages other nodes sent that never arrived (sequence gaps).
+    /// Messages other nodes published that never arrived (`drop` rooms:
+    /// gaps in each origin's numbers per incarnation and run).
     pub gaps: Rooms,
     /// Messages the local room lost before the bridge read them.
     pub local_lost: Rooms,
@@ -241,7 +242,7 @@ pub fn registry(metrics: &Arc<Metrics>) -> Registry {
     );
     registry.register(
         "refused",
-        "Messages not believed, by reason (forged_node, epoch, too_many_nodes)",
+        "Messages not believed, by reason (forged_node, too_many_nodes)",
         metrics.refused.clone(),
     );
     registry.register(

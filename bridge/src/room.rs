@@ -53,22 +53,56 @@ impl Delivery {
     }
 }
 
-/// The room's policy decides: a `block` room promises to lose nothing.
-/// Also its largest message, which its stream must take.
-fn delivery(room: &str) -> anyhow::Result<(Delivery, u32)> {
+/// What the bridge learns of a room on the control node when it sets the
+/// room up.
+pub struct Setup {
+    /// The room's policy decides: a `block` room promises to lose nothing.
+    pub delivery: Delivery,
+    /// Its largest message, which its stream must take.
+    pub max_msg: u32,
+    /// Its incarnation (`RoomInfo::incarnation`): new for a room created
+    /// again, so its sequence numbers starting over are told apart. 0 from
+    /// a module from before incarnations.
+    pub incarnation: u64,
+}
+
+fn room_info(room: &str) -> anyhow::Result<abi::RoomInfo> {
     let control = kchat_client::Control::open().map_err(|err| {
-        anyhow::anyhow!("cannot open /dev/kchat/control to learn room {room}'s policy: {err}")
+        anyhow::anyhow!("cannot open /dev/kchat/control to learn room {room}'s settings: {err}")
     })?;
     let info = control.info(room).map_err(|err| match err {
         nix::errno::Errno::ENOENT => anyhow::anyhow!("room {room} does not exist (yet)"),
-        err => anyhow::anyhow!("cannot read room {room}'s policy: {err}"),
+        err => anyhow::anyhow!("cannot read room {room}'s settings: {err}"),
     })?;
+    Ok(info)
+}
+
+fn setup(room: &str) -> anyhow::Result<Setup> {
+    let info = room_info(room)?;
     let delivery = if info.policy == abi::POLICY_BLOCK {
         Delivery::JetStream
     } else {
         Delivery::Core
     };
-    Ok((delivery, info.max_msg))
+    if info.incarnation == 0 {
+        tracing::warn!(room, "the kchat module reports no room incarnation (a module from before them): a room created again under this name is not told apart; upgrade the module");
+    }
+    Ok(Setup {
+        delivery,
+        max_msg: info.max_msg,
+        incarnation: info.incarnation,
+    })
+}
+
+/// Checks, once the room is open, that it is still the incarnation the
+/// bridge set up: a room deleted and created again in between is set up
+/// again instead of published under the old one's incarnation.
+pub fn still(room: &str, incarnation: u64) -> anyhow::Result<()> {
+    let now = room_info(room)?.incarnation;
+    if now != incarnation {
+        anyhow::bail!("room {room} was created again while the bridge set it up (incarnation {incarnation} is now {now}): setting it up again");
+    }
+    Ok(())
 }
 
 /// Waits until this bridge holds the room's lock (see [`crate::lock`]):
@@ -125,7 +159,11 @@ pub async fn supervise(bridged: Bridged, client: async_nats::Client, metrics: Ar
     let mut shown: Option<Delivery> = None;
     loop {
         let attempt = async {
-            let (delivery, max_msg) = delivery(&bridged.room)?;
+            let Setup {
+                delivery,
+                max_msg,
+                incarnation,
+            } = setup(&bridged.room)?;
             if shown != Some(delivery) {
                 for old in shown.iter() {
                     metrics.room_delivery.remove(&label(&bridged, *old));
@@ -136,14 +174,26 @@ pub async fn supervise(bridged: Bridged, client: async_nats::Client, metrics: Ar
                     .set(1);
                 shown = Some(delivery);
             }
-            tracing::info!(room = %bridged.room, subject = %bridged.subject, delivery = delivery.name(), "bridging");
+            tracing::info!(room = %bridged.room, subject = %bridged.subject, delivery = delivery.name(), incarnation, "bridging");
             match delivery {
                 Delivery::Core => {
-                    crate::core::run(bridged.clone(), client.clone(), metrics.clone()).await
+                    crate::core::run(
+                        bridged.clone(),
+                        client.clone(),
+                        metrics.clone(),
+                        incarnation,
+                    )
+                    .await
                 }
                 Delivery::JetStream => {
-                    crate::stream::run(bridged.clone(), client.clone(), metrics.clone(), max_msg)
-                        .await
+                    crate::stream::run(
+                        bridged.clone(),
+                        client.clone(),
+                        metrics.clone(),
+                        max_msg,
+                        incarnation,
+                    )
+                    .await
                 }
             }
         };

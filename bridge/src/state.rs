@@ -1,32 +1,35 @@
 //! What a JetStream room must remember across bridge restarts, one small
 //! JSON file per room under `state_dir`: how far this node's messages were
 //! published (and acknowledged), and how far each other node's were
-//! relayed in. Written whole and renamed into place, so a crash leaves the
-//! old file or the new one, never half of one.
+//! relayed in. Written whole to a temporary file, fsynced, renamed into
+//! place and the directory fsynced: a crash (of the bridge or the host)
+//! leaves the old file or the new one, never half of one or none.
 
+use crate::trust::Seen;
 use serde::{Deserialize, Serialize};
 use std::{
     collections::BTreeMap,
+    io::Write as _,
     path::{Path, PathBuf},
 };
 
-/// A position in one node's messages of one room: the room's incarnation
-/// there (it grows when that room's sequence numbers start over, the room
-/// having been deleted and created again) and the kernel's sequence number.
-pub type Position = (u64, u64);
-
+/// What a room remembers. Files from before incarnations (with `epoch`,
+/// `published_time` and `relayed`) still load: those fields are ignored.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomState {
-    /// This node's incarnation of the room.
-    pub epoch: u64,
     /// The last local sequence number the server acknowledged.
-    pub published: Option<u64>,
-    /// When that message was written (its kernel stamp): tells this room
-    /// from one created again under the same name since.
     #[serde(default)]
-    pub published_time: Option<u64>,
-    /// Per origin node, the last message relayed into the room.
-    pub relayed: BTreeMap<String, Position>,
+    pub published: Option<u64>,
+    /// The room's incarnation `published` counts in (`RoomInfo`): a room
+    /// created again since has another, and is published from its oldest
+    /// message. `None` in a file from before incarnations: taken as this
+    /// room's.
+    #[serde(default)]
+    pub published_incarnation: Option<u64>,
+    /// Per origin node, the last message relayed into the room in each of
+    /// its room's last incarnations.
+    #[serde(default)]
+    pub seen: BTreeMap<String, Seen>,
     /// The last JetStream stream sequence handled (relayed, skipped as
     /// this node's own or a duplicate, or refused).
     #[serde(default)]
@@ -126,11 +129,19 @@ impl StateFile {
         }
     }
 
+    /// Writes the state durably, as kchatd saves its own: a temporary file
+    /// in the same directory, fsynced, renamed over the old one, and the
+    /// directory fsynced (the rename is durable once the directory is).
+    /// Without the fsyncs a host crash could leave an empty or missing
+    /// file, and the bridge would start afresh.
     pub fn save(&self, state: &RoomState) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
+        let dir = self.path.parent().unwrap_or(Path::new("."));
         let text = serde_json::to_vec(state).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.path)
+        let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+        temp.write_all(&text)?;
+        temp.as_file().sync_all()?;
+        temp.persist(&self.path).map_err(|err| err.error)?;
+        std::fs::File::open(dir)?.sync_all()
     }
 }
 
@@ -170,15 +181,47 @@ mod tests {
         let file = StateFile::new(dir.path(), "lobby");
         assert_eq!(file.load(), RoomState::default());
         let mut state = RoomState {
-            epoch: 2,
             published: Some(41),
+            published_incarnation: Some(u64::MAX),
             ..RoomState::default()
         };
-        state.relayed.insert("node-b".into(), (1, 99));
+        let mut seen = Seen::default();
+        seen.note(7, 99);
+        seen.note(u64::MAX, 3);
+        state.seen.insert("node-b".into(), seen);
         file.save(&state).unwrap();
         assert_eq!(file.load(), state);
+        // Nothing left beside it but the file.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("lobby.json")]);
         std::fs::write(file.path(), b"{ half").unwrap();
         assert_eq!(file.load(), RoomState::default());
         assert!(dir.path().join("lobby.json.bad").exists());
+    }
+
+    #[test]
+    fn a_file_from_before_incarnations_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path(), "lobby");
+        // As bridges with epochs wrote it.
+        std::fs::write(
+            file.path(),
+            br#"{"epoch":3,"published":41,"published_time":1700000000000000000,"relayed":{"node-b":[2,99]},"stream_seq":7,"stream_created":"2026-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            file.load(),
+            RoomState {
+                published: Some(41),
+                published_incarnation: None,
+                seen: BTreeMap::new(),
+                stream_seq: Some(7),
+                stream_created: Some("2026-01-01T00:00:00Z".into()),
+            }
+        );
+        assert!(!dir.path().join("lobby.json.bad").exists());
     }
 }

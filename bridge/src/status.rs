@@ -17,8 +17,7 @@ pub struct RoomStatus {
     pub gaps: u64,
     pub duplicates: u64,
     pub dropped: u64,
-    /// Messages not believed (another node's subject, an absurd epoch,
-    /// too many nodes).
+    /// Messages not believed (another node's subject, too many nodes).
     pub refused: u64,
     pub local_lost: u64,
     pub pending: u64,

@@ -13,7 +13,8 @@ use crate::{
     local::{Reader, Refused, Relay, RoomError},
     metrics::{Metrics, RoomCounters},
     room::Bridged,
-    state::{Position, RoomState, StateFile},
+    state::{RoomState, StateFile},
+    trust::Seen,
     wire,
 };
 use anyhow::Context as _;
@@ -74,7 +75,7 @@ fn has_limits(config: &stream::Config, limits: &StreamLimits) -> bool {
 }
 
 /// What a stored message costs besides its payload: the subject and the
-/// headers a bridge sends (node, room, epoch, stamp, message id), with room
+/// headers a bridge sends (node, room, incarnation, stamp, message id), with room
 /// to spare.
 const STORED_OVERHEAD: u32 = 1024;
 
@@ -207,6 +208,7 @@ pub async fn run(
     client: async_nats::Client,
     metrics: Arc<Metrics>,
     max_msg: u32,
+    incarnation: u64,
 ) -> anyhow::Result<()> {
     fits(max_msg, &bridged.limits).map_err(anyhow::Error::msg)?;
     let js = jetstream::new(client);
@@ -215,7 +217,10 @@ pub async fn run(
     let file = StateFile::new(&bridged.state_dir, &bridged.room)
         .reporting(metrics.save_health(&bridged.room));
     let mut loaded = file.load();
-    let dropped = crate::trust::bound_nodes(&mut loaded.relayed, bridged.max_nodes);
+    for seen in loaded.seen.values_mut() {
+        seen.bound();
+    }
+    let dropped = crate::trust::bound_nodes(&mut loaded.seen, bridged.max_nodes);
     if !dropped.is_empty() {
         tracing::warn!(room = %bridged.room, ?dropped, max_nodes = bridged.max_nodes, "the saved state knows more nodes than max_nodes: forgetting the last ones (their messages still in the stream may be relayed again)");
     }
@@ -233,6 +238,7 @@ pub async fn run(
             js.clone(),
             shared.clone(),
             counters.clone(),
+            incarnation,
         ));
     }
     if bridged.direction.relays() {
@@ -250,41 +256,39 @@ pub async fn run(
 /// Where the local reader starts: after the last acknowledged message if the
 /// room still holds what follows it (nothing lost), else at the oldest it
 /// holds (the gap counted). A room created again under the same name (its
-/// numbers start over) is told by the stamp of the message at the saved
-/// number, or by an oldest message older than the saved one: it starts a new
-/// epoch at its oldest message, so none of its messages is skipped and no id
-/// repeats the old room's.
+/// numbers start over) has another incarnation than the one the saved
+/// number counts in: it is published from its oldest message, so none of
+/// its messages is skipped, and its ids (which carry the incarnation)
+/// never collide with the old room's.
 fn resume(
     reader: &mut Reader,
     state: &mut RoomState,
+    incarnation: u64,
     counters: &RoomCounters,
 ) -> Result<(), RoomError> {
     let (oldest, next) = reader.retained()?;
+    let saved_incarnation = state.published_incarnation;
     let Some(last) = state.published else {
         // A room bridged for the first time joins from now.
         state.published = next.checked_sub(1);
-        state.published_time = None;
+        state.published_incarnation = Some(incarnation);
         return reader.seek(next);
     };
-    let same_room = if last >= next {
-        false
-    } else if let Some(saved) = state.published_time {
-        if last >= oldest {
-            reader.time_of(last)? == Some(saved)
-        } else {
-            reader.time_of(oldest)?.is_none_or(|time| time >= saved)
-        }
-    } else {
-        true
-    };
+    // A file from before incarnations: the same room unless its saved
+    // number is past the room's end.
+    let same_room = saved_incarnation.map_or(last < next, |saved| saved == incarnation);
     if !same_room {
-        state.epoch += 1;
+        // The saved place stays the old room's until a message of this
+        // one is acknowledged: a restart before that starts from the
+        // oldest again.
         tracing::info!(
-            epoch = state.epoch,
-            "the room was created again since the bridge last ran: a new epoch from its oldest message"
+            incarnation,
+            ?saved_incarnation,
+            "the room was created again since the bridge last ran: publishing it from its oldest message"
         );
         return reader.seek(oldest);
     }
+    state.published_incarnation = Some(incarnation);
     if last + 1 >= oldest {
         return reader.seek(last + 1);
     }
@@ -301,13 +305,14 @@ async fn publish(
     js: jetstream::Context,
     shared: Arc<Shared>,
     counters: RoomCounters,
+    incarnation: u64,
 ) -> anyhow::Result<()> {
     let mut reader = Reader::open(&bridged.room)?;
-    let epoch = {
+    crate::room::still(&bridged.room, incarnation)?;
+    {
         let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        resume(&mut reader, &mut state, &counters)?;
-        state.epoch
-    };
+        resume(&mut reader, &mut state, incarnation, &counters)?;
+    }
     shared.save();
     let mut saved = Instant::now();
     loop {
@@ -327,7 +332,8 @@ async fn publish(
             if frame.relayed() {
                 continue;
             }
-            let headers = wire::durable_headers(&bridged.node, &bridged.room, epoch, &frame.header);
+            let headers =
+                wire::durable_headers(&bridged.node, &bridged.room, incarnation, &frame.header);
             let payload = bytes::Bytes::from(frame.payload);
             let mut wait = RETRY_FIRST;
             // Until the server has it: a server away means waiting here,
@@ -365,7 +371,7 @@ async fn publish(
             }
             let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             state.published = Some(frame.header.seq);
-            state.published_time = Some(frame.header.time_ns);
+            state.published_incarnation = Some(incarnation);
             drop(state);
         }
         if saved.elapsed() >= CHECKPOINT {
@@ -388,7 +394,7 @@ async fn relay(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        crate::local::relayed_so_far(&bridged.room, &state.relayed, bridged.max_nodes)?
+        crate::local::relayed_so_far(&bridged.room, &state.seen, bridged.max_nodes)?
     };
     let (deliver_policy, created) = start_at(&bridged, &mut stream, shared.stream_place()).await?;
     let consumer = stream
@@ -435,7 +441,7 @@ async fn relay(
         // Done with it (in the room, or refused for good). A crash before
         // the next save brings it again, and `last` skips it then.
         let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.relayed = last.clone();
+        state.seen = last.clone();
         if let Ok(info) = message.info() {
             state.stream_seq = Some(info.stream_sequence);
             state.stream_created = Some(created.clone());
@@ -526,7 +532,7 @@ async fn relay_one(
     bridged: &Bridged,
     relay: &Relay,
     message: &jetstream::Message,
-    last: &mut std::collections::BTreeMap<String, Position>,
+    last: &mut std::collections::BTreeMap<String, Seen>,
     counters: &RoomCounters,
     quiet: &mut crate::trust::Quiet,
 ) -> Result<(), RoomError> {
@@ -536,9 +542,7 @@ async fn relay_one(
         // Our own publication.
         return Ok(());
     }
-    let parsed = wire::origin(headers, message.payload.len())
-        .and_then(|origin| Ok((origin, wire::epoch(headers)?)));
-    let (origin, epoch) = match parsed {
+    let origin = match wire::origin(headers, message.payload.len()) {
         Ok(parsed) => parsed,
         Err(reason) => {
             if let Some(held) = quiet.due(Instant::now()) {
@@ -559,36 +563,32 @@ async fn relay_one(
         return Ok(());
     }
     let node = node.unwrap_or_default().to_owned();
-    let position = (epoch, origin.seq);
-    // A new node past the bound, or an epoch jump no bridge makes: not
-    // relayed, and not saved, so the node's genuine messages go on.
-    let verdict = crate::trust::admit(last, &node, bridged.max_nodes)
-        .and_then(|()| crate::trust::judge(&node, last.get(&node).copied(), position));
-    match verdict {
-        Err(untrusted) => {
-            crate::core::refuse(bridged, counters, quiet, &untrusted);
-            return Ok(());
-        }
-        Ok(crate::trust::Verdict::Duplicate) => {
-            counters.duplicates.inc();
-            return Ok(());
-        }
-        Ok(crate::trust::Verdict::Relay { gap }) => {
-            counters.gaps.inc_by(gap);
-        }
+    let (incarnation, seq) = (origin.incarnation(), origin.seq);
+    // A new node past the bound: not relayed, and not saved.
+    if let Err(untrusted) = crate::trust::admit(last, &node, bridged.max_nodes) {
+        crate::core::refuse(bridged, counters, quiet, &untrusted);
+        return Ok(());
+    }
+    // No gaps here: a node's room numbers have holes where relayed
+    // messages took them, and JetStream loses nothing between.
+    if last.get(&node).map(|seen| seen.judge(incarnation, seq))
+        == Some(crate::trust::Verdict::Duplicate)
+    {
+        counters.duplicates.inc();
+        return Ok(());
     }
     let frame = kchat_client::relay_frame(origin, &message.payload);
     match relay.write_waiting(&frame).await {
         Ok(()) => {
             counters.relayed.inc();
             counters.observe_lag(origin.time_ns);
-            last.insert(node, position);
+            last.entry(node).or_default().note(incarnation, seq);
             Ok(())
         }
         Err(Refused::Message(reason, err)) => {
             tracing::warn!(room = %bridged.room, %err, reason, "not relayed");
             counters.dropped(reason);
-            last.insert(node, position);
+            last.entry(node).or_default().note(incarnation, seq);
             Ok(())
         }
         Err(Refused::Room(err)) => Err(err),

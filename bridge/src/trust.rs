@@ -3,10 +3,10 @@
 //! permissions can say who publishes as whom, and a receiver believes a
 //! message's `Kchat-Node` only when it matches the subject's last token.
 //! Also the rules that keep one bad message from muting a node for good
-//! (epochs) or growing the bridge's memory without bound (nodes). Pure,
-//! so every case is a host test.
+//! (incarnations) or growing the bridge's memory without bound (nodes).
+//! Pure, so every case is a host test.
 
-use crate::state::Position;
+use serde::{Deserialize, Serialize};
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
@@ -16,12 +16,11 @@ use std::{
 /// (`max_nodes` in bridge.toml).
 pub const DEFAULT_MAX_NODES: usize = 64;
 
-/// How far an origin's epoch may move forward in one step. An epoch grows
-/// by one each time that node's bridge starts and finds its room created
-/// again: a million such starts between two messages is no real bridge,
-/// while `u64::MAX` (which would make every later message look old) is
-/// refused.
-pub const MAX_EPOCH_STEP: u64 = 1 << 20;
+/// How many incarnations of each origin node's room a receiver remembers
+/// (the least recently seen is forgotten first): a room created again
+/// a few times, or a forged incarnation or two, never push out the one a
+/// node is speaking in.
+pub const INCARNATIONS_KEPT: usize = 8;
 
 /// A node's name as one subject token: node names may hold '.', which
 /// separates tokens, and never hold '~' (the stream name's trick too).
@@ -52,15 +51,13 @@ pub enum Untrusted {
     NoNode { subject: String },
     #[error("Kchat-Node {node:?} published on {subject}, another node's subject")]
     Forged { node: String, subject: String },
-    #[error("epoch {epoch} from {node} jumps past {seen} by more than {MAX_EPOCH_STEP}")]
-    Epoch { node: String, epoch: u64, seen: u64 },
     #[error("{node} would be origin node number {} of the room (max_nodes = {max})", max + 1)]
     TooManyNodes { node: String, max: usize },
 }
 
 /// Every `reason` of `kchat_bridge_refused_total`: each room's series
 /// start at 0, so `increase()` (and the alert on it) sees the first one.
-pub const REFUSAL_REASONS: [&str; 3] = ["forged_node", "epoch", "too_many_nodes"];
+pub const REFUSAL_REASONS: [&str; 2] = ["forged_node", "too_many_nodes"];
 
 impl Untrusted {
     /// The `reason` label of `kchat_bridge_refused_total`.
@@ -69,7 +66,6 @@ impl Untrusted {
             Untrusted::Subject { .. } | Untrusted::NoNode { .. } | Untrusted::Forged { .. } => {
                 "forged_node"
             }
-            Untrusted::Epoch { .. } => "epoch",
             Untrusted::TooManyNodes { .. } => "too_many_nodes",
         }
     }
@@ -104,53 +100,70 @@ pub fn check_sender(
     Ok(())
 }
 
-/// What to do with a message at `position` from `node`, given the last
-/// one relayed from it.
+/// What to do with a message from a node.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// New: relay it and move the node's place to it.
-    Relay {
-        /// Messages of the same epoch skipped before it.
-        gap: u64,
-    },
-    /// Already in the room (or of an older incarnation of the origin's
-    /// room, all of which came before the newer one in the stream).
+    /// New: relay it, then [`Seen::note`] it.
+    Relay,
+    /// Already in the room: its incarnation's last relayed sequence number
+    /// is not below it.
     Duplicate,
 }
 
-/// The epoch rule. Within an epoch, sequence numbers only grow; a lower
-/// epoch is an older incarnation of the origin's room; a higher one is
-/// accepted only within [`MAX_EPOCH_STEP`] of the last (from 0 for a node
-/// never seen), so that no message can set a node's epoch so high that
-/// all its later messages look old. A refused jump is neither relayed nor
-/// saved.
-pub fn judge(node: &str, seen: Option<Position>, position: Position) -> Result<Verdict, Untrusted> {
-    let (epoch, seq) = position;
-    let (seen_epoch, seen_seq) = match seen {
-        Some(seen) => seen,
-        None if epoch <= MAX_EPOCH_STEP => return Ok(Verdict::Relay { gap: 0 }),
-        None => (0, 0),
-    };
-    if epoch == seen_epoch {
-        return Ok(if seq <= seen_seq {
-            Verdict::Duplicate
-        } else {
-            Verdict::Relay {
-                gap: seq.saturating_sub(seen_seq).saturating_sub(1),
-            }
-        });
+/// Per origin node, the last sequence number relayed in each of the last
+/// [`INCARNATIONS_KEPT`] incarnations of its room seen, least recently
+/// seen first. There is no order between incarnations (they are random),
+/// so nothing a message says can make a node's later messages look old: a
+/// forged incarnation only adds an entry, and the genuine one is relayed
+/// by its own numbers. Saved as `[[incarnation, seq], ...]`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Seen(Vec<(u64, u64)>);
+
+impl Seen {
+    /// The rule: a known incarnation is relayed if `seq` is past its last
+    /// one; an unknown one is a new incarnation of the origin's room (or
+    /// one forgotten), relayed from any number.
+    pub fn judge(&self, incarnation: u64, seq: u64) -> Verdict {
+        match self.last(incarnation) {
+            Some(last) if seq <= last => Verdict::Duplicate,
+            _ => Verdict::Relay,
+        }
     }
-    if epoch < seen_epoch {
-        return Ok(Verdict::Duplicate);
+
+    /// The last sequence number relayed in `incarnation`, if remembered.
+    pub fn last(&self, incarnation: u64) -> Option<u64> {
+        self.0
+            .iter()
+            .find(|(inc, _)| *inc == incarnation)
+            .map(|(_, seq)| *seq)
     }
-    if epoch - seen_epoch > MAX_EPOCH_STEP {
-        return Err(Untrusted::Epoch {
-            node: node.to_owned(),
-            epoch,
-            seen: seen_epoch,
-        });
+
+    /// The incarnation seen last, and its last sequence number.
+    pub fn latest(&self) -> Option<(u64, u64)> {
+        self.0.last().copied()
     }
-    Ok(Verdict::Relay { gap: 0 })
+
+    /// Notes `seq` of `incarnation` as relayed (never moving back), as the
+    /// most recently seen; forgets the least recently seen past
+    /// [`INCARNATIONS_KEPT`].
+    pub fn note(&mut self, incarnation: u64, seq: u64) {
+        let before = self.0.iter().position(|(inc, _)| *inc == incarnation);
+        let seq = match before {
+            Some(i) => self.0.remove(i).1.max(seq),
+            None => seq,
+        };
+        self.0.push((incarnation, seq));
+        while self.0.len() > INCARNATIONS_KEPT {
+            self.0.remove(0);
+        }
+    }
+
+    /// Cuts a loaded list to the bound (a file written with another).
+    pub fn bound(&mut self) {
+        let excess = self.0.len().saturating_sub(INCARNATIONS_KEPT);
+        self.0.drain(..excess);
+    }
 }
 
 /// Whether a room that knows `known` origin nodes may take note of one
@@ -270,71 +283,77 @@ mod tests {
     }
 
     #[test]
-    fn epochs_move_on_by_bounded_steps() {
-        let n = "node-b";
-        // Within an epoch: new, gap, duplicate.
-        assert_eq!(
-            judge(n, Some((2, 10)), (2, 11)),
-            Ok(Verdict::Relay { gap: 0 })
-        );
-        assert_eq!(
-            judge(n, Some((2, 10)), (2, 14)),
-            Ok(Verdict::Relay { gap: 3 })
-        );
-        assert_eq!(judge(n, Some((2, 10)), (2, 10)), Ok(Verdict::Duplicate));
-        assert_eq!(judge(n, Some((2, 10)), (2, 3)), Ok(Verdict::Duplicate));
-        // An older incarnation: already handled.
-        assert_eq!(judge(n, Some((2, 10)), (1, 500)), Ok(Verdict::Duplicate));
-        // The next incarnation starts over at any number.
-        assert_eq!(
-            judge(n, Some((2, 10)), (3, 0)),
-            Ok(Verdict::Relay { gap: 0 })
-        );
-        assert_eq!(
-            judge(n, Some((2, 10)), (2 + MAX_EPOCH_STEP, 1)),
-            Ok(Verdict::Relay { gap: 0 })
-        );
+    fn each_incarnation_goes_by_its_own_numbers() {
+        let mut seen = Seen::default();
         // A node never seen: from wherever it is.
-        assert_eq!(judge(n, None, (0, 0)), Ok(Verdict::Relay { gap: 0 }));
-        assert_eq!(judge(n, None, (7, 123)), Ok(Verdict::Relay { gap: 0 }));
+        assert_eq!(seen.judge(7, 123), Verdict::Relay);
+        seen.note(7, 123);
+        assert_eq!(seen.judge(7, 124), Verdict::Relay);
+        assert_eq!(seen.judge(7, 130), Verdict::Relay);
+        assert_eq!(seen.judge(7, 123), Verdict::Duplicate);
+        assert_eq!(seen.judge(7, 3), Verdict::Duplicate);
+        // Another incarnation (the room created again): from any number,
+        // its own count; the first one's still holds.
+        assert_eq!(seen.judge(99, 0), Verdict::Relay);
+        seen.note(99, 0);
+        assert_eq!(seen.judge(99, 0), Verdict::Duplicate);
+        assert_eq!(seen.judge(99, 1), Verdict::Relay);
+        assert_eq!(seen.judge(7, 123), Verdict::Duplicate);
+        // Notes never move a place back.
+        seen.note(7, 5);
+        assert_eq!(seen.last(7), Some(123));
+        assert_eq!(seen.latest(), Some((7, 123)));
     }
 
     #[test]
-    fn a_huge_epoch_is_refused_and_mutes_nothing() {
-        let n = "node-b";
-        let refused = judge(n, Some((0, 41)), (u64::MAX, 1));
-        assert_eq!(
-            refused,
-            Err(Untrusted::Epoch {
-                node: n.into(),
-                epoch: u64::MAX,
-                seen: 0
-            })
-        );
-        assert_eq!(refused.unwrap_err().reason(), "epoch");
-        assert!(judge(n, None, (u64::MAX, 1)).is_err());
-        assert!(judge(n, None, (MAX_EPOCH_STEP + 1, 1)).is_err());
-        assert!(judge(n, Some((5, 1)), (6 + MAX_EPOCH_STEP, 1)).is_err());
-        // Nothing was saved, so the node's next genuine message goes in.
-        assert_eq!(
-            judge(n, Some((0, 41)), (0, 42)),
-            Ok(Verdict::Relay { gap: 0 })
-        );
-        // No overflow at the top of the range.
-        assert_eq!(
-            judge(n, Some((u64::MAX, 1)), (u64::MAX, 2)),
-            Ok(Verdict::Relay { gap: 0 })
-        );
-        assert_eq!(
-            judge(n, Some((u64::MAX, u64::MAX)), (u64::MAX, 0)),
-            Ok(Verdict::Duplicate)
-        );
+    fn no_incarnation_mutes_a_node() {
+        let mut seen = Seen::default();
+        seen.note(5, 41);
+        // Forged incarnations, the largest there is and others, with the
+        // largest numbers: each only adds an entry.
+        for forged in [u64::MAX, 0, 1, 6, 4] {
+            assert_eq!(seen.judge(forged, u64::MAX), Verdict::Relay);
+            seen.note(forged, u64::MAX);
+        }
+        // The genuine incarnation goes on by its own numbers.
+        assert_eq!(seen.judge(5, 42), Verdict::Relay);
+        seen.note(5, 42);
+        // Flooded with more forged ones than are kept, the node's own
+        // incarnation is forgotten at worst: then its next message is
+        // relayed as a new incarnation's, never skipped.
+        for forged in 1000..1000 + 3 * INCARNATIONS_KEPT as u64 {
+            seen.note(forged, u64::MAX);
+        }
+        assert_eq!(seen.judge(5, 43), Verdict::Relay);
+        assert_eq!(seen.0.len(), INCARNATIONS_KEPT);
+    }
+
+    #[test]
+    fn the_least_recently_seen_incarnation_is_forgotten() {
+        let mut seen = Seen::default();
+        for inc in 0..INCARNATIONS_KEPT as u64 {
+            seen.note(inc, 10);
+        }
+        // Seeing incarnation 0 again makes it the most recent: 1 goes.
+        seen.note(0, 11);
+        seen.note(100, 1);
+        assert_eq!(seen.last(1), None);
+        assert_eq!(seen.last(0), Some(11));
+        assert_eq!(seen.latest(), Some((100, 1)));
+        assert_eq!(seen.0.len(), INCARNATIONS_KEPT);
+        // A loaded list longer than the bound keeps its most recent.
+        let mut long = Seen((0..20).map(|i| (i, i)).collect());
+        long.bound();
+        assert_eq!(long.0.len(), INCARNATIONS_KEPT);
+        assert_eq!(long.latest(), Some((19, 19)));
+        assert_eq!(long.last(11), None);
+        assert_eq!(long.last(12), Some(12));
     }
 
     #[test]
     fn the_number_of_nodes_is_bounded() {
-        let mut known: BTreeMap<String, Position> =
-            (0..3).map(|i| (format!("n{i}"), (0, 1))).collect();
+        let mut known: BTreeMap<String, Seen> =
+            (0..3).map(|i| (format!("n{i}"), Seen::default())).collect();
         assert_eq!(admit(&known, "n1", 3), Ok(()));
         let refused = admit(&known, "n9", 3);
         assert_eq!(

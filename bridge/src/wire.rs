@@ -10,14 +10,23 @@ const TIME: &str = "Kchat-Time";
 const PID: &str = "Kchat-Pid";
 const UID: &str = "Kchat-Uid";
 const GID: &str = "Kchat-Gid";
-/// The room's incarnation on its node (JetStream rooms): sequence numbers
-/// start over when a room is created again, this does not.
-const EPOCH: &str = "Kchat-Epoch";
+/// The origin room's incarnation (`RoomInfo::incarnation` there): its
+/// sequence numbers start over when the room is created again, and it
+/// changes then.
+const INCARNATION: &str = "Kchat-Incarnation";
+/// `drop` rooms: the publishing bridge's run (random, chosen when it
+/// starts bridging the room) and its own count of what it published in
+/// that run, 1, 2, 3...: numbers without the holes relayed messages leave
+/// in the room's sequence numbers.
+const RUN: &str = "Kchat-Run";
+const NUM: &str = "Kchat-Num";
 
-/// The headers of a message written on `node`, stamped `header` there.
-pub fn headers(node: &str, header: &abi::FrameHeader) -> HeaderMap {
+/// The headers of a message written on `node` in the room's `incarnation`
+/// there, stamped `header`.
+pub fn headers(node: &str, incarnation: u64, header: &abi::FrameHeader) -> HeaderMap {
     let mut map = HeaderMap::new();
     map.insert(NODE, node);
+    map.insert(INCARNATION, incarnation.to_string().as_str());
     map.insert(SEQ, header.seq.to_string().as_str());
     map.insert(TIME, header.time_ns.to_string().as_str());
     map.insert(PID, header.pid.to_string().as_str());
@@ -26,24 +35,60 @@ pub fn headers(node: &str, header: &abi::FrameHeader) -> HeaderMap {
     map
 }
 
-/// The headers of a message of a JetStream room: the stamp, the room's
-/// epoch, and the id the server de-duplicates by (origin node, room,
-/// epoch, sequence), so publishing it again after a restart stores nothing.
-pub fn durable_headers(node: &str, room: &str, epoch: u64, header: &abi::FrameHeader) -> HeaderMap {
-    let mut map = headers(node, header);
-    map.insert(EPOCH, epoch.to_string().as_str());
+/// The headers of a message of a `drop` room: the stamp, and this
+/// bridge's `run` and number `num` in it.
+pub fn numbered_headers(
+    node: &str,
+    incarnation: u64,
+    run: u64,
+    num: u64,
+    header: &abi::FrameHeader,
+) -> HeaderMap {
+    let mut map = headers(node, incarnation, header);
+    map.insert(RUN, run.to_string().as_str());
+    map.insert(NUM, num.to_string().as_str());
+    map
+}
+
+/// The headers of a message of a JetStream room: the stamp, and the id
+/// the server de-duplicates by (origin node, room, incarnation, sequence),
+/// so publishing it again after a restart stores nothing. Room sequence
+/// numbers, holes and all, are its numbers: they are the same after a
+/// restart, which the id needs.
+pub fn durable_headers(
+    node: &str,
+    room: &str,
+    incarnation: u64,
+    header: &abi::FrameHeader,
+) -> HeaderMap {
+    let mut map = headers(node, incarnation, header);
     map.insert(
         async_nats::header::NATS_MESSAGE_ID,
-        format!("{node}.{room}.{epoch}.{}", header.seq).as_str(),
+        format!("{node}.{room}.{incarnation}.{}", header.seq).as_str(),
     );
     map
 }
 
-/// A received message's epoch (0 when it has none: core NATS).
-pub fn epoch(headers: Option<&HeaderMap>) -> Result<u64, Refused> {
-    match headers.and_then(|map| map.get(EPOCH)) {
-        None => Ok(0),
-        Some(value) => value.as_str().parse().map_err(|_| Refused::Field(EPOCH)),
+/// A number header that may be absent (a bridge from before it): `None`
+/// then; present, it must be a number.
+fn optional(headers: Option<&HeaderMap>, name: &'static str) -> Result<Option<u64>, Refused> {
+    match headers.and_then(|map| map.get(name)) {
+        None => Ok(None),
+        Some(value) => value
+            .as_str()
+            .parse()
+            .map(Some)
+            .map_err(|_| Refused::Field(name)),
+    }
+}
+
+/// A `drop` room message's run and number in it, if it states them.
+pub fn numbering(headers: Option<&HeaderMap>) -> Result<Option<(u64, u64)>, Refused> {
+    match (optional(headers, RUN)?, optional(headers, NUM)?) {
+        (Some(run), Some(num)) => Ok(Some((run, num))),
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(Refused::Field(RUN)),
+        (Some(_), None) => Err(Refused::Field(NUM)),
     }
 }
 
@@ -85,7 +130,7 @@ pub fn origin(
     let field = abi::name_field(node)
         .filter(|_| kchat_uapi::name::validate(node.as_bytes()).is_ok())
         .ok_or_else(|| Refused::Node(node.to_owned()))?;
-    Ok(abi::OriginHeader {
+    let mut origin = abi::OriginHeader {
         node: field,
         seq: number(SEQ)?,
         time_ns: number(TIME)?,
@@ -93,7 +138,10 @@ pub fn origin(
         uid: small(UID)?,
         gid: small(GID)?,
         ..abi::OriginHeader::default()
-    })
+    };
+    // 0 from a bridge from before incarnations: one more incarnation.
+    origin.set_incarnation(optional(headers, INCARNATION)?.unwrap_or(0));
+    Ok(origin)
 }
 
 /// The node a received message says it came from, if any.
@@ -101,19 +149,32 @@ pub fn node(headers: Option<&HeaderMap>) -> Option<&str> {
     headers?.get(NODE).map(|v| v.as_str())
 }
 
-/// Per origin node, the last sequence number seen: a jump is messages that
-/// node sent and this one never got.
+/// Per origin node, what a `drop` room's receiver last got from it: a jump
+/// in a run's numbers is messages that node published and this one never
+/// got. Numbers count per (incarnation, run), so a new run or
+/// incarnation starts with no gap; at most
+/// [`crate::trust::INCARNATIONS_KEPT`] runs per node are remembered.
 #[derive(Debug, Default)]
 pub struct Gaps {
-    last: std::collections::HashMap<[u8; abi::NAME_FIELD], u64>,
+    nodes: std::collections::HashMap<[u8; abi::NAME_FIELD], NodeGaps>,
+}
+
+#[derive(Debug, Default)]
+struct NodeGaps {
+    /// What the room held from the node when this bridge started: its
+    /// incarnation and sequence number. The node's first message after it
+    /// counts its gap in room sequence numbers (its run and numbers in it
+    /// are not in the room), then is forgotten.
+    seeded: Option<(u64, u64)>,
+    /// (incarnation, run, last number), least recently seen first.
+    runs: Vec<(u64, u64, u64)>,
 }
 
 impl Gaps {
     /// Starts from what the room already holds from `node` (after a
     /// restart, what went by meanwhile is then counted).
-    pub fn seed(&mut self, node: [u8; abi::NAME_FIELD], seq: u64) {
-        let last = self.last.entry(node).or_insert(seq);
-        *last = (*last).max(seq);
+    pub fn seed(&mut self, node: [u8; abi::NAME_FIELD], incarnation: u64, seq: u64) {
+        self.nodes.entry(node).or_default().seeded = Some((incarnation, seq));
     }
 
     /// Whether `node` (named `name`) may be noted: a node already known, or
@@ -124,7 +185,7 @@ impl Gaps {
         name: &str,
         max: usize,
     ) -> Result<(), crate::trust::Untrusted> {
-        if self.last.contains_key(node) || self.last.len() < max {
+        if self.nodes.contains_key(node) || self.nodes.len() < max {
             Ok(())
         } else {
             Err(crate::trust::Untrusted::TooManyNodes {
@@ -134,14 +195,43 @@ impl Gaps {
         }
     }
 
-    /// Notes `seq` from `node`; returns how many were skipped before it.
-    pub fn note(&mut self, node: [u8; abi::NAME_FIELD], seq: u64) -> u64 {
-        let skipped = match self.last.get(&node) {
-            Some(&last) if seq > last => seq - last - 1,
-            _ => 0,
+    /// Notes a message from `node` (its `origin` header: incarnation and
+    /// room sequence number) numbered `numbering` (run, number); returns
+    /// how many of the node's messages were skipped before it. A message
+    /// without numbers (a bridge from before them) is counted by its room
+    /// sequence number under run 0.
+    pub fn note(
+        &mut self,
+        node: [u8; abi::NAME_FIELD],
+        origin: &abi::OriginHeader,
+        numbering: Option<(u64, u64)>,
+    ) -> u64 {
+        let incarnation = origin.incarnation();
+        let (run, num) = numbering.unwrap_or((0, origin.seq));
+        let gaps = self.nodes.entry(node).or_default();
+        let at = gaps
+            .runs
+            .iter()
+            .position(|&(inc, r, _)| inc == incarnation && r == run);
+        let (skipped, last) = match at {
+            Some(i) => {
+                let (_, _, last) = gaps.runs.remove(i);
+                (num.saturating_sub(last).saturating_sub(1), last.max(num))
+            }
+            None => {
+                let skipped = match gaps.seeded.take() {
+                    Some((inc, seq)) if inc == incarnation && origin.seq > seq => {
+                        origin.seq - seq - 1
+                    }
+                    _ => 0,
+                };
+                (skipped, num)
+            }
         };
-        let last = self.last.entry(node).or_insert(seq);
-        *last = (*last).max(seq);
+        gaps.runs.push((incarnation, run, last));
+        while gaps.runs.len() > crate::trust::INCARNATIONS_KEPT {
+            gaps.runs.remove(0);
+        }
         skipped
     }
 }
@@ -164,8 +254,9 @@ mod tests {
 
     #[test]
     fn a_stamp_survives_the_trip() {
-        let map = headers("node-a", &stamp());
+        let map = headers("node-a", u64::MAX - 1, &stamp());
         let origin = origin(Some(&map), 2).unwrap();
+        assert_eq!(origin.incarnation(), u64::MAX - 1);
         assert_eq!(abi::field_name(&origin.node), Some(&b"node-a"[..]));
         assert_eq!(
             (origin.seq, origin.pid, origin.uid, origin.gid),
@@ -176,29 +267,68 @@ mod tests {
     }
 
     #[test]
-    fn a_durable_message_carries_its_epoch_and_id() {
-        let map = durable_headers("node-a", "lobby", 3, &stamp());
-        assert_eq!(epoch(Some(&map)), Ok(3));
+    fn a_durable_message_carries_its_incarnation_and_id() {
+        let map = durable_headers("node-a", "lobby", 0xfeed, &stamp());
+        assert_eq!(origin(Some(&map), 1).unwrap().incarnation(), 0xfeed);
         assert_eq!(
             map.get(async_nats::header::NATS_MESSAGE_ID)
                 .map(|v| v.as_str()),
-            Some("node-a.lobby.3.7")
+            Some("node-a.lobby.65261.7")
         );
-        assert_eq!(epoch(Some(&headers("node-a", &stamp()))), Ok(0));
+        assert_eq!(
+            map.get("Kchat-Incarnation").map(|v| v.as_str()),
+            Some("65261")
+        );
+        assert_eq!(numbering(Some(&map)), Ok(None));
+        // No incarnation (a bridge from before them): 0.
+        let mut old = HeaderMap::new();
+        for (name, value) in [
+            (NODE, "node-a"),
+            (SEQ, "1"),
+            (TIME, "1"),
+            (PID, "1"),
+            (UID, "0"),
+            (GID, "0"),
+        ] {
+            old.insert(name, value);
+        }
+        assert_eq!(origin(Some(&old), 1).unwrap().incarnation(), 0);
         let mut bad = map.clone();
-        bad.insert(EPOCH, "x");
-        assert_eq!(epoch(Some(&bad)), Err(Refused::Field(EPOCH)));
+        bad.insert(INCARNATION, "x");
+        assert_eq!(origin(Some(&bad), 1), Err(Refused::Field(INCARNATION)));
+    }
+
+    #[test]
+    fn a_drop_room_message_carries_its_run_and_number() {
+        let map = numbered_headers("node-a", 3, 0xabc, 12, &stamp());
+        assert_eq!(numbering(Some(&map)), Ok(Some((0xabc, 12))));
+        assert_eq!(origin(Some(&map), 1).unwrap().seq, 7);
+        let mut half = headers("node-a", 3, &stamp());
+        half.insert(RUN, "5");
+        assert_eq!(numbering(Some(&half)), Err(Refused::Field(NUM)));
+        let mut bad = map.clone();
+        bad.insert(RUN, "-1");
+        assert_eq!(numbering(Some(&bad)), Err(Refused::Field(RUN)));
     }
 
     #[test]
     fn bad_messages_are_refused_with_a_reason() {
         assert_eq!(origin(None, 3), Err(Refused::NoHeaders));
-        let mut map = headers("node-a", &stamp());
+        let mut map = headers("node-a", 1, &stamp());
         assert_eq!(origin(Some(&map), 0), Err(Refused::Empty));
         map.insert(PID, "-1");
         assert_eq!(origin(Some(&map), 1), Err(Refused::Field(PID)));
-        let bad_node = headers("a/b", &stamp());
+        let bad_node = headers("a/b", 1, &stamp());
         assert_eq!(origin(Some(&bad_node), 1), Err(Refused::Node("a/b".into())));
+    }
+
+    fn from(incarnation: u64, seq: u64) -> abi::OriginHeader {
+        let mut origin = abi::OriginHeader {
+            seq,
+            ..abi::OriginHeader::default()
+        };
+        origin.set_incarnation(incarnation);
+        origin
     }
 
     #[test]
@@ -206,18 +336,52 @@ mod tests {
         let mut gaps = Gaps::default();
         let a = abi::name_field("a").unwrap();
         let b = abi::name_field("b").unwrap();
-        assert_eq!(gaps.note(a, 5), 0);
-        assert_eq!(gaps.note(a, 6), 0);
-        assert_eq!(gaps.note(a, 9), 2);
-        assert_eq!(gaps.note(b, 100), 0);
+        // Numbers in a run, whatever the room's sequence numbers (holes
+        // where relayed messages took them are no gap).
+        assert_eq!(gaps.note(a, &from(1, 10), Some((7, 1))), 0);
+        assert_eq!(gaps.note(a, &from(1, 15), Some((7, 2))), 0);
+        assert_eq!(gaps.note(a, &from(1, 40), Some((7, 5))), 2);
+        assert_eq!(gaps.note(b, &from(9, 100), Some((3, 50))), 0);
         // A duplicate or a late one is no gap.
-        assert_eq!(gaps.note(a, 9), 0);
-        assert_eq!(gaps.note(a, 8), 0);
+        assert_eq!(gaps.note(a, &from(1, 40), Some((7, 5))), 0);
+        assert_eq!(gaps.note(a, &from(1, 30), Some((7, 4))), 0);
+        // A new run (the publisher restarted) or incarnation (the room
+        // created again) starts afresh: no gap, whatever its numbers.
+        assert_eq!(gaps.note(a, &from(1, 41), Some((8, 1))), 0);
+        assert_eq!(gaps.note(a, &from(2, 0), Some((8, 2))), 0);
+        assert_eq!(gaps.note(a, &from(2, 1), Some((8, 4))), 1);
+        // Back in the first run: its count goes on.
+        assert_eq!(gaps.note(a, &from(1, 50), Some((7, 7))), 1);
         // Two nodes known: a third is refused at a bound of two.
         let c = abi::name_field("c").unwrap();
         assert!(gaps.admit(&a, "a", 2).is_ok());
         assert!(gaps.admit(&c, "c", 2).is_err());
         assert!(gaps.admit(&c, "c", 3).is_ok());
+    }
+
+    #[test]
+    fn a_restarted_receiver_counts_from_what_the_room_holds() {
+        let mut gaps = Gaps::default();
+        let a = abi::name_field("a").unwrap();
+        // The room held a's message 100 of incarnation 1; a sent 200 more
+        // while this bridge was away.
+        gaps.seed(a, 1, 100);
+        assert_eq!(gaps.note(a, &from(1, 301), Some((7, 900))), 200);
+        assert_eq!(gaps.note(a, &from(1, 302), Some((7, 901))), 0);
+        // A seed of another incarnation counts nothing.
+        let b = abi::name_field("b").unwrap();
+        gaps.seed(b, 1, 100);
+        assert_eq!(gaps.note(b, &from(2, 5000), Some((1, 1))), 0);
+    }
+
+    #[test]
+    fn many_runs_keep_memory_bounded() {
+        let mut gaps = Gaps::default();
+        let a = abi::name_field("a").unwrap();
+        for run in 0..1000 {
+            gaps.note(a, &from(1, run), Some((run, 1)));
+        }
+        assert_eq!(gaps.nodes[&a].runs.len(), crate::trust::INCARNATIONS_KEPT);
     }
 
     #[test]

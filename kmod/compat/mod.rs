@@ -24,6 +24,7 @@ pub(crate) mod fops;
 pub(crate) mod iov;
 pub(crate) mod params;
 pub(crate) mod poll;
+pub(crate) mod random;
 pub(crate) mod ring_area;
 pub(crate) mod task;
 pub(crate) mod uaccess;

@@ -112,8 +112,6 @@ impl Room {
         let valid = header.size as usize == header_len
             && header.flags == 0
             && origin.flags == 0
-            && origin.reserved == 0
-            && origin.reserved2 == 0
             && abi::field_name(&origin.node)
                 .is_some_and(|name| crate::name::validate(name).is_ok());
         if !valid {

@@ -235,7 +235,18 @@ pub struct RoomInfo {
     /// `block` rooms: times a writer evicted what laggards held, having
     /// waited `max_wait_ms` (their losses count in `lost`).
     pub laggard_evictions: u32,
+    // --- v3 (192 bytes) ---
+    /// The room's incarnation: a random nonzero number the kernel chose when
+    /// it created the room, new for a room deleted and created again under
+    /// the same name (whose sequence numbers start over), unique across
+    /// module reloads and boots without trusting any clock. 0 from a module
+    /// older than v3 (it writes back only the 184 bytes it knows).
+    pub incarnation: u64,
 }
+
+/// Size of `RoomInfo` up to `laggard_evictions` (v1 and v2); the ioctl
+/// number keeps it. A caller passing this size gets those fields only.
+pub const ROOM_INFO_V1_SIZE: u32 = 184;
 
 /// Rate-limit scopes: one budget per writing uid (the default: opening more
 /// fds does not help), or one per open file.
@@ -348,7 +359,7 @@ pub struct RoomList {
 
 /// Control ioctl: a room's settings, fill and counters. Errors: `ENOENT`,
 /// `EINVAL`, `E2BIG`, `EFAULT`.
-pub const IOC_ROOM_INFO: u32 = iowr::<RoomInfo>(0x03);
+pub const IOC_ROOM_INFO: u32 = ioc(IOC_READ | IOC_WRITE, 0x03, ROOM_INFO_V1_SIZE as usize);
 /// Control ioctl: the rooms' names. Errors: `EINVAL`, `E2BIG`, `EFAULT`.
 pub const IOC_LIST_ROOMS: u32 = iowr::<RoomList>(0x04);
 
@@ -406,8 +417,11 @@ pub const ORIGIN_RELAYED: u32 = 1;
 pub struct OriginHeader {
     /// `ORIGIN_RELAYED` or 0.
     pub flags: u32,
-    /// Reserved; zero.
-    pub reserved: u32,
+    /// The high 32 bits of the origin room's incarnation (its
+    /// `RoomInfo::incarnation` on the node it was written on), as the relay
+    /// stated it; see [`OriginHeader::incarnation`]. Two words apart so the
+    /// header keeps the layout it had when they were reserved.
+    pub incarnation_hi: u32,
     /// The node it was written on, NUL-padded (a room name's rules).
     pub node: [u8; NAME_FIELD],
     /// Its sequence number in the room there, and when it was written
@@ -419,8 +433,22 @@ pub struct OriginHeader {
     pub pid: u32,
     pub uid: u32,
     pub gid: u32,
-    /// Reserved; zero.
-    pub reserved2: u32,
+    /// The low 32 bits of the origin room's incarnation.
+    pub incarnation_lo: u32,
+}
+
+impl OriginHeader {
+    /// The origin room's incarnation (0: not stated, a relay from before
+    /// incarnations, or a local message).
+    pub const fn incarnation(&self) -> u64 {
+        ((self.incarnation_hi as u64) << 32) | self.incarnation_lo as u64
+    }
+
+    /// Sets the origin room's incarnation.
+    pub fn set_incarnation(&mut self, incarnation: u64) {
+        self.incarnation_hi = (incarnation >> 32) as u32;
+        self.incarnation_lo = incarnation as u32;
+    }
 }
 
 /// What a relay writes: one message per `write`, this header then the
@@ -433,8 +461,8 @@ pub struct RelayHeader {
     pub size: u32,
     /// Reserved; must be zero.
     pub flags: u32,
-    /// The origin, as `OriginHeader` reports it (its `flags` and reserved
-    /// fields must be zero).
+    /// The origin, as `OriginHeader` reports it (its `flags` must be zero;
+    /// the kernel sets `ORIGIN_RELAYED`).
     pub origin: OriginHeader,
 }
 
@@ -602,7 +630,15 @@ mod tests {
         assert_eq!(core::mem::size_of::<FrameHeader>(), 40);
         assert_eq!(core::mem::size_of::<RingRecord>(), 40);
         assert_eq!(core::mem::size_of::<RingControl>(), 64);
-        assert_eq!(core::mem::size_of::<RoomInfo>(), 184);
+        assert_eq!(core::mem::size_of::<RoomInfo>(), 192);
+        assert_eq!(
+            core::mem::offset_of!(RoomInfo, incarnation),
+            ROOM_INFO_V1_SIZE as usize
+        );
+        // The number keeps the first version's size.
+        assert_eq!(IOC_ROOM_INFO, 0xc0b8_b903);
+        assert_eq!(core::mem::offset_of!(OriginHeader, incarnation_hi), 4);
+        assert_eq!(core::mem::offset_of!(OriginHeader, incarnation_lo), 68);
         assert_eq!(core::mem::size_of::<RateLimit>(), 64);
         assert_eq!(core::mem::size_of::<GlobalLimits>(), 24);
         assert_eq!(core::mem::size_of::<MaxWait>(), 48);
@@ -621,6 +657,18 @@ mod tests {
         assert_eq!(IOC_SEEK_SEQ, 0x4008_b912);
         assert_eq!(IOC_CREATE_ROOM, 0x4040_b901);
         assert_eq!(IOC_DELETE_ROOM, 0x4028_b902);
+    }
+
+    #[test]
+    fn an_incarnation_is_split_into_the_two_words() {
+        let mut origin = OriginHeader::default();
+        origin.set_incarnation(0x0123_4567_89ab_cdef);
+        assert_eq!(
+            (origin.incarnation_hi, origin.incarnation_lo),
+            (0x0123_4567, 0x89ab_cdef)
+        );
+        assert_eq!(origin.incarnation(), 0x0123_4567_89ab_cdef);
+        assert_eq!(OriginHeader::default().incarnation(), 0);
     }
 
     #[test]

@@ -399,6 +399,7 @@ fn info_reports_settings_fill_and_counters() -> Result<()> {
         bytes_per_sec: 0,
         byte_burst: 0,
         laggard_evictions: 0,
+        incarnation: info.incarnation,
     };
     ensure!(
         info == expected,
