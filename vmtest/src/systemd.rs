@@ -131,8 +131,8 @@ fn install() -> Result<()> {
             let kdir = std::env::var("KCHAT_KDIR")
                 .context("KCHAT_KDIR must name the kernel's build tree")?;
             // The kernel's own rustc, as a user without it on PATH names it.
-            let rustc = std::env::var("KCHAT_RUSTC")
-                .context("KCHAT_RUSTC must name the kernel's rustc")?;
+            let rustc =
+                std::env::var("KCHAT_RUSTC").context("KCHAT_RUSTC must name the kernel's rustc")?;
             let release = run("uname", &["-r"])?;
             let modules = format!("/lib/modules/{}", release.trim());
             std::fs::create_dir_all(&modules)?;
