@@ -468,6 +468,15 @@ fn both_bridge_a_new_room(pair: &mut Pair, room: &str, policy: &str) -> Result<S
     Ok(rooms)
 }
 
+/// [`both_bridge_a_new_room`], then waits until each bridge has the room up.
+fn both_bridge_a_new_room_up(pair: &mut Pair, room: &str, policy: &str) -> Result<String> {
+    let rooms = both_bridge_a_new_room(pair, room, policy)?;
+    for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
+        until_up(node, name, room)?;
+    }
+    Ok(rooms)
+}
+
 fn a_block_room_loses_and_duplicates_nothing_across_restarts() -> Result<()> {
     let mut guard = pair()?;
     let pair = &mut *guard;
@@ -583,10 +592,7 @@ fn incarnations_tell_a_room_created_again_while_its_bridge_is_away() -> Result<(
     let mut guard = pair()?;
     let pair = &mut *guard;
     let vmtest = vmtest()?;
-    let rooms = both_bridge_a_new_room(pair, "again", "block")?;
-    for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
-        until_up(node, name, "again")?;
-    }
+    let rooms = both_bridge_a_new_room_up(pair, "again", "block")?;
     pair.b.sh(&format!("{vmtest} job send again m 0 3"), STEP)?;
     expect_exactly(&mut pair.a, "again", "node-b", "m", 3, PATIENCE)?;
     kill_bridge(&mut pair.b)?;
@@ -625,10 +631,7 @@ fn incarnations_keep_relayed_history_apart_across_a_restart() -> Result<()> {
     let mut guard = pair()?;
     let pair = &mut *guard;
     let vmtest = vmtest()?;
-    let rooms = both_bridge_a_new_room(pair, "history", "block")?;
-    for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
-        until_up(node, name, "history")?;
-    }
+    let rooms = both_bridge_a_new_room_up(pair, "history", "block")?;
     pair.a
         .sh(&format!("{vmtest} job send history m 0 50"), STEP)?;
     expect_exactly(&mut pair.b, "history", "node-a", "m", 50, PATIENCE)?;
@@ -660,10 +663,7 @@ fn incarnations_keep_a_node_whose_state_is_lost_heard() -> Result<()> {
     let mut guard = pair()?;
     let pair = &mut *guard;
     let vmtest = vmtest()?;
-    let rooms = both_bridge_a_new_room(pair, "reborn", "block")?;
-    for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
-        until_up(node, name, "reborn")?;
-    }
+    let rooms = both_bridge_a_new_room_up(pair, "reborn", "block")?;
     pair.a
         .sh(&format!("{vmtest} job send reborn m 0 5"), STEP)?;
     expect_exactly(&mut pair.b, "reborn", "node-a", "m", 5, PATIENCE)?;
@@ -778,10 +778,7 @@ fn a_stream_made_anew_is_read_from_its_first_message() -> Result<()> {
     let mut guard = pair()?;
     let pair = &mut *guard;
     let vmtest = vmtest()?;
-    let rooms = both_bridge_a_new_room(pair, "anew", "block")?;
-    for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
-        until_up(node, name, "anew")?;
-    }
+    let rooms = both_bridge_a_new_room_up(pair, "anew", "block")?;
     pair.a.sh(&format!("{vmtest} job send anew s 0 20"), STEP)?;
     expect_exactly(&mut pair.b, "anew", "node-a", "s", 20, PATIENCE)
         .with_context(|| logs(&mut pair.b, "node-b"))?;
@@ -1242,10 +1239,7 @@ fn incarnations_forged_mute_no_node() -> Result<()> {
     let mut guard = pair()?;
     let pair = &mut *guard;
     let vmtest = vmtest()?;
-    let rooms = both_bridge_a_new_room(pair, "sealed", "block")?;
-    for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
-        until_up(node, name, "sealed")?;
-    }
+    let rooms = both_bridge_a_new_room_up(pair, "sealed", "block")?;
     pair.a
         .sh(&format!("{vmtest} job send sealed m 0 3"), STEP)?;
     expect_each(&mut pair.b, "sealed", "node-a", "m", 3, PATIENCE)?;
