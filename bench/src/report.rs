@@ -327,16 +327,22 @@ impl Report {
             "### Targets\n\n\
              Ratios of medians; a target is met at or past its goal (a tie meets it).\n\n",
         );
-        for (met, what) in self.targets() {
-            let _ = writeln!(out, "- {} {what}", if met { "met:" } else { "**missed:**" });
+        for (outcome, what) in self.targets() {
+            let mark = match outcome {
+                Outcome::Met => "met:",
+                Outcome::Missed => "**missed:**",
+                Outcome::NotJudged => "not judged:",
+            };
+            let _ = writeln!(out, "- {mark} {what}");
         }
         out
     }
 
     /// Each target of the benchmark issue (#22), met or not, with the
     /// numbers; rows the run did not measure are left out.
-    pub fn targets(&self) -> Vec<(bool, String)> {
+    pub fn targets(&self) -> Vec<(Outcome, String)> {
         let mut verdicts = Vec::new();
+        let mut unjudged = Vec::new();
         if let Some(pipe) = self.find("pipe-tee", 1, 64) {
             for (system, goal) in [("kchat", 1.0), ("kchat-mmap", 1.5)] {
                 if let Some(row) = self.find(system, 1, 64) {
@@ -408,12 +414,9 @@ impl Report {
                     .collect();
                 let fewest = peers.iter().map(|p| p.samples).fold(row.samples, u64::min);
                 if fewest < MIN_LATENCY_SAMPLES {
-                    verdicts.push((
-                        false,
-                        format!(
-                            "paced p99, {} reader(s): {system} not judged, a row has {fewest} samples (at least {MIN_LATENCY_SAMPLES} needed)",
-                            row.readers
-                        ),
+                    unjudged.push(format!(
+                        "paced p99, {} reader(s): {system}: a row has {fewest} samples (at least {MIN_LATENCY_SAMPLES} needed)",
+                        row.readers
                     ));
                     continue;
                 }
@@ -461,7 +464,20 @@ impl Report {
             ));
         }
         verdicts
+            .into_iter()
+            .map(|(met, what)| (if met { Outcome::Met } else { Outcome::Missed }, what))
+            .chain(unjudged.into_iter().map(|what| (Outcome::NotJudged, what)))
+            .collect()
     }
+}
+
+/// A target's line in the report: a row too thin to judge is neither met
+/// nor missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Met,
+    Missed,
+    NotJudged,
 }
 
 #[cfg(test)]
