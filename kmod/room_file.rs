@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
-//! `RoomFile`: one open file on a room node, with its own cursor and read
-//! mode.
+//! `RoomFile`: one open file on a room node, with its own cursor, read
+//! mode and write mode.
 //!
 //! Readers start at the end (new messages only). Stream reads return as many
 //! whole messages as fit, and a message larger than the buffer in parts,
@@ -105,6 +105,8 @@ pub(crate) struct RoomFile {
     mode: AtomicU32,
     /// A relay (`IOC_SET_RELAY`): its writes are relay frames.
     relay: AtomicBool,
+    /// `abi::WRITE_*`.
+    write_mode: AtomicU32,
     #[pin]
     cursor: Mutex<Cursor>,
 }
@@ -164,6 +166,7 @@ impl FileOps for RoomFile {
             file_id: file.id(),
             mode: AtomicU32::new(mode),
             relay: AtomicBool::new(false),
+            write_mode: AtomicU32::new(abi::WRITE_PLAIN),
             cursor <- new_mutex!(Cursor { offset: 0 }, "RoomFile::cursor"),
         });
         let state = match KBox::pin_init(init, GFP_KERNEL_ACCOUNT) {
@@ -191,7 +194,11 @@ impl FileOps for RoomFile {
             nonblock: iocb.nonblocking(),
             nowait: iocb.nowait(),
         };
-        if this.relay.load(Ordering::Relaxed) {
+        let relay = this.relay.load(Ordering::Relaxed);
+        if this.write_mode.load(Ordering::Relaxed) == abi::WRITE_FRAMED {
+            return this.room.write_framed(iocb.file(), src, how, relay);
+        }
+        if relay {
             return this.room.write_relayed(iocb.file(), src, how);
         }
         this.room.write(iocb.file(), src, how)
@@ -335,6 +342,20 @@ impl FileOps for RoomFile {
                     return Err(EPERM);
                 }
                 this.relay.store(true, Ordering::Relaxed);
+            }
+            abi::IOC_SET_WRITE_MODE => {
+                let mode = user_slice(arg, core::mem::size_of::<u32>())
+                    .reader()
+                    .read::<u32>()?;
+                if !matches!(mode, abi::WRITE_PLAIN | abi::WRITE_FRAMED) {
+                    return Err(EINVAL);
+                }
+                if !this.writer {
+                    return Err(EBADF);
+                }
+                // A write under way keeps the mode it started in: the mode
+                // is read once per write.
+                this.write_mode.store(mode, Ordering::Relaxed);
             }
             _ => return Err(ENOTTY),
         }

@@ -29,6 +29,8 @@ unsafe impl FromBytes for abi::ReaderList {}
 unsafe impl FromBytes for abi::GlobalLimits {}
 // SAFETY: as above.
 unsafe impl FromBytes for abi::RelayHeader {}
+// SAFETY: as above.
+unsafe impl FromBytes for abi::WriteFrame {}
 // SAFETY: `repr(C)` integers without padding: every byte is initialised.
 unsafe impl AsBytes for abi::FrameHeader {}
 // SAFETY: as above.

@@ -218,6 +218,29 @@ pub fn set_read_mode(room: impl AsFd, mode: u32) -> Result<(), Errno> {
     raw_ioctl(room, abi::IOC_SET_READ_MODE, &mode as *const u32 as usize).map(drop)
 }
 
+/// Sets a writable fd's write mode: `abi::WRITE_PLAIN` (one message per
+/// write) or `abi::WRITE_FRAMED` (records built with [`push_record`], many
+/// messages of any sizes per write).
+pub fn set_write_mode(room: impl AsFd, mode: u32) -> Result<(), Errno> {
+    raw_ioctl(room, abi::IOC_SET_WRITE_MODE, &mode as *const u32 as usize).map(drop)
+}
+
+/// Appends one record of a framed write to `out`: its `WriteFrame`, then
+/// `body` (a message of 1 to `max_msg` bytes; on a relay fd, what
+/// [`relay_frame`] makes). A `write` of many records stores whole records
+/// only and returns where it stopped, a record boundary. `None` if `body`
+/// is longer than a record can say (`u32::MAX`).
+pub fn push_record(out: &mut Vec<u8>, body: &[u8]) -> Option<()> {
+    let frame = abi::WriteFrame {
+        len: u32::try_from(body.len()).ok()?,
+        flags: 0,
+    };
+    out.extend_from_slice(&frame.len.to_ne_bytes());
+    out.extend_from_slice(&frame.flags.to_ne_bytes());
+    out.extend_from_slice(body);
+    Some(())
+}
+
 /// Messages this reader lost since it last asked; resets the count.
 pub fn take_lost(room: impl AsFd) -> Result<u64, Errno> {
     let mut lost = 0u64;

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 //! `Room`'s write path: one message at a time, budget and space first,
 //! then placed, filled with page faults off and published (see the
-//! module doc of `room.rs`).
+//! module doc of `room.rs`); plain, relayed and framed writes (records of
+//! their own sizes) all come down to `write_message`.
 
 use super::{
     space::{record_cost, record_size},
@@ -100,6 +101,96 @@ impl Room {
         how: Blocking,
     ) -> Result<usize> {
         let total = src.len();
+        let writer = Writer::of(file);
+        let mut wakes = Wakes::NONE;
+        let written = self.write_relayed_body(src, total, &writer, how, &mut wakes);
+        wakes.flush(self);
+        written.map(|()| total)
+    }
+
+    /// Writes a framed write (`WRITE_FRAMED`): records, each a
+    /// `WriteFrame` and its body, one message per record, in order; returns
+    /// the bytes of the whole records stored. On a relay each body is what
+    /// one relay write would be. A record that is malformed or cannot go
+    /// now (`EAGAIN`, a signal, a deleted room) ends the write short just
+    /// before it, as a failed piece ends a long plain write; if it is the
+    /// first record, its error is the write's. So a write stores whole
+    /// records only, and the count it returns is a record boundary.
+    pub(crate) fn write_framed(
+        &self,
+        file: &File,
+        src: &mut IovSource<'_>,
+        how: Blocking,
+        relay: bool,
+    ) -> Result<usize> {
+        let writer = Writer::of(file);
+        let total = src.len();
+        let mut written = 0;
+        let mut wakes = Wakes::NONE;
+        while written < total {
+            let stored = self.write_record(src, total - written, &writer, how, relay, &mut wakes);
+            match stored {
+                Ok(bytes) => written += bytes,
+                Err(_) if written > 0 => break,
+                Err(err) => {
+                    wakes.flush(self);
+                    return Err(err);
+                }
+            }
+            if wakes.bytes >= self.settings.ring_bytes as usize / 2 {
+                wakes.flush(self);
+            }
+        }
+        wakes.flush(self);
+        Ok(written)
+    }
+
+    /// Writes the record at the start of `src`'s `remaining` bytes;
+    /// returns its size (header and body). Its header's `flags` must be
+    /// zero, and its body 1 byte or more and all there (`EINVAL`); a body
+    /// longer than a message may be is `EMSGSIZE`.
+    ///
+    /// The header is copied from the writer's memory holding nothing (it
+    /// may fault), like a relay's header; what it says is read once.
+    fn write_record(
+        &self,
+        src: &mut IovSource<'_>,
+        remaining: usize,
+        writer: &Writer,
+        how: Blocking,
+        relay: bool,
+        wakes: &mut Wakes,
+    ) -> Result<usize> {
+        let header_len = core::mem::size_of::<abi::WriteFrame>();
+        if remaining < header_len {
+            return Err(EINVAL);
+        }
+        let frame: abi::WriteFrame = src.read()?;
+        let len = frame.len as usize;
+        if frame.flags != 0 || len == 0 || len > remaining - header_len {
+            return Err(EINVAL);
+        }
+        if relay {
+            self.write_relayed_body(src, len, writer, how, wakes)?;
+        } else {
+            if len > self.settings.max_msg as usize {
+                return Err(emsgsize());
+            }
+            self.write_message(src, len, writer, how, None, wakes)?;
+        }
+        Ok(header_len + len)
+    }
+
+    /// Writes one relayed message of `total` bytes from `src`: a
+    /// `RelayHeader`, then the payload (the rest). See `write_relayed`.
+    fn write_relayed_body(
+        &self,
+        src: &mut IovSource<'_>,
+        total: usize,
+        writer: &Writer,
+        how: Blocking,
+        wakes: &mut Wakes,
+    ) -> Result {
         let header_len = core::mem::size_of::<abi::RelayHeader>();
         let Some(len) = total.checked_sub(header_len).filter(|len| *len > 0) else {
             return Err(EINVAL);
@@ -121,11 +212,7 @@ impl Room {
             flags: abi::ORIGIN_RELAYED,
             ..origin
         };
-        let writer = Writer::of(file);
-        let mut wakes = Wakes::NONE;
-        let written = self.write_message(src, len, &writer, how, Some(origin), &mut wakes);
-        wakes.flush(self);
-        written.map(|()| total)
+        self.write_message(src, len, writer, how, Some(origin), wakes)
     }
 
     /// Writes one message: waits for the rate budget and for space first,

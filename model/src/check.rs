@@ -2,7 +2,7 @@
 //! at the first answer that differs.
 
 use crate::{
-    ops::{payload, Api, Case, Op},
+    ops::{framed, payload, Api, Case, Op},
     room::{frame_header_bytes, Limit, Model, Outcome, Step},
 };
 use kchat_uapi::abi;
@@ -182,6 +182,20 @@ fn resolve(op: &Op, op_index: usize, model: &Model) -> Vec<Step> {
         Op::SetMode { fd: f, mode } => Step::SetMode {
             fd: fd(f),
             mode: *mode,
+        },
+        Op::SetWriteMode { fd: f, mode } => Step::SetWriteMode {
+            fd: fd(f),
+            mode: *mode,
+        },
+        Op::WriteFramed {
+            fd: f,
+            records,
+            cut,
+            api,
+        } => Step::Write {
+            fd: fd(f),
+            data: framed(n * 1000, records, *cut),
+            api: *api,
         },
         Op::TakeLost { fd: f } => Step::TakeLost { fd: fd(f) },
         Op::Lseek {

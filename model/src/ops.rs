@@ -93,6 +93,21 @@ pub enum Op {
         fd: usize,
         mode: u32,
     },
+    /// `IOC_SET_WRITE_MODE` (valid modes and invalid ones).
+    SetWriteMode {
+        fd: usize,
+        mode: u32,
+    },
+    /// One write of records as `WRITE_FRAMED` takes them: per record its
+    /// body's length and the header's `flags` (0 but now and then not), the
+    /// last `cut` bytes of the whole left off (a record cut short). On a
+    /// file in plain mode it is just bytes.
+    WriteFramed {
+        fd: usize,
+        records: Vec<(usize, u32)>,
+        cut: usize,
+        api: Api,
+    },
     /// `IOC_TAKE_LOST`.
     TakeLost {
         fd: usize,
@@ -163,6 +178,19 @@ fn settings() -> impl Strategy<Value = Settings> {
             max_msg,
         }
     })
+}
+
+/// The bytes of a framed write: each record's `WriteFrame` and body (the
+/// body `payload(n + i, len)`), the last `cut` bytes left off.
+pub fn framed(n: u64, records: &[(usize, u32)], cut: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, &(len, flags)) in records.iter().enumerate() {
+        out.extend_from_slice(&(len as u32).to_ne_bytes());
+        out.extend_from_slice(&flags.to_ne_bytes());
+        out.extend(payload(n + i as u64, len));
+    }
+    out.truncate(out.len().saturating_sub(cut));
+    out
 }
 
 /// Write lengths around the edges: 0, 1, a frame header, a message, a
@@ -239,6 +267,18 @@ fn op(max_msg: u32) -> impl Strategy<Value = Op> {
         1 => Just(4u32),
         1 => any::<u32>(),
     ];
+    let write_mode = prop_oneof![
+        4 => Just(abi::WRITE_FRAMED),
+        3 => Just(abi::WRITE_PLAIN),
+        1 => Just(2u32),
+        1 => any::<u32>(),
+    ];
+    let record = (
+        write_length(max_msg).prop_map(|len| len.min(1200)),
+        prop_oneof![12 => Just(0u32), 1 => Just(1u32), 1 => any::<u32>()],
+    );
+    let records = proptest::collection::vec(record, 1..12);
+    let cut = prop_oneof![6 => Just(0usize), 1 => 1usize..10];
     let whence = prop_oneof![6 => 0u32..3, 1 => 3u32..5];
     let offset = prop_oneof![-3i64..=3, Just(i64::MIN), Just(i64::MAX), -100i64..100];
     prop_oneof![
@@ -251,6 +291,9 @@ fn op(max_msg: u32) -> impl Strategy<Value = Op> {
         10 => (fd(), read_space(max_msg), api())
             .prop_map(|(fd, space, api)| Op::Read { fd, space, api }),
         2 => (fd(), mode).prop_map(|(fd, mode)| Op::SetMode { fd, mode }),
+        2 => (fd(), write_mode).prop_map(|(fd, mode)| Op::SetWriteMode { fd, mode }),
+        5 => (fd(), records, cut, api())
+            .prop_map(|(fd, records, cut, api)| Op::WriteFramed { fd, records, cut, api }),
         4 => fd().prop_map(|fd| Op::TakeLost { fd }),
         2 => (fd(), offset, whence).prop_map(|(fd, offset, whence)| Op::Lseek { fd, offset, whence }),
         2 => (fd(), any::<bool>(), -2i8..=2).prop_map(|(fd, from_next, delta)| Op::SeekSeq {

@@ -75,6 +75,11 @@ pub enum Step {
         fd: usize,
         mode: u32,
     },
+    /// `IOC_SET_WRITE_MODE` (valid modes and invalid ones).
+    SetWriteMode {
+        fd: usize,
+        mode: u32,
+    },
     TakeLost {
         fd: usize,
     },
@@ -160,6 +165,8 @@ struct OpenFile {
     writable: bool,
     nonblock: bool,
     mode: u32,
+    /// `abi::WRITE_*`.
+    write_mode: u32,
     /// Next message to read.
     seq: u64,
     /// Bytes of it stream reads already returned.
@@ -360,6 +367,9 @@ impl Model {
                 Outcome::Bytes(self.read_call(*fd, *space, nowait))
             }
             Step::SetMode { fd, mode } => Outcome::Value(self.set_mode(*fd, *mode).map(|()| 0)),
+            Step::SetWriteMode { fd, mode } => {
+                Outcome::Value(self.set_write_mode(*fd, *mode).map(|()| 0))
+            }
             Step::TakeLost { fd } => Outcome::Value(self.take_lost(*fd).map(|n| n as i64)),
             Step::Lseek { fd, offset, whence } => {
                 Outcome::Value(self.lseek(*fd, *offset, *whence).map(|s| s as i64))
@@ -398,6 +408,7 @@ impl Model {
             } else {
                 abi::READ_STREAM
             },
+            write_mode: abi::WRITE_PLAIN,
             seq: self.next_seq(),
             offset: 0,
             lost: 0,
@@ -453,12 +464,53 @@ impl Model {
         }
         let nonblock = nowait || file.nonblock;
         let (uid, id) = (file.who.uid(), file.id);
+        if file.write_mode == abi::WRITE_FRAMED {
+            return self.write_framed(data, uid, id, nonblock);
+        }
         let max = self.settings.max_msg as usize;
         let mut written = 0;
         while written < data.len() {
             let len = max.min(data.len() - written);
             match self.write_message(&data[written..written + len], uid, id, nonblock) {
                 Ok(()) => written += len,
+                Err(_) if written > 0 => break,
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(written)
+    }
+
+    /// A framed write: records of a `WriteFrame` and a body each, whole
+    /// records only; a bad or refused record ends the write short before
+    /// it, or fails it if it is the first.
+    fn write_framed(
+        &mut self,
+        data: &[u8],
+        uid: u32,
+        file_id: u64,
+        nonblock: bool,
+    ) -> Result<usize, c_int> {
+        const FRAME: usize = size_of::<abi::WriteFrame>();
+        let mut written = 0;
+        while written < data.len() {
+            let rest = &data[written..];
+            let record = match rest.split_first_chunk::<FRAME>() {
+                None => Err(EINVAL),
+                Some((&[l0, l1, l2, l3, f0, f1, f2, f3], body)) => {
+                    let len = u32::from_ne_bytes([l0, l1, l2, l3]) as usize;
+                    let flags = u32::from_ne_bytes([f0, f1, f2, f3]);
+                    if flags != 0 || len == 0 || len > body.len() {
+                        Err(EINVAL)
+                    } else if len > self.settings.max_msg as usize {
+                        Err(EMSGSIZE)
+                    } else {
+                        self.write_message(&body[..len], uid, file_id, nonblock)
+                            .map(|()| FRAME + len)
+                    }
+                }
+            };
+            match record {
+                Ok(size) => written += size,
                 Err(_) if written > 0 => break,
                 Err(err) => return Err(err),
             }
@@ -708,6 +760,18 @@ impl Model {
         }
         file.mode = mode;
         file.offset = 0;
+        Ok(())
+    }
+
+    fn set_write_mode(&mut self, fd: usize, mode: u32) -> Result<(), c_int> {
+        let file = self.files.get_mut(fd).ok_or(EBADF)?;
+        if !matches!(mode, abi::WRITE_PLAIN | abi::WRITE_FRAMED) {
+            return Err(EINVAL);
+        }
+        if !file.writable {
+            return Err(EBADF);
+        }
+        file.write_mode = mode;
         Ok(())
     }
 

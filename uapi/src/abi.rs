@@ -574,6 +574,36 @@ pub const IOC_SEEK_SEQ: u32 = iow::<u64>(0x12);
 /// (not open for writing), `EINVAL`.
 pub const IOC_SET_RELAY: u32 = iow::<u32>(0x13);
 
+/// Write modes of a room fd (`IOC_SET_WRITE_MODE`).
+/// Plain (the default): each `write` of up to `max_msg` bytes is one
+/// message; a longer one is split into `max_msg` pieces.
+pub const WRITE_PLAIN: u32 = 0;
+/// Framed: each `write` is a run of records, each a [`WriteFrame`] and
+/// then its body, one message per record (of any size up to `max_msg`),
+/// whole records only: many messages of different sizes in one call. On
+/// a relay fd a record's body is what one plain relay write would be (a
+/// [`RelayHeader`] and the payload). See docs/kernel-abi.md, "Framed
+/// writes".
+pub const WRITE_FRAMED: u32 = 1;
+
+/// The header of one record of a framed write; its body (`len` bytes)
+/// follows at once, and the next record's header right after the body
+/// (no padding). Native byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct WriteFrame {
+    /// Bytes of body: 1 to `max_msg` (a relay's: its `RelayHeader` and 1
+    /// to `max_msg` bytes of payload).
+    pub len: u32,
+    /// Reserved; must be zero.
+    pub flags: u32,
+}
+
+/// Room ioctl: sets this fd's write mode (`WRITE_PLAIN` or
+/// `WRITE_FRAMED`); `EINVAL` otherwise, `EBADF` on an fd not open for
+/// writing.
+pub const IOC_SET_WRITE_MODE: u32 = iow::<u32>(0x14);
+
 /// Copies a room name into a NUL-padded field; `None` if it does not fit.
 pub fn name_field(name: &str) -> Option<[u8; NAME_FIELD]> {
     let bytes = name.as_bytes();
@@ -628,6 +658,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(RoomSpec, flags), 60);
         assert_eq!(core::mem::size_of::<RoomName>(), 40);
         assert_eq!(core::mem::size_of::<FrameHeader>(), 40);
+        assert_eq!(core::mem::size_of::<WriteFrame>(), 8);
         assert_eq!(core::mem::size_of::<RingRecord>(), 40);
         assert_eq!(core::mem::size_of::<RingControl>(), 64);
         assert_eq!(core::mem::size_of::<RoomInfo>(), 192);

@@ -28,6 +28,7 @@ mod stress;
 mod systemd;
 mod trust;
 mod twonode;
+mod writes;
 
 use libtest_mimic::{Arguments, Trial};
 
@@ -55,6 +56,7 @@ fn main() -> std::process::ExitCode {
         rooms::TESTS,
         chat::TESTS,
         modes::TESTS,
+        writes::TESTS,
         mapped::TESTS,
         model::TESTS,
         trust::TESTS,

@@ -304,6 +304,9 @@ impl System for Kernel {
             Step::SetMode { fd, mode } => {
                 errno_of(kchat_client::set_read_mode(&self.files[*fd], *mode))
             }
+            Step::SetWriteMode { fd, mode } => {
+                errno_of(kchat_client::set_write_mode(&self.files[*fd], *mode))
+            }
             Step::TakeLost { fd } => Outcome::Value(
                 kchat_client::take_lost(&self.files[*fd])
                     .map(|n| n as i64)

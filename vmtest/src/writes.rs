@@ -1,0 +1,346 @@
+//! Framed writes (`IOC_SET_WRITE_MODE`, `WRITE_FRAMED`): many messages of
+//! their own sizes in one `write`, whole records only, and the errors of a
+//! bad record. (The model-based test runs them in random sequences too.)
+
+use crate::{
+    client::{spec, TempRoom},
+    module, Test,
+};
+use anyhow::{bail, ensure, Context, Result};
+use kchat_uapi::abi;
+use nix::errno::Errno;
+use std::{
+    fs::File,
+    io::{Read, Write},
+};
+
+pub const TESTS: &[Test] = &[
+    (
+        "writes::one_framed_write_sends_messages_of_their_own_sizes",
+        one_framed_write_sends_messages_of_their_own_sizes,
+    ),
+    (
+        "writes::a_framed_write_stores_whole_records_only",
+        a_framed_write_stores_whole_records_only,
+    ),
+    (
+        "writes::a_framed_write_stops_at_a_record_when_a_block_room_is_full",
+        a_framed_write_stops_at_a_record_when_a_block_room_is_full,
+    ),
+    (
+        "writes::a_relay_writes_a_batch_each_record_with_its_origin",
+        a_relay_writes_a_batch_each_record_with_its_origin,
+    ),
+    (
+        "writes::the_write_mode_refuses_bad_input",
+        the_write_mode_refuses_bad_input,
+    ),
+];
+
+const FRAME: usize = size_of::<abi::WriteFrame>();
+
+/// The records of `bodies`, as one framed write takes them.
+fn records(bodies: &[&[u8]]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for body in bodies {
+        kchat_client::push_record(&mut out, body).context("a record too long to frame")?;
+    }
+    Ok(out)
+}
+
+/// A record whose header says `len` and `flags`, with `body` after it.
+fn raw_record(len: u32, flags: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = len.to_ne_bytes().to_vec();
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn framed_writer(room: &TempRoom, nonblock: bool) -> Result<File> {
+    let writer = if nonblock {
+        room.open_write_nonblock()?
+    } else {
+        room.open_write()?
+    };
+    kchat_client::set_write_mode(&writer, abi::WRITE_FRAMED).context("IOC_SET_WRITE_MODE")?;
+    Ok(writer)
+}
+
+fn write_raw(file: &mut File, bytes: &[u8]) -> Result<usize, Errno> {
+    file.write(bytes)
+        .map_err(|err| Errno::from_raw(err.raw_os_error().unwrap_or(0)))
+}
+
+/// Every message a packet-mode reader has, oldest first.
+fn packets(reader: &mut File) -> Result<Vec<Vec<u8>>> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(n) => got.push(buf[..n].to_vec()),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Ok(got),
+            Err(err) => bail!("reading packets: {err}"),
+        }
+    }
+}
+
+fn packet_reader(room: &TempRoom) -> Result<File> {
+    let reader = room.open_read_nonblock()?;
+    kchat_client::set_read_mode(&reader, abi::READ_PACKET)?;
+    Ok(reader)
+}
+
+fn one_framed_write_sends_messages_of_their_own_sizes() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("framed-sizes"))?;
+    let mut reader = packet_reader(&room)?;
+    let mut writer = framed_writer(&room, false)?;
+    let max = abi::DEFAULT_MAX_MSG as usize;
+    let bodies: Vec<Vec<u8>> = [1usize, 16, 999, 1024, max, 3]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| (0..len).map(|j| (i * 31 + j * 7) as u8).collect())
+        .collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    let batch = records(&refs)?;
+    let took = writer.write(&batch).context("a framed write")?;
+    ensure!(
+        took == batch.len(),
+        "a framed write of {} bytes took {took}",
+        batch.len()
+    );
+    let got = packets(&mut reader)?;
+    ensure!(
+        got == bodies,
+        "a packet reader got messages of {:?} bytes, expected {:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>(),
+        bodies.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    let info = room.control().info(&room.name)?;
+    ensure!(
+        info.msgs_in == bodies.len() as u64,
+        "msgs_in {} after one write of {} records",
+        info.msgs_in,
+        bodies.len()
+    );
+    // The same bytes in plain mode are one message of all of them.
+    kchat_client::set_write_mode(&writer, abi::WRITE_PLAIN)?;
+    writer.write_all(&batch[..100])?;
+    let got = packets(&mut reader)?;
+    ensure!(
+        got == [batch[..100].to_vec()],
+        "plain mode again: {:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+fn a_framed_write_stores_whole_records_only() -> Result<()> {
+    module::ensure_loaded()?;
+    let max_msg = 100;
+    let room = TempRoom::create(abi::RoomSpec {
+        max_msg,
+        ..spec("framed-whole")
+    })?;
+    let mut reader = packet_reader(&room)?;
+    let mut writer = framed_writer(&room, true)?;
+    let good = records(&[b"one", b"two"])?;
+    // Each bad record alone fails the write and stores nothing; after good
+    // records it ends the write short, just before it. (A record cut short
+    // is one the write ends inside: nothing follows it.)
+    let bad: [(&str, Vec<u8>, Errno); 6] = [
+        ("flags set", raw_record(1, 1, b"x"), Errno::EINVAL),
+        ("an empty body", raw_record(0, 0, b""), Errno::EINVAL),
+        (
+            "a header cut short",
+            3u32.to_ne_bytes().to_vec(),
+            Errno::EINVAL,
+        ),
+        ("a body cut short", raw_record(5, 0, b"abc"), Errno::EINVAL),
+        (
+            "a body longer than max_msg",
+            raw_record(max_msg + 1, 0, &vec![b'x'; max_msg as usize + 1]),
+            Errno::EMSGSIZE,
+        ),
+        (
+            "a length past the write",
+            raw_record(u32::MAX, 0, b"x"),
+            Errno::EINVAL,
+        ),
+    ];
+    for (what, record, errno) in &bad {
+        match write_raw(&mut writer, record) {
+            Err(e) if e == *errno => {}
+            other => bail!("a framed write of {what} alone: {other:?}, expected {errno}"),
+        }
+        let mut batch = good.clone();
+        batch.extend_from_slice(record);
+        if !what.contains("cut short") {
+            batch.extend(records(&[b"never"])?);
+        }
+        let took = write_raw(&mut writer, &batch);
+        ensure!(
+            took == Ok(good.len()),
+            "good records then {what}: the write took {took:?}, expected {} (the good ones)",
+            good.len()
+        );
+        let got = packets(&mut reader)?;
+        ensure!(
+            got == [b"one".to_vec(), b"two".to_vec()],
+            "after good records then {what} readers got {got:?}"
+        );
+    }
+    let info = room.control().info(&room.name)?;
+    ensure!(
+        info.msgs_in == 2 * bad.len() as u64,
+        "msgs_in {}: a bad record stored something",
+        info.msgs_in
+    );
+    // A zero-length write does nothing, in this mode too.
+    ensure!(
+        write_raw(&mut writer, b"") == Ok(0),
+        "an empty framed write"
+    );
+    Ok(())
+}
+
+fn a_framed_write_stops_at_a_record_when_a_block_room_is_full() -> Result<()> {
+    module::ensure_loaded()?;
+    let ring = abi::MIN_RING_BYTES;
+    let room = TempRoom::create(abi::RoomSpec {
+        ring_bytes: ring,
+        max_msg: 200,
+        policy: abi::POLICY_BLOCK,
+        max_wait_ms: abi::MAX_WAIT_FOREVER,
+        ..spec("framed-full")
+    })?;
+    let mut reader = packet_reader(&room)?;
+    let mut writer = framed_writer(&room, true)?;
+    // Sizes that vary, together far more than the ring holds.
+    let bodies: Vec<Vec<u8>> = (0..80usize)
+        .map(|i| vec![b'a' + (i % 26) as u8; 1 + (i * 37) % 200])
+        .collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    let batch = records(&refs)?;
+    let took = write_raw(&mut writer, &batch).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Where it stopped must be a record boundary: the records it took.
+    let mut at = 0;
+    let mut stored = 0;
+    while at < took {
+        at += FRAME + bodies[stored].len();
+        stored += 1;
+    }
+    ensure!(
+        at == took && stored > 0 && stored < bodies.len(),
+        "a full block room took {took} bytes of {}: not a record boundary, or all or nothing",
+        batch.len()
+    );
+    ensure!(
+        write_raw(&mut writer, &batch[took..]) == Err(Errno::EAGAIN),
+        "the rest went in while the reader held the room"
+    );
+    let got = packets(&mut reader)?;
+    ensure!(
+        got == bodies[..stored],
+        "the reader got {} messages, expected the {stored} records the write took",
+        got.len()
+    );
+    // The reader made room: the rest goes on where the write stopped.
+    let more = write_raw(&mut writer, &batch[took..]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(more > 0, "nothing went in after the reader read");
+    Ok(())
+}
+
+fn a_relay_writes_a_batch_each_record_with_its_origin() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("framed-relay"))?;
+    let mut reader = room.open_read_nonblock()?;
+    kchat_client::set_read_mode(&reader, abi::READ_FRAMED_ORIGIN)?;
+    let mut relay = room.open_write()?;
+    kchat_client::set_relay(&relay)?;
+    kchat_client::set_write_mode(&relay, abi::WRITE_FRAMED)?;
+    let origin = |seq: u64, uid: u32| {
+        let mut origin = abi::OriginHeader {
+            node: abi::name_field("node-a").unwrap_or_default(),
+            seq,
+            time_ns: 1_000 + seq,
+            pid: 42,
+            uid,
+            gid: uid,
+            ..abi::OriginHeader::default()
+        };
+        origin.set_incarnation(0x1234_5678_9abc_def0);
+        origin
+    };
+    let sent: [(abi::OriginHeader, &[u8]); 3] = [
+        (origin(7, 1000), b"first"),
+        (origin(8, 1001), b"a second, longer one"),
+        (origin(9, 0), b"3"),
+    ];
+    let mut batch = Vec::new();
+    for (from, payload) in &sent {
+        kchat_client::push_record(&mut batch, &kchat_client::relay_frame(*from, payload))
+            .context("framing a relay record")?;
+    }
+    let took = relay.write(&batch).context("a framed relay write")?;
+    ensure!(took == batch.len(), "took {took} of {}", batch.len());
+    let mut buf = vec![0u8; 4096];
+    let n = reader.read(&mut buf)?;
+    let frames = kchat_client::split_origin_frames(&buf[..n]).context("torn origin frames")?;
+    ensure!(frames.len() == sent.len(), "{} frames", frames.len());
+    for ((_, got_from, got), (from, payload)) in frames.iter().zip(&sent) {
+        let want = abi::OriginHeader {
+            flags: abi::ORIGIN_RELAYED,
+            ..*from
+        };
+        ensure!(
+            *got_from == want && got == payload,
+            "record {}: {got_from:?} {got:?}",
+            from.seq
+        );
+    }
+    // A relay record is what one relay write would be: a bad header in the
+    // second ends the write after the first.
+    let mut bad = kchat_client::relay_frame(origin(10, 0), b"x");
+    bad[4] = 1; // RelayHeader::flags
+    let mut batch = Vec::new();
+    kchat_client::push_record(&mut batch, &kchat_client::relay_frame(origin(10, 0), b"ok"))
+        .context("framing")?;
+    let first = batch.len();
+    kchat_client::push_record(&mut batch, &bad).context("framing")?;
+    ensure!(
+        relay.write(&batch)? == first,
+        "a bad relay record did not end the write short"
+    );
+    ensure!(
+        write_raw(&mut relay, &batch[first..]) == Err(Errno::EINVAL),
+        "a bad relay record alone"
+    );
+    Ok(())
+}
+
+fn the_write_mode_refuses_bad_input() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("framed-mode"))?;
+    let read_only = room.open_read_nonblock()?;
+    ensure!(
+        kchat_client::set_write_mode(&read_only, abi::WRITE_FRAMED) == Err(Errno::EBADF),
+        "a read-only fd took a write mode"
+    );
+    let writer = room.open_write()?;
+    for mode in [2, 3, u32::MAX] {
+        ensure!(
+            kchat_client::set_write_mode(&writer, mode) == Err(Errno::EINVAL),
+            "write mode {mode} was taken"
+        );
+    }
+    // A refused mode changed nothing: the fd still writes plain messages.
+    let mut reader = packet_reader(&room)?;
+    let mut writer = writer;
+    writer.write_all(b"plain")?;
+    ensure!(
+        packets(&mut reader)? == [b"plain".to_vec()],
+        "a refused write mode changed the fd"
+    );
+    Ok(())
+}
