@@ -53,7 +53,7 @@ use crate::{
     ring::{Ring, Slot},
     slowest::Slowest,
 };
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel::{
     alloc::{
         flags::{__GFP_NOWARN, GFP_KERNEL_ACCOUNT},
@@ -226,6 +226,11 @@ pub(crate) struct Room {
     /// reload or boot.
     pub(crate) incarnation: u64,
     pub(crate) stats: Stats,
+    /// Whether `RoomInner::limit` limits anything: set under `inner` with
+    /// it, read without, so an unlimited room's writers skip the lock pass
+    /// a budget takes. A write that races a new limit goes as if it came
+    /// just before it.
+    limited: AtomicBool,
     /// The records' bytes, laid out as `RoomInner::ring` says.
     pub(crate) area: RingArea,
     /// Held by the one writer filling the ring (see the module doc).
@@ -284,6 +289,7 @@ impl Room {
                 minor,
                 incarnation: crate::compat::random::nonzero_u64(),
                 stats: Stats::default(),
+                limited: AtomicBool::new(false),
                 area,
                 writing <- new_mutex!((), "Room::writing"),
                 inner <- new_mutex!(inner, "Room::inner"),

@@ -363,6 +363,16 @@ fn run(args: RunArgs) -> Result<()> {
         }
     }
     progress.done();
+    // A kernel that gave up on its clock mid-run (the TSC watchdog under
+    // emulation) made every clock read dearer from then on: say so.
+    let clock_at_end = clocksource();
+    if clock_at_end != report.clocksource {
+        report.clocksource = format!(
+            "{} at the start but {clock_at_end} at the end (the kernel switched during the run, \
+             so rows before and after the switch are not comparable)",
+            report.clocksource
+        );
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -11,6 +11,7 @@ use crate::{
     },
     rate::Limiter,
 };
+use core::sync::atomic::Ordering;
 use kernel::{
     alloc::flags::GFP_KERNEL_ACCOUNT,
     prelude::*,
@@ -210,6 +211,7 @@ impl Room {
     pub(crate) fn set_limit(&self, limit: LimitConfig) {
         let mut inner = self.inner.lock();
         inner.limit = limit;
+        self.limited.store(!limit.is_unlimited(), Ordering::Relaxed);
         inner.senders = RBTree::new();
         inner.sender_count = 0;
         let asleep = inner.asleep();

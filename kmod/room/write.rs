@@ -7,7 +7,7 @@
 use super::{
     space::{record_cost, record_size},
     wake::{Asleep, Wakes},
-    Room, Stamp, Stats, RECORD_HEADER,
+    Room, RoomInner, Stamp, Stats, RECORD_HEADER,
 };
 use crate::{
     abi,
@@ -20,7 +20,11 @@ use crate::{
     },
     ring::Placement,
 };
-use kernel::prelude::*;
+use core::sync::atomic::Ordering;
+use kernel::{
+    prelude::*,
+    sync::lock::{mutex::MutexBackend, Guard},
+};
 
 /// How long one `read` or `write` call may wait.
 #[derive(Clone, Copy)]
@@ -54,6 +58,28 @@ impl Writer {
     }
 }
 
+/// What one `write` call keeps from one message to the next: `writing`
+/// while it fills them one after another, and the room lock from one
+/// message's push to the next one's placement, so a burst costs one pass
+/// of the room lock per message. Both are let go of before anything
+/// sleeps or touches user memory with faults on (`end`).
+struct Run<'a> {
+    writing: Option<Guard<'a, (), MutexBackend>>,
+    inner: Option<Guard<'a, RoomInner, MutexBackend>>,
+}
+
+impl Run<'_> {
+    const NONE: Run<'static> = Run {
+        writing: None,
+        inner: None,
+    };
+
+    fn end(&mut self) {
+        self.inner = None;
+        self.writing = None;
+    }
+}
+
 impl Room {
     /// Writes `src` as messages of at most `max_msg` bytes each; returns how
     /// many bytes were taken. Each message is atomic; after the first, an
@@ -71,20 +97,24 @@ impl Room {
         let max = self.settings.max_msg as usize;
         let mut written = 0;
         let mut wakes = Wakes::NONE;
+        let mut run = Run::NONE;
         while written < total {
             let len = max.min(total - written);
-            match self.write_message(src, len, &writer, how, None, &mut wakes) {
+            match self.write_message(src, len, &writer, how, None, &mut run, &mut wakes) {
                 Ok(()) => written += len,
                 Err(_) if written > 0 => break,
                 Err(err) => {
+                    run.end();
                     wakes.flush(self);
                     return Err(err);
                 }
             }
             if wakes.bytes >= self.settings.ring_bytes as usize / 2 {
+                run.end();
                 wakes.flush(self);
             }
         }
+        run.end();
         wakes.flush(self);
         Ok(written)
     }
@@ -103,7 +133,9 @@ impl Room {
         let total = src.len();
         let writer = Writer::of(file);
         let mut wakes = Wakes::NONE;
-        let written = self.write_relayed_body(src, total, &writer, how, &mut wakes);
+        let mut run = Run::NONE;
+        let written = self.write_relayed_body(src, total, &writer, how, &mut run, &mut wakes);
+        run.end();
         wakes.flush(self);
         written.map(|()| total)
     }
@@ -127,20 +159,26 @@ impl Room {
         let total = src.len();
         let mut written = 0;
         let mut wakes = Wakes::NONE;
+        let mut run = Run::NONE;
         while written < total {
-            let stored = self.write_record(src, total - written, &writer, how, relay, &mut wakes);
+            let remaining = total - written;
+            let stored =
+                self.write_record(src, remaining, &writer, how, relay, &mut run, &mut wakes);
             match stored {
                 Ok(bytes) => written += bytes,
                 Err(_) if written > 0 => break,
                 Err(err) => {
+                    run.end();
                     wakes.flush(self);
                     return Err(err);
                 }
             }
             if wakes.bytes >= self.settings.ring_bytes as usize / 2 {
+                run.end();
                 wakes.flush(self);
             }
         }
+        run.end();
         wakes.flush(self);
         Ok(written)
     }
@@ -152,43 +190,48 @@ impl Room {
     ///
     /// The header is copied from the writer's memory holding nothing (it
     /// may fault), like a relay's header; what it says is read once.
-    fn write_record(
-        &self,
+    #[allow(clippy::too_many_arguments)]
+    fn write_record<'a>(
+        &'a self,
         src: &mut IovSource<'_>,
         remaining: usize,
         writer: &Writer,
         how: Blocking,
         relay: bool,
+        run: &mut Run<'a>,
         wakes: &mut Wakes,
     ) -> Result<usize> {
         let header_len = core::mem::size_of::<abi::WriteFrame>();
         if remaining < header_len {
             return Err(EINVAL);
         }
+        // The header may fault: no lock held while it is copied.
+        run.end();
         let frame: abi::WriteFrame = src.read()?;
         let len = frame.len as usize;
         if frame.flags != 0 || len == 0 || len > remaining - header_len {
             return Err(EINVAL);
         }
         if relay {
-            self.write_relayed_body(src, len, writer, how, wakes)?;
+            self.write_relayed_body(src, len, writer, how, run, wakes)?;
         } else {
             if len > self.settings.max_msg as usize {
                 return Err(emsgsize());
             }
-            self.write_message(src, len, writer, how, None, wakes)?;
+            self.write_message(src, len, writer, how, None, run, wakes)?;
         }
         Ok(header_len + len)
     }
 
     /// Writes one relayed message of `total` bytes from `src`: a
     /// `RelayHeader`, then the payload (the rest). See `write_relayed`.
-    fn write_relayed_body(
-        &self,
+    fn write_relayed_body<'a>(
+        &'a self,
         src: &mut IovSource<'_>,
         total: usize,
         writer: &Writer,
         how: Blocking,
+        run: &mut Run<'a>,
         wakes: &mut Wakes,
     ) -> Result {
         let header_len = core::mem::size_of::<abi::RelayHeader>();
@@ -198,6 +241,8 @@ impl Room {
         if len > self.settings.max_msg as usize || !self.could_ever_hold(record_cost(len, true)) {
             return Err(emsgsize());
         }
+        // The header may fault: no lock held while it is copied.
+        run.end();
         let header: abi::RelayHeader = src.read()?;
         let origin = header.origin;
         let valid = header.size as usize == header_len
@@ -212,7 +257,7 @@ impl Room {
             flags: abi::ORIGIN_RELAYED,
             ..origin
         };
-        self.write_message(src, len, writer, how, Some(origin), wakes)
+        self.write_message(src, len, writer, how, Some(origin), run, wakes)
     }
 
     /// Writes one message: waits for the rate budget and for space first,
@@ -225,20 +270,25 @@ impl Room {
     /// page faults off, so it never sleeps holding it: a writer whose
     /// buffer stalls (a FUSE file, an unserved userfaultfd) holds up only
     /// itself. The wake-ups the message owes go to `wakes`.
-    fn write_message(
-        &self,
+    #[allow(clippy::too_many_arguments)]
+    fn write_message<'a>(
+        &'a self,
         src: &mut IovSource<'_>,
         len: usize,
         writer: &Writer,
         how: Blocking,
         origin: Option<abi::OriginHeader>,
+        run: &mut Run<'a>,
         wakes: &mut Wakes,
     ) -> Result {
         let cost = record_cost(len, origin.is_some());
         if !self.could_ever_hold(cost) {
             return Err(emsgsize());
         }
-        let charged = {
+        // Unlimited rooms (the common case) charge no budget: no lock pass.
+        let charged = if self.limited.load(Ordering::Relaxed) {
+            // The budget may be waited for: nothing held.
+            run.end();
             let mut inner = self.inner.lock();
             self.wait_for_budget(
                 &mut inner,
@@ -248,11 +298,22 @@ impl Room {
                 how.nonblock,
                 wakes,
             )?
+        } else {
+            None
         };
         // Whether a pass evicted what a reader had not read: owed as a loss
         // even if a later pass, or the write itself, fails.
         let mut lost = false;
-        let stored = self.place_fill_push(src, len, writer, how, origin.as_ref(), &mut lost, wakes);
+        let stored = self.place_fill_push(
+            src,
+            len,
+            writer,
+            how,
+            origin.as_ref(),
+            &mut lost,
+            run,
+            wakes,
+        );
         match stored {
             Ok(asleep) => {
                 Stats::add(&self.stats.msgs_in, 1);
@@ -267,7 +328,10 @@ impl Room {
             Err(err) => {
                 // Nothing was sent: a writer is throttled only for what it
                 // sent.
-                self.inner.lock().refund(charged, len as u64);
+                if charged.is_some() {
+                    run.end();
+                    self.inner.lock().refund(charged, len as u64);
+                }
                 if lost {
                     wakes.add(events::PRI, Asleep::POLLERS, 0);
                 }
@@ -281,14 +345,15 @@ impl Room {
     /// whenever the copy comes up short. Returns who the message wakes;
     /// `lost` says whether any pass evicted what a reader had not read.
     #[allow(clippy::too_many_arguments)]
-    fn place_fill_push(
-        &self,
+    fn place_fill_push<'a>(
+        &'a self,
         src: &mut IovSource<'_>,
         len: usize,
         writer: &Writer,
         how: Blocking,
         origin: Option<&abi::OriginHeader>,
         lost: &mut bool,
+        run: &mut Run<'a>,
         wakes: &mut Wakes,
     ) -> Result<Asleep> {
         let relayed = origin.is_some();
@@ -298,14 +363,30 @@ impl Room {
             if fatal_signal_pending() {
                 return Err(EINTR);
             }
-            self.wait_for_space(&mut self.inner.lock(), cost, how.nonblock, false, wakes)?;
-            let writing = self.writing.lock();
-            let mut inner = self.inner.lock();
-            match self.wait_for_space(&mut inner, cost, true, true, wakes) {
+            if run.writing.is_none() {
+                // Lock order: `writing` before `inner`.
+                run.inner = None;
+                run.writing = Some(self.writing.lock());
+            }
+            let mut inner = match run.inner.take() {
+                Some(inner) => inner,
+                None => self.inner.lock(),
+            };
+            // First only whether it may go: a write refused now must not
+            // have evicted anything (not even what every reader has read).
+            let checked = self
+                .wait_for_space(&mut inner, cost, true, false, wakes)
+                .and_then(|_| self.wait_for_space(&mut inner, cost, true, true, wakes));
+            match checked {
                 Ok(loss) => *lost |= loss,
-                // Another writer took the space found before: wait for more
-                // without holding `writing`.
-                Err(err) if err == EAGAIN && !how.nonblock => continue,
+                // No space yet: wait for it holding only the room lock
+                // (which the wait lets go of), never `writing`, then try
+                // again.
+                Err(err) if err == EAGAIN && !how.nonblock => {
+                    run.writing = None;
+                    self.wait_for_space(&mut inner, cost, false, false, wakes)?;
+                    continue;
+                }
                 Err(err) => return Err(err),
             }
             let seq = inner.ring.next_seq();
@@ -335,7 +416,7 @@ impl Room {
                 // Part of the writer's buffer is not in memory. Fault it in
                 // holding nothing, then place the record again: the bytes
                 // picked here may be another writer's by then.
-                drop(writing);
+                run.writing = None;
                 src.revert(copied);
                 if how.nowait {
                     return Err(EAGAIN);
@@ -366,7 +447,10 @@ impl Room {
             // at a time.
             inner.ring.push(stamp, cost, size).map_err(|_| ENOSPC)?;
             self.publish(&mut inner);
-            return Ok(inner.asleep_for_message(*lost));
+            let asleep = inner.asleep_for_message(*lost);
+            // Kept for the next message's placement (`Run`).
+            run.inner = Some(inner);
+            return Ok(asleep);
         }
     }
 

@@ -132,7 +132,10 @@ pub fn run(
         &kernel,
         // The default run (18 rows, 9 systems, 5 repetitions) should take
         // 1.5-2 hours of TCG (smoke runs); rows of 256 readers take most.
-        &vm::VmArgs::scripted(Duration::from_secs(3 * 3600)),
+        &vm::VmArgs {
+            tsc_reliable: true,
+            ..vm::VmArgs::scripted(Duration::from_secs(3 * 3600))
+        },
         Some(&script),
         true,
     )?;

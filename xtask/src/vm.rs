@@ -58,6 +58,13 @@ pub struct VmArgs {
     /// the host's loopback; the card is eth0, unconfigured).
     #[arg(long, value_name = "LOCAL_PORT:PEER_PORT", value_parser = parse_link)]
     pub link: Option<Link>,
+    /// Keep the TSC as the guest's clock (`tsc=reliable`). Under TCG the
+    /// clocksource watchdog sees the emulated TSC drift against the
+    /// emulated HPET and switches to the HPET some 20 s after boot, after
+    /// which every clock read (the kernel's stamps, the vDSO's) traps to
+    /// QEMU: measurements would change cost halfway through a run.
+    #[arg(long)]
+    pub tsc_reliable: bool,
 }
 
 /// One end of a point-to-point link between two guests: QEMU's UDP socket
@@ -96,6 +103,7 @@ impl VmArgs {
             timeout: timeout.as_secs(),
             command: Vec::new(),
             link: None,
+            tsc_reliable: false,
         }
     }
 }
@@ -221,6 +229,9 @@ pub fn run(kernel: &Kernel, args: &VmArgs, script: Option<&str>, echo: bool) -> 
     ];
     if args.systemd {
         append.push("kchat_init=systemd");
+    }
+    if args.tsc_reliable {
+        append.push("tsc=reliable");
     }
     let append = append.join(" ");
     qemu.args([
