@@ -3,10 +3,12 @@
 //! each origin's gaps, so losses are seen, not hidden. What a bridge
 //! publishes is numbered per (incarnation, run) without holes (the room's
 //! own sequence numbers have holes where relayed messages took them), so
-//! only what never came counts.
+//! only what never came counts. What one local read returns goes out as
+//! one NATS message (a batch, `wire::batch`), and comes in through one
+//! relay write.
 
 use crate::{
-    local::{Reader, Refused, Relay, RoomError},
+    local::{Reader, Relay, RoomError},
     metrics::{Metrics, RoomCounters},
     room::Bridged,
     wire,
@@ -39,11 +41,11 @@ pub async fn run(
     crate::room::until_one_ends(tasks).await
 }
 
-/// Publishes what was written here. Relayed messages (those this or
-/// another bridge wrote in) never go out again: that is what keeps two
-/// bridges from looping. Each published message is numbered in this run
-/// (random, so a restarted bridge's numbers are never taken for the last
-/// run's): 1, 2, 3..., counting only what is published.
+/// Publishes what was written here, a batch per local read. Relayed
+/// messages (those this or another bridge wrote in) never go out again:
+/// that is what keeps two bridges from looping. Each published message is
+/// numbered in this run (random, so a restarted bridge's numbers are never
+/// taken for the last run's): 1, 2, 3..., counting only what is published.
 async fn publish(
     bridged: Arc<Bridged>,
     client: Client,
@@ -53,23 +55,80 @@ async fn publish(
     let mut reader = Reader::open(&bridged.room)?;
     crate::room::still(&bridged.room, incarnation)?;
     let run = fastrand::u64(..);
+    // What the server takes in one message, less room for the headers.
+    let most = client
+        .server_info()
+        .max_payload
+        .saturating_sub(BATCH_HEADROOM)
+        .max(BATCH_HEADROOM);
     let mut num = 0u64;
+    let mut body = Vec::new();
+    let mut first = 0u64;
     while let Some(batch) = reader.next_batch().await? {
         for frame in batch {
             counters.local_lost.inc_by(frame.header.lost);
             if frame.relayed() {
                 continue;
             }
-            num += 1;
-            let headers =
-                wire::numbered_headers(&bridged.node, incarnation, run, num, &frame.header);
-            client
-                .publish_with_headers(bridged.own_subject(), headers, frame.payload.into())
+            if !body.is_empty() && body.len() + wire::RECORD_HEADER + frame.payload.len() > most {
+                send(
+                    &client,
+                    &bridged,
+                    &counters,
+                    incarnation,
+                    run,
+                    first,
+                    num,
+                    &mut body,
+                )
                 .await?;
-            counters.published.inc();
+            }
+            num += 1;
+            if body.is_empty() {
+                first = num;
+            }
+            wire::push_record(&mut body, &frame.header, &frame.payload);
+        }
+        if !body.is_empty() {
+            send(
+                &client,
+                &bridged,
+                &counters,
+                incarnation,
+                run,
+                first,
+                num,
+                &mut body,
+            )
+            .await?;
         }
     }
     Err(RoomError::Deleted(bridged.room.clone()).into())
+}
+
+/// Bytes of a NATS message kept for its headers: a batch's body is at most
+/// the server's `max_payload` less this.
+const BATCH_HEADROOM: usize = 4096;
+
+/// Publishes the batch in `body` (numbers `first..=last`) and empties it.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    client: &Client,
+    bridged: &Bridged,
+    counters: &RoomCounters,
+    incarnation: u64,
+    run: u64,
+    first: u64,
+    last: u64,
+    body: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    let headers = wire::batch_headers(&bridged.node, incarnation, run, first);
+    let payload = std::mem::take(body);
+    client
+        .publish_with_headers(bridged.own_subject(), headers, payload.into())
+        .await?;
+    counters.published.inc_by(last - first + 1);
+    Ok(())
 }
 
 /// Writes what other nodes published into the room through a relay fd.
@@ -103,9 +162,19 @@ async fn relay(
             // Our own publication, back from the server.
             continue;
         }
-        let parsed = wire::origin(headers, message.payload.len())
-            .and_then(|origin| Ok((origin, wire::numbering(headers)?)));
-        let (origin, numbering) = match parsed {
+        // A batch, or one message from a bridge from before batches.
+        let parsed = if wire::is_batch(headers) {
+            wire::batch(headers, &message.payload)
+        } else {
+            wire::origin(headers, message.payload.len()).and_then(|origin| {
+                Ok(vec![wire::Record {
+                    origin,
+                    numbering: wire::numbering(headers)?.unwrap_or((0, origin.seq)),
+                    payload: &message.payload,
+                }])
+            })
+        };
+        let records = match parsed {
             Ok(parsed) => parsed,
             Err(reason) => {
                 if let Some(held) = quiet.due(std::time::Instant::now()) {
@@ -126,27 +195,36 @@ async fn relay(
         if node == Some(bridged.node.as_str()) {
             continue;
         }
+        // Every record of a batch is from the node its headers name.
+        let origin_node = records[0].origin.node;
         if let Err(untrusted) =
-            gaps.admit(&origin.node, node.unwrap_or_default(), bridged.max_nodes)
+            gaps.admit(&origin_node, node.unwrap_or_default(), bridged.max_nodes)
         {
             refuse(&bridged, &counters, &mut quiet, &untrusted);
             continue;
         }
-        counters
-            .gaps
-            .inc_by(gaps.note(origin.node, &origin, numbering));
-        // One relay write is one message, taken whole or not at all; a
-        // full room drops it, as a drop room does.
-        match relay.write_now(&kchat_client::relay_frame(origin, &message.payload)) {
-            Ok(()) => {
-                counters.relayed.inc();
-                counters.observe_lag(origin.time_ns);
+        let mut frames = Vec::with_capacity(records.len());
+        for record in &records {
+            let skipped = gaps.note(origin_node, &record.origin, Some(record.numbering));
+            counters.gaps.inc_by(skipped);
+            frames.push(kchat_client::relay_frame(record.origin, record.payload));
+        }
+        // Each relayed message is taken whole or not at all; a full room
+        // drops it, as a drop room does, and the batch goes on.
+        let outcomes = relay.write_batch_now(&frames)?;
+        for (outcome, record) in outcomes.into_iter().zip(&records) {
+            match outcome {
+                Ok(()) => {
+                    counters.relayed.inc();
+                    counters.observe_lag(record.origin.time_ns);
+                }
+                Err((reason, err)) => {
+                    if let Some(held) = quiet.due(std::time::Instant::now()) {
+                        tracing::warn!(room = %bridged.room, error = %err, reason, held_back = held, "not relayed");
+                    }
+                    counters.dropped(reason);
+                }
             }
-            Err(Refused::Message(reason, err)) => {
-                tracing::warn!(room = %bridged.room, error = %err, reason, "not relayed");
-                counters.dropped(reason);
-            }
-            Err(Refused::Room(err)) => return Err(err.into()),
         }
     }
     anyhow::bail!("the subscription to {} ended", bridged.all_subjects())

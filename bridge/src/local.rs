@@ -170,11 +170,19 @@ impl Reader {
     }
 }
 
-/// A relay fd on a room (`IOC_SET_RELAY`).
+/// A relay fd on a room (`IOC_SET_RELAY`), in the framed write mode
+/// where the module has it, so a batch of messages is one `write`.
 pub struct Relay {
     room: String,
     fd: AsyncFd<File>,
+    /// `WRITE_FRAMED` is on: each write is records of relay frames.
+    framed: bool,
 }
+
+/// What became of each message of a batch written in: written, or
+/// refused by the kernel (why, and its error); the batch goes on after a
+/// refused one.
+pub type Outcomes = Vec<Result<(), (&'static str, std::io::Error)>>;
 
 /// A relay write that did not store its message.
 #[derive(Debug)]
@@ -207,16 +215,88 @@ impl Relay {
                 err.into(),
             )
         })?;
+        // A module from before framed writes says ENOTTY: one write per
+        // message then, as before.
+        let framed = match kchat_client::set_write_mode(&file, abi::WRITE_FRAMED) {
+            Ok(()) => true,
+            Err(Errno::ENOTTY) => false,
+            Err(err) => return Err(io(room, "IOC_SET_WRITE_MODE", err.into())),
+        };
         Ok(Relay {
             room: room.to_owned(),
             fd: watch(room, file)?,
+            framed,
         })
+    }
+
+    /// What one write of `frame` (a relay frame) must say: itself, or in
+    /// the framed mode itself as a record.
+    fn one(&self, frame: &[u8]) -> Vec<u8> {
+        if !self.framed {
+            return frame.to_vec();
+        }
+        let mut record = Vec::with_capacity(size_of::<abi::WriteFrame>() + frame.len());
+        // A relay frame is at most a header and 1 MiB: it fits a record.
+        let _ = kchat_client::push_record(&mut record, frame);
+        record
+    }
+
+    /// Writes a batch of relay frames now, in order, in as few writes as
+    /// the module allows (one when nothing is refused); says what became
+    /// of each. A room that cannot take messages any more is the error.
+    pub fn write_batch_now(&self, frames: &[Vec<u8>]) -> Result<Outcomes, RoomError> {
+        let mut outcomes = Outcomes::with_capacity(frames.len());
+        if !self.framed {
+            for frame in frames {
+                match self.write_now(frame) {
+                    Ok(()) => outcomes.push(Ok(())),
+                    Err(Refused::Message(reason, err)) => outcomes.push(Err((reason, err))),
+                    Err(Refused::Room(err)) => return Err(err),
+                }
+            }
+            return Ok(outcomes);
+        }
+        let mut records = Vec::new();
+        let mut ends = Vec::with_capacity(frames.len());
+        for frame in frames {
+            let _ = kchat_client::push_record(&mut records, frame);
+            ends.push(records.len());
+        }
+        let mut at = 0;
+        while outcomes.len() < frames.len() {
+            let next = outcomes.len();
+            match self.fd.get_ref().write(&records[at..]) {
+                // Whole records only: the count ends at a record's end.
+                Ok(n) => {
+                    at += n;
+                    while outcomes.len() < frames.len() && ends[outcomes.len()] <= at {
+                        outcomes.push(Ok(()));
+                    }
+                    if outcomes.len() == next || ends[outcomes.len() - 1] != at {
+                        let torn = std::io::Error::other(format!(
+                            "a framed write took {n} bytes, not a whole record"
+                        ));
+                        return Err(io(&self.room, "relay write", torn));
+                    }
+                }
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                // The record at `at` was refused: say why, go on after it.
+                Err(err) => match self.refused(err) {
+                    Refused::Message(reason, err) => {
+                        outcomes.push(Err((reason, err)));
+                        at = ends[next];
+                    }
+                    Refused::Room(err) => return Err(err),
+                },
+            }
+        }
+        Ok(outcomes)
     }
 
     /// Writes one message now; `EAGAIN` (room full, budget spent) is an
     /// error for the caller to count.
     pub fn write_now(&self, frame: &[u8]) -> Result<(), Refused> {
-        match write_message(self.fd.get_ref(), frame) {
+        match write_message(self.fd.get_ref(), &self.one(frame)) {
             Ok(_) => Ok(()),
             Err(err) => Err(self.refused(err)),
         }
@@ -225,6 +305,7 @@ impl Relay {
     /// Writes one message, waiting while the room is full or the relay's
     /// budget spent (a `block` room's contract: wait, never lose).
     pub async fn write_waiting(&self, frame: &[u8]) -> Result<(), Refused> {
+        let frame = &self.one(frame);
         loop {
             let mut ready = self
                 .fd

@@ -1,5 +1,10 @@
-//! How a kchat message travels over NATS: the payload as the message body,
-//! its kernel stamp in headers. Pure, so every case is a host test.
+//! How kchat messages travel over NATS. A `drop` room's bridge sends what
+//! one local read returned as one NATS message, a *batch*: the origin
+//! (node, incarnation, run, the first record's number) in headers, then
+//! one binary record per message (its kernel stamp and payload). A
+//! `block` room's bridge sends one message per NATS message, its stamp in
+//! headers, the payload as the body (JetStream de-duplicates per
+//! message). Pure, so every case is a host test.
 
 use async_nats::HeaderMap;
 use kchat_uapi::abi;
@@ -20,6 +25,119 @@ const INCARNATION: &str = "Kchat-Incarnation";
 /// in the room's sequence numbers.
 const RUN: &str = "Kchat-Run";
 const NUM: &str = "Kchat-Num";
+/// A batch: its format's version. Its `Kchat-Num` is the first record's
+/// number; the others are numbered on from it, one each.
+const BATCH: &str = "Kchat-Batch";
+const BATCH_VERSION: &str = "1";
+
+/// Bytes of a batch record's header: `seq`, `time_ns` (u64), `pid`,
+/// `uid`, `gid`, `len` (u32), little-endian, then `len` bytes of payload.
+pub const RECORD_HEADER: usize = 32;
+
+/// Appends one message (its stamp `header` and `payload`) to a batch body.
+pub fn push_record(body: &mut Vec<u8>, header: &abi::FrameHeader, payload: &[u8]) {
+    body.reserve(RECORD_HEADER + payload.len());
+    body.extend_from_slice(&header.seq.to_le_bytes());
+    body.extend_from_slice(&header.time_ns.to_le_bytes());
+    body.extend_from_slice(&header.pid.to_le_bytes());
+    body.extend_from_slice(&header.uid.to_le_bytes());
+    body.extend_from_slice(&header.gid.to_le_bytes());
+    // A room's messages are at most 1 MiB: the length always fits.
+    body.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    body.extend_from_slice(payload);
+}
+
+/// The headers of a batch of a `drop` room's messages written on `node` in
+/// the room's `incarnation` there, published in this bridge's `run`, the
+/// first numbered `first`.
+pub fn batch_headers(node: &str, incarnation: u64, run: u64, first: u64) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.insert(NODE, node);
+    map.insert(INCARNATION, incarnation.to_string().as_str());
+    map.insert(RUN, run.to_string().as_str());
+    map.insert(NUM, first.to_string().as_str());
+    map.insert(BATCH, BATCH_VERSION);
+    map
+}
+
+/// Whether a received message is a batch (else one message, stamped in
+/// headers).
+pub fn is_batch(headers: Option<&HeaderMap>) -> bool {
+    headers.is_some_and(|map| map.get(BATCH).is_some())
+}
+
+/// One message of a received batch: its origin, as the kernel's relay
+/// header takes it, its run and number, and its payload.
+pub struct Record<'a> {
+    pub origin: abi::OriginHeader,
+    pub numbering: (u64, u64),
+    pub payload: &'a [u8],
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(word)
+}
+
+fn le_u32(bytes: &[u8]) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[..4]);
+    u32::from_le_bytes(word)
+}
+
+/// The records of a received batch, all or none: a batch of another
+/// version, a record cut short or with no payload, or no record at all is
+/// refused whole (its sender is broken, and what it says cannot be
+/// trusted in part).
+pub fn batch<'a>(headers: Option<&HeaderMap>, body: &'a [u8]) -> Result<Vec<Record<'a>>, Refused> {
+    let map = headers.ok_or(Refused::NoHeaders)?;
+    if map.get(BATCH).map(|v| v.as_str()) != Some(BATCH_VERSION) {
+        return Err(Refused::Field(BATCH));
+    }
+    let node = map
+        .get(NODE)
+        .map(|v| v.as_str())
+        .ok_or(Refused::Field(NODE))?;
+    let field = abi::name_field(node)
+        .filter(|_| kchat_uapi::name::validate(node.as_bytes()).is_ok())
+        .ok_or_else(|| Refused::Node(node.to_owned()))?;
+    let incarnation = optional(headers, INCARNATION)?.ok_or(Refused::Field(INCARNATION))?;
+    let (run, first) = numbering(headers)?.ok_or(Refused::Field(NUM))?;
+    let mut records = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (header, after) = rest
+            .split_at_checked(RECORD_HEADER)
+            .ok_or(Refused::Record)?;
+        let len = le_u32(&header[28..]) as usize;
+        let (payload, after) = after.split_at_checked(len).ok_or(Refused::Record)?;
+        if payload.is_empty() {
+            return Err(Refused::Empty);
+        }
+        let mut origin = abi::OriginHeader {
+            node: field,
+            seq: le_u64(header),
+            time_ns: le_u64(&header[8..]),
+            pid: le_u32(&header[16..]),
+            uid: le_u32(&header[20..]),
+            gid: le_u32(&header[24..]),
+            ..abi::OriginHeader::default()
+        };
+        origin.set_incarnation(incarnation);
+        let num = first.wrapping_add(records.len() as u64);
+        records.push(Record {
+            origin,
+            numbering: (run, num),
+            payload,
+        });
+        rest = after;
+    }
+    if records.is_empty() {
+        return Err(Refused::Empty);
+    }
+    Ok(records)
+}
 
 /// The headers of a message written on `node` in the room's `incarnation`
 /// there, stamped `header`.
@@ -36,7 +154,9 @@ pub fn headers(node: &str, incarnation: u64, header: &abi::FrameHeader) -> Heade
 }
 
 /// The headers of a message of a `drop` room: the stamp, and this
-/// bridge's `run` and number `num` in it.
+/// bridge's `run` and number `num` in it. What a bridge from before
+/// batches sent; receivers still take it.
+#[cfg(test)]
 pub fn numbered_headers(
     node: &str,
     incarnation: u64,
@@ -103,6 +223,8 @@ pub enum Refused {
     Node(String),
     #[error("empty message")]
     Empty,
+    #[error("a batch record is cut short")]
+    Record,
 }
 
 /// The origin a received message states, as the kernel's relay header
@@ -382,6 +504,71 @@ mod tests {
             gaps.note(a, &from(1, run), Some((run, 1)));
         }
         assert_eq!(gaps.nodes[&a].runs.len(), crate::trust::INCARNATIONS_KEPT);
+    }
+
+    #[test]
+    fn a_batch_carries_each_record_with_its_stamp_and_number() {
+        let mut body = Vec::new();
+        let mut second = stamp();
+        second.seq = 9;
+        second.pid = 1;
+        push_record(&mut body, &stamp(), b"hi");
+        push_record(&mut body, &second, &[7u8; 300]);
+        let map = batch_headers("node-a", 0xfeed, 5, 41);
+        assert!(is_batch(Some(&map)));
+        assert!(!is_batch(Some(&headers("node-a", 1, &stamp()))));
+        let records = batch(Some(&map), &body).unwrap();
+        assert_eq!(records.len(), 2);
+        let (one, two) = (&records[0], &records[1]);
+        assert_eq!(one.payload, b"hi");
+        assert_eq!(two.payload, &[7u8; 300][..]);
+        assert_eq!((one.numbering, two.numbering), ((5, 41), (5, 42)));
+        assert_eq!(
+            (one.origin.seq, one.origin.time_ns, one.origin.pid),
+            (7, stamp().time_ns, 4242)
+        );
+        assert_eq!((one.origin.uid, one.origin.gid), (1000, 100));
+        assert_eq!((two.origin.seq, two.origin.pid), (9, 1));
+        assert_eq!(two.origin.incarnation(), 0xfeed);
+        assert_eq!(abi::field_name(&two.origin.node), Some(&b"node-a"[..]));
+        assert_eq!(two.origin.flags, 0);
+    }
+
+    #[test]
+    fn a_bad_batch_is_refused_whole() {
+        let mut body = Vec::new();
+        push_record(&mut body, &stamp(), b"hi");
+        let map = batch_headers("node-a", 1, 5, 1);
+        // Cut anywhere: inside the header or the payload.
+        for cut in [1, RECORD_HEADER - 1, RECORD_HEADER, body.len() - 1] {
+            let mut longer = body.clone();
+            longer.extend_from_slice(&body[..cut]);
+            assert_eq!(batch(Some(&map), &longer).err(), Some(Refused::Record));
+        }
+        assert_eq!(batch(Some(&map), &[]).err(), Some(Refused::Empty));
+        let mut empty_record = Vec::new();
+        push_record(&mut empty_record, &stamp(), b"");
+        assert_eq!(batch(Some(&map), &empty_record).err(), Some(Refused::Empty));
+        let mut other_version = map.clone();
+        other_version.insert(BATCH, "2");
+        assert_eq!(
+            batch(Some(&other_version), &body).err(),
+            Some(Refused::Field(BATCH))
+        );
+        let mut no_num = HeaderMap::new();
+        for (name, value) in [(NODE, "node-a"), (INCARNATION, "1"), (BATCH, "1")] {
+            no_num.insert(name, value);
+        }
+        assert_eq!(batch(Some(&no_num), &body).err(), Some(Refused::Field(NUM)));
+        let bad_node = batch_headers("a/b", 1, 5, 1);
+        assert_eq!(
+            batch(Some(&bad_node), &body).err(),
+            Some(Refused::Node("a/b".into()))
+        );
+        // A length past the body.
+        let mut long = body.clone();
+        long[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(batch(Some(&map), &long).err(), Some(Refused::Record));
     }
 
     #[test]

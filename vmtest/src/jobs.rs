@@ -4,7 +4,7 @@
 //! messages, dump what a room holds with origins or check it against
 //! what was sent.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use kchat_uapi::abi;
 use serde_json::json;
 use std::{
@@ -52,6 +52,28 @@ fn job(args: &[String]) -> Result<()> {
                 spec.max_msg = max_msg.parse()?;
             }
             kchat_client::Control::open()?.create(&spec)?;
+            Ok(())
+        }
+        // burst ROOM TAG FIRST COUNT: writes "TAG n" for n in
+        // FIRST..FIRST+COUNT in one framed write
+        "burst" => {
+            let mut room = std::fs::OpenOptions::new()
+                .write(true)
+                .open(kchat_client::room_path(arg(1)?))?;
+            kchat_client::set_write_mode(&room, abi::WRITE_FRAMED)?;
+            let first: u64 = arg(3)?.parse()?;
+            let count: u64 = arg(4)?.parse()?;
+            let mut records = Vec::new();
+            for n in first..first + count {
+                kchat_client::push_record(&mut records, format!("{} {n}\n", arg(2)?).as_bytes())
+                    .context("a record too long")?;
+            }
+            let took = room.write(&records)?;
+            ensure!(
+                took == records.len(),
+                "the room took {took} of {} bytes",
+                records.len()
+            );
             Ok(())
         }
         // send ROOM TAG FIRST COUNT: writes "TAG n" for n in FIRST..FIRST+COUNT

@@ -43,6 +43,10 @@ pub const TESTS: &[Test] = &[
         incarnations_and_runs_number_a_two_way_drop_room_without_holes,
     ),
     (
+        "twonode::a_burst_crosses_in_a_few_nats_messages",
+        a_burst_crosses_in_a_few_nats_messages,
+    ),
+    (
         "twonode::a_stream_made_anew_is_read_from_its_first_message",
         a_stream_made_anew_is_read_from_its_first_message,
     ),
@@ -749,6 +753,40 @@ fn incarnations_and_runs_number_a_two_way_drop_room_without_holes() -> Result<()
         after.0,
         before.1,
         after.1
+    );
+    for node in [&mut pair.a, &mut pair.b] {
+        kill_bridge(node)?;
+    }
+    Ok(())
+}
+
+/// 160 messages written at once on a cross in batches: one NATS message
+/// per local read of the publishing bridge (the module returns up to 16
+/// records a read), each relayed in with one write, every message once
+/// and no gap counted. Before batches each message was a NATS message of
+/// its own: 160.
+fn a_burst_crosses_in_a_few_nats_messages() -> Result<()> {
+    let mut guard = pair()?;
+    let pair = &mut *guard;
+    let vmtest = vmtest()?;
+    both_bridge_a_new_room_up(pair, "bursts", "drop")?;
+    until_crossed(pair, true, "bursts")?;
+    let received = "kchat_bridge_received_total{room=\"bursts\"}";
+    let before = metric(&mut pair.b, received)?;
+    let count = 160;
+    pair.a
+        .sh(&format!("{vmtest} job burst bursts burst 0 {count}"), STEP)?;
+    expect_each(&mut pair.b, "bursts", "node-a", "burst", count, PATIENCE)
+        .with_context(|| logs(&mut pair.b, "node-b"))?;
+    let messages = metric(&mut pair.b, received)? - before;
+    ensure!(
+        messages <= (count / 8) as f64,
+        "{count} messages written at once came in {messages} NATS messages"
+    );
+    let gaps = metric(&mut pair.b, "kchat_bridge_gaps_total{room=\"bursts\"}")?;
+    ensure!(
+        gaps == 0.0,
+        "{gaps} gaps counted on a room that lost nothing"
     );
     for node in [&mut pair.a, &mut pair.b] {
         kill_bridge(node)?;
