@@ -114,7 +114,7 @@ pub fn run(
         format!(
             "perf record -q -a -g -o /tmp/perf.data -- {bench_cmd} && \
              perf report -i /tmp/perf.data --stdio --no-children -g none --sort dso,symbol \
-             --percent-limit 0.5 2>/dev/null | sed -e 's/  *$//' > /run/kchat-vm/profile.txt && \
+             --percent-limit 0.1 2>/dev/null | sed -e 's/  *$//' > /run/kchat-vm/profile.txt && \
              {{ perf report -i /tmp/perf.data --stdio --no-children -g none --sort dso,symbol \
              --percent-limit 0 2>/dev/null | sed -e 's/  *$//' \
              | grep -E '\\[k\\] _*(k[a-z]*alloc|kfree|kvfree|kmem_cache|krealloc|v[a-z]*alloc|vfree|alloc_pages|free_unref|get_page_from_freelist)' \
