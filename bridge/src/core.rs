@@ -55,16 +55,11 @@ async fn publish(
     let mut reader = Reader::open(&bridged.room)?;
     crate::room::still(&bridged.room, incarnation)?;
     let run = fastrand::u64(..);
-    // What the server takes in one message, less room for the headers.
-    let most = client
-        .server_info()
-        .max_payload
-        .saturating_sub(BATCH_HEADROOM)
-        .max(BATCH_HEADROOM);
     let mut num = 0u64;
     let mut body = Vec::new();
     let mut first = 0u64;
     while let Some(batch) = reader.next_batch().await? {
+        let most = batch_bytes(&client);
         for frame in batch {
             counters.local_lost.inc_by(frame.header.lost);
             if frame.relayed() {
@@ -109,6 +104,21 @@ async fn publish(
 /// Bytes of a NATS message kept for its headers: a batch's body is at most
 /// the server's `max_payload` less this.
 const BATCH_HEADROOM: usize = 4096;
+
+/// `max_payload` of a server that has not said (its first INFO not in yet,
+/// while the client connects): the server's default, 1 MiB.
+const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
+
+/// The most bytes of records one batch may hold: what the server takes in
+/// one message less room for subject and headers. Asked per batch: the
+/// server says it only once connected, and another server may say less.
+pub fn batch_bytes(client: &Client) -> usize {
+    let max = match client.server_info().max_payload {
+        0 => DEFAULT_MAX_PAYLOAD,
+        max => max,
+    };
+    max.saturating_sub(BATCH_HEADROOM).max(BATCH_HEADROOM)
+}
 
 /// Publishes the batch in `body` (numbers `first..=last`) and empties it.
 #[allow(clippy::too_many_arguments)]
@@ -169,7 +179,7 @@ async fn relay(
             wire::origin(headers, message.payload.len()).and_then(|origin| {
                 Ok(vec![wire::Record {
                     origin,
-                    numbering: wire::numbering(headers)?.unwrap_or((0, origin.seq)),
+                    numbering: wire::numbering(headers)?,
                     payload: &message.payload,
                 }])
             })
@@ -205,7 +215,7 @@ async fn relay(
         }
         let mut frames = Vec::with_capacity(records.len());
         for record in &records {
-            let skipped = gaps.note(origin_node, &record.origin, Some(record.numbering));
+            let skipped = gaps.note(origin_node, &record.origin, record.numbering);
             counters.gaps.inc_by(skipped);
             frames.push(kchat_client::relay_frame(record.origin, record.payload));
         }
@@ -213,21 +223,33 @@ async fn relay(
         // drops it, as a drop room does, and the batch goes on.
         let outcomes = relay.write_batch_now(&frames)?;
         for (outcome, record) in outcomes.into_iter().zip(&records) {
-            match outcome {
-                Ok(()) => {
-                    counters.relayed.inc();
-                    counters.observe_lag(record.origin.time_ns);
-                }
-                Err((reason, err)) => {
-                    if let Some(held) = quiet.due(std::time::Instant::now()) {
-                        tracing::warn!(room = %bridged.room, error = %err, reason, held_back = held, "not relayed");
-                    }
-                    counters.dropped(reason);
-                }
-            }
+            count(&bridged, &counters, &mut quiet, outcome, &record.origin);
         }
     }
     anyhow::bail!("the subscription to {} ended", bridged.all_subjects())
+}
+
+/// Counts what became of one relayed message (see `Relay`'s batches), and
+/// logs a refusal unless many came lately.
+pub fn count(
+    bridged: &Bridged,
+    counters: &RoomCounters,
+    quiet: &mut crate::trust::Quiet,
+    outcome: Result<(), (&'static str, std::io::Error)>,
+    origin: &kchat_uapi::abi::OriginHeader,
+) {
+    match outcome {
+        Ok(()) => {
+            counters.relayed.inc();
+            counters.observe_lag(origin.time_ns);
+        }
+        Err((reason, err)) => {
+            if let Some(held) = quiet.due(std::time::Instant::now()) {
+                tracing::warn!(room = %bridged.room, error = %err, reason, held_back = held, "not relayed");
+            }
+            counters.dropped(reason);
+        }
+    }
 }
 
 /// Counts a message not believed, and logs it unless many came lately.

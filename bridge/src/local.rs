@@ -184,6 +184,84 @@ pub struct Relay {
 /// refused one.
 pub type Outcomes = Vec<Result<(), (&'static str, std::io::Error)>>;
 
+/// One message's write as a batch counts it: a room that cannot take
+/// messages any more ends the batch.
+fn outcome(
+    written: Result<(), Refused>,
+) -> Result<Result<(), (&'static str, std::io::Error)>, RoomError> {
+    match written {
+        Ok(()) => Ok(Ok(())),
+        Err(Refused::Message(reason, err)) => Ok(Err((reason, err))),
+        Err(Refused::Room(err)) => Err(err),
+    }
+}
+
+/// A batch on its way into a room through framed writes: the records,
+/// where each ends, how far the room took them, and what became of each.
+struct Batch {
+    records: Vec<u8>,
+    ends: Vec<usize>,
+    at: usize,
+    outcomes: Outcomes,
+}
+
+impl Batch {
+    fn new(frames: &[Vec<u8>]) -> Batch {
+        let mut records = Vec::new();
+        let mut ends = Vec::with_capacity(frames.len());
+        for frame in frames {
+            // A relay frame is at most a header and 1 MiB: it fits a record.
+            let _ = kchat_client::push_record(&mut records, frame);
+            ends.push(records.len());
+        }
+        Batch {
+            records,
+            ends,
+            at: 0,
+            outcomes: Outcomes::with_capacity(frames.len()),
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.outcomes.len() == self.ends.len()
+    }
+
+    fn rest(&self) -> &[u8] {
+        &self.records[self.at..]
+    }
+
+    /// Takes in what one framed write of `rest()` returned: whole records
+    /// stored, or the error of the record at `at` (which is then passed).
+    fn take(&mut self, written: std::io::Result<usize>, relay: &Relay) -> Result<(), RoomError> {
+        let next = self.outcomes.len();
+        match written {
+            Ok(n) => {
+                self.at += n;
+                while !self.done() && self.ends[self.outcomes.len()] <= self.at {
+                    self.outcomes.push(Ok(()));
+                }
+                // Whole records only: the count ends at a record's end.
+                if self.outcomes.len() == next || self.ends[self.outcomes.len() - 1] != self.at {
+                    let torn = std::io::Error::other(format!(
+                        "a framed write took {n} bytes, not whole records"
+                    ));
+                    return Err(io(&relay.room, "relay write", torn));
+                }
+                Ok(())
+            }
+            Err(err) if err.kind() == ErrorKind::Interrupted => Ok(()),
+            Err(err) => match relay.refused(err) {
+                Refused::Message(reason, err) => {
+                    self.outcomes.push(Err((reason, err)));
+                    self.at = self.ends[next];
+                    Ok(())
+                }
+                Refused::Room(err) => Err(err),
+            },
+        }
+    }
+}
+
 /// A relay write that did not store its message.
 #[derive(Debug)]
 pub enum Refused {
@@ -243,54 +321,48 @@ impl Relay {
 
     /// Writes a batch of relay frames now, in order, in as few writes as
     /// the module allows (one when nothing is refused); says what became
-    /// of each. A room that cannot take messages any more is the error.
+    /// of each (a full room or a spent budget refuses the rest one by one,
+    /// as a `drop` room does). A room that cannot take messages any more
+    /// is the error.
     pub fn write_batch_now(&self, frames: &[Vec<u8>]) -> Result<Outcomes, RoomError> {
-        let mut outcomes = Outcomes::with_capacity(frames.len());
         if !self.framed {
+            return frames
+                .iter()
+                .map(|frame| outcome(self.write_now(frame)))
+                .collect();
+        }
+        let mut batch = Batch::new(frames);
+        while !batch.done() {
+            let written = self.fd.get_ref().write(batch.rest());
+            batch.take(written, self)?;
+        }
+        Ok(batch.outcomes)
+    }
+
+    /// Writes a batch of relay frames, waiting while the room is full or
+    /// the relay's budget spent (a `block` room's contract); says what
+    /// became of each (refused only for what it is: too long, malformed).
+    pub async fn write_batch_waiting(&self, frames: &[Vec<u8>]) -> Result<Outcomes, RoomError> {
+        if !self.framed {
+            let mut outcomes = Outcomes::with_capacity(frames.len());
             for frame in frames {
-                match self.write_now(frame) {
-                    Ok(()) => outcomes.push(Ok(())),
-                    Err(Refused::Message(reason, err)) => outcomes.push(Err((reason, err))),
-                    Err(Refused::Room(err)) => return Err(err),
-                }
+                outcomes.push(outcome(self.write_waiting(frame).await)?);
             }
             return Ok(outcomes);
         }
-        let mut records = Vec::new();
-        let mut ends = Vec::with_capacity(frames.len());
-        for frame in frames {
-            let _ = kchat_client::push_record(&mut records, frame);
-            ends.push(records.len());
-        }
-        let mut at = 0;
-        while outcomes.len() < frames.len() {
-            let next = outcomes.len();
-            match self.fd.get_ref().write(&records[at..]) {
-                // Whole records only: the count ends at a record's end.
-                Ok(n) => {
-                    at += n;
-                    while outcomes.len() < frames.len() && ends[outcomes.len()] <= at {
-                        outcomes.push(Ok(()));
-                    }
-                    if outcomes.len() == next || ends[outcomes.len() - 1] != at {
-                        let torn = std::io::Error::other(format!(
-                            "a framed write took {n} bytes, not a whole record"
-                        ));
-                        return Err(io(&self.room, "relay write", torn));
-                    }
-                }
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                // The record at `at` was refused: say why, go on after it.
-                Err(err) => match self.refused(err) {
-                    Refused::Message(reason, err) => {
-                        outcomes.push(Err((reason, err)));
-                        at = ends[next];
-                    }
-                    Refused::Room(err) => return Err(err),
-                },
+        let mut batch = Batch::new(frames);
+        while !batch.done() {
+            let mut ready = self
+                .fd
+                .writable()
+                .await
+                .map_err(|err| io(&self.room, "epoll", err))?;
+            match ready.try_io(|inner| inner.get_ref().write(batch.rest())) {
+                Ok(written) => batch.take(written, self)?,
+                Err(_would_block) => continue,
             }
         }
-        Ok(outcomes)
+        Ok(batch.outcomes)
     }
 
     /// Writes one message now; `EAGAIN` (room full, budget spent) is an

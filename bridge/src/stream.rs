@@ -10,7 +10,7 @@
 
 use crate::{
     config::StreamLimits,
-    local::{Reader, Refused, Relay, RoomError},
+    local::{Reader, Relay, RoomError},
     metrics::{Metrics, RoomCounters},
     room::Bridged,
     state::{RoomState, StateFile},
@@ -300,6 +300,10 @@ fn resume(
     reader.seek(oldest)
 }
 
+/// Publishes what was written here, a batch per local read (one NATS
+/// message of records, as large as the server and the stream allow), each acknowledged before
+/// the next goes: one batch in flight, so the saved place is always a
+/// batch's end.
 async fn publish(
     bridged: Arc<Bridged>,
     js: jetstream::Context,
@@ -308,6 +312,11 @@ async fn publish(
     incarnation: u64,
 ) -> anyhow::Result<()> {
     let mut reader = Reader::open(&bridged.room)?;
+    // A batch stays under what the stream takes in one message (less what
+    // its subject and headers need) as well as what the server takes.
+    let stream_most = usize::try_from(bridged.limits.max_msg_size)
+        .unwrap_or(0)
+        .saturating_sub(STORED_OVERHEAD as usize);
     crate::room::still(&bridged.room, incarnation)?;
     {
         let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -315,6 +324,13 @@ async fn publish(
     }
     shared.save();
     let mut saved = Instant::now();
+    let publisher = Publisher {
+        bridged: &bridged,
+        js: &js,
+        shared: &shared,
+        counters: &counters,
+        incarnation,
+    };
     loop {
         let batch = tokio::time::timeout(CHECKPOINT, reader.next_batch()).await;
         let Ok(batch) = batch else {
@@ -327,57 +343,111 @@ async fn publish(
         let Some(batch) = batch? else {
             return Err(RoomError::Deleted(bridged.room.clone()).into());
         };
+        let most = crate::core::batch_bytes(&js.client()).min(stream_most);
+        let mut records = Records::default();
         for frame in batch {
             counters.local_lost.inc_by(frame.header.lost);
             if frame.relayed() {
                 continue;
             }
-            let headers =
-                wire::durable_headers(&bridged.node, &bridged.room, incarnation, &frame.header);
-            let payload = bytes::Bytes::from(frame.payload);
-            let mut wait = RETRY_FIRST;
-            // Until the server has it: a server away means waiting here,
-            // and the room holds back its writers as a block room does.
-            let ack = loop {
-                let sent = js
-                    .publish_with_headers(bridged.own_subject(), headers.clone(), payload.clone())
-                    .await;
-                let acked = match sent {
-                    Ok(future) => future.await,
-                    Err(err) => Err(err),
-                };
-                match acked {
-                    Ok(ack) => break ack,
-                    Err(err)
-                        if err.kind() == jetstream::context::PublishErrorKind::StreamNotFound =>
-                    {
-                        // Deleted, or the server lost its store: waiting
-                        // here would wait for ever; setting the room up
-                        // again makes the stream anew.
-                        anyhow::bail!("the room's JetStream stream is gone ({err}): setting the room up again");
-                    }
-                    Err(err) => {
-                        counters.retries.inc();
-                        tracing::warn!(room = %bridged.room, seq = frame.header.seq, error = %err, "not acknowledged; trying again");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(RETRY_MAX);
-                    }
-                }
-            };
-            if ack.duplicate {
-                counters.duplicates.inc();
-            } else {
-                counters.published.inc();
+            if !records.body.is_empty()
+                && records.body.len() + wire::RECORD_HEADER + frame.payload.len() > most
+            {
+                publisher.send(std::mem::take(&mut records)).await?;
             }
-            let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.published = Some(frame.header.seq);
-            state.published_incarnation = Some(incarnation);
-            drop(state);
+            records.push(&frame);
+        }
+        if !records.body.is_empty() {
+            publisher.send(records).await?;
         }
         if saved.elapsed() >= CHECKPOINT {
             shared.save();
             saved = Instant::now();
         }
+    }
+}
+
+/// The records of one batch, and the room sequence numbers of its first
+/// and last.
+#[derive(Default)]
+struct Records {
+    body: Vec<u8>,
+    first: u64,
+    last: u64,
+    count: u64,
+}
+
+impl Records {
+    fn push(&mut self, frame: &crate::local::Frame) {
+        if self.count == 0 {
+            self.first = frame.header.seq;
+        }
+        self.last = frame.header.seq;
+        self.count += 1;
+        wire::push_record(&mut self.body, &frame.header, &frame.payload);
+    }
+}
+
+/// What publishing a batch needs.
+struct Publisher<'a> {
+    bridged: &'a Bridged,
+    js: &'a jetstream::Context,
+    shared: &'a Shared,
+    counters: &'a RoomCounters,
+    incarnation: u64,
+}
+
+impl Publisher<'_> {
+    /// Publishes one batch until the server has it: a server away means
+    /// waiting here, and the room holds back its writers as a block room
+    /// does. Then its last message is the place to resume after.
+    async fn send(&self, records: Records) -> anyhow::Result<()> {
+        let bridged = self.bridged;
+        let headers = wire::durable_batch_headers(
+            &bridged.node,
+            &bridged.room,
+            self.incarnation,
+            records.first,
+            records.last,
+        );
+        let payload = bytes::Bytes::from(records.body);
+        let mut wait = RETRY_FIRST;
+        let ack = loop {
+            let sent = self
+                .js
+                .publish_with_headers(bridged.own_subject(), headers.clone(), payload.clone())
+                .await;
+            let acked = match sent {
+                Ok(future) => future.await,
+                Err(err) => Err(err),
+            };
+            match acked {
+                Ok(ack) => break ack,
+                Err(err) if err.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+                    // Deleted, or the server lost its store: waiting here
+                    // would wait for ever; setting the room up again makes
+                    // the stream anew.
+                    anyhow::bail!(
+                        "the room's JetStream stream is gone ({err}): setting the room up again"
+                    );
+                }
+                Err(err) => {
+                    self.counters.retries.inc();
+                    tracing::warn!(room = %bridged.room, first = records.first, last = records.last, error = %err, "not acknowledged; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RETRY_MAX);
+                }
+            }
+        };
+        if ack.duplicate {
+            self.counters.duplicates.inc_by(records.count);
+        } else {
+            self.counters.published.inc_by(records.count);
+        }
+        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.published = Some(records.last);
+        state.published_incarnation = Some(self.incarnation);
+        Ok(())
     }
 }
 
@@ -526,8 +596,9 @@ async fn start_at(
     Ok((policy, created))
 }
 
-/// Relays one stream message if it is believed, new and another node's;
-/// `Ok` also when it is refused for good (counted).
+/// Relays one stream message (a batch, or one message from a bridge from
+/// before batches) if it is believed and another node's, each of its
+/// messages that is new; `Ok` also when it is refused for good (counted).
 async fn relay_one(
     bridged: &Bridged,
     relay: &Relay,
@@ -542,8 +613,19 @@ async fn relay_one(
         // Our own publication.
         return Ok(());
     }
-    let origin = match wire::origin(headers, message.payload.len()) {
-        Ok(parsed) => parsed,
+    let parsed = if wire::is_batch(headers) {
+        wire::batch(headers, &message.payload)
+    } else {
+        wire::origin(headers, message.payload.len()).map(|origin| {
+            vec![wire::Record {
+                origin,
+                numbering: None,
+                payload: &message.payload,
+            }]
+        })
+    };
+    let records = match parsed {
+        Ok(records) => records,
         Err(reason) => {
             if let Some(held) = quiet.due(Instant::now()) {
                 tracing::warn!(room = %bridged.room, %reason, held_back = held, "not relayed");
@@ -563,36 +645,35 @@ async fn relay_one(
         return Ok(());
     }
     let node = node.unwrap_or_default().to_owned();
-    let (incarnation, seq) = (origin.incarnation(), origin.seq);
     // A new node past the bound: not relayed, and not saved.
     if let Err(untrusted) = crate::trust::admit(last, &node, bridged.max_nodes) {
         crate::core::refuse(bridged, counters, quiet, &untrusted);
         return Ok(());
     }
     // No gaps here: a node's room numbers have holes where relayed
-    // messages took them, and JetStream loses nothing between.
-    if last.get(&node).map(|seen| seen.judge(incarnation, seq))
-        == Some(crate::trust::Verdict::Duplicate)
-    {
-        counters.duplicates.inc();
-        return Ok(());
-    }
-    let frame = kchat_client::relay_frame(origin, &message.payload);
-    match relay.write_waiting(&frame).await {
-        Ok(()) => {
-            counters.relayed.inc();
-            counters.observe_lag(origin.time_ns);
-            last.entry(node).or_default().note(incarnation, seq);
-            Ok(())
+    // messages took them, and JetStream loses nothing between. What the
+    // room already holds (a batch published again after a restart, cut
+    // elsewhere) is skipped message by message.
+    let seen = last.entry(node).or_default();
+    let mut fresh = Vec::with_capacity(records.len());
+    for record in &records {
+        let (incarnation, seq) = (record.origin.incarnation(), record.origin.seq);
+        if seen.judge(incarnation, seq) == crate::trust::Verdict::Duplicate {
+            counters.duplicates.inc();
+        } else {
+            fresh.push(record);
         }
-        Err(Refused::Message(reason, err)) => {
-            tracing::warn!(room = %bridged.room, %err, reason, "not relayed");
-            counters.dropped(reason);
-            last.entry(node).or_default().note(incarnation, seq);
-            Ok(())
-        }
-        Err(Refused::Room(err)) => Err(err),
     }
+    let frames: Vec<Vec<u8>> = fresh
+        .iter()
+        .map(|record| kchat_client::relay_frame(record.origin, record.payload))
+        .collect();
+    let outcomes = relay.write_batch_waiting(&frames).await?;
+    for (outcome, record) in outcomes.into_iter().zip(&fresh) {
+        crate::core::count(bridged, counters, quiet, outcome, &record.origin);
+        seen.note(record.origin.incarnation(), record.origin.seq);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -51,12 +51,42 @@ pub fn push_record(body: &mut Vec<u8>, header: &abi::FrameHeader, payload: &[u8]
 /// the room's `incarnation` there, published in this bridge's `run`, the
 /// first numbered `first`.
 pub fn batch_headers(node: &str, incarnation: u64, run: u64, first: u64) -> HeaderMap {
+    let mut map = unnumbered_batch_headers(node, incarnation);
+    map.insert(RUN, run.to_string().as_str());
+    map.insert(NUM, first.to_string().as_str());
+    map
+}
+
+fn unnumbered_batch_headers(node: &str, incarnation: u64) -> HeaderMap {
     let mut map = HeaderMap::new();
     map.insert(NODE, node);
     map.insert(INCARNATION, incarnation.to_string().as_str());
-    map.insert(RUN, run.to_string().as_str());
-    map.insert(NUM, first.to_string().as_str());
     map.insert(BATCH, BATCH_VERSION);
+    map
+}
+
+/// The headers of a batch of a JetStream room's messages, room sequence
+/// numbers `first..=last` (those the batch holds, with holes where
+/// relayed messages took numbers): no numbering (a `block` room counts no
+/// gaps), and the id the server de-duplicates by. The id names both ends:
+/// a restarted bridge publishes again from the message after the last one
+/// acknowledged, and the read there may return more or fewer messages
+/// than before; an id of the first alone would then drop the longer batch
+/// as a copy of the shorter and lose the rest. With both ends a batch cut
+/// the same is dropped by the server, one cut otherwise is stored, and
+/// receivers skip what they already relayed, message by message.
+pub fn durable_batch_headers(
+    node: &str,
+    room: &str,
+    incarnation: u64,
+    first: u64,
+    last: u64,
+) -> HeaderMap {
+    let mut map = unnumbered_batch_headers(node, incarnation);
+    map.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("{node}.{room}.{incarnation}.{first}-{last}").as_str(),
+    );
     map
 }
 
@@ -67,10 +97,10 @@ pub fn is_batch(headers: Option<&HeaderMap>) -> bool {
 }
 
 /// One message of a received batch: its origin, as the kernel's relay
-/// header takes it, its run and number, and its payload.
+/// header takes it, its run and number (`drop` rooms), and its payload.
 pub struct Record<'a> {
     pub origin: abi::OriginHeader,
-    pub numbering: (u64, u64),
+    pub numbering: Option<(u64, u64)>,
     pub payload: &'a [u8],
 }
 
@@ -103,7 +133,7 @@ pub fn batch<'a>(headers: Option<&HeaderMap>, body: &'a [u8]) -> Result<Vec<Reco
         .filter(|_| kchat_uapi::name::validate(node.as_bytes()).is_ok())
         .ok_or_else(|| Refused::Node(node.to_owned()))?;
     let incarnation = optional(headers, INCARNATION)?.ok_or(Refused::Field(INCARNATION))?;
-    let (run, first) = numbering(headers)?.ok_or(Refused::Field(NUM))?;
+    let numbering = numbering(headers)?;
     let mut records = Vec::new();
     let mut rest = body;
     while !rest.is_empty() {
@@ -125,10 +155,10 @@ pub fn batch<'a>(headers: Option<&HeaderMap>, body: &'a [u8]) -> Result<Vec<Reco
             ..abi::OriginHeader::default()
         };
         origin.set_incarnation(incarnation);
-        let num = first.wrapping_add(records.len() as u64);
+        let nth = records.len() as u64;
         records.push(Record {
             origin,
-            numbering: (run, num),
+            numbering: numbering.map(|(run, first)| (run, first.wrapping_add(nth))),
             payload,
         });
         rest = after;
@@ -140,7 +170,9 @@ pub fn batch<'a>(headers: Option<&HeaderMap>, body: &'a [u8]) -> Result<Vec<Reco
 }
 
 /// The headers of a message written on `node` in the room's `incarnation`
-/// there, stamped `header`.
+/// there, stamped `header`: the one-message form bridges from before
+/// batches publish, which receivers still take.
+#[cfg(test)]
 pub fn headers(node: &str, incarnation: u64, header: &abi::FrameHeader) -> HeaderMap {
     let mut map = HeaderMap::new();
     map.insert(NODE, node);
@@ -170,11 +202,13 @@ pub fn numbered_headers(
     map
 }
 
-/// The headers of a message of a JetStream room: the stamp, and the id
+/// The headers of a message of a JetStream room as bridges from before
+/// batches published it: the stamp, and the id
 /// the server de-duplicates by (origin node, room, incarnation, sequence),
 /// so publishing it again after a restart stores nothing. Room sequence
 /// numbers, holes and all, are its numbers: they are the same after a
 /// restart, which the id needs.
+#[cfg(test)]
 pub fn durable_headers(
     node: &str,
     room: &str,
@@ -522,7 +556,10 @@ mod tests {
         let (one, two) = (&records[0], &records[1]);
         assert_eq!(one.payload, b"hi");
         assert_eq!(two.payload, &[7u8; 300][..]);
-        assert_eq!((one.numbering, two.numbering), ((5, 41), (5, 42)));
+        assert_eq!(
+            (one.numbering, two.numbering),
+            (Some((5, 41)), Some((5, 42)))
+        );
         assert_eq!(
             (one.origin.seq, one.origin.time_ns, one.origin.pid),
             (7, stamp().time_ns, 4242)
@@ -532,6 +569,21 @@ mod tests {
         assert_eq!(two.origin.incarnation(), 0xfeed);
         assert_eq!(abi::field_name(&two.origin.node), Some(&b"node-a"[..]));
         assert_eq!(two.origin.flags, 0);
+    }
+
+    #[test]
+    fn a_durable_batch_is_unnumbered_and_named_by_both_ends() {
+        let mut body = Vec::new();
+        push_record(&mut body, &stamp(), b"hi");
+        let map = durable_batch_headers("node-a", "lobby", 9, 7, 12);
+        assert_eq!(
+            map.get(async_nats::header::NATS_MESSAGE_ID)
+                .map(|v| v.as_str()),
+            Some("node-a.lobby.9.7-12")
+        );
+        let records = batch(Some(&map), &body).unwrap();
+        assert_eq!(records[0].numbering, None);
+        assert_eq!(records[0].origin.incarnation(), 9);
     }
 
     #[test]
@@ -555,11 +607,9 @@ mod tests {
             batch(Some(&other_version), &body).err(),
             Some(Refused::Field(BATCH))
         );
-        let mut no_num = HeaderMap::new();
-        for (name, value) in [(NODE, "node-a"), (INCARNATION, "1"), (BATCH, "1")] {
-            no_num.insert(name, value);
-        }
-        assert_eq!(batch(Some(&no_num), &body).err(), Some(Refused::Field(NUM)));
+        let mut half = unnumbered_batch_headers("node-a", 1);
+        half.insert(RUN, "5");
+        assert_eq!(batch(Some(&half), &body).err(), Some(Refused::Field(NUM)));
         let bad_node = batch_headers("a/b", 1, 5, 1);
         assert_eq!(
             batch(Some(&bad_node), &body).err(),
