@@ -95,13 +95,28 @@ impl Room {
         let writer = Writer::of(file);
         let total = src.len();
         let max = self.settings.max_msg as usize;
+        self.write_pieces(total, |run, wakes, remaining| {
+            let len = max.min(remaining);
+            self.write_message(src, len, &writer, how, None, run, wakes)
+                .map(|()| len)
+        })
+    }
+
+    /// Writes the `total` bytes of one call piece by piece: `piece` writes
+    /// the next one (given the bytes left) and says its size. After the
+    /// first piece an error ends the call short (pipe semantics); readers
+    /// are woken once per half ring and at the end.
+    fn write_pieces<'a>(
+        &'a self,
+        total: usize,
+        mut piece: impl FnMut(&mut Run<'a>, &mut Wakes, usize) -> Result<usize>,
+    ) -> Result<usize> {
         let mut written = 0;
         let mut wakes = Wakes::NONE;
         let mut run = Run::NONE;
         while written < total {
-            let len = max.min(total - written);
-            match self.write_message(src, len, &writer, how, None, &mut run, &mut wakes) {
-                Ok(()) => written += len,
+            match piece(&mut run, &mut wakes, total - written) {
+                Ok(bytes) => written += bytes,
                 Err(_) if written > 0 => break,
                 Err(err) => {
                     run.end();
@@ -157,30 +172,9 @@ impl Room {
     ) -> Result<usize> {
         let writer = Writer::of(file);
         let total = src.len();
-        let mut written = 0;
-        let mut wakes = Wakes::NONE;
-        let mut run = Run::NONE;
-        while written < total {
-            let remaining = total - written;
-            let stored =
-                self.write_record(src, remaining, &writer, how, relay, &mut run, &mut wakes);
-            match stored {
-                Ok(bytes) => written += bytes,
-                Err(_) if written > 0 => break,
-                Err(err) => {
-                    run.end();
-                    wakes.flush(self);
-                    return Err(err);
-                }
-            }
-            if wakes.bytes >= self.settings.ring_bytes as usize / 2 {
-                run.end();
-                wakes.flush(self);
-            }
-        }
-        run.end();
-        wakes.flush(self);
-        Ok(written)
+        self.write_pieces(total, |run, wakes, remaining| {
+            self.write_record(src, remaining, &writer, how, relay, run, wakes)
+        })
     }
 
     /// Writes the record at the start of `src`'s `remaining` bytes;
