@@ -58,6 +58,13 @@ async fn publish(
     let mut num = 0u64;
     let mut body = Vec::new();
     let mut first = 0u64;
+    let batches = Batches {
+        client: &client,
+        bridged: &bridged,
+        counters: &counters,
+        incarnation,
+        run,
+    };
     while let Some(batch) = reader.next_batch().await? {
         let most = batch_bytes(&client);
         for frame in batch {
@@ -66,17 +73,7 @@ async fn publish(
                 continue;
             }
             if !body.is_empty() && body.len() + wire::RECORD_HEADER + frame.payload.len() > most {
-                send(
-                    &client,
-                    &bridged,
-                    &counters,
-                    incarnation,
-                    run,
-                    first,
-                    num,
-                    &mut body,
-                )
-                .await?;
+                batches.send(first, num, &mut body).await?;
             }
             num += 1;
             if body.is_empty() {
@@ -85,17 +82,7 @@ async fn publish(
             wire::push_record(&mut body, &frame.header, &frame.payload);
         }
         if !body.is_empty() {
-            send(
-                &client,
-                &bridged,
-                &counters,
-                incarnation,
-                run,
-                first,
-                num,
-                &mut body,
-            )
-            .await?;
+            batches.send(first, num, &mut body).await?;
         }
     }
     Err(RoomError::Deleted(bridged.room.clone()).into())
@@ -120,25 +107,27 @@ pub fn batch_bytes(client: &Client) -> usize {
     max.saturating_sub(BATCH_HEADROOM).max(BATCH_HEADROOM)
 }
 
-/// Publishes the batch in `body` (numbers `first..=last`) and empties it.
-#[allow(clippy::too_many_arguments)]
-async fn send(
-    client: &Client,
-    bridged: &Bridged,
-    counters: &RoomCounters,
+/// Where a run's batches go and what they count in.
+struct Batches<'a> {
+    client: &'a Client,
+    bridged: &'a Bridged,
+    counters: &'a RoomCounters,
     incarnation: u64,
     run: u64,
-    first: u64,
-    last: u64,
-    body: &mut Vec<u8>,
-) -> anyhow::Result<()> {
-    let headers = wire::batch_headers(&bridged.node, incarnation, run, first);
-    let payload = std::mem::take(body);
-    client
-        .publish_with_headers(bridged.own_subject(), headers, payload.into())
-        .await?;
-    counters.published.inc_by(last - first + 1);
-    Ok(())
+}
+
+impl Batches<'_> {
+    /// Publishes the batch in `body` (numbers `first..=last`) and empties it.
+    async fn send(&self, first: u64, last: u64, body: &mut Vec<u8>) -> anyhow::Result<()> {
+        let bridged = self.bridged;
+        let headers = wire::batch_headers(&bridged.node, self.incarnation, self.run, first);
+        let payload = std::mem::take(body);
+        self.client
+            .publish_with_headers(bridged.own_subject(), headers, payload.into())
+            .await?;
+        self.counters.published.inc_by(last - first + 1);
+        Ok(())
+    }
 }
 
 /// Writes what other nodes published into the room through a relay fd.
