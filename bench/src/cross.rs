@@ -1,21 +1,30 @@
-//! The cross-node row: a writer on one machine, readers on another, through
-//! kchat rooms joined by `kchat-bridge` against a plain NATS publisher to
-//! NATS subscribers, on the same link in the same run. `cargo xtask bench
-//! --cross` boots two guests: the first runs `cross` (nats-server, its
-//! bridge, the writers, the report), the second `cross-peer` (its bridge and
-//! the readers). The two talk over NATS subjects `kbench.*`; every wait is
-//! bounded.
+//! The cross-node rows: a writer on one machine, readers on another,
+//! through kchat rooms joined by `kchat-bridge` against NATS doing the
+//! same job its own way, on the same link in the same run. Two kinds of
+//! delivery: a `drop` room against a plain NATS publisher with
+//! subscribers, and a `block` room (JetStream under the bridge) against a
+//! JetStream publisher that waits for its acknowledgements, read by
+//! ordered consumers. `cargo xtask bench --cross` boots two guests: the
+//! first runs `cross` (nats-server with JetStream, its bridge, the
+//! writers, the report), the second `cross-peer` (its bridge, the readers
+//! and the echo). The two talk over NATS subjects `kbench.*`; every wait
+//! is bounded.
 //!
-//! Throughput counts what the second machine's readers got between the
-//! first and the last arrival (its own clock); latency is the round trip of
-//! a ping answered from the second machine (the guests' clocks are not
-//! comparable), paced well below capacity.
+//! Every system runs `--reps` times, in a random order each repetition
+//! (the seed is in the report). Throughput counts what the second
+//! machine's readers got between the first and the last arrival (its own
+//! clock); latency is the round trip of a ping answered from the second
+//! machine (the guests' clocks are not comparable), paced well below
+//! capacity, with the echo set up only while pings run.
 
+use crate::report::Stats;
 use anyhow::{bail, ensure, Context, Result};
+use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use kchat_uapi::abi;
 use serde::{Deserialize, Serialize};
 use std::{
+    collections::VecDeque,
     fmt::Write as _,
     io::{Read, Write},
     os::unix::fs::OpenOptionsExt,
@@ -28,12 +37,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-const ROOM: &str = "xnode";
+const DROP_ROOM: &str = "xnode";
+const BLOCK_ROOM: &str = "xblock";
 const DATA: &str = "kbench.data";
 const PING: &str = "kbench.ping";
 const PONG: &str = "kbench.pong";
+/// The JetStream peer's stream and its subjects.
+const STREAM: &str = "KBENCH";
+const JS_DATA: &str = "kbench.js.data";
+const JS_PING: &str = "kbench.js.ping";
+const JS_PONG: &str = "kbench.js.pong";
+/// Acknowledgements the JetStream publisher lets run ahead of it: how its
+/// users publish fast and still know every message was stored.
+const ACKS_IN_FLIGHT: usize = 256;
 /// Longest a reader waits for the rest once arrivals stop.
 const SETTLE: Duration = Duration::from_secs(3);
+/// The `block` room's ring: smaller than what one run writes, so the
+/// bridge holds the writer back and the row measures what the room
+/// sustains, not what its ring absorbs.
+const BLOCK_RING: u32 = 1 << 20;
 
 #[derive(clap::Args)]
 pub struct CrossArgs {
@@ -51,6 +73,15 @@ pub struct CrossArgs {
     /// Round trips per latency run (paced at 100 per second).
     #[arg(long, default_value_t = 300)]
     pings: u32,
+    /// Repetitions of every system (in a random order each time).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Seed of the random orders (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The host's load average, for the report.
+    #[arg(long)]
+    host_load: Option<String>,
     /// Where to save the results as JSON (and the table beside it, .md).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -62,10 +93,46 @@ pub struct PeerArgs {
     nats: String,
 }
 
+/// The four ways across, in the order of the report.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "kebab-case")]
+pub enum System {
+    KchatDrop,
+    Nats,
+    KchatBlock,
+    Jetstream,
+}
+
+impl System {
+    const ALL: [System; 4] = [
+        System::KchatDrop,
+        System::Nats,
+        System::KchatBlock,
+        System::Jetstream,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            System::KchatDrop => "kchat (bridged `drop` room)",
+            System::Nats => "NATS (publisher to subscribers)",
+            System::KchatBlock => "kchat (bridged `block` room, JetStream)",
+            System::Jetstream => "NATS JetStream (acked publisher, ordered consumers)",
+        }
+    }
+
+    fn room(self) -> Option<&'static str> {
+        match self {
+            System::KchatDrop => Some(DROP_ROOM),
+            System::KchatBlock => Some(BLOCK_ROOM),
+            System::Nats | System::Jetstream => None,
+        }
+    }
+}
+
 /// What the other machine is asked to set up.
 #[derive(Serialize, Deserialize, Clone, Copy)]
 struct Arm {
-    kchat: bool,
+    system: System,
     readers: usize,
     count: u64,
 }
@@ -77,23 +144,34 @@ struct Got {
     span_ns: u64,
 }
 
+/// One system over its repetitions: rates and the per-repetition median
+/// round trip as min/median/max, the tail pooled over every round trip.
 #[derive(Serialize, Deserialize)]
 pub struct CrossRow {
-    pub system: String,
-    pub sent_per_sec: f64,
-    pub delivered_per_sec: f64,
-    pub lost: f64,
-    pub rtt_p50_ns: u64,
+    pub system: System,
+    pub sent_per_sec: Stats,
+    pub delivered_per_sec: Stats,
+    pub lost: Stats,
+    pub rtt_p50_ns: Stats,
     pub rtt_p99_ns: u64,
+    pub round_trips: u64,
     pub pings_lost: u32,
+    /// Times the first machine's `block` room evicted a reader that held
+    /// its writer back past `max_wait` (the bridge is its only reader).
+    pub laggard_evictions: u32,
 }
 
 #[derive(Serialize, Deserialize)]
 pub struct CrossReport {
     pub machine: String,
+    pub clocksource: String,
+    pub host_load: Option<String>,
+    pub seed: u64,
+    pub reps: usize,
     pub count: u64,
     pub size: usize,
     pub readers: usize,
+    pub pings: u32,
     pub rows: Vec<CrossRow>,
 }
 
@@ -107,17 +185,62 @@ impl Drop for Process {
     }
 }
 
-fn create_room() -> Result<()> {
+fn create_rooms() -> Result<()> {
     let control = kchat_client::Control::open()
         .context("opening /dev/kchat/control (is kchat.ko loaded?)")?;
-    let mut spec = kchat_client::spec(ROOM);
+    let mut spec = kchat_client::spec(DROP_ROOM);
     spec.ring_bytes = 4 << 20;
     control
         .create(&spec)
-        .with_context(|| format!("creating room {ROOM}"))
+        .with_context(|| format!("creating room {DROP_ROOM}"))?;
+    let mut spec = kchat_client::spec(BLOCK_ROOM);
+    spec.ring_bytes = BLOCK_RING;
+    spec.policy = abi::POLICY_BLOCK;
+    control
+        .create(&spec)
+        .with_context(|| format!("creating room {BLOCK_ROOM}"))
 }
 
-/// Starts this machine's bridge for the room and waits until it is up.
+fn laggard_evictions() -> Result<u32> {
+    let control = kchat_client::Control::open().context("opening /dev/kchat/control")?;
+    Ok(control
+        .info(BLOCK_ROOM)
+        .with_context(|| format!("reading {BLOCK_ROOM}'s counters"))?
+        .laggard_evictions)
+}
+
+/// The JetStream peer's stream, stored as the bridge stores a `block`
+/// room's (file, the same duplicate window), so the two rows differ only
+/// in what sits around JetStream.
+async fn bench_stream(js: &jetstream::Context) -> Result<stream::Stream> {
+    js.get_or_create_stream(stream::Config {
+        name: STREAM.to_owned(),
+        subjects: vec!["kbench.js.>".to_owned()],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        max_bytes: 1 << 30,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("creating the JetStream stream {STREAM}"))
+}
+
+/// An ordered consumer of `subject` from the next message on.
+async fn ordered(stream: &stream::Stream, subject: &str) -> Result<consumer::pull::Ordered> {
+    stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating an ordered consumer of {subject}"))?
+        .messages()
+        .await
+        .with_context(|| format!("pulling {subject}"))
+}
+
+/// Starts this machine's bridge for both rooms and waits until it is up.
 fn start_bridge(node: &str, nats: &str) -> Result<Process> {
     let exe = std::env::current_exe()?;
     let bridge = exe.with_file_name("kchat-bridge");
@@ -128,7 +251,7 @@ fn start_bridge(node: &str, nats: &str) -> Result<Process> {
         &config,
         format!(
             "node = \"{node}\"\nstate_dir = \"/tmp/kbench/state\"\n[nats]\nservers = [\"{nats}\"]\n\
-             [metrics]\nlisten = \"127.0.0.1:9478\"\n[rooms.{ROOM}]\n"
+             [metrics]\nlisten = \"127.0.0.1:9478\"\n[rooms.{DROP_ROOM}]\n[rooms.{BLOCK_ROOM}]\n"
         ),
     )?;
     let child = Command::new(&bridge)
@@ -148,26 +271,29 @@ fn start_bridge(node: &str, nats: &str) -> Result<Process> {
                 write!(s, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
                 let mut text = String::new();
                 s.read_to_string(&mut text).ok()?;
-                Some(text.contains(&format!("kchat_bridge_room_up{{room=\"{ROOM}\"}} 1")))
+                Some([DROP_ROOM, BLOCK_ROOM].iter().all(|room| {
+                    text.contains(&format!("kchat_bridge_room_up{{room=\"{room}\"}} 1"))
+                }))
             });
         if up == Some(true) {
             return Ok(process);
         }
         ensure!(
             started.elapsed() < Duration::from_secs(60),
-            "the bridge did not bridge {ROOM} within a minute: {}",
+            "the bridge did not bridge {DROP_ROOM} and {BLOCK_ROOM} within a minute: {}",
             std::fs::read_to_string(dir.join("bridge.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-fn open_room(write: bool) -> Result<std::fs::File> {
+fn open_room(room: &str, write: bool) -> Result<std::fs::File> {
     let file = std::fs::OpenOptions::new()
         .read(!write)
         .write(write)
         .custom_flags(if write { 0 } else { nix::libc::O_NONBLOCK })
-        .open(kchat_client::room_path(ROOM))?;
+        .open(kchat_client::room_path(room))
+        .with_context(|| format!("opening room {room}"))?;
     if !write {
         kchat_client::set_read_mode(&file, abi::READ_FRAMED_ORIGIN)?;
     }
@@ -210,9 +336,84 @@ fn read_relayed(
     Ok(())
 }
 
+/// The second machine's answer to pings, up only while a latency run is.
+enum Echo {
+    Room(std::thread::JoinHandle<Result<()>>, Arc<AtomicBool>),
+    Task(tokio::task::JoinHandle<Result<()>>),
+}
+
+impl Echo {
+    async fn start(client: &async_nats::Client, system: System) -> Result<Echo> {
+        Ok(match system {
+            System::KchatDrop | System::KchatBlock => {
+                let room = system.room().unwrap_or(DROP_ROOM);
+                let mut reader = open_room(room, false)?;
+                let mut writer = open_room(room, true)?;
+                let stop = Arc::new(AtomicBool::new(false));
+                let stopped = stop.clone();
+                let thread = std::thread::spawn(move || {
+                    read_relayed(
+                        &mut reader,
+                        "node-a",
+                        &stopped,
+                        Duration::from_secs(600),
+                        |payload| {
+                            if payload.starts_with(b"ping ") {
+                                let mut pong = payload.to_vec();
+                                pong[1] = b'o';
+                                let _ = writer.write_all(&pong);
+                            }
+                            true
+                        },
+                    )
+                });
+                Echo::Room(thread, stop)
+            }
+            System::Nats => {
+                let mut pings = client.subscribe(PING).await?;
+                client.flush().await?;
+                let client = client.clone();
+                Echo::Task(tokio::spawn(async move {
+                    while let Some(message) = pings.next().await {
+                        client.publish(PONG, message.payload).await?;
+                    }
+                    Ok(())
+                }))
+            }
+            System::Jetstream => {
+                let js = jetstream::new(client.clone());
+                let mut pings = ordered(&bench_stream(&js).await?, JS_PING).await?;
+                Echo::Task(tokio::spawn(async move {
+                    while let Some(message) = pings.next().await {
+                        let message = message.context("reading a ping")?;
+                        js.publish(JS_PONG, message.payload.clone())
+                            .await?
+                            .await
+                            .context("storing a pong")?;
+                    }
+                    Ok(())
+                }))
+            }
+        })
+    }
+
+    async fn stop(self) {
+        match self {
+            Echo::Room(thread, stop) => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+            Echo::Task(task) => {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+    }
+}
+
 /// The second machine: its bridge, then readers and the echo on demand.
 pub fn peer(args: PeerArgs) -> Result<()> {
-    create_room()?;
+    create_rooms()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let client = runtime.block_on(async {
         async_nats::ConnectOptions::new()
@@ -224,29 +425,10 @@ pub fn peer(args: PeerArgs) -> Result<()> {
     runtime.block_on(async {
         let mut arm = client.subscribe("kbench.arm").await?;
         let mut ready = client.subscribe("kbench.ready").await?;
-        let mut echo = client.subscribe(PING).await?;
+        let mut echo_on = client.subscribe("kbench.echo").await?;
+        let mut echo_off = client.subscribe("kbench.echo-off").await?;
         let mut done = client.subscribe("kbench.done").await?;
-        // The kchat echo: pings relayed from node-a go back as pongs.
-        let stop = Arc::new(AtomicBool::new(false));
-        let echo_stop = stop.clone();
-        let kchat_echo = std::thread::spawn(move || -> Result<()> {
-            let mut reader = open_room(false)?;
-            let mut writer = open_room(true)?;
-            read_relayed(
-                &mut reader,
-                "node-a",
-                &echo_stop,
-                Duration::from_secs(3600),
-                |payload| {
-                    if payload.starts_with(b"ping ") {
-                        let mut pong = payload.to_vec();
-                        pong[1] = b'o';
-                        let _ = writer.write_all(&pong);
-                    }
-                    true
-                },
-            )
-        });
+        let mut echo = None;
         loop {
             tokio::select! {
                 Some(message) = ready.next() => {
@@ -254,8 +436,20 @@ pub fn peer(args: PeerArgs) -> Result<()> {
                         client.publish(reply, "ready".into()).await?;
                     }
                 }
-                Some(message) = echo.next() => {
-                    client.publish(PONG, message.payload).await?;
+                Some(message) = echo_on.next() => {
+                    let system: System = serde_json::from_slice(&message.payload)?;
+                    echo = Some(Echo::start(&client, system).await?);
+                    if let Some(reply) = message.reply {
+                        client.publish(reply, "on".into()).await?;
+                    }
+                }
+                Some(message) = echo_off.next() => {
+                    if let Some(echo) = echo.take() {
+                        echo.stop().await;
+                    }
+                    if let Some(reply) = message.reply {
+                        client.publish(reply, "off".into()).await?;
+                    }
                 }
                 Some(message) = arm.next() => {
                     let arm: Arm = serde_json::from_slice(&message.payload)?;
@@ -267,8 +461,9 @@ pub fn peer(args: PeerArgs) -> Result<()> {
                 _ = done.next() => break,
             }
         }
-        stop.store(true, Ordering::Relaxed);
-        let _ = kchat_echo.join();
+        if let Some(echo) = echo {
+            echo.stop().await;
+        }
         anyhow::Ok(())
     })
 }
@@ -292,37 +487,57 @@ async fn readers(client: &async_nats::Client, arm: Arm) -> Result<Got> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     let mut tasks = Vec::new();
+    let js = jetstream::new(client.clone());
+    let js_stream = match arm.system {
+        System::Jetstream => Some(bench_stream(&js).await?),
+        _ => None,
+    };
     for _ in 0..arm.readers {
         let (note, stop) = (note.clone(), stop.clone());
-        if arm.kchat {
-            let mut reader = open_room(false)?;
-            threads.push(std::thread::spawn(move || {
-                let mut n = 0;
-                read_relayed(
-                    &mut reader,
-                    "node-a",
-                    &stop,
-                    Duration::from_secs(300),
-                    |payload| {
-                        if payload.starts_with(b"data") {
-                            note();
-                            n += 1;
+        match (arm.system.room(), &js_stream) {
+            (Some(room), _) => {
+                let mut reader = open_room(room, false)?;
+                threads.push(std::thread::spawn(move || {
+                    let mut n = 0;
+                    read_relayed(
+                        &mut reader,
+                        "node-a",
+                        &stop,
+                        Duration::from_secs(300),
+                        |payload| {
+                            if payload.starts_with(b"data") {
+                                note();
+                                n += 1;
+                            }
+                            n < arm.count
+                        },
+                    )
+                }));
+            }
+            (None, Some(js_stream)) => {
+                let mut messages = ordered(js_stream, JS_DATA).await?;
+                tasks.push(tokio::spawn(async move {
+                    let mut n = 0;
+                    while n < arm.count {
+                        tokio::select! {
+                            Some(Ok(_)) = messages.next() => { note(); n += 1; }
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => if stop.load(Ordering::Relaxed) { break },
                         }
-                        n < arm.count
-                    },
-                )
-            }));
-        } else {
-            let mut subscriber = client.subscribe(DATA).await?;
-            tasks.push(tokio::spawn(async move {
-                let mut n = 0;
-                while n < arm.count {
-                    tokio::select! {
-                        Some(_) = subscriber.next() => { note(); n += 1; }
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => if stop.load(Ordering::Relaxed) { break },
                     }
-                }
-            }));
+                }));
+            }
+            (None, None) => {
+                let mut subscriber = client.subscribe(DATA).await?;
+                tasks.push(tokio::spawn(async move {
+                    let mut n = 0;
+                    while n < arm.count {
+                        tokio::select! {
+                            Some(_) = subscriber.next() => { note(); n += 1; }
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => if stop.load(Ordering::Relaxed) { break },
+                        }
+                    }
+                }));
+            }
         }
     }
     client.flush().await?;
@@ -345,7 +560,7 @@ async fn readers(client: &async_nats::Client, arm: Arm) -> Result<Got> {
     }
     stop.store(true, Ordering::Relaxed);
     for thread in threads {
-        let _ = thread.join();
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     for task in tasks {
         let _ = task.await;
@@ -357,20 +572,34 @@ async fn readers(client: &async_nats::Client, arm: Arm) -> Result<Got> {
     })
 }
 
+/// One repetition of one system.
+struct Sample {
+    sent_per_sec: f64,
+    delivered_per_sec: f64,
+    lost: f64,
+    rtt_p50_ns: u64,
+    pings_lost: u32,
+    laggard_evictions: u32,
+}
+
 /// The first machine: server, bridge, writers, report.
 pub fn drive(args: CrossArgs) -> Result<()> {
     ensure!(args.size >= 16, "messages must hold \"data\" and a number");
+    ensure!(args.reps >= 1, "--reps must be at least 1");
     let (host, port) = args.listen.rsplit_once(':').context("--listen HOST:PORT")?;
+    let store = Path::new("/tmp/kbench/js");
+    std::fs::create_dir_all(store)?;
     let _server = Process(
         Command::new("nats-server")
-            .args(["-a", host, "-p", port])
+            .args(["-a", host, "-p", port, "-js", "-sd"])
+            .arg(store)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting nats-server")?,
     );
     let nats = format!("nats://{}", args.listen);
-    create_room()?;
+    create_rooms()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let client = runtime.block_on(async {
         async_nats::ConnectOptions::new()
@@ -378,6 +607,8 @@ pub fn drive(args: CrossArgs) -> Result<()> {
             .connect(&nats)
             .await
     })?;
+    let js = jetstream::new(client.clone());
+    let js_stream = runtime.block_on(bench_stream(&js))?;
     let _bridge = start_bridge("node-a", &nats)?;
     runtime.block_on(async {
         // The other machine is ready once it answers.
@@ -398,36 +629,83 @@ pub fn drive(args: CrossArgs) -> Result<()> {
         }
         anyhow::Ok(())
     })?;
-    let mut rows = Vec::new();
-    for kchat in [true, false] {
-        let (sent_per_sec, got) = throughput(&runtime, &client, &args, kchat)?;
-        let (rtt, pings_lost) = latency(&runtime, &client, &args, kchat)?;
-        let owed = (args.count * args.readers as u64).max(1) as f64;
-        rows.push(CrossRow {
-            system: if kchat {
-                "kchat (bridged drop room)"
-            } else {
-                "nats (publisher to subscribers)"
-            }
-            .to_owned(),
-            sent_per_sec,
-            delivered_per_sec: got.received as f64 / (got.span_ns as f64 / 1e9),
-            lost: (1.0 - got.received as f64 / owed).max(0.0),
-            rtt_p50_ns: rtt.value_at_quantile(0.5),
-            rtt_p99_ns: rtt.value_at_quantile(0.99),
-            pings_lost,
-        });
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let clock_at_start = crate::clocksource();
+    let mut samples: Vec<Vec<Sample>> = System::ALL.iter().map(|_| Vec::new()).collect();
+    let mut pooled: Vec<hdrhistogram::Histogram<u64>> = System::ALL
+        .iter()
+        .map(|_| hdrhistogram::Histogram::new(3))
+        .collect::<Result<_, _>>()?;
+    let orders = crate::orders(seed, System::ALL.len(), args.reps);
+    for (rep, order) in orders.iter().enumerate() {
+        for &index in order {
+            let system = System::ALL[index];
+            eprintln!(
+                "bench cross: repetition {}/{}: {}",
+                rep + 1,
+                args.reps,
+                system.label()
+            );
+            let evictions_before = laggard_evictions()?;
+            let (sent_per_sec, got) = throughput(&runtime, &client, &js, &args, system)?;
+            let laggard_evictions = laggard_evictions()?.wrapping_sub(evictions_before);
+            let (rtt, pings_lost) = latency(&runtime, &client, &js, &js_stream, &args, system)?;
+            let owed = (args.count * args.readers as u64).max(1) as f64;
+            pooled[index].add(&rtt)?;
+            samples[index].push(Sample {
+                sent_per_sec,
+                delivered_per_sec: got.received as f64 / (got.span_ns as f64 / 1e9),
+                lost: (1.0 - got.received as f64 / owed).max(0.0),
+                rtt_p50_ns: rtt.value_at_quantile(0.5),
+                pings_lost,
+                laggard_evictions,
+            });
+        }
     }
     runtime.block_on(async {
         client.publish("kbench.done", "".into()).await?;
         client.flush().await?;
         anyhow::Ok(())
     })?;
+    let clock_at_end = crate::clocksource();
+    let rows = System::ALL
+        .iter()
+        .zip(&samples)
+        .zip(&pooled)
+        .map(|((&system, samples), pooled)| {
+            let stats =
+                |f: fn(&Sample) -> f64| Stats::of(&samples.iter().map(f).collect::<Vec<_>>());
+            CrossRow {
+                system,
+                sent_per_sec: stats(|s| s.sent_per_sec),
+                delivered_per_sec: stats(|s| s.delivered_per_sec),
+                lost: stats(|s| s.lost),
+                rtt_p50_ns: stats(|s| s.rtt_p50_ns as f64),
+                rtt_p99_ns: pooled.value_at_quantile(0.99),
+                round_trips: pooled.len(),
+                pings_lost: samples.iter().map(|s| s.pings_lost).sum(),
+                laggard_evictions: samples.iter().map(|s| s.laggard_evictions).sum(),
+            }
+        })
+        .collect();
     let report = CrossReport {
         machine: crate::machine(),
+        clocksource: if clock_at_end == clock_at_start {
+            clock_at_start
+        } else {
+            format!("{clock_at_start} at the start but {clock_at_end} at the end (not comparable)")
+        },
+        host_load: args.host_load.clone(),
+        seed,
+        reps: args.reps,
         count: args.count,
         size: args.size,
         readers: args.readers,
+        pings: args.pings,
         rows,
     };
     if let Some(path) = &args.json {
@@ -438,24 +716,28 @@ pub fn drive(args: CrossArgs) -> Result<()> {
     Ok(())
 }
 
+/// The writer's `count` messages, each tagged `data N` and padded to `size`.
+fn messages(args: &CrossArgs) -> impl Iterator<Item = Vec<u8>> + '_ {
+    (0..args.count).map(|n| {
+        let mut message = vec![b'.'; args.size];
+        let tag = format!("data {n} ");
+        message[..tag.len()].copy_from_slice(tag.as_bytes());
+        message
+    })
+}
+
 fn throughput(
     runtime: &tokio::runtime::Runtime,
     client: &async_nats::Client,
+    js: &jetstream::Context,
     args: &CrossArgs,
-    kchat: bool,
+    system: System,
 ) -> Result<(f64, Got)> {
     let arm = Arm {
-        kchat,
+        system,
         readers: args.readers,
         count: args.count,
     };
-    eprintln!(
-        "bench cross: {} throughput, {} messages of {} B, {} readers over there",
-        if kchat { "kchat" } else { "nats" },
-        args.count,
-        args.size,
-        args.readers
-    );
     runtime.block_on(async {
         let mut armed = client.subscribe("kbench.armed").await?;
         client.flush().await?;
@@ -475,24 +757,37 @@ fn throughput(
         tokio::time::timeout(Duration::from_secs(60), armed.next())
             .await
             .context("the other machine did not arm its readers")?;
-        let mut message = vec![b'.'; args.size];
+        // Made before the clock starts: the writers only send.
+        let messages: Vec<Vec<u8>> = messages(args).collect();
         let started = Instant::now();
-        if kchat {
-            let mut room = open_room(true)?;
-            for n in 0..args.count {
-                let tag = format!("data {n} ");
-                message[..tag.len()].copy_from_slice(tag.as_bytes());
-                room.write_all(&message)?;
+        match system.room() {
+            Some(room) => {
+                let mut room = open_room(room, true)?;
+                for message in &messages {
+                    room.write_all(message)?;
+                }
             }
-        } else {
-            for n in 0..args.count {
-                let tag = format!("data {n} ");
-                message[..tag.len()].copy_from_slice(tag.as_bytes());
-                client
-                    .publish(DATA, bytes::Bytes::copy_from_slice(&message))
-                    .await?;
+            None if system == System::Nats => {
+                for message in messages {
+                    client.publish(DATA, message.into()).await?;
+                }
+                client.flush().await?;
             }
-            client.flush().await?;
+            None => {
+                let mut acks: VecDeque<jetstream::context::PublishAckFuture> =
+                    VecDeque::with_capacity(ACKS_IN_FLIGHT);
+                for message in messages {
+                    if acks.len() == ACKS_IN_FLIGHT
+                        && let Some(ack) = acks.pop_front()
+                    {
+                        ack.await.context("a message JetStream did not store")?;
+                    }
+                    acks.push_back(js.publish(JS_DATA, message.into()).await?);
+                }
+                for ack in acks {
+                    ack.await.context("a message JetStream did not store")?;
+                }
+            }
         }
         let sent = args.count as f64 / started.elapsed().as_secs_f64();
         let reply = tokio::time::timeout(Duration::from_secs(400), answer)
@@ -505,62 +800,87 @@ fn throughput(
 fn latency(
     runtime: &tokio::runtime::Runtime,
     client: &async_nats::Client,
+    js: &jetstream::Context,
+    js_stream: &stream::Stream,
     args: &CrossArgs,
-    kchat: bool,
+    system: System,
 ) -> Result<(hdrhistogram::Histogram<u64>, u32)> {
-    eprintln!(
-        "bench cross: {} round trips, {} at 100/s",
-        if kchat { "kchat" } else { "nats" },
-        args.pings
-    );
     let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
     let mut lost = 0;
     let period = Duration::from_millis(10);
-    if kchat {
-        let mut writer = open_room(true)?;
-        let mut reader = open_room(false)?;
-        let stop = AtomicBool::new(false);
-        for n in 0..args.pings {
-            let ping = format!("ping {n:08}");
-            let sent = Instant::now();
-            writer.write_all(ping.as_bytes())?;
-            let want = format!("pong {n:08}");
-            let mut back = false;
-            read_relayed(
-                &mut reader,
-                "node-b",
-                &stop,
-                Duration::from_secs(2),
-                |payload| {
-                    back = payload == want.as_bytes();
-                    !back
-                },
-            )?;
-            if back {
-                histogram.record(sent.elapsed().as_nanos() as u64)?;
-            } else {
-                lost += 1;
-            }
-            std::thread::sleep(period.saturating_sub(sent.elapsed()));
-        }
-    } else {
-        runtime.block_on(async {
-            let mut pongs = client.subscribe(PONG).await?;
-            client.flush().await?;
+    runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            client.request("kbench.echo", serde_json::to_vec(&system)?.into()),
+        )
+        .await
+        .context("the other machine did not start its echo")??;
+        anyhow::Ok(())
+    })?;
+    match system.room() {
+        Some(room) => {
+            let mut writer = open_room(room, true)?;
+            let mut reader = open_room(room, false)?;
+            let stop = AtomicBool::new(false);
             for n in 0..args.pings {
                 let ping = format!("ping {n:08}");
                 let sent = Instant::now();
-                client.publish(PING, ping.into_bytes().into()).await?;
-                client.flush().await?;
-                let want = format!("ping {n:08}");
+                writer.write_all(ping.as_bytes())?;
+                let want = format!("pong {n:08}");
                 let mut back = false;
-                while let Ok(Some(message)) = tokio::time::timeout(
+                read_relayed(
+                    &mut reader,
+                    "node-b",
+                    &stop,
+                    Duration::from_secs(2),
+                    |payload| {
+                        back = payload == want.as_bytes();
+                        !back
+                    },
+                )?;
+                if back {
+                    histogram.record(sent.elapsed().as_nanos() as u64)?;
+                } else {
+                    lost += 1;
+                }
+                std::thread::sleep(period.saturating_sub(sent.elapsed()));
+            }
+        }
+        None => runtime.block_on(async {
+            let jetstream = system == System::Jetstream;
+            let mut pongs = if jetstream {
+                ordered(js_stream, JS_PONG)
+                    .await?
+                    .map(|m| m.map(|m| m.payload.clone()).ok())
+                    .boxed()
+            } else {
+                let pongs = client.subscribe(PONG).await?;
+                client.flush().await?;
+                pongs.map(|m| Some(m.payload)).boxed()
+            };
+            for n in 0..args.pings {
+                let ping = format!("ping {n:08}");
+                let sent = Instant::now();
+                let ack = if jetstream {
+                    Some(
+                        js.publish(JS_PING, ping.clone().into_bytes().into())
+                            .await?,
+                    )
+                } else {
+                    client
+                        .publish(PING, ping.clone().into_bytes().into())
+                        .await?;
+                    client.flush().await?;
+                    None
+                };
+                let mut back = false;
+                while let Ok(Some(payload)) = tokio::time::timeout(
                     Duration::from_secs(2).saturating_sub(sent.elapsed()),
                     pongs.next(),
                 )
                 .await
                 {
-                    if message.payload == want.as_bytes() {
+                    if payload.as_deref() == Some(ping.as_bytes()) {
                         back = true;
                         break;
                     }
@@ -570,57 +890,215 @@ fn latency(
                 } else {
                     lost += 1;
                 }
+                // After the pong: the ack is no part of the round trip,
+                // but a ping JetStream did not store is an error.
+                if let Some(ack) = ack {
+                    ack.await.context("a ping JetStream did not store")?;
+                }
                 tokio::time::sleep(period.saturating_sub(sent.elapsed())).await;
             }
             anyhow::Ok(())
-        })?;
+        })?,
     }
+    runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            client.request("kbench.echo-off", "".into()),
+        )
+        .await
+        .context("the other machine did not stop its echo")??;
+        anyhow::Ok(())
+    })?;
     if histogram.is_empty() {
-        bail!("no round trip came back");
+        bail!("no round trip came back ({})", system.label());
     }
     Ok((histogram, lost))
 }
 
 impl CrossReport {
+    fn row(&self, system: System) -> Option<&CrossRow> {
+        self.rows.iter().find(|row| row.system == system)
+    }
+
+    /// The targets of issue #23, each met or missed, from medians.
+    pub fn targets(&self) -> Vec<(bool, String)> {
+        let mut out = Vec::new();
+        let pair = |a, b| Some((self.row(a)?, self.row(b)?));
+        if let Some((kchat, nats)) = pair(System::KchatDrop, System::Nats) {
+            out.push(crate::report::stats_verdict(
+                &kchat.delivered_per_sec,
+                &nats.delivered_per_sec,
+                0.9,
+                "`drop` room delivered ÷ NATS".into(),
+            ));
+            out.push(crate::report::stats_verdict_at_most(
+                &kchat.rtt_p50_ns,
+                &nats.rtt_p50_ns,
+                1.2,
+                "`drop` room RTT p50 ÷ NATS".into(),
+            ));
+        }
+        if let Some((kchat, nats)) = pair(System::KchatBlock, System::Nats) {
+            out.push(crate::report::stats_verdict(
+                &kchat.delivered_per_sec,
+                &nats.delivered_per_sec,
+                0.5,
+                "`block` room delivered ÷ NATS".into(),
+            ));
+        }
+        out
+    }
+
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "\n### Across two machines ({})\n", self.machine);
         let _ = writeln!(
             out,
-            "One writer on the first guest, {} readers on the second, {} messages of {} B; \
-             round trips paced at 100/s. Two guests under TCG on one host, linked by QEMU.\n",
-            self.readers, self.count, self.size
+            "One writer on the first guest, {} readers on the second, {} messages of {} B per \
+             run; {} round trips per run paced at 100/s. Two guests under TCG on one host, linked \
+             by QEMU. Every system {} times, in a random order each time (seed {}); rates and \
+             the RTT p50 are the median (min–max) of the repetitions, the RTT p99 is of every \
+             round trip pooled. Clock source: {}; host load: {}.\n",
+            self.readers,
+            self.count,
+            self.size,
+            self.pings,
+            self.reps,
+            self.seed,
+            self.clocksource,
+            self.host_load.as_deref().unwrap_or("not given")
         );
         let _ = writeln!(
             out,
-            "| system | sent/s | delivered/s | lost | RTT p50 | RTT p99 | pings lost |"
+            "| system | sent/s | delivered/s | lost (max) | RTT p50 | RTT p99 | pings lost | laggard evictions |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let rate = |s: &Stats| {
+            format!(
+                "{} ({}–{})",
+                crate::report::human(s.median),
+                crate::report::human(s.min),
+                crate::report::human(s.max)
+            )
+        };
+        let rtt = |s: &Stats| {
+            format!(
+                "{} ({}–{})",
+                crate::report::micros(s.median as u64),
+                crate::report::micros(s.min as u64),
+                crate::report::micros(s.max as u64)
+            )
+        };
         for row in &self.rows {
+            let evictions = if row.system == System::KchatBlock {
+                row.laggard_evictions.to_string()
+            } else {
+                "–".to_owned()
+            };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.1}% | {} | {} | {} |",
-                row.system,
-                crate::report::human(row.sent_per_sec),
-                crate::report::human(row.delivered_per_sec),
-                row.lost * 100.0,
-                crate::report::micros(row.rtt_p50_ns),
+                "| {} | {} | {} | {:.1}% | {} | {} | {} of {} | {evictions} |",
+                row.system.label(),
+                crate::report::human(row.sent_per_sec.median),
+                rate(&row.delivered_per_sec),
+                row.lost.max * 100.0,
+                rtt(&row.rtt_p50_ns),
                 crate::report::micros(row.rtt_p99_ns),
-                row.pings_lost
+                row.pings_lost,
+                u64::from(self.pings) * self.reps as u64,
             );
         }
-        if let [kchat, nats] = &self.rows[..] {
-            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        if let (Some(block), Some(js)) = (self.row(System::KchatBlock), self.row(System::Jetstream))
+        {
             let _ = writeln!(
                 out,
-                "\nkchat / NATS: delivered {:.2}x, loss {:.1}% vs {:.1}%, RTT p50 {:.2}x, p99 {:.2}x\n",
-                ratio(kchat.delivered_per_sec, nats.delivered_per_sec),
-                kchat.lost * 100.0,
-                nats.lost * 100.0,
-                ratio(kchat.rtt_p50_ns as f64, nats.rtt_p50_ns as f64),
-                ratio(kchat.rtt_p99_ns as f64, nats.rtt_p99_ns as f64),
+                "\n`block` room ÷ JetStream: delivered {:.2}x, RTT p50 {:.2}x, p99 {:.2}x",
+                ratio(block.delivered_per_sec.median, js.delivered_per_sec.median),
+                ratio(block.rtt_p50_ns.median, js.rtt_p50_ns.median),
+                ratio(block.rtt_p99_ns as f64, js.rtt_p99_ns as f64),
             );
         }
+        let _ = writeln!(out, "\nTargets (issue #23, ratios of medians):\n");
+        for (met, what) in self.targets() {
+            let _ = writeln!(out, "- {}: {what}", if met { "met" } else { "MISSED" });
+        }
+        out.push('\n');
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(system: System, delivered: &[f64], rtt: &[f64]) -> CrossRow {
+        CrossRow {
+            system,
+            sent_per_sec: Stats::of(delivered),
+            delivered_per_sec: Stats::of(delivered),
+            lost: Stats::of(&[0.0]),
+            rtt_p50_ns: Stats::of(rtt),
+            rtt_p99_ns: 0,
+            round_trips: 300,
+            pings_lost: 0,
+            laggard_evictions: 0,
+        }
+    }
+
+    #[test]
+    fn the_report_judges_each_target_from_medians() {
+        let report = CrossReport {
+            machine: "test".into(),
+            clocksource: "tsc".into(),
+            host_load: None,
+            seed: 1,
+            reps: 3,
+            count: 10,
+            size: 64,
+            readers: 4,
+            pings: 10,
+            rows: vec![
+                row(System::KchatDrop, &[95.0, 90.0, 200.0], &[13.0, 11.0, 12.0]),
+                row(System::Nats, &[100.0, 100.0, 100.0], &[10.0, 10.0, 10.0]),
+                row(System::KchatBlock, &[40.0, 45.0, 49.0], &[30.0, 30.0, 30.0]),
+                row(System::Jetstream, &[60.0, 60.0, 60.0], &[20.0, 20.0, 20.0]),
+            ],
+        };
+        let targets = report.targets();
+        assert_eq!(targets.len(), 3, "{targets:?}");
+        assert!(
+            targets[0].0,
+            "drop delivered 0.95x >= 0.9x: {:?}",
+            targets[0]
+        );
+        assert!(
+            targets[1].0,
+            "drop RTT 1.2x <= 1.2x (a tie meets it): {:?}",
+            targets[1]
+        );
+        assert!(
+            !targets[2].0,
+            "block delivered 0.45x < 0.5x: {:?}",
+            targets[2]
+        );
+        let text = report.markdown();
+        assert!(
+            text.contains("- MISSED: `block` room delivered ÷ NATS: 0.45x"),
+            "{text}"
+        );
+        assert!(
+            text.contains("`block` room ÷ JetStream: delivered 0.75x, RTT p50 1.50x"),
+            "{text}"
+        );
+        assert!(text.contains("random order each time (seed 1)"), "{text}");
+    }
+
+    #[test]
+    fn each_system_has_its_own_label_and_room() {
+        let labels: std::collections::HashSet<_> = System::ALL.iter().map(|s| s.label()).collect();
+        assert_eq!(labels.len(), System::ALL.len());
+        assert_eq!(System::KchatBlock.room(), Some(BLOCK_ROOM));
+        assert_eq!(System::Jetstream.room(), None);
     }
 }

@@ -169,9 +169,19 @@ const COPYING_PEERS: [&str; 3] = ["pipe-tee", "redis", "nats"];
 /// when the repetitions' spread straddles the goal: then the run cannot
 /// tell either way.
 fn ratio_verdict(ours: &Row, theirs: &Row, goal: f64, what: String) -> (bool, String) {
-    let ratio = ours.delivered_per_sec.median / theirs.delivered_per_sec.median;
-    let low = ours.delivered_per_sec.min / theirs.delivered_per_sec.max;
-    let high = ours.delivered_per_sec.max / theirs.delivered_per_sec.min;
+    stats_verdict(
+        &ours.delivered_per_sec,
+        &theirs.delivered_per_sec,
+        goal,
+        what,
+    )
+}
+
+/// [`ratio_verdict`] of any two figures where more is better.
+pub fn stats_verdict(ours: &Stats, theirs: &Stats, goal: f64, what: String) -> (bool, String) {
+    let ratio = ours.median / theirs.median;
+    let low = ours.min / theirs.max;
+    let high = ours.max / theirs.min;
     let unsure = if low < goal && goal <= high {
         format!(" (the repetitions span {low:.2}x–{high:.2}x: within noise)")
     } else {
@@ -180,6 +190,27 @@ fn ratio_verdict(ours: &Row, theirs: &Row, goal: f64, what: String) -> (bool, St
     (
         ratio >= goal,
         format!("{what}: {ratio:.2}x (target {goal}x){unsure}"),
+    )
+}
+
+/// The same rule where less is better (a latency): met at or below `goal`.
+pub fn stats_verdict_at_most(
+    ours: &Stats,
+    theirs: &Stats,
+    goal: f64,
+    what: String,
+) -> (bool, String) {
+    let ratio = ours.median / theirs.median;
+    let low = ours.min / theirs.max;
+    let high = ours.max / theirs.min;
+    let unsure = if low <= goal && goal < high {
+        format!(" (the repetitions span {low:.2}x–{high:.2}x: within noise)")
+    } else {
+        String::new()
+    };
+    (
+        ratio <= goal,
+        format!("{what}: {ratio:.2}x (target at most {goal}x){unsure}"),
     )
 }
 
@@ -527,6 +558,23 @@ mod tests {
         let (met, what) = ratio_verdict(&clear, &theirs, 1.5, "x".into());
         assert!(met && !what.contains("noise"), "{what}");
         let (met, _) = ratio_verdict(&theirs, &clear, 1.0, "x".into());
+        assert!(!met);
+    }
+
+    #[test]
+    fn a_latency_meets_its_target_at_or_below_it() {
+        let nats = Stats::of(&[10.0, 10.0, 10.0]);
+        let (met, what) =
+            stats_verdict_at_most(&Stats::of(&[12.0, 12.0, 12.0]), &nats, 1.2, "x".into());
+        assert!(met && !what.contains("noise"), "{what}");
+        let (met, what) =
+            stats_verdict_at_most(&Stats::of(&[11.0, 15.0, 16.0]), &nats, 1.2, "x".into());
+        assert!(
+            !met && what.contains("1.50x") && what.contains("within noise"),
+            "{what}"
+        );
+        let (met, _) =
+            stats_verdict_at_most(&Stats::of(&[20.0, 20.0, 20.0]), &nats, 1.2, "x".into());
         assert!(!met);
     }
 }

@@ -20,9 +20,10 @@ pub fn cross(variant: kernel::Variant, extra: &[String]) -> Result<ExitCode> {
     let (kernel, modules, bench) = prepare(variant, &["kchat-bench", "kchat-bridge"])?;
     let insmod = format!("insmod {} default_room=", modules.kchat.display());
     let script_a = format!(
-        "{insmod} && {} cross --listen {}:4222 --json /run/kchat-vm/cross.json {}",
+        "{insmod} && {} cross --listen {}:4222 --json /run/kchat-vm/cross.json --host-load '{}' {}",
         bench.display(),
         vm::PAIR_ADDRESSES[0],
+        host_load(),
         extra.join(" ")
     );
     let script_b = format!(
@@ -31,7 +32,15 @@ pub fn cross(variant: kernel::Variant, extra: &[String]) -> Result<ExitCode> {
         vm::PAIR_ADDRESSES[0]
     );
     eprintln!("bench: two guests ({variant} kernel, TCG), a writer on one, readers on the other");
-    let (run_a, run_b) = vm::run_pair(&kernel, &script_a, &script_b, Duration::from_secs(1800))?;
+    // Four systems, five repetitions of a throughput and a latency run
+    // each: about ten minutes of TCG.
+    let (run_a, run_b) = vm::run_pair(
+        &kernel,
+        &script_a,
+        &script_b,
+        Duration::from_secs(2400),
+        true,
+    )?;
     if !run_a.passed() || !run_b.passed() {
         eprint!("bench: first guest: {}", run_a.verdict(20));
         eprint!("bench: second guest: {}{}", run_b.verdict(20), run_b.output);

@@ -545,7 +545,13 @@ fn two_node_run(
         suite.display()
     );
     eprintln!("vm: booting two guests joined by a link for the two-node tests");
-    let (run_a, run_b) = vm::run_pair(kernel, &script_a, &script_b, Duration::from_secs(900))?;
+    let (run_a, run_b) = vm::run_pair(
+        kernel,
+        &script_a,
+        &script_b,
+        Duration::from_secs(900),
+        false,
+    )?;
     tally.add_libtest(
         "two-node suite",
         &run_a.output,

@@ -352,12 +352,14 @@ pub const PAIR_ADDRESSES: [&str; 2] = ["10.77.0.1", "10.77.0.2"];
 /// the checkout's root) once its end of the link is up; the first's output
 /// is shown as it comes. Returns both runs once both have ended. (Two
 /// guests share the host's cores; each keeps 2 vCPUs so SMP races stay
-/// possible on each side.)
+/// possible on each side.) `tsc_reliable` as in [`VmArgs`]: for
+/// measurements, which must not change clocks mid-run.
 pub fn run_pair(
     kernel: &Kernel,
     script_a: &str,
     script_b: &str,
     timeout: Duration,
+    tsc_reliable: bool,
 ) -> Result<(VmRun, VmRun)> {
     let (port_a, port_b) = (free_udp_port()?, free_udp_port()?);
     let net = |address: &str| {
@@ -369,6 +371,7 @@ pub fn run_pair(
             peer_port: peer,
             mac,
         }),
+        tsc_reliable,
         ..VmArgs::scripted(timeout)
     };
     let (args_a, args_b) = (guest(port_a, port_b, 1), guest(port_b, port_a, 2));
