@@ -607,7 +607,8 @@ pub fn drive(args: CrossArgs) -> Result<()> {
             .connect(&nats)
             .await
     })?;
-    let js = jetstream::new(client.clone());
+    // The JetStream context spawns onto the runtime it is made in.
+    let js = runtime.block_on(async { jetstream::new(client.clone()) });
     let js_stream = runtime.block_on(bench_stream(&js))?;
     let _bridge = start_bridge("node-a", &nats)?;
     runtime.block_on(async {
