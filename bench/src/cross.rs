@@ -142,6 +142,8 @@ struct Arm {
 struct Got {
     received: u64,
     span_ns: u64,
+    /// The second machine's bridge's counters of the room after the run.
+    bridge: String,
 }
 
 /// One system over its repetitions: rates and the per-repetition median
@@ -265,17 +267,11 @@ fn start_bridge(node: &str, nats: &str) -> Result<Process> {
     let process = Process(child);
     let started = Instant::now();
     loop {
-        let up = std::net::TcpStream::connect("127.0.0.1:9478")
-            .ok()
-            .and_then(|mut s| {
-                s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-                write!(s, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-                let mut text = String::new();
-                s.read_to_string(&mut text).ok()?;
-                Some([DROP_ROOM, BLOCK_ROOM].iter().all(|room| {
-                    text.contains(&format!("kchat_bridge_room_up{{room=\"{room}\"}} 1"))
-                }))
-            });
+        let up = bridge_metrics().map(|text| {
+            [DROP_ROOM, BLOCK_ROOM]
+                .iter()
+                .all(|room| text.contains(&format!("kchat_bridge_room_up{{room=\"{room}\"}} 1")))
+        });
         if up == Some(true) {
             return Ok(process);
         }
@@ -286,6 +282,29 @@ fn start_bridge(node: &str, nats: &str) -> Result<Process> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// This machine's bridge's metrics page, if it answers.
+fn bridge_metrics() -> Option<String> {
+    let mut s = std::net::TcpStream::connect("127.0.0.1:9478").ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The bridge's counters of `room`, for the terminal: where a slow row
+/// spent its time.
+fn room_counters(room: &str) -> String {
+    let label = format!("room=\"{room}\"");
+    bridge_metrics()
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains(&label) && !line.starts_with('#'))
+        .map(|line| line.replace(&format!("{{{label}}}"), ""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn open_room(room: &str, write: bool) -> Result<std::fs::File> {
@@ -570,6 +589,7 @@ async fn readers(client: &async_nats::Client, arm: Arm) -> Result<Got> {
     Ok(Got {
         received: received.load(Ordering::Relaxed),
         span_ns: last.saturating_sub(first).max(1),
+        bridge: arm.system.room().map(room_counters).unwrap_or_default(),
     })
 }
 
@@ -655,6 +675,20 @@ pub fn drive(args: CrossArgs) -> Result<()> {
             let evictions_before = laggard_evictions()?;
             let (sent_per_sec, got) = throughput(&runtime, &client, &js, &args, system)?;
             let laggard_evictions = laggard_evictions()?.wrapping_sub(evictions_before);
+            if let Some(room) = system.room() {
+                eprintln!(
+                    "bench cross: {room} on this machine's bridge: {}",
+                    room_counters(room)
+                );
+                eprintln!("bench cross: {room} on the other's: {}", got.bridge);
+            }
+            if system == System::KchatBlock {
+                let stored = runtime.block_on(async {
+                    let mut stream = js.get_stream(format!("kchat~{BLOCK_ROOM}")).await?;
+                    anyhow::Ok(stream.info().await?.state.messages)
+                });
+                eprintln!("bench cross: {BLOCK_ROOM}'s stream holds {stored:?} messages");
+            }
             let (rtt, pings_lost) = latency(&runtime, &client, &js, &js_stream, &args, system)?;
             let owed = (args.count * args.readers as u64).max(1) as f64;
             pooled[index].add(&rtt)?;
