@@ -65,7 +65,7 @@ async fn publish(
         incarnation,
         run,
     };
-    while let Some(batch) = reader.next_batch().await? {
+    while let Some(batch) = reader.next_batches(batch_bytes(&client)).await? {
         let most = batch_bytes(&client);
         for frame in batch {
             counters.local_lost.inc_by(frame.header.lost);

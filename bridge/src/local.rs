@@ -137,6 +137,40 @@ impl Reader {
         }
     }
 
+    /// The next batch as [`Reader::next_batch`] waits for it, then
+    /// whatever else the room holds now, until about `most` bytes of
+    /// payload and headers: the kernel returns a few records per `read`
+    /// (16), and a NATS message per read would spend a message on every
+    /// 16 records of a burst. Returns without waiting once caught up, so a
+    /// lone message goes out as soon as it did before.
+    pub async fn next_batches(&mut self, most: usize) -> Result<Option<Vec<Frame>>, RoomError> {
+        let Some(mut frames) = self.next_batch().await? else {
+            return Ok(None);
+        };
+        let bytes = |frames: &[Frame]| -> usize {
+            frames
+                .iter()
+                .map(|frame| size_of::<abi::FrameHeader>() + frame.payload.len())
+                .sum()
+        };
+        let mut taken = bytes(&frames);
+        while taken < most {
+            match self.fd.get_mut().read(&mut self.buf) {
+                // The end of a deleted room: the next call says so.
+                Ok(0) => break,
+                Ok(n) => {
+                    let more = self.frames(n)?;
+                    taken += bytes(&more);
+                    frames.extend(more);
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+                Err(err) => return Err(io(&self.room, "read", err)),
+            }
+        }
+        Ok(Some(frames))
+    }
+
     /// What is there now, without waiting (empty when caught up).
     pub fn drain_now(&mut self) -> Result<Vec<Frame>, RoomError> {
         let mut all = Vec::new();

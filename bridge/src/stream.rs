@@ -332,7 +332,8 @@ async fn publish(
         incarnation,
     };
     loop {
-        let batch = tokio::time::timeout(CHECKPOINT, reader.next_batch()).await;
+        let most = crate::core::batch_bytes(&js.client()).min(stream_most);
+        let batch = tokio::time::timeout(CHECKPOINT, reader.next_batches(most)).await;
         let Ok(batch) = batch else {
             if saved.elapsed() >= CHECKPOINT {
                 shared.save();
@@ -343,7 +344,6 @@ async fn publish(
         let Some(batch) = batch? else {
             return Err(RoomError::Deleted(bridged.room.clone()).into());
         };
-        let most = crate::core::batch_bytes(&js.client()).min(stream_most);
         let mut records = Records::default();
         for frame in batch {
             counters.local_lost.inc_by(frame.header.lost);
