@@ -16,6 +16,7 @@ mod tally;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use message::Sizes;
 use report::{LatencyRow, MemoryRow, Report, Row, Stats, StoppedRow};
 use std::{path::PathBuf, time::Duration};
 use system::{Pace, System, Workload};
@@ -55,9 +56,19 @@ struct RunArgs {
     /// Writer counts.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 4])]
     writers: Vec<usize>,
-    /// Message sizes in bytes (at least 20: the stamp).
-    #[arg(long, value_delimiter = ',', default_values_t = [64, 1024, 4096])]
-    sizes: Vec<usize>,
+    /// Message sizes in bytes (at least 20: the stamp): a size, or MIN-MAX
+    /// for mixed sizes (each message's length drawn from its writer and
+    /// number, uniform from MIN to MAX).
+    #[arg(long, value_delimiter = ',', default_values = ["64", "1024", "4096"])]
+    sizes: Vec<Sizes>,
+    /// Mixed-size rows (MIN-MAX) run at one writer and `--mixed-readers`
+    /// only, beside the rows of `--sizes` (a full product of mixes would
+    /// cost as much again); `--mixed` with nothing after it: none.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_values = ["64-1024"])]
+    mixed: Vec<Sizes>,
+    /// Reader counts of the `--mixed` rows.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [1, 16])]
+    mixed_readers: Vec<usize>,
     /// How long each run's write window lasts, in milliseconds.
     #[arg(long, alias = "window-ms", default_value_t = 1500)]
     millis: u64,
@@ -163,16 +174,52 @@ struct Sample {
     io_wq_workers: u32,
 }
 
+/// The throughput workloads in the order they run: every size of
+/// `--sizes` at every writer and reader count, then each mix of `--mixed`
+/// at one writer and each of `--mixed-readers` (a row already there is
+/// not run twice).
+fn workloads(args: &RunArgs) -> Result<Vec<Workload>> {
+    if let Some(fixed) = args.mixed.iter().find(|s| !s.is_mixed()) {
+        anyhow::bail!(
+            "--mixed takes MIN-MAX ranges ({} is one size: give it to --sizes)",
+            fixed.spec()
+        );
+    }
+    let mut workloads = Vec::new();
+    let mut add = |workload: Workload| {
+        if !workloads.contains(&workload) {
+            workloads.push(workload);
+        }
+    };
+    for &size in &args.sizes {
+        for &writers in &args.writers {
+            for &readers in &args.readers {
+                add(Workload {
+                    writers,
+                    readers,
+                    size,
+                });
+            }
+        }
+    }
+    for &size in &args.mixed {
+        for &readers in &args.mixed_readers {
+            add(Workload {
+                writers: 1,
+                readers,
+                size,
+            });
+        }
+    }
+    Ok(workloads)
+}
+
 fn run(args: RunArgs) -> Result<()> {
     anyhow::ensure!(args.reps >= 1, "--reps must be at least 1");
     anyhow::ensure!(args.millis >= 1, "--millis must be at least 1");
-    for &size in &args.sizes {
-        anyhow::ensure!(
-            size >= message::HEADER,
-            "messages must hold the {}-byte stamp (--sizes {size})",
-            message::HEADER
-        );
-    }
+    // Sizes were checked as they were parsed (at least the stamp, a
+    // range from smaller to larger).
+    let workloads = workloads(&args)?;
     raise_file_limit()?;
     let wanted = |name: &str| args.systems.is_empty() || args.systems.iter().any(|s| s == name);
     let mut systems: Vec<Box<dyn System>> = Vec::new();
@@ -200,24 +247,18 @@ fn run(args: RunArgs) -> Result<()> {
     });
     let duration = Duration::from_millis(args.millis);
     let paced = Duration::from_millis(args.millis.max(2000));
-    let mut workloads = Vec::new();
-    for &size in &args.sizes {
-        for &writers in &args.writers {
-            for &readers in &args.readers {
-                workloads.push(Workload {
-                    writers,
-                    readers,
-                    size,
-                });
-            }
-        }
-    }
-    let stopped_sizes = if wanted("kchat") { args.sizes.len() } else { 0 };
+    // The stopped-reader rows are of one size each (mixes have their
+    // rows above).
+    let stopped_sizes: Vec<usize> = if wanted("kchat") {
+        args.sizes.iter().filter_map(|s| s.fixed()).collect()
+    } else {
+        Vec::new()
+    };
     let mut progress = progress::Bar::new(
         args.reps
             * (workloads.len() * (systems.len() + 1)
                 + args.latency_readers.len() * systems.len()
-                + stopped_sizes),
+                + stopped_sizes.len()),
         duration,
     );
     let mut report = Report {
@@ -246,7 +287,7 @@ fn run(args: RunArgs) -> Result<()> {
             readers,
             size,
         } = *workload;
-        let label = format!("{writers}w/{readers}r/{size} B");
+        let label = format!("{writers}w/{readers}r/{size}");
         // The memory reference is the last entry of each shuffled order.
         let mut samples: Vec<Vec<Sample>> = (0..systems.len()).map(|_| Vec::new()).collect();
         let mut memory = Vec::new();
@@ -307,7 +348,7 @@ fn run(args: RunArgs) -> Result<()> {
         let workload = Workload {
             writers: 1,
             readers,
-            size: 64,
+            size: Sizes::Fixed(64),
         };
         let mut pooled: Vec<tally::Tally> =
             (0..systems.len()).map(|_| Default::default()).collect();
@@ -346,8 +387,8 @@ fn run(args: RunArgs) -> Result<()> {
             });
         }
     }
-    if stopped_sizes > 0 {
-        for &size in &args.sizes {
+    if !stopped_sizes.is_empty() {
+        for &size in &stopped_sizes {
             let mut rates = (Vec::new(), Vec::new());
             for rep in 0..args.reps {
                 progress.step(&format!("a stopped reader, {size} B, rep {}", rep + 1));
@@ -424,5 +465,84 @@ mod tests {
             assert_eq!(sorted, (0..10).collect::<Vec<_>>());
         }
         assert!(one.windows(2).any(|w| w[0] != w[1]), "{one:?}");
+    }
+
+    fn run_args(argv: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["kchat-bench", "run"].iter().chain(argv))?;
+        match cli.command {
+            Command::Run(args) => Ok(args),
+            _ => unreachable!("parsed as run"),
+        }
+    }
+
+    fn rows(argv: &[&str]) -> Vec<(usize, usize, String)> {
+        let args = run_args(argv).expect("arguments parse");
+        workloads(&args)
+            .expect("workloads")
+            .iter()
+            .map(|w| (w.writers, w.readers, w.size.spec()))
+            .collect()
+    }
+
+    #[test]
+    fn the_default_run_adds_two_mixed_rows_at_one_writer() {
+        let all = rows(&[]);
+        assert_eq!(all.len(), 3 * 2 * 3 + 2);
+        assert_eq!(all[0], (1, 1, "64".to_owned()));
+        let mixed: Vec<_> = all.iter().filter(|w| w.2.contains('-')).collect();
+        assert_eq!(
+            mixed,
+            [
+                &(1, 1, "64-1024".to_owned()),
+                &(1, 16, "64-1024".to_owned())
+            ]
+        );
+        // Turned off, or moved; a range among --sizes runs the product,
+        // and a row asked for twice runs once.
+        assert_eq!(rows(&["--mixed"]).len(), 18);
+        assert_eq!(rows(&["--mixed-readers"]).len(), 18);
+        assert_eq!(
+            rows(&[
+                "--sizes",
+                "64",
+                "--writers",
+                "1",
+                "--readers",
+                "1",
+                "--mixed",
+                "20-64,64-4096",
+                "--mixed-readers",
+                "4"
+            ]),
+            [
+                (1, 1, "64".to_owned()),
+                (1, 4, "20-64".to_owned()),
+                (1, 4, "64-4096".to_owned())
+            ]
+        );
+        assert_eq!(
+            rows(&["--sizes", "64-1024", "--writers", "1,4", "--readers", "1"]),
+            [
+                (1, 1, "64-1024".to_owned()),
+                (4, 1, "64-1024".to_owned()),
+                (1, 16, "64-1024".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_sizes_are_refused_with_the_reason() {
+        for (argv, says) in [
+            (["--sizes", "64,19"], "20-byte stamp"),
+            (["--sizes", "1024-64"], "MIN-MAX"),
+            (["--mixed", "10-100"], "20-byte stamp"),
+            (["--mixed", "64-x"], "not a number"),
+        ] {
+            let err = run_args(&argv).err().expect("refused");
+            assert!(err.to_string().contains(says), "{argv:?}: {err}");
+        }
+        let args = run_args(&["--mixed", "64"]).expect("parses");
+        let err = workloads(&args).expect_err("one size is no mix");
+        assert!(err.to_string().contains("MIN-MAX ranges"), "{err}");
     }
 }

@@ -1,11 +1,14 @@
 //! PNG plots of a report, drawn on the host: delivered messages per
-//! second against readers (one panel per message size; the median of the
-//! repetitions, with a bar from their min to their max), and the paced
-//! latency distributions. Each system has its own colour and marker; the
-//! legend sits beside the panels, never over data. Text uses DejaVu Sans
-//! from fonts-dejavu-core.
+//! second against readers (one panel per message size, a mix's after the
+//! single sizes; the median of the repetitions, with a bar from their min
+//! to their max), and the paced latency distributions. Each system has
+//! its own colour and marker; the legend sits beside the panels, never
+//! over data. Text uses DejaVu Sans from fonts-dejavu-core.
 
-use crate::report::{human, Report};
+use crate::{
+    message::Sizes,
+    report::{human, Report},
+};
 use anyhow::{anyhow, Context, Result};
 use plotters::{
     coord::{CoordTranslate, Shift},
@@ -136,7 +139,7 @@ fn legend(area: &DrawingArea<BitMapBackend<'_>, Shift>, systems: &[&str]) -> Res
 
 /// `throughput.png`: one panel per size, one writer.
 fn throughput(report: &Report, path: &Path) -> Result<()> {
-    let mut sizes: Vec<usize> = report.throughput.iter().map(|r| r.size).collect();
+    let mut sizes: Vec<Sizes> = report.throughput.iter().map(|r| r.size).collect();
     sizes.sort_unstable();
     sizes.dedup();
     let panels_width = 480 * sizes.len().max(1) as u32;
@@ -154,7 +157,7 @@ fn throughput(report: &Report, path: &Path) -> Result<()> {
             * 2.0;
         let most = rows.iter().map(|r| r.readers).max().unwrap_or(1) as f64 * 1.5;
         let mut chart = ChartBuilder::on(panel)
-            .caption(format!("{size} B messages, 1 writer"), ("sans-serif", 18))
+            .caption(format!("{size} messages, 1 writer"), ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(60)

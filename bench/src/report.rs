@@ -4,6 +4,7 @@
 //! throughput row is the median of its repetitions with their min and
 //! max; every ratio is a ratio of medians.
 
+use crate::message::Sizes;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
@@ -71,7 +72,8 @@ pub struct Row {
     pub system: String,
     pub writers: usize,
     pub readers: usize,
-    pub size: usize,
+    /// A number of bytes, or a mix as a string (`"64-1024"`).
+    pub size: Sizes,
     /// Messages the writers handed to the system per second of writing.
     pub accepted_per_sec: Stats,
     /// Copies that arrived (checked whole) inside the write window, per
@@ -93,7 +95,7 @@ pub struct Row {
 pub struct MemoryRow {
     pub writers: usize,
     pub readers: usize,
-    pub size: usize,
+    pub size: Sizes,
     pub bytes_per_sec: Stats,
 }
 
@@ -214,9 +216,14 @@ pub fn stats_verdict_at_most(
     )
 }
 
+/// The mixed-size target: each kchat engine's delivered msg/s on a mix's
+/// row is at least its own on the row of the mix's smallest size (same
+/// writers and readers) divided by this, i.e. that ratio is at most this.
+pub const MIXED_GOAL: f64 = 1.5;
+
 impl Report {
     /// The workloads, in the order they ran.
-    fn workloads(&self) -> Vec<(usize, usize, usize)> {
+    fn workloads(&self) -> Vec<(usize, usize, Sizes)> {
         let mut seen = Vec::new();
         for row in &self.throughput {
             let key = (row.writers, row.readers, row.size);
@@ -227,15 +234,19 @@ impl Report {
         seen
     }
 
-    fn rows(&self, key: (usize, usize, usize)) -> impl Iterator<Item = &Row> {
+    fn rows(&self, key: (usize, usize, Sizes)) -> impl Iterator<Item = &Row> {
         self.throughput
             .iter()
             .filter(move |r| (r.writers, r.readers, r.size) == key)
     }
 
+    /// `system`'s row at one writer, `readers` readers, `size` bytes each.
     fn find(&self, system: &str, readers: usize, size: usize) -> Option<&Row> {
         self.throughput.iter().find(|r| {
-            r.system == system && r.writers == 1 && r.readers == readers && r.size == size
+            r.system == system
+                && r.writers == 1
+                && r.readers == readers
+                && r.size == Sizes::Fixed(size)
         })
     }
 
@@ -267,10 +278,19 @@ impl Report {
                 .map_or(f64::NAN, |r| r.delivered_per_sec.median);
             let _ = writeln!(
                 out,
-                "### {writers} writer{} → {readers} reader{}, {size} B\n",
+                "### {writers} writer{} → {readers} reader{}, {size}\n",
                 if writers == 1 { "" } else { "s" },
                 if readers == 1 { "" } else { "s" }
             );
+            if let Sizes::Mixed { min, max } = size {
+                let _ = writeln!(
+                    out,
+                    "Each message's length is drawn from its writer and number, uniform from \
+                     {min} to {max} B; kchat writes them framed (one record each). Delivered B/s \
+                     is at the mean size, {} B.\n",
+                    size.mean()
+                );
+            }
             out.push_str(
                 "| system | accepted msg/s | delivered msg/s (min–max) | per reader msg/s | delivered B/s | lost | p99 under load | io-wq workers | kchat ÷ this |\n\
                  |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -284,7 +304,7 @@ impl Report {
                     human(row.accepted_per_sec.median),
                     spread(row.delivered_per_sec, ""),
                     human(delivered / readers as f64),
-                    human(delivered * size as f64),
+                    human(delivered * size.mean()),
                     row.lost.median * 100.0,
                     micros(row.p99_ns),
                     if row.system == "kchat-uring" {
@@ -388,7 +408,7 @@ impl Report {
         }
         for readers in [16, 256] {
             for size in [64, 4096] {
-                let key = (1, readers, size);
+                let key = (1, readers, Sizes::Fixed(size));
                 // The kchat engine with the highest median, named.
                 let best = self
                     .rows(key)
@@ -482,6 +502,9 @@ impl Report {
                 ),
             ));
         }
+        let (mixed, thin) = self.mixed_targets();
+        verdicts.extend(mixed);
+        unjudged.extend(thin);
         let uring: Vec<_> = self
             .throughput
             .iter()
@@ -499,6 +522,46 @@ impl Report {
             .map(|(met, what)| (if met { Outcome::Met } else { Outcome::Missed }, what))
             .chain(unjudged.into_iter().map(|what| (Outcome::NotJudged, what)))
             .collect()
+    }
+
+    /// Mixed sizes: every kchat engine on a mix's row within
+    /// [`MIXED_GOAL`] of its own figure on the row of the mix's smallest
+    /// size at the same writers and readers (fixed ÷ mixed delivered
+    /// msg/s at most the goal, the same tie and noise rule as every
+    /// target). Framing, reading a length from each stamp and larger
+    /// messages on average may cost something, not a collapse. A mixed
+    /// row without its fixed pair is not judged. Returns the verdicts and
+    /// the rows not judged.
+    fn mixed_targets(&self) -> (Vec<(bool, String)>, Vec<String>) {
+        let mut verdicts = Vec::new();
+        let mut unjudged = Vec::new();
+        for row in self.throughput.iter().filter(|r| is_kchat(&r.system)) {
+            let Sizes::Mixed { min, .. } = row.size else {
+                continue;
+            };
+            let (writers, readers) = (row.writers, row.readers);
+            let what = format!(
+                "mixed sizes, {writers}w→{readers}r: {}'s msg/s at {min} B ÷ at {}",
+                row.system, row.size
+            );
+            let fixed = self.throughput.iter().find(|f| {
+                f.system == row.system
+                    && (f.writers, f.readers) == (writers, readers)
+                    && f.size == Sizes::Fixed(min)
+            });
+            match fixed {
+                Some(fixed) => verdicts.push(stats_verdict_at_most(
+                    &fixed.delivered_per_sec,
+                    &row.delivered_per_sec,
+                    MIXED_GOAL,
+                    what,
+                )),
+                None => unjudged.push(format!(
+                    "{what}: the run has no {min} B row to pair it with"
+                )),
+            }
+        }
+        (verdicts, unjudged)
     }
 }
 
@@ -535,7 +598,7 @@ mod tests {
             system: system.to_owned(),
             writers: 1,
             readers: 1,
-            size: 64,
+            size: Sizes::Fixed(64),
             accepted_per_sec: Stats::of(samples),
             delivered_per_sec: Stats::of(samples),
             lost: Stats::of(&[0.0]),
@@ -576,5 +639,113 @@ mod tests {
         let (met, _) =
             stats_verdict_at_most(&Stats::of(&[20.0, 20.0, 20.0]), &nats, 1.2, "x".into());
         assert!(!met);
+    }
+
+    fn report(throughput: Vec<Row>) -> Report {
+        Report {
+            machine: String::new(),
+            vcpus: 2,
+            clocksource: "tsc".into(),
+            host_load: None,
+            seed: 1,
+            reps: 3,
+            millis: 100,
+            syscall_ns: 100.0,
+            throughput,
+            memory: Vec::new(),
+            latency: Vec::new(),
+            stopped_reader: Vec::new(),
+        }
+    }
+
+    fn at(system: &str, readers: usize, size: Sizes, samples: &[f64]) -> Row {
+        Row {
+            readers,
+            size,
+            ..row(system, samples)
+        }
+    }
+
+    const MIX: Sizes = Sizes::Mixed { min: 64, max: 1024 };
+
+    #[test]
+    fn each_kchat_engine_on_a_mix_is_judged_against_its_own_smallest_size() {
+        let fixed = Sizes::Fixed(64);
+        let report = report(vec![
+            at("kchat", 16, fixed, &[100.0, 100.0, 100.0]),
+            at("kchat-mmap", 16, fixed, &[100.0, 100.0, 100.0]),
+            at("kchat-uring", 16, fixed, &[90.0, 100.0, 110.0]),
+            at("nats", 16, fixed, &[10.0, 10.0, 10.0]),
+            at("kchat", 16, MIX, &[70.0, 70.0, 70.0]),
+            // Exactly 1.5x slower: a tie meets the target.
+            at("kchat-mmap", 16, MIX, &[40.0, 100.0 / 1.5, 80.0]),
+            // Past it, with repetitions on both sides: missed, said noisy.
+            at("kchat-uring", 16, MIX, &[60.0, 62.0, 80.0]),
+            // No fixed row at 1 reader: not judged.
+            at("kchat", 1, MIX, &[70.0, 70.0, 70.0]),
+            // Peers have no such target.
+            at("nats", 16, MIX, &[1.0, 1.0, 1.0]),
+        ]);
+        let targets = report.targets();
+        let mixed: Vec<_> = targets
+            .iter()
+            .filter(|(_, what)| what.starts_with("mixed sizes"))
+            .collect();
+        assert_eq!(mixed.len(), 4, "{mixed:#?}");
+        let find = |system: &str, readers: usize| {
+            mixed
+                .iter()
+                .find(|(_, what)| what.contains(&format!("{readers}r: {system}'s")))
+                .unwrap_or_else(|| panic!("{system} at {readers}: {mixed:#?}"))
+        };
+        let (outcome, what) = find("kchat", 16);
+        assert_eq!(*outcome, Outcome::Met, "{what}");
+        assert!(
+            what.contains("64–1024 B mixed") && what.contains("1.43x"),
+            "{what}"
+        );
+        assert!(what.contains("at most 1.5x"), "{what}");
+        let (outcome, what) = find("kchat-mmap", 16);
+        assert_eq!(*outcome, Outcome::Met, "{what}");
+        let (outcome, what) = find("kchat-uring", 16);
+        assert_eq!(*outcome, Outcome::Missed, "{what}");
+        assert!(what.contains("within noise"), "{what}");
+        let (outcome, what) = find("kchat", 1);
+        assert_eq!(*outcome, Outcome::NotJudged, "{what}");
+        assert!(what.contains("no 64 B row"), "{what}");
+        assert!(!targets.iter().any(|(_, what)| what.contains("nats's")));
+    }
+
+    #[test]
+    fn a_mix_is_a_row_of_its_own_in_the_tables_and_the_json() {
+        let mut report = report(vec![
+            at("kchat", 1, Sizes::Fixed(64), &[100.0]),
+            at("kchat", 1, MIX, &[80.0]),
+        ]);
+        report.memory.push(MemoryRow {
+            writers: 1,
+            readers: 1,
+            size: MIX,
+            bytes_per_sec: Stats::of(&[1e9]),
+        });
+        let markdown = report.markdown();
+        assert!(
+            markdown.contains("### 1 writer → 1 reader, 64 B\n"),
+            "{markdown}"
+        );
+        assert!(
+            markdown.contains("### 1 writer → 1 reader, 64–1024 B mixed\n"),
+            "{markdown}"
+        );
+        // Bytes per second at the mean size: 80 x 544 B.
+        assert!(markdown.contains("| 43.5 kB |"), "{markdown}");
+        let json = serde_json::to_string(&report).expect("serialises");
+        assert!(
+            json.contains("\"size\":64,") && json.contains("\"size\":\"64-1024\""),
+            "{json}"
+        );
+        let back: Report = serde_json::from_str(&json).expect("reads back");
+        assert_eq!(back.throughput[1].size, MIX);
+        assert_eq!(back.memory[0].size, MIX);
     }
 }

@@ -4,7 +4,7 @@
 //! the receivers and add up. Delivered counts arrivals inside the window.
 
 use crate::{
-    message,
+    message::{self, Sizes, Stamper},
     tally::{Progress, Tally},
 };
 use anyhow::{anyhow, bail, Context, Result};
@@ -17,20 +17,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Writers, readers and message size of one run.
-#[derive(Clone, Copy, Debug)]
+/// Writers, readers and message sizes of one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Workload {
     pub writers: usize,
     pub readers: usize,
-    pub size: usize,
+    pub size: Sizes,
 }
 
 /// One writer's way into the system, made and used on the writer's own
 /// thread (some systems' ports must stay on the thread that made them).
 pub trait Sender {
-    /// Sends `count` messages; `fill` stamps each into the buffer just
-    /// before it goes.
-    fn burst(&mut self, count: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()>;
+    /// Sends `count` messages, the next ones of `messages`: each is as
+    /// long as `next_len` says and stamped by `fill` just before it goes.
+    fn burst(&mut self, count: usize, messages: &mut Stamper) -> Result<()>;
     /// After the window: push out anything the client still buffers.
     fn finish(&mut self) -> Result<()> {
         Ok(())
@@ -194,6 +194,7 @@ impl StartLine {
 fn writer(
     id: usize,
     make: MakeSender,
+    sizes: Sizes,
     start: Arc<StartLine>,
     progress: Arc<Progress>,
     pace: Pace,
@@ -202,16 +203,12 @@ fn writer(
     // Everyone meets at the start line, a failed writer too.
     let begun = start.wait(|begun| open_window(&progress, begun, start.duration));
     let mut sender = sender?;
-    let mut seq = 0u64;
-    let mut fill = |buf: &mut [u8]| {
-        message::stamp(buf, id as u32, seq);
-        seq += 1;
-    };
+    let mut messages = Stamper::new(id as u32, sizes);
     let mut sent = 0u64;
     while !start.over(begun) {
         match pace {
             Pace::Flat => {
-                sender.burst(BURST, &mut fill)?;
+                sender.burst(BURST, &mut messages)?;
                 sent += BURST as u64;
             }
             Pace::Rate(rate) => {
@@ -219,7 +216,7 @@ fn writer(
                 if let Some(wait) = due.checked_sub(begun.elapsed()) {
                     thread::sleep(wait);
                 }
-                sender.burst(1, &mut fill)?;
+                sender.burst(1, &mut messages)?;
                 sent += 1;
             }
         }
@@ -265,7 +262,8 @@ pub fn measure(
         .enumerate()
         .map(|(id, make)| {
             let (start, progress) = (start.clone(), progress.clone());
-            thread::spawn(move || writer(id, make, start, progress, pace))
+            let sizes = workload.size;
+            thread::spawn(move || writer(id, make, sizes, start, progress, pace))
         })
         .collect();
     // Readers are ready (`start` returned); the writers start the clock
@@ -354,22 +352,21 @@ mod tests {
 
     struct ToAll {
         readers: Vec<mpsc::SyncSender<Vec<u8>>>,
-        size: usize,
         damage: Option<u64>,
         sent: u64,
     }
 
     impl Sender for ToAll {
-        fn burst(&mut self, count: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
+        fn burst(&mut self, count: usize, messages: &mut Stamper) -> Result<()> {
             for _ in 0..count {
-                let mut message = vec![0u8; self.size];
-                fill(&mut message);
+                let mut message = vec![0u8; messages.next_len()];
+                messages.fill(&mut message);
                 self.sent += 1;
-                if self
+                let damaged = self
                     .damage
-                    .is_some_and(|every| self.sent.is_multiple_of(every))
-                {
-                    message[self.size - 1] ^= 1;
+                    .is_some_and(|every| self.sent.is_multiple_of(every));
+                if let (true, Some(last)) = (damaged, message.last_mut()) {
+                    *last ^= 1;
                 }
                 for reader in &self.readers {
                     reader.send(message.clone())?;
@@ -408,11 +405,10 @@ mod tests {
                     Ok(tally)
                 }));
             }
-            let (size, damage) = (workload.size, self.damage);
+            let damage = self.damage;
             let sender: MakeSender = Box::new(move || {
                 Ok(Box::new(ToAll {
                     readers: ends,
-                    size,
                     damage,
                     sent: 0,
                 }) as Box<dyn Sender>)
@@ -427,7 +423,12 @@ mod tests {
     const WORKLOAD: Workload = Workload {
         writers: 1,
         readers: 2,
-        size: 64,
+        size: Sizes::Fixed(64),
+    };
+
+    const MIXED: Workload = Workload {
+        size: Sizes::Mixed { min: 20, max: 300 },
+        ..WORKLOAD
     };
 
     #[test]
@@ -463,6 +464,29 @@ mod tests {
             damage: Some(100),
         };
         let err = measure(&mut system, WORKLOAD, Duration::from_millis(20), Pace::Flat)
+            .err()
+            .expect("a run with damaged messages fails");
+        assert!(err.to_string().contains("damaged messages"), "{err:#}");
+    }
+
+    #[test]
+    fn mixed_sizes_go_through_whole_and_a_damaged_one_fails_the_run() {
+        let mut system = Channels {
+            delay: Duration::ZERO,
+            damage: None,
+        };
+        let measured =
+            measure(&mut system, MIXED, Duration::from_millis(20), Pace::Flat).expect("measured");
+        let tally = &measured.tally;
+        assert_eq!(tally.messages, measured.written * 2);
+        // Lengths spread over the mix: the mean is near its middle.
+        let mean = tally.bytes as f64 / tally.messages as f64;
+        assert!((130.0..190.0).contains(&mean), "mean {mean} B");
+        let mut system = Channels {
+            delay: Duration::ZERO,
+            damage: Some(100),
+        };
+        let err = measure(&mut system, MIXED, Duration::from_millis(20), Pace::Flat)
             .err()
             .expect("a run with damaged messages fails");
         assert!(err.to_string().contains("damaged messages"), "{err:#}");

@@ -139,7 +139,7 @@ pub fn run(
     eprintln!("bench: running in the VM ({variant} kernel, TCG)");
     let run = vm::run(
         &kernel,
-        // The default run (18 rows, 9 systems, 5 repetitions) should take
+        // The default run (20 rows, 9 systems, 5 repetitions) should take
         // 1.5-2 hours of TCG (smoke runs); rows of 256 readers take most.
         &vm::VmArgs {
             tsc_reliable: true,

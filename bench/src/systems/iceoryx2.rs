@@ -9,8 +9,11 @@
 //! overflows into the oldest sample (lossy, like a `drop` room). Readers sleep on an
 //! event service between bursts, as iceoryx2's own event-driven examples
 //! do; writers notify after each burst. Nothing stamps who sent a message.
+//! Mixed sizes: each publisher's samples hold up to the longest message,
+//! and each message loans a slice of its own length.
 
 use crate::{
+    message::{Sizes, Stamper},
     system::{join_all, MakeSender, Ready, ReadyHandle, Sender, Started, System, Workload},
     systems::kchat::RING_BYTES,
     tally::{Progress, Tally},
@@ -62,15 +65,16 @@ struct Writer {
 }
 
 impl Sender for Writer {
-    fn burst(&mut self, count: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
+    fn burst(&mut self, count: usize, messages: &mut Stamper) -> Result<()> {
         for _ in 0..count {
-            fill(&mut self.buf);
+            let message = &mut self.buf[..messages.next_len()];
+            messages.fill(message);
             let sample = self
                 .publisher
-                .loan_slice_uninit(self.buf.len())
+                .loan_slice_uninit(message.len())
                 .map_err(|err| anyhow!("loaning a sample: {err:?}"))?;
             sample
-                .write_from_slice(&self.buf)
+                .write_from_slice(message)
                 .send()
                 .map_err(|err| anyhow!("sending a sample: {err:?}"))?;
         }
@@ -98,12 +102,14 @@ const POOL_BUDGET: usize = 256 << 20;
 /// at iceoryx2's header and alignment).
 const SAMPLE_OVERHEAD: usize = 64;
 
-/// Samples each subscriber's buffer holds: as many bytes as kchat's ring,
+/// Samples each subscriber's buffer holds: as many bytes as kchat's ring
+/// (of a mix, as many messages as the ring holds at its mean size),
 /// unless the worst-case pool would pass `POOL_BUDGET` (then as many as
-/// fit it: at 256 readers, 252 samples of 4 KiB or 8,192 of 64 B).
-pub fn buffer_samples(readers: usize, size: usize) -> usize {
-    let ring = RING_BYTES as usize / size.max(1);
-    let fits = POOL_BUDGET / (readers.max(1) * (size + SAMPLE_OVERHEAD));
+/// fit it: at 256 readers, 252 samples of 4 KiB or 8,192 of 64 B). Every
+/// sample of the pool is as large as the longest message.
+pub fn buffer_samples(readers: usize, sizes: Sizes) -> usize {
+    let ring = (f64::from(RING_BYTES) / sizes.mean().max(1.0)) as usize;
+    let fits = POOL_BUDGET / (readers.max(1) * (sizes.max() + SAMPLE_OVERHEAD));
     ring.min(fits).max(1)
 }
 
@@ -161,8 +167,10 @@ fn reader(
     }
 }
 
-/// A writer's ports, made on its own thread.
-fn publish(data: &ServiceName, wake: &ServiceName, size: usize) -> Result<Writer> {
+/// A writer's ports, made on its own thread, for messages of up to
+/// `longest` bytes (the publisher's samples are that large: loans of any
+/// length up to it succeed, none past it).
+fn publish(data: &ServiceName, wake: &ServiceName, longest: usize) -> Result<Writer> {
     let node = new_node()?;
     let publisher = node
         .service_builder(data)
@@ -170,7 +178,7 @@ fn publish(data: &ServiceName, wake: &ServiceName, size: usize) -> Result<Writer
         .open()
         .map_err(|err| anyhow!("opening the pub-sub service: {err:?}"))?
         .publisher_builder()
-        .initial_max_slice_len(size)
+        .initial_max_slice_len(longest)
         .create()
         .map_err(|err| anyhow!("creating a publisher: {err:?}"))?;
     let notifier = node
@@ -185,7 +193,7 @@ fn publish(data: &ServiceName, wake: &ServiceName, size: usize) -> Result<Writer
         _node: node,
         publisher,
         notifier,
-        buf: vec![0; size],
+        buf: vec![0; longest],
     })
 }
 
@@ -248,8 +256,8 @@ impl System for Iceoryx2 {
         }
         let senders = (0..workload.writers)
             .map(|_| {
-                let (data, wake, size) = (data, wake, workload.size);
-                Box::new(move || Ok(Box::new(publish(&data, &wake, size)?) as Box<dyn Sender>))
+                let (data, wake, longest) = (data, wake, workload.size.max());
+                Box::new(move || Ok(Box::new(publish(&data, &wake, longest)?) as Box<dyn Sender>))
                     as MakeSender
             })
             .collect();
@@ -272,15 +280,22 @@ mod tests {
 
     #[test]
     fn buffers_hold_kchats_ring_unless_the_pool_would_not_fit() {
-        assert_eq!(buffer_samples(1, 64), 65_536);
-        assert_eq!(buffer_samples(16, 64), 65_536);
-        assert_eq!(buffer_samples(16, 4096), 1024);
-        assert_eq!(buffer_samples(256, 64), 8192);
-        assert_eq!(buffer_samples(256, 4096), 252);
+        let fixed = Sizes::Fixed;
+        assert_eq!(buffer_samples(1, fixed(64)), 65_536);
+        assert_eq!(buffer_samples(16, fixed(64)), 65_536);
+        assert_eq!(buffer_samples(16, fixed(4096)), 1024);
+        assert_eq!(buffer_samples(256, fixed(64)), 8192);
+        assert_eq!(buffer_samples(256, fixed(4096)), 252);
+        // A mix: the ring's count at the mean size (544 B), the pool's
+        // samples at the longest.
+        let mix = Sizes::Mixed { min: 64, max: 1024 };
+        assert_eq!(buffer_samples(1, mix), 7710);
+        assert_eq!(buffer_samples(256, mix), 963);
         for readers in [1, 16, 256] {
-            for size in [20, 64, 1024, 4096] {
-                let pool = readers * buffer_samples(readers, size) * (size + SAMPLE_OVERHEAD);
-                assert!(pool <= POOL_BUDGET, "{readers} x {size} B: {pool}");
+            for sizes in [fixed(20), fixed(64), fixed(1024), fixed(4096), mix] {
+                let pool =
+                    readers * buffer_samples(readers, sizes) * (sizes.max() + SAMPLE_OVERHEAD);
+                assert!(pool <= POOL_BUDGET, "{readers} x {sizes}: {pool}");
             }
         }
     }

@@ -3,9 +3,12 @@
 //! one io_uring (tokio-uring) thread for all readers, or a thread per
 //! reader reading the mapped ring in place (no copy per reader). Deleting
 //! the room ends the readers: they drain what is left and see the end.
+//! Messages of one size go as plain writes; a mix goes as framed writes
+//! (one record per message), and stream readers find each message's end
+//! from its stamp.
 
 use crate::{
-    message,
+    message::{self, Sizes, Stamper},
     system::{join_all, MakeSender, Ready, ReadyHandle, Sender, Started, System, Workload},
     tally::{Progress, Tally},
 };
@@ -30,6 +33,8 @@ const ROOM: &str = "bench";
 pub const RING_BYTES: u32 = 4 << 20;
 /// What one read asks for: many whole messages.
 const READ_BYTES: usize = 64 * 1024;
+/// Bytes of a framed write's record header (`abi::WriteFrame`).
+const FRAME: usize = std::mem::size_of::<abi::WriteFrame>();
 
 #[derive(Clone, Copy, PartialEq)]
 pub enum Engine {
@@ -71,34 +76,74 @@ impl Kchat {
     }
 }
 
-/// Writes a burst in one `write`: the room's `max_msg` is the message
-/// size, so the kernel stores each message whole and apart, and wakes
-/// waiting readers once for the burst.
+/// Writes a burst in one `write`. Of one size, plainly: the room's
+/// `max_msg` is the message size, so the kernel stores each message whole
+/// and apart. A mix, framed (the fd is in `WRITE_FRAMED` mode): a record
+/// per message, each its own length. Either way the kernel wakes waiting
+/// readers once for the burst.
 struct Writer {
     fd: File,
-    size: usize,
+    sizes: Sizes,
     buf: Vec<u8>,
 }
 
+/// Writes the `WriteFrame` of a `len`-byte body into `frame` (`FRAME`
+/// bytes), laid out as `kchat_client::push_record` lays it out, but in
+/// place, so the body is stamped where it goes rather than copied there.
+fn put_frame(frame: &mut [u8], len: usize) -> Result<()> {
+    let frame_of = abi::WriteFrame {
+        len: u32::try_from(len).context("a record longer than its u32 length can say")?,
+        flags: 0,
+    };
+    frame[..4].copy_from_slice(&frame_of.len.to_ne_bytes());
+    frame[4..FRAME].copy_from_slice(&frame_of.flags.to_ne_bytes());
+    Ok(())
+}
+
 impl Sender for Writer {
-    fn burst(&mut self, count: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
-        self.buf.resize(count * self.size, 0);
-        for message in self.buf.chunks_exact_mut(self.size) {
-            fill(message);
-        }
-        self.fd.write_all(&self.buf)?;
+    fn burst(&mut self, count: usize, messages: &mut Stamper) -> Result<()> {
+        let end = match self.sizes {
+            Sizes::Fixed(size) => {
+                self.buf.resize(count * size, 0);
+                for message in self.buf.chunks_exact_mut(size) {
+                    messages.fill(message);
+                }
+                self.buf.len()
+            }
+            Sizes::Mixed { max, .. } => {
+                // Room for the burst at its longest, made once: records
+                // are placed back to back without clearing it first.
+                let most = count * (FRAME + max);
+                if self.buf.len() < most {
+                    self.buf.resize(most, 0);
+                }
+                let mut at = 0;
+                for _ in 0..count {
+                    let (len, body) = (messages.next_len(), at + FRAME);
+                    put_frame(&mut self.buf[at..body], len)?;
+                    messages.fill(&mut self.buf[body..body + len]);
+                    at = body + len;
+                }
+                at
+            }
+        };
+        // A framed write that stops early returns at a record boundary
+        // (whole records only), and the next write starting there goes on
+        // or gets the error that stopped it: `write_all`'s loop is the
+        // right one for both modes.
+        self.fd.write_all(&self.buf[..end])?;
         Ok(())
     }
 }
 
-/// Creates the bench room afresh.
-pub fn create_room(policy: u32, size: usize) -> Result<()> {
+/// Creates the bench room afresh, for messages of up to `max_msg` bytes.
+pub fn create_room(policy: u32, max_msg: usize) -> Result<()> {
     let control = Control::open().context("opening /dev/kchat/control (load kchat.ko first)")?;
     let _ = control.delete(ROOM);
     let spec = abi::RoomSpec {
         policy,
         ring_bytes: RING_BYTES,
-        max_msg: size as u32,
+        max_msg: u32::try_from(max_msg).context("a message size past u32")?,
         ..spec(ROOM)
     };
     control.create(&spec).context("creating the bench room")
@@ -122,8 +167,15 @@ pub fn open_writer() -> Result<File> {
     Ok(File::options().write(true).open(room_path(ROOM))?)
 }
 
+/// A read buffer of many whole messages, at least one of the longest (a
+/// stream read cuts a message longer than the buffer into parts, which
+/// the readers here would count as damage).
+fn read_buffer(sizes: Sizes) -> Vec<u8> {
+    vec![0u8; READ_BYTES.max(sizes.max())]
+}
+
 fn thread_reader(mut fd: File, mut tally: Tally, progress: Arc<Progress>) -> Result<Tally> {
-    let mut buf = vec![0u8; READ_BYTES];
+    let mut buf = read_buffer(tally.sizes());
     loop {
         match fd.read(&mut buf) {
             Ok(0) => return Ok(tally),
@@ -137,13 +189,14 @@ fn thread_reader(mut fd: File, mut tally: Tally, progress: Arc<Progress>) -> Res
 /// Reads the mapped ring in place: checks every byte of each message
 /// where it lies (no copy), and counts the message once it is known to
 /// have been read whole. Reports its place and sleeps in poll when there
-/// is nothing new.
+/// is nothing new. The ring keeps each message's length, so a mix needs
+/// nothing more: the check holds the length to what the stamp says.
 fn mapped_reader(mut room: MappedRoom, mut tally: Tally, progress: Arc<Progress>) -> Result<Tally> {
-    let size = tally.size();
+    let sizes = tally.sizes();
     loop {
         let mut got = 0;
         loop {
-            match room.read(|m| (message::check(m.payload, size), m.payload.len()))? {
+            match room.read(|m| (message::check(m.payload, sizes), m.payload.len()))? {
                 Next::Message((checked, len)) => {
                     tally.record_checked(checked, len);
                     got += 1;
@@ -177,7 +230,7 @@ fn epoll_loop(
     mut tally: Tally,
     progress: Arc<Progress>,
 ) -> Result<Tally> {
-    let mut buf = vec![0u8; READ_BYTES];
+    let mut buf = read_buffer(tally.sizes());
     let mut open = fds.len();
     let mut fds: Vec<Option<File>> = fds.into_iter().map(Some).collect();
     let mut events = vec![EpollEvent::empty(); 64];
@@ -212,16 +265,16 @@ fn uring_loop(
     progress: Arc<Progress>,
     ready: ReadyHandle,
 ) -> Result<Tally> {
-    let size = tally.size();
+    let sizes = tally.sizes();
     tokio_uring::start(async move {
         let tasks: Vec<_> = fds
             .into_iter()
             .map(|fd| {
                 let progress = progress.clone();
-                let mut tally = Tally::new(size, &progress);
+                let mut tally = Tally::new(sizes, &progress);
                 tokio_uring::spawn(async move {
                     let file = tokio_uring::fs::File::from_std(fd);
-                    let mut buf = vec![0u8; READ_BYTES];
+                    let mut buf = read_buffer(sizes);
                     loop {
                         let (result, back) = file.read_at(buf, 0).await;
                         buf = back;
@@ -265,17 +318,24 @@ impl System for Kchat {
     }
 
     fn start(&mut self, workload: Workload, progress: Arc<Progress>) -> Result<Started> {
-        create_room(self.policy, workload.size)?;
+        let sizes = workload.size;
+        // A mix's longest message is the room's largest: a record of up
+        // to `max_msg` goes whole (framed writes never split one).
+        create_room(self.policy, sizes.max())?;
         let readers = (0..workload.readers)
             .map(|_| open_reader(self.engine == Engine::Epoll))
             .collect::<Result<Vec<_>>>()?;
         let senders = (0..workload.writers)
             .map(|_| {
-                let (fd, size) = (open_writer()?, workload.size);
+                let fd = open_writer()?;
+                if sizes.is_mixed() {
+                    kchat_client::set_write_mode(&fd, abi::WRITE_FRAMED)
+                        .context("setting the writer's fd to framed writes")?;
+                }
                 Ok(Box::new(move || {
                     Ok(Box::new(Writer {
                         fd,
-                        size,
+                        sizes,
                         buf: Vec::new(),
                     }) as Box<dyn Sender>)
                 }) as MakeSender)
@@ -322,5 +382,23 @@ impl System for Kchat {
                 join_all(handles)
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_put_in_place_is_the_clients_record_header() {
+        for len in [1, 20, 64, 1024, 65_536] {
+            let body = vec![0x5a; len];
+            let mut theirs = Vec::new();
+            kchat_client::push_record(&mut theirs, &body).expect("a record");
+            let mut ours = vec![0u8; FRAME];
+            put_frame(&mut ours, len).expect("a frame");
+            ours.extend_from_slice(&body);
+            assert_eq!(ours, theirs, "{len} B");
+        }
     }
 }

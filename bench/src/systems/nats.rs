@@ -8,9 +8,10 @@
 //! they decide the loss: async-nats buffers 65,536 messages per
 //! subscription (`subscription_capacity`) and drops beyond it; nats-server
 //! lets a connection fall 64 MiB behind (`max_pending`) before it closes
-//! it as a slow consumer.
+//! it as a slow consumer. Mixed sizes are payloads of their own lengths.
 
 use crate::{
+    message::Stamper,
     system::{MakeSender, Sender, Started, System, Workload},
     tally::{Progress, Tally},
 };
@@ -67,12 +68,15 @@ struct Publisher {
 }
 
 impl Sender for Publisher {
-    fn burst(&mut self, count: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
+    fn burst(&mut self, count: usize, messages: &mut Stamper) -> Result<()> {
         let (client, buf) = (&self.client, &mut self.buf);
         self.runtime.block_on(async {
             for _ in 0..count {
-                fill(buf);
-                client.publish(SUBJECT, Bytes::copy_from_slice(buf)).await?;
+                let message = &mut buf[..messages.next_len()];
+                messages.fill(message);
+                client
+                    .publish(SUBJECT, Bytes::copy_from_slice(message))
+                    .await?;
             }
             Ok::<_, anyhow::Error>(())
         })
@@ -143,12 +147,12 @@ impl System for Nats {
         let senders = (0..workload.writers)
             .map(|_| {
                 let client = runtime.block_on(async_nats::connect(ADDRESS))?;
-                let (runtime, size) = (runtime.handle().clone(), workload.size);
+                let (runtime, longest) = (runtime.handle().clone(), workload.size.max());
                 Ok(Box::new(move || {
                     Ok(Box::new(Publisher {
                         client,
                         runtime,
-                        buf: vec![0; size],
+                        buf: vec![0; longest],
                     }) as Box<dyn Sender>)
                 }) as MakeSender)
             })

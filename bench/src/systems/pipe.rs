@@ -4,9 +4,11 @@
 //! (`F_SETPIPE_SZ`), a lone writer writes each burst whole in one `write`
 //! per pipe (nobody else writes, so nothing can interleave), and several
 //! writers write as many whole messages as fit `PIPE_BUF` (atomic, so
-//! they do not tear each other's messages).
+//! they do not tear each other's messages). Mixed sizes go back to back
+//! the same way; readers find each message's end from its stamp.
 
 use crate::{
+    message::Stamper,
     system::{join_all, MakeSender, Sender, Started, System, Workload},
     systems::kchat::RING_BYTES,
     tally::{Progress, Reassembler, Tally},
@@ -28,24 +30,31 @@ const PIPE_BUF: usize = 4096;
 
 struct Tee {
     pipes: Vec<File>,
-    size: usize,
-    /// Whole messages per `write`.
+    /// Most bytes of whole messages per `write` (at least one message).
     per_write: usize,
     buf: Vec<u8>,
 }
 
 impl Sender for Tee {
-    fn burst(&mut self, count: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
-        let per_write = self.per_write;
+    fn burst(&mut self, count: usize, messages: &mut Stamper) -> Result<()> {
         let mut left = count;
         while left > 0 {
-            let batch = left.min(per_write);
-            self.buf.resize(batch * self.size, 0);
-            for message in self.buf.chunks_exact_mut(self.size) {
-                fill(message);
+            // Whole messages while the next still fits the write.
+            let (mut used, mut batch) = (0, 0);
+            while batch < left {
+                let len = messages.next_len();
+                if batch > 0 && used + len > self.per_write {
+                    break;
+                }
+                if self.buf.len() < used + len {
+                    self.buf.resize(used + len, 0);
+                }
+                messages.fill(&mut self.buf[used..used + len]);
+                used += len;
+                batch += 1;
             }
             for pipe in &mut self.pipes {
-                pipe.write_all(&self.buf)?;
+                pipe.write_all(&self.buf[..used])?;
             }
             left -= batch;
         }
@@ -54,7 +63,7 @@ impl Sender for Tee {
 }
 
 fn reader(mut pipe: File, mut tally: Tally, progress: Arc<Progress>) -> Result<Tally> {
-    let mut joiner = Reassembler::new(tally.size());
+    let mut joiner = Reassembler::new(tally.sizes());
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match pipe.read(&mut buf) {
@@ -97,7 +106,7 @@ impl System for PipeTee {
         let per_write = if workload.writers == 1 {
             usize::MAX
         } else {
-            (PIPE_BUF / workload.size).max(1)
+            PIPE_BUF
         };
         let senders = (0..workload.writers)
             .map(|_| {
@@ -105,11 +114,9 @@ impl System for PipeTee {
                     .iter()
                     .map(File::try_clone)
                     .collect::<std::io::Result<Vec<_>>>()?;
-                let size = workload.size;
                 Ok(Box::new(move || {
                     Ok(Box::new(Tee {
                         pipes,
-                        size,
                         per_write,
                         buf: Vec::new(),
                     }) as Box<dyn Sender>)

@@ -4,8 +4,10 @@
 //! per reader subscribed to one channel, one per writer publishing in
 //! pipelines of a burst each, sent without waiting for the replies (a
 //! thread per writer reads and drops them), as a pipelining client does.
+//! Mixed sizes are payloads of their own lengths.
 
 use crate::{
+    message::Stamper,
     system::{join_all, MakeSender, Sender, Started, System, Workload},
     tally::{Progress, Tally},
 };
@@ -87,7 +89,8 @@ struct Publisher {
 }
 
 impl Publisher {
-    fn connect(path: &std::path::Path, size: usize) -> Result<Publisher> {
+    /// A publisher of messages up to `longest` bytes.
+    fn connect(path: &std::path::Path, longest: usize) -> Result<Publisher> {
         let socket = UnixStream::connect(path)
             .with_context(|| format!("connecting to redis-server at {}", path.display()))?;
         let mut answers = socket.try_clone()?;
@@ -106,17 +109,18 @@ impl Publisher {
         Ok(Publisher {
             socket,
             replies: Some(replies),
-            buf: vec![0; size],
+            buf: vec![0; longest],
         })
     }
 }
 
 impl Sender for Publisher {
-    fn burst(&mut self, count: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
+    fn burst(&mut self, count: usize, messages: &mut Stamper) -> Result<()> {
         let mut pipeline = redis::pipe();
         for _ in 0..count {
-            fill(&mut self.buf);
-            pipeline.cmd("PUBLISH").arg(CHANNEL).arg(&self.buf[..]);
+            let message = &mut self.buf[..messages.next_len()];
+            messages.fill(message);
+            pipeline.cmd("PUBLISH").arg(CHANNEL).arg(&*message);
         }
         self.socket.write_all(&pipeline.get_packed_pipeline())?;
         Ok(())
@@ -193,9 +197,9 @@ impl System for Redis {
         ready.wait();
         let senders = (0..workload.writers)
             .map(|_| {
-                let (socket, size) = (self.socket.clone(), workload.size);
+                let (socket, longest) = (self.socket.clone(), workload.size.max());
                 Ok(Box::new(move || {
-                    Ok(Box::new(Publisher::connect(&socket, size)?) as Box<dyn Sender>)
+                    Ok(Box::new(Publisher::connect(&socket, longest)?) as Box<dyn Sender>)
                 }) as MakeSender)
             })
             .collect::<Result<Vec<_>>>()?;
