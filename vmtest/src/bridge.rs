@@ -207,10 +207,22 @@ fn two_nodes_chat_exactly_once_and_nothing_loops() -> Result<()> {
     let published_b = || metric(19479, "kchat_bridge_published_total{room=\"fed-b\"}");
     let relayed_in_a = || metric(19478, "kchat_bridge_relayed_total{room=\"fed-a\"}");
     let relayed_in_b = || metric(19479, "kchat_bridge_relayed_total{room=\"fed-b\"}");
-    wait_for("the probes to settle", PATIENCE, || {
-        Ok(published_a()? == relayed_in_b()? && published_b()? == relayed_in_a()?)
-    })
-    .with_context(logs)?;
+    // A probe published before the other bridge subscribed is gone for
+    // good (core NATS), so the counts need not ever match; one marker
+    // each way, sent now that both are subscribed, lands after every probe
+    // still in flight (one publisher to one subscriber keeps order).
+    for (writer, reader, marker) in [
+        (&mut writer_a, &mut on_b, &b"settled from a"[..]),
+        (&mut writer_b, &mut on_a, &b"settled from b"[..]),
+    ] {
+        writer.write_all(marker)?;
+        wait_for("a marker after the probes", PATIENCE, || {
+            Ok(origin_frames(reader)?
+                .iter()
+                .any(|(_, o, payload)| o.flags & abi::ORIGIN_RELAYED != 0 && payload == marker))
+        })
+        .with_context(logs)?;
+    }
     let _ = origin_frames(&mut on_a)?;
     let _ = origin_frames(&mut on_b)?;
     let before_a = Control::open()?.info("fed-a")?.msgs_in;
