@@ -66,6 +66,8 @@ async fn publish(
         run,
     };
     while let Some(batch) = reader.next_batches(batch_bytes(&client)).await? {
+        // Asked again after the wait: a reconnect meanwhile may have
+        // brought a server that takes less, and the split must fit it.
         let most = batch_bytes(&client);
         for frame in batch {
             counters.local_lost.inc_by(frame.header.lost);

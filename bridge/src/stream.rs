@@ -344,6 +344,9 @@ async fn publish(
         let Some(batch) = batch? else {
             return Err(RoomError::Deleted(bridged.room.clone()).into());
         };
+        // Asked again after the wait, as for `drop` rooms: a reconnect
+        // meanwhile may have brought a server that takes less.
+        let most = crate::core::batch_bytes(&js.client()).min(stream_most);
         let mut records = Records::default();
         for frame in batch {
             counters.local_lost.inc_by(frame.header.lost);
