@@ -8,5 +8,6 @@ pub mod config;
 pub mod daemon;
 pub mod kernel;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod state;

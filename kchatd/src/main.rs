@@ -7,6 +7,7 @@ use kchatd::{
     config::Config,
     daemon::{Daemon, ReloadError},
     metrics,
+    notify::Notifier,
     state::{State, StateLock},
 };
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -36,12 +37,6 @@ struct Args {
     /// Print the kchatd(8) man page (roff) and exit.
     #[arg(long, hide = true)]
     man: bool,
-}
-
-fn notify(state: &[sd_notify::NotifyState<'_>]) {
-    if let Err(err) = sd_notify::notify(false, state) {
-        tracing::debug!(%err, "sd_notify failed");
-    }
 }
 
 /// How often to tell systemd kchatd is alive: half of `WatchdogSec`, at
@@ -114,6 +109,8 @@ async fn run(config_path: PathBuf, config: Config, state: State, interval: Durat
         metrics = %config.metrics.listen,
         "kchatd ready"
     );
+    let notifier = Notifier::start().context("cannot start the sd_notify thread")?;
+    let notify = |states: &[sd_notify::NotifyState<'_>]| notifier.send(states);
     let mut shown = daemon.summary();
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -165,5 +162,7 @@ async fn run(config_path: PathBuf, config: Config, state: State, interval: Durat
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("kchatd stopping; rooms stay in the kernel");
+    // Told, unless the manager has stopped reading: then exit all the same.
+    notifier.flush(Duration::from_secs(1));
     Ok(())
 }
