@@ -135,12 +135,17 @@ struct Arm {
     system: System,
     readers: usize,
     count: u64,
+    /// Every message's length, checked with every byte by each reader.
+    size: usize,
 }
 
 /// What the other machine's readers got.
 #[derive(Serialize, Deserialize, Default)]
 struct Got {
+    /// Messages that arrived whole: the writer's length and every byte.
     received: u64,
+    /// Messages that arrived but not as written (counted, never delivered).
+    garbled: u64,
     span_ns: u64,
     /// The second machine's bridge's counters of the room after the run.
     bridge: String,
@@ -492,12 +497,19 @@ pub fn peer(args: PeerArgs) -> Result<()> {
 /// reader has `count` or arrivals stop for `SETTLE`.
 async fn readers(client: &async_nats::Client, arm: Arm) -> Result<Got> {
     let received = Arc::new(AtomicU64::new(0));
+    let garbled = Arc::new(AtomicU64::new(0));
     let first = Arc::new(AtomicU64::new(u64::MAX));
     let last = Arc::new(AtomicU64::new(0));
     let clock = Instant::now();
+    // Every reader of every system reads each byte of what it counts.
     let note = {
-        let (received, first, last) = (received.clone(), first.clone(), last.clone());
-        move || {
+        let (received, garbled) = (received.clone(), garbled.clone());
+        let (first, last) = (first.clone(), last.clone());
+        move |payload: &[u8]| {
+            if !is_whole(payload, arm.size) {
+                garbled.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             let now = clock.elapsed().as_nanos() as u64;
             first.fetch_min(now, Ordering::Relaxed);
             last.fetch_max(now, Ordering::Relaxed);
@@ -525,10 +537,8 @@ async fn readers(client: &async_nats::Client, arm: Arm) -> Result<Got> {
                         &stop,
                         Duration::from_secs(300),
                         |payload| {
-                            if payload.starts_with(b"data") {
-                                note();
-                                n += 1;
-                            }
+                            note(payload);
+                            n += 1;
                             n < arm.count
                         },
                     )
@@ -540,7 +550,7 @@ async fn readers(client: &async_nats::Client, arm: Arm) -> Result<Got> {
                     let mut n = 0;
                     while n < arm.count {
                         tokio::select! {
-                            Some(Ok(_)) = messages.next() => { note(); n += 1; }
+                            Some(Ok(message)) = messages.next() => { note(&message.payload); n += 1; }
                             _ = tokio::time::sleep(Duration::from_millis(100)) => if stop.load(Ordering::Relaxed) { break },
                         }
                     }
@@ -552,7 +562,7 @@ async fn readers(client: &async_nats::Client, arm: Arm) -> Result<Got> {
                     let mut n = 0;
                     while n < arm.count {
                         tokio::select! {
-                            Some(_) = subscriber.next() => { note(); n += 1; }
+                            Some(message) = subscriber.next() => { note(&message.payload); n += 1; }
                             _ = tokio::time::sleep(Duration::from_millis(100)) => if stop.load(Ordering::Relaxed) { break },
                         }
                     }
@@ -588,6 +598,7 @@ async fn readers(client: &async_nats::Client, arm: Arm) -> Result<Got> {
     let (first, last) = (first.load(Ordering::Relaxed), last.load(Ordering::Relaxed));
     Ok(Got {
         received: received.load(Ordering::Relaxed),
+        garbled: garbled.load(Ordering::Relaxed),
         span_ns: last.saturating_sub(first).max(1),
         bridge: arm.system.room().map(room_counters).unwrap_or_default(),
     })
@@ -675,6 +686,12 @@ pub fn drive(args: CrossArgs) -> Result<()> {
             let evictions_before = laggard_evictions()?;
             let (sent_per_sec, got) = throughput(&runtime, &client, &js, &args, system)?;
             let laggard_evictions = laggard_evictions()?.wrapping_sub(evictions_before);
+            ensure!(
+                got.garbled == 0,
+                "{}: {} messages arrived garbled (not the length or bytes written)",
+                system.label(),
+                got.garbled
+            );
             if let Some(room) = system.room() {
                 eprintln!(
                     "bench cross: {room} on this machine's bridge: {}",
@@ -753,13 +770,26 @@ pub fn drive(args: CrossArgs) -> Result<()> {
 }
 
 /// The writer's `count` messages, each tagged `data N` and padded to `size`.
-fn messages(args: &CrossArgs) -> impl Iterator<Item = Vec<u8>> + '_ {
-    (0..args.count).map(|n| {
-        let mut message = vec![b'.'; args.size];
+fn messages(count: u64, size: usize) -> impl Iterator<Item = Vec<u8>> {
+    (0..count).map(move |n| {
+        let mut message = vec![b'.'; size];
         let tag = format!("data {n} ");
         message[..tag.len()].copy_from_slice(tag.as_bytes());
         message
     })
+}
+
+/// Whether `payload` is one of [`messages`] as written: its length, the
+/// tag and a number, and every padding byte.
+fn is_whole(payload: &[u8], size: usize) -> bool {
+    let Some(rest) = payload.strip_prefix(b"data ") else {
+        return false;
+    };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    payload.len() == size
+        && digits > 0
+        && rest.get(digits) == Some(&b' ')
+        && rest[digits + 1..].iter().all(|&b| b == b'.')
 }
 
 fn throughput(
@@ -773,6 +803,7 @@ fn throughput(
         system,
         readers: args.readers,
         count: args.count,
+        size: args.size,
     };
     runtime.block_on(async {
         let mut armed = client.subscribe("kbench.armed").await?;
@@ -794,7 +825,7 @@ fn throughput(
             .await
             .context("the other machine did not arm its readers")?;
         // Made before the clock starts: the writers only send.
-        let messages: Vec<Vec<u8>> = messages(args).collect();
+        let messages: Vec<Vec<u8>> = messages(args.count, args.size).collect();
         let started = Instant::now();
         match system.room() {
             Some(room) => {
@@ -1128,6 +1159,21 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("random order each time (seed 1)"), "{text}");
+    }
+
+    #[test]
+    fn only_whole_messages_count() {
+        for message in messages(3, 64) {
+            assert!(is_whole(&message, 64));
+            assert!(!is_whole(&message[..63], 64), "short");
+            let mut flipped = message.clone();
+            flipped[63] ^= 1;
+            assert!(!is_whole(&flipped, 64), "last byte");
+            let mut tag = message.clone();
+            tag[5] = b'x';
+            assert!(!is_whole(&tag, 64), "number");
+        }
+        assert!(!is_whole(b"ping 1", 6));
     }
 
     #[test]
