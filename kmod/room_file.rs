@@ -31,7 +31,8 @@ use kernel::{
     sync::{Arc, Mutex},
 };
 
-/// Largest number of records one `read` collects before copying.
+/// Records planned under one hold of the room lock: a read plans and copies
+/// this many at a time, and goes on while whole batches fit its buffer.
 const BATCH: usize = 16;
 
 const HEADER: usize = core::mem::size_of::<abi::FrameHeader>();
@@ -444,9 +445,12 @@ impl RoomFile {
                 // The mode is set under the cursor lock, so it holds for
                 // this whole read.
                 let mode = self.mode.load(Ordering::Relaxed);
-                let batch = plan(&inner, file, seq, cursor.offset, mode, dest.len())?;
+                let batch = plan(&inner, file, seq, cursor.offset, mode, dest.len(), true)?;
                 drop(inner);
                 match self.copy_out(&mut cursor, mark, seq, mode, &batch, dest)? {
+                    Some(copied) if is_full(&batch) => {
+                        return Ok(copied + self.read_on(file, &mut cursor, mark, mode, dest));
+                    }
                     Some(copied) => return Ok(copied),
                     // Overwritten while copied: read again, past the loss.
                     None => {
@@ -482,6 +486,48 @@ impl RoomFile {
                 }
             }
         }
+    }
+
+    /// After a full batch, the batches that follow while they fit `dest`
+    /// and are ready, so one read returns as many whole messages as fit
+    /// (what the ABI says) in passes of [`BATCH`]. Stops, returning what it
+    /// copied, at the first thing a new read would handle: nothing ready,
+    /// a loss, a message that does not fit, a fault, a pending signal.
+    fn read_on(
+        &self,
+        file: &File,
+        cursor: &mut Cursor,
+        mark: &ReaderMark,
+        mode: u32,
+        dest: &mut IovDest<'_>,
+    ) -> usize {
+        let mut copied = 0;
+        // Each pass copies a whole batch: `dest` shrinks until it is empty
+        // or the room has nothing ready, so this ends; the signal check
+        // bounds a huge buffer on a busy room.
+        while dest.len() > 0 && !signal_pending() {
+            let inner = self.room.inner.lock();
+            let seq = mark.seq.load(Ordering::Relaxed);
+            if !matches!(inner.ring.get(seq), Lookup::Ready(_)) {
+                break;
+            }
+            let Ok(batch) = plan(&inner, file, seq, cursor.offset, mode, dest.len(), false) else {
+                break;
+            };
+            drop(inner);
+            if batch[0].is_none() {
+                break;
+            }
+            match self.copy_out(cursor, mark, seq, mode, &batch, dest) {
+                Ok(Some(more)) => copied += more,
+                // Overtaken or faulted: the next read says so.
+                Ok(None) | Err(_) => break,
+            }
+            if !is_full(&batch) {
+                break;
+            }
+        }
+        copied
     }
 
     /// Copies the planned records out, without the room lock (user memory
@@ -597,12 +643,19 @@ struct Planned {
     origin_at: Option<usize>,
 }
 
-/// The records one read returns, oldest first.
+/// The records one pass of a read returns, oldest first.
 type Batch = [Option<Planned>; BATCH];
+
+/// Whether `batch` took all [`BATCH`] records: only then may more follow.
+fn is_full(batch: &Batch) -> bool {
+    batch.iter().all(Option::is_some)
+}
 
 /// Picks the records a read of `space` bytes in `mode` returns, starting
 /// `offset` bytes into record `seq` (which is ready); `EMSGSIZE` when a
-/// packet or frame does not fit. Framed modes get their senders as `file`'s
+/// packet or frame does not fit. Only the read's `first` pass may return
+/// part of a message (one larger than the buffer, in stream mode) or fail;
+/// a later pass takes whole messages, or none. Framed modes get their senders as `file`'s
 /// namespaces see them: its pid namespace for the pid, its user namespace
 /// for the ids (`SCM_CREDENTIALS`' rule).
 fn plan(
@@ -612,6 +665,7 @@ fn plan(
     offset: usize,
     mode: u32,
     space: usize,
+    first: bool,
 ) -> Result<Batch> {
     let mut batch: Batch = [const { None }; BATCH];
     let mut planned = 0usize;
@@ -622,18 +676,20 @@ fn plan(
         };
         let stamp = slot.meta();
         let len = stamp.len as usize;
+        // The message the read starts with.
+        let opening = first && n == 0;
         let size = match mode {
-            abi::READ_STREAM if n == 0 => len.saturating_sub(offset),
+            abi::READ_STREAM if opening => len.saturating_sub(offset),
             abi::READ_STREAM => len,
             abi::READ_PACKET if n > 0 => break,
             abi::READ_PACKET => len,
             _ => frame_len(mode) + len,
         };
         if planned.saturating_add(size) > space {
-            if n == 0 && mode != abi::READ_STREAM {
+            if opening && mode != abi::READ_STREAM {
                 return Err(emsgsize());
             }
-            if n > 0 {
+            if !opening {
                 break;
             }
         }

@@ -139,10 +139,11 @@ impl Reader {
 
     /// The next batch as [`Reader::next_batch`] waits for it, then
     /// whatever else the room holds now, until about `most` bytes of
-    /// payload and headers: the kernel returns a few records per `read`
-    /// (16), and a NATS message per read would spend a message on every
-    /// 16 records of a burst. Returns without waiting once caught up, so a
-    /// lone message goes out as soon as it did before.
+    /// payload and headers: a `read` returns what fits the buffer (an
+    /// older module returned at most 16 records), so a burst larger than
+    /// one buffer is still one batch. Returns without
+    /// waiting once caught up, so a lone message goes out as soon as it did
+    /// before.
     pub async fn next_batches(&mut self, most: usize) -> Result<Option<Vec<Frame>>, RoomError> {
         let Some(mut frames) = self.next_batch().await? else {
             return Ok(None);

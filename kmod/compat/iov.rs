@@ -24,6 +24,16 @@ extern "C" {
     fn kchat_iov_iter_count(iter: *const kernel::ffi::c_void) -> usize;
 }
 
+extern "C" {
+    /// `copy_from_iter()` between `pagefault_disable()` and
+    /// `pagefault_enable()`; defined in `glue.c`.
+    pub(super) fn kchat_copy_from_iter_nofault(
+        to: *mut kernel::ffi::c_void,
+        len: usize,
+        from: *mut bindings::iov_iter,
+    ) -> usize;
+}
+
 /// `IOCB_NOWAIT` (= `RWF_NOWAIT`), a `__force` cast bindgen cannot evaluate;
 /// `glue.c` checks the value against the kernel's at build time.
 const IOCB_NOWAIT: i32 = 0x0000_0008;
@@ -243,6 +253,26 @@ impl<'a> IovSource<'a> {
         // SAFETY: the iter is valid for the duration of the callback; the
         // call only touches the user memory it describes.
         unsafe { bindings::fault_in_iov_iter_readable(self.as_raw(), len) }
+    }
+
+    /// Takes the next `size_of::<T>()` bytes as a `T` if they are in memory
+    /// now, without waiting for a fault (so a caller may hold a lock);
+    /// `None`, with nothing taken, if they are not (or the write is
+    /// shorter): [`IovSource::read`] then, holding nothing.
+    pub(crate) fn read_nofault<T: FromBytes>(&mut self) -> Option<T> {
+        let mut value = core::mem::MaybeUninit::<T>::uninit();
+        let len = core::mem::size_of::<T>();
+        // SAFETY: `value` is valid for writes of `len` bytes; the iter is
+        // valid and advances by what was copied; nothing here sleeps.
+        let copied =
+            unsafe { kchat_copy_from_iter_nofault(value.as_mut_ptr().cast(), len, self.as_raw()) };
+        if copied != len {
+            self.revert(copied);
+            return None;
+        }
+        // SAFETY: all `len` bytes were written, and any bytes are a valid
+        // `T` (`FromBytes`).
+        Some(unsafe { value.assume_init() })
     }
 
     /// Takes the next `size_of::<T>()` bytes as a `T`; `EFAULT` if user

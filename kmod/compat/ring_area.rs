@@ -12,7 +12,7 @@
 //! record holds; a reader that raced with their reuse learns it afterwards
 //! and discards what it copied.
 
-use super::iov::{IovDest, IovSource};
+use super::iov::{kchat_copy_from_iter_nofault, IovDest, IovSource};
 use crate::abi;
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use kernel::{bindings, ffi, prelude::*};
@@ -277,15 +277,6 @@ impl RingArea {
         len: usize,
         src: &mut IovSource<'_>,
     ) -> Result<usize> {
-        extern "C" {
-            /// `copy_from_iter()` between `pagefault_disable()` and
-            /// `pagefault_enable()`; defined in `glue.c`.
-            fn kchat_copy_from_iter_nofault(
-                to: *mut ffi::c_void,
-                len: usize,
-                from: *mut bindings::iov_iter,
-            ) -> usize;
-        }
         let to = self.span(offset, len)?;
         // SAFETY: `to` is valid for writes of `len` bytes; the iter is valid
         // and advances by what was copied; nothing here sleeps.

@@ -374,8 +374,8 @@ mod tests {
             space: 4096,
             api: Api::NoWait,
         });
-        // Whole messages from the oldest on, at most a batch of 16.
-        let expected: Vec<u8> = (first - 1..first + 15).map(|i| i as u8).collect();
+        // Every whole message held, from the oldest on.
+        let expected: Vec<u8> = (first - 1..100).map(|i| i as u8).collect();
         assert_eq!(read, Outcome::Bytes(Ok(expected)));
     }
 }

@@ -45,8 +45,6 @@ fn frame_len(mode: u32) -> usize {
     }
 }
 const OVERHEAD: usize = abi::RECORD_OVERHEAD as usize;
-/// Most records one read returns (the module's batch).
-const BATCH: usize = 16;
 
 /// A step with its file and data resolved: what both systems execute.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -619,7 +617,9 @@ impl Model {
         // Which messages this read returns.
         let mut batch = Vec::new();
         let mut planned = 0usize;
-        for n in 0..BATCH {
+        // As many as fit (the module plans and copies 16 at a time, which
+        // only a signal or a concurrent eviction, neither modelled, can show).
+        for n in 0usize.. {
             let seq = start + n as u64;
             if seq >= next {
                 break;

@@ -28,6 +28,10 @@ pub const TESTS: &[Test] = &[
         packet_mode_by_ioctl_and_bad_modes,
     ),
     (
+        "modes::one_read_returns_every_whole_message_that_fits",
+        one_read_returns_every_whole_message_that_fits,
+    ),
+    (
         "modes::framed_reads_carry_the_kernel_stamp",
         framed_reads_carry_the_kernel_stamp,
     ),
@@ -139,6 +143,66 @@ fn packet_mode_by_ioctl_and_bad_modes() -> Result<()> {
     ensure!(
         read_raw(&mut reader, 4096)? == b"alphabeta",
         "stream mode did not batch again"
+    );
+    Ok(())
+}
+
+/// "As many whole messages (frames) as fit" (docs/kernel-abi.md), however
+/// many: the module plans and copies 16 records at a time, and once
+/// returned just those 16 to any buffer.
+fn one_read_returns_every_whole_message_that_fits() -> Result<()> {
+    module::ensure_loaded()?;
+    let room = TempRoom::create(spec("many-per-read"))?;
+    let mut stream = room.open_read_nonblock()?;
+    let mut framed = room.open_read_nonblock()?;
+    set_mode(&framed, abi::READ_FRAMED)?;
+    let mut packets = room.open_read_nonblock()?;
+    set_mode(&packets, abi::READ_PACKET)?;
+    let mut again = room.open_read_nonblock()?;
+    let mut writer = room.open_write()?;
+    let sent: Vec<Vec<u8>> = (0..100).map(|n| format!("m{n:03}").into_bytes()).collect();
+    for message in &sent {
+        writer.write_all(message)?;
+    }
+    let all = sent.concat();
+    // Stream: everything in one read; or as many whole messages as fit,
+    // the rest in the next (only a message larger than the buffer comes
+    // in parts).
+    let got = read_raw(&mut stream, 4096)?;
+    ensure!(
+        got == all,
+        "one stream read of 4096 returned {} of {} bytes",
+        got.len(),
+        all.len()
+    );
+    let head = read_raw(&mut again, 250)?;
+    let tail = read_raw(&mut again, 4096)?;
+    ensure!(
+        (head.len(), tail.len()) == (248, 152) && [&head[..], &tail[..]].concat() == all,
+        "stream reads of 250 then 4096 returned {} and {} bytes, want 62 and 38 whole messages (248 and 152) in order",
+        head.len(),
+        tail.len()
+    );
+    // Framed: whole frames only, as many as fit; here 50 and a part.
+    let frame = HEADER + 4;
+    let first = frames(&read_raw(&mut framed, 50 * frame + frame / 2)?)?;
+    let rest = frames(&read_raw(&mut framed, 100 * frame)?)?;
+    ensure!(
+        (first.len(), rest.len()) == (50, 50),
+        "framed reads of 50.5 frames then 100 returned {} and {} frames",
+        first.len(),
+        rest.len()
+    );
+    for (n, ((header, payload), want)) in first.iter().chain(&rest).zip(&sent).enumerate() {
+        ensure!(
+            payload == want && header.lost == 0 && header.seq == first[0].0.seq + n as u64,
+            "frame {n}: {header:?} {payload:?}, expected {want:?} in sequence"
+        );
+    }
+    // Packet: still one message a read.
+    ensure!(
+        read_raw(&mut packets, 4096)? == sent[0],
+        "a packet read returned more than the first message"
     );
     Ok(())
 }

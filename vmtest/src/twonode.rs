@@ -765,7 +765,7 @@ fn incarnations_and_runs_number_a_two_way_drop_room_without_holes() -> Result<()
 }
 
 /// 1,000 messages waiting in a room cross in one batch: the publishing
-/// bridge reads what the room holds (16 records a `read`) into one NATS
+/// bridge reads what the room holds (reads on past one buffer) into one NATS
 /// message, relayed in with one write, every message once and no gap
 /// counted. Before batches each message was a NATS message of its own;
 /// before the bridge read on to the end of what was there, each read was
