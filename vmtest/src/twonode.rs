@@ -1359,7 +1359,8 @@ fn incarnations_forged_mute_no_node() -> Result<()> {
 /// test's directory, on another port): node-a's user may not publish on
 /// node-b's subject nor create a stream; with the stream made by the admin
 /// user, two bridges logged in as their nodes bridge a `block` room
-/// through it, both ways: the permissions are all a bridge needs.
+/// through it, both ways, and on after the server restarts: the
+/// permissions are all a bridge needs.
 fn the_shipped_nats_config_lets_each_node_speak_only_for_itself() -> Result<()> {
     const PORT: u16 = 4224;
     const SHIPPED: &str = include_str!("../../deploy/nats/nats-server.conf");
@@ -1374,16 +1375,22 @@ fn the_shipped_nats_config_lets_each_node_speak_only_for_itself() -> Result<()> 
         "the shipped config no longer names /var/lib/nats"
     );
     pair.a.sh(
-        &format!(
-            "cat >{DIR}/nats-perm.conf <<'EOF'\n{config}\nEOF\n\
-             setsid nats-server -c {DIR}/nats-perm.conf -a {THIS_ADDR} -p {PORT} >>{DIR}/nats-perm.log 2>&1 </dev/null & {}",
-            poll_sh(
-                &format!("(exec 3<>/dev/tcp/{THIS_ADDR}/{PORT}) 2>/dev/null"),
-                &format!("echo nats-server did not listen; cat {DIR}/nats-perm.log"),
-            )
-        ),
+        &format!("cat >{DIR}/nats-perm.conf <<'EOF'\n{config}\nEOF"),
         STEP,
     )?;
+    let start_server = |a: &mut Node| {
+        a.sh(
+            &format!(
+                "setsid nats-server -c {DIR}/nats-perm.conf -a {THIS_ADDR} -p {PORT} >>{DIR}/nats-perm.log 2>&1 </dev/null & {}",
+                poll_sh(
+                    &format!("(exec 3<>/dev/tcp/{THIS_ADDR}/{PORT}) 2>/dev/null"),
+                    &format!("echo nats-server did not listen; cat {DIR}/nats-perm.log"),
+                )
+            ),
+            STEP,
+        )
+    };
+    start_server(&mut pair.a)?;
     let as_user = |user: &str| format!(",\"user\":\"{user}\",\"pass\":\"change-me-{user}\"");
     // Refused by the server, before any bridge sees it.
     let forged = stamp_of("node-b", 1);
@@ -1424,6 +1431,8 @@ fn the_shipped_nats_config_lets_each_node_speak_only_for_itself() -> Result<()> 
         node.sh(&format!("{vmtest} job mkroom perm block 1048576"), STEP)?;
     }
     let rooms = "[rooms.perm]\n";
+    // Both started before either is waited for: a bridge whose stream
+    // limits differ from its settings waits out a refused update.
     for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
         start_bridge_with(
             node,
@@ -1434,14 +1443,39 @@ fn the_shipped_nats_config_lets_each_node_speak_only_for_itself() -> Result<()> 
                  allow_plaintext_auth = true"
             ),
         )?;
+    }
+    for (node, name) in [(&mut pair.a, "node-a"), (&mut pair.b, "node-b")] {
         until_up(node, name, "perm")?;
     }
-    pair.a.sh(&format!("{vmtest} job send perm a 0 5"), STEP)?;
-    pair.b.sh(&format!("{vmtest} job send perm b 0 5"), STEP)?;
-    expect_exactly(&mut pair.b, "perm", "node-a", "a", 5, PATIENCE)
-        .with_context(|| logs(&mut pair.b, "node-b") + &logs(&mut pair.a, "node-a"))?;
-    expect_exactly(&mut pair.a, "perm", "node-b", "b", 5, PATIENCE)
-        .with_context(|| logs(&mut pair.a, "node-a") + &logs(&mut pair.b, "node-b"))?;
+    let both_ways = |pair: &mut Pair, first: u64| -> Result<()> {
+        pair.a
+            .sh(&format!("{vmtest} job send perm a {first} 5"), STEP)?;
+        pair.b
+            .sh(&format!("{vmtest} job send perm b {first} 5"), STEP)?;
+        expect_exactly(&mut pair.b, "perm", "node-a", "a", first + 5, PATIENCE)
+            .with_context(|| logs(&mut pair.b, "node-b") + &logs(&mut pair.a, "node-a"))?;
+        expect_exactly(&mut pair.a, "perm", "node-b", "b", first + 5, PATIENCE)
+            .with_context(|| logs(&mut pair.a, "node-a") + &logs(&mut pair.b, "node-b"))
+    };
+    both_ways(pair, 0)?;
+    // After the server restarts, the client makes each ordered consumer
+    // again, this time named: the permissions must allow that too, or the
+    // room stops at the restart.
+    pair.a.sh(
+        &format!(
+            "pkill -9 -f 'nats-serve[r] -c {DIR}/nats-perm.conf'; \
+             while pgrep -f 'nats-serve[r] -c {DIR}/nats-perm.conf' >/dev/null; do sleep 0.05; done"
+        ),
+        STEP,
+    )?;
+    start_server(&mut pair.a)?;
+    both_ways(pair, 5)
+        .context("after the NATS server restarted")
+        .with_context(|| {
+            pair.a
+                .sh(&format!("tail -n 20 {DIR}/nats-perm.log"), STEP)
+                .unwrap_or_default()
+        })?;
     for node in [&mut pair.a, &mut pair.b] {
         kill_bridge(node)?;
     }
