@@ -247,54 +247,6 @@ pub fn ensure_line(line: Line, variant: Variant) -> Result<Kernel> {
     Ok(kernel)
 }
 
-/// A kernel being made by [`ensure_line`] on a thread of its own, its
-/// compilers at idle priority: the test run builds the second line while
-/// guests of the first run, on what they leave of the CPUs.
-pub struct IdleBuild(Option<std::thread::JoinHandle<Result<Kernel>>>);
-
-impl IdleBuild {
-    pub fn start(line: Line, variant: Variant) -> Self {
-        IdleBuild(Some(std::thread::spawn(move || {
-            idle_priority()?;
-            ensure_line(line, variant)
-        })))
-    }
-
-    /// Waits for the kernel.
-    pub fn wait(mut self) -> Result<Kernel> {
-        match self.0.take().map(std::thread::JoinHandle::join) {
-            Some(Ok(kernel)) => kernel,
-            Some(Err(_)) => bail!("the background kernel build panicked"),
-            None => bail!("the background kernel build was already waited for"),
-        }
-    }
-}
-
-impl Drop for IdleBuild {
-    /// A run that ends early still waits for the build: a `make` left
-    /// running would race the next run's in the same tree.
-    fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            eprintln!("kernel: waiting for the background build to finish");
-            let _ = handle.join();
-        }
-    }
-}
-
-/// Moves the calling thread, and so every process it starts, to
-/// SCHED_IDLE: it runs only on CPU time nothing else wants, so the
-/// emulated guests beside it keep their speed.
-fn idle_priority() -> Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0
-    // is the calling thread, whose policy children inherit across fork.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("sched_setscheduler(SCHED_IDLE)");
-    }
-    Ok(())
-}
-
 /// A line's source: its package version and the tarball inside.
 fn source(line: Line, cache: &Path) -> Result<(String, PathBuf)> {
     let package = line.source_package();
@@ -507,33 +459,4 @@ fn libclang_of(clang: &str) -> Result<PathBuf> {
         );
     }
     Ok(dir)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What the background build's `make` (and every compiler under it)
-    /// inherits is SCHED_IDLE; the test runner's thread keeps its policy.
-    #[test]
-    fn an_idle_priority_thread_starts_idle_children() -> Result<()> {
-        let policy_of_child =
-            || -> Result<String> { process::stdout(Command::new("sh").args(["-c", "chrt -p $$"])) };
-        let child = std::thread::spawn(move || -> Result<String> {
-            idle_priority()?;
-            policy_of_child()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the idle thread panicked"))??;
-        assert!(
-            child.contains("SCHED_IDLE"),
-            "child of the idle thread: {child}"
-        );
-        let ours = policy_of_child()?;
-        assert!(
-            !ours.contains("SCHED_IDLE"),
-            "the caller became idle too: {ours}"
-        );
-        Ok(())
-    }
 }

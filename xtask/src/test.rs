@@ -218,22 +218,13 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
     // (the fast debug kernel, first, and host of the suites that boot two
     // guests or systemd), and 6.12 with lockdep and KASAN (ten times
     // slower, last). docs/kernel-module.md says what each line covers.
-    let mut next_kernel: Option<kernel::IdleBuild> = None;
     for (line, variant) in [(Line::V7_3, Variant::Debug), (Line::V6_12, Variant::Kasan)] {
         if args.line.is_some_and(|only| only != line) {
             continue;
         }
-        let kernel = match next_kernel.take() {
-            Some(build) => build.wait()?,
-            None => kernel::ensure_line(line, variant)?,
-        };
-        if line == Line::V7_3 && args.line.is_none() {
-            // The 7.3 guests leave about half of the CPUs idle (emulation
-            // waits on timers and 9p), and the KASAN kernel takes twelve
-            // minutes of both from nothing: built on that idle time, it is
-            // mostly there when they are done. (Cached, this returns at once.)
-            next_kernel = Some(kernel::IdleBuild::start(Line::V6_12, Variant::Kasan));
-        }
+        // Not built beside the 7.3 guests: tried at SCHED_IDLE on 2 cores,
+        // the guests slowed by what the build gained (docs/kernel-module.md).
+        let kernel = kernel::ensure_line(line, variant)?;
         let label = |what: &str| format!("{what} [{line} {variant} kernel]");
         let modules = match kmod::build(&kernel) {
             Ok(modules) => {
