@@ -1390,6 +1390,15 @@ fn the_shipped_nats_config_lets_each_node_speak_only_for_itself() -> Result<()> 
             STEP,
         )
     };
+    let stop_server = |a: &mut Node| {
+        a.sh(
+            &format!(
+                "pkill -9 -f 'nats-serve[r] -c {DIR}/nats-perm.conf'; \
+                 while pgrep -f 'nats-serve[r] -c {DIR}/nats-perm.conf' >/dev/null; do sleep 0.05; done"
+            ),
+            STEP,
+        )
+    };
     start_server(&mut pair.a)?;
     let as_user = |user: &str| format!(",\"user\":\"{user}\",\"pass\":\"change-me-{user}\"");
     // Refused by the server, before any bridge sees it.
@@ -1461,13 +1470,7 @@ fn the_shipped_nats_config_lets_each_node_speak_only_for_itself() -> Result<()> 
     // After the server restarts, the client makes each ordered consumer
     // again, this time named: the permissions must allow that too, or the
     // room stops at the restart.
-    pair.a.sh(
-        &format!(
-            "pkill -9 -f 'nats-serve[r] -c {DIR}/nats-perm.conf'; \
-             while pgrep -f 'nats-serve[r] -c {DIR}/nats-perm.conf' >/dev/null; do sleep 0.05; done"
-        ),
-        STEP,
-    )?;
+    stop_server(&mut pair.a)?;
     start_server(&mut pair.a)?;
     both_ways(pair, 5)
         .context("after the NATS server restarted")
@@ -1479,9 +1482,6 @@ fn the_shipped_nats_config_lets_each_node_speak_only_for_itself() -> Result<()> 
     for node in [&mut pair.a, &mut pair.b] {
         kill_bridge(node)?;
     }
-    pair.a.sh(
-        &format!("pkill -f 'nats-serve[r] -c {DIR}/nats-perm.conf'"),
-        STEP,
-    )?;
+    stop_server(&mut pair.a)?;
     Ok(())
 }
