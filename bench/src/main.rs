@@ -343,6 +343,7 @@ fn run(args: RunArgs) -> Result<()> {
             size,
             bytes_per_sec: Stats::of(&memory),
         });
+        save(&args, &report)?;
     }
     for &readers in &args.latency_readers {
         let workload = Workload {
@@ -386,6 +387,7 @@ fn run(args: RunArgs) -> Result<()> {
                 cdf: cdf(latency),
             });
         }
+        save(&args, &report)?;
     }
     if !stopped_sizes.is_empty() {
         for &size in &stopped_sizes {
@@ -414,14 +416,23 @@ fn run(args: RunArgs) -> Result<()> {
             report.clocksource
         );
     }
+    save(&args, &report)?;
+    if args.markdown.is_none() {
+        print!("{}", report.markdown());
+    }
+    Ok(())
+}
+
+/// Writes the report as it stands to `--json` and `--markdown`: after
+/// every row, so a run of hours that fails late keeps what it measured.
+fn save(args: &RunArgs, report: &Report) -> Result<()> {
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    match &args.markdown {
-        Some(path) => std::fs::write(path, report.markdown())
-            .with_context(|| format!("writing {}", path.display()))?,
-        None => print!("{}", report.markdown()),
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, report.markdown())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -150,6 +150,14 @@ pub fn run(
     )?;
     if !run.passed() {
         eprint!("bench: {}", run.verdict(20));
+        // The guest saves the report after every row.
+        let partial = run.dir.join("bench.md");
+        if partial.exists() {
+            eprintln!(
+                "bench: the rows measured before it stopped are in {} (and bench.json beside it)",
+                partial.display()
+            );
+        }
         return Ok(ExitCode::FAILURE);
     }
     let out = out.map_or_else(|| paths::root().join("benchmarks"), |dir| dir.to_owned());
