@@ -91,11 +91,13 @@ fn new_node() -> Result<Node<Ipc>> {
         .map_err(|err| anyhow!("creating an iceoryx2 node: {err:?}"))
 }
 
-/// Bytes of shared memory iceoryx2's sample pool may take. It sizes the
-/// pool for the worst case, every subscriber holding a full buffer of
-/// distinct samples, and the guest's /dev/shm is half of its 2 GiB: 256
-/// subscribers of 64 B with buffers of kchat's ring (65,536 samples each)
-/// took more than that and the bench died of SIGBUS in a smoke run.
+/// Bytes of shared memory iceoryx2's sample pools may take, all writers
+/// together. Each publisher has a pool of its own, sized for the worst
+/// case (every subscriber holding a full buffer of distinct samples of
+/// it), and the guest's /dev/shm is half of its 2 GiB: 256 subscribers of
+/// 64 B with buffers of kchat's ring (65,536 samples each) took more than
+/// that and the bench died of SIGBUS in a smoke run, and so did 4
+/// publishers' pools of 256 MiB each at 256 readers.
 const POOL_BUDGET: usize = 256 << 20;
 
 /// Bytes a sample takes in the pool beyond its payload (a generous guess
@@ -104,12 +106,13 @@ const SAMPLE_OVERHEAD: usize = 64;
 
 /// Samples each subscriber's buffer holds: as many bytes as kchat's ring
 /// (of a mix, as many messages as the ring holds at its mean size),
-/// unless the worst-case pool would pass `POOL_BUDGET` (then as many as
-/// fit it: at 256 readers, 252 samples of 4 KiB or 8,192 of 64 B). Every
-/// sample of the pool is as large as the longest message.
-pub fn buffer_samples(readers: usize, sizes: Sizes) -> usize {
+/// unless the writers' worst-case pools would pass `POOL_BUDGET` (then as
+/// many as fit it: at 256 readers and 1 writer, 252 samples of 4 KiB or
+/// 8,192 of 64 B; at 4 writers a quarter of that). Every sample of a pool
+/// is as large as the longest message.
+pub fn buffer_samples(writers: usize, readers: usize, sizes: Sizes) -> usize {
     let ring = (f64::from(RING_BYTES) / sizes.mean().max(1.0)) as usize;
-    let fits = POOL_BUDGET / (readers.max(1) * (sizes.max() + SAMPLE_OVERHEAD));
+    let fits = POOL_BUDGET / (writers.max(1) * readers.max(1) * (sizes.max() + SAMPLE_OVERHEAD));
     ring.min(fits).max(1)
 }
 
@@ -214,7 +217,7 @@ impl System for Iceoryx2 {
                 .try_into()
                 .map_err(|err| anyhow!("a service name: {err:?}"))
         };
-        let buffer = buffer_samples(workload.readers, workload.size);
+        let buffer = buffer_samples(workload.writers, workload.readers, workload.size);
         let nodes = workload.readers + workload.writers + 1;
         let (data, wake) = (name("data")?, name("wake")?);
         let service = self
@@ -279,23 +282,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buffers_hold_kchats_ring_unless_the_pool_would_not_fit() {
+    fn buffers_hold_kchats_ring_unless_the_pools_would_not_fit() {
         let fixed = Sizes::Fixed;
-        assert_eq!(buffer_samples(1, fixed(64)), 65_536);
-        assert_eq!(buffer_samples(16, fixed(64)), 65_536);
-        assert_eq!(buffer_samples(16, fixed(4096)), 1024);
-        assert_eq!(buffer_samples(256, fixed(64)), 8192);
-        assert_eq!(buffer_samples(256, fixed(4096)), 252);
+        assert_eq!(buffer_samples(1, 1, fixed(64)), 65_536);
+        assert_eq!(buffer_samples(1, 16, fixed(64)), 65_536);
+        assert_eq!(buffer_samples(1, 16, fixed(4096)), 1024);
+        assert_eq!(buffer_samples(1, 256, fixed(64)), 8192);
+        assert_eq!(buffer_samples(1, 256, fixed(4096)), 252);
+        assert_eq!(buffer_samples(4, 256, fixed(64)), 2048);
+        assert_eq!(buffer_samples(4, 256, fixed(4096)), 63);
+        assert_eq!(buffer_samples(4, 16, fixed(64)), 32_768);
         // A mix: the ring's count at the mean size (544 B), the pool's
         // samples at the longest.
         let mix = Sizes::Mixed { min: 64, max: 1024 };
-        assert_eq!(buffer_samples(1, mix), 7710);
-        assert_eq!(buffer_samples(256, mix), 963);
-        for readers in [1, 16, 256] {
-            for sizes in [fixed(20), fixed(64), fixed(1024), fixed(4096), mix] {
-                let pool =
-                    readers * buffer_samples(readers, sizes) * (sizes.max() + SAMPLE_OVERHEAD);
-                assert!(pool <= POOL_BUDGET, "{readers} x {sizes}: {pool}");
+        assert_eq!(buffer_samples(1, 1, mix), 7710);
+        assert_eq!(buffer_samples(1, 256, mix), 963);
+        for writers in [1, 4] {
+            for readers in [1, 16, 256] {
+                for sizes in [fixed(20), fixed(64), fixed(1024), fixed(4096), mix] {
+                    let pools = writers
+                        * readers
+                        * buffer_samples(writers, readers, sizes)
+                        * (sizes.max() + SAMPLE_OVERHEAD);
+                    assert!(
+                        pools <= POOL_BUDGET,
+                        "{writers} x {readers} x {sizes}: {pools}"
+                    );
+                }
             }
         }
     }
