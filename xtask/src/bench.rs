@@ -142,11 +142,14 @@ pub fn run(
     eprintln!("bench: running in the VM ({variant} kernel, TCG)");
     let run = vm::run(
         &kernel,
-        // The default run (20 rows, 9 systems, 5 repetitions) should take
-        // 1.5-2 hours of TCG (smoke runs); rows of 256 readers take most.
+        // The rows the targets name (`-- --writers 1 --sizes 64,4096`, 8
+        // rows, 5 repetitions) took 46 minutes of TCG on 2026-12-05, 256
+        // readers most of it (~21 s a system a repetition, longer at 4 KiB
+        // where NATS drains for a minute). The default's 20 rows have six
+        // of 256 readers to those two: about 2.5 hours. Bounded all the same.
         &vm::VmArgs {
             tsc_reliable: true,
-            ..vm::VmArgs::scripted(Duration::from_secs(3 * 3600))
+            ..vm::VmArgs::scripted(Duration::from_secs(5 * 3600))
         },
         Some(&script),
         true,
