@@ -132,11 +132,8 @@ pub fn run(
     } else {
         bench_cmd
     };
-    // The guest's init leaves the kernel's default file limit (4,096 hard):
-    // iceoryx2 at 4 writers and 256 readers holds about 6,200 files (every
-    // node and port is a file or two), so root lifts it first.
     let script = format!(
-        "ulimit -n 65536 && insmod {} default_room= && {bench_cmd}",
+        "insmod {} default_room= && {bench_cmd}",
         modules.kchat.display()
     );
     eprintln!("bench: running in the VM ({variant} kernel, TCG)");
