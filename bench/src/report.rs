@@ -492,12 +492,12 @@ impl Report {
             }
         }
         for row in &self.stopped_reader {
-            let ratio = row.with_stopped_per_sec.median / row.alone_per_sec.median;
-            verdicts.push((
-                ratio >= 0.95,
+            verdicts.push(stats_verdict(
+                &row.with_stopped_per_sec,
+                &row.alone_per_sec,
+                0.95,
                 format!(
-                    "a stopped reader leaves a `drop` room's writer {:.0}% of its rate at {} B (target 95%)",
-                    ratio * 100.0,
+                    "{} B: a `drop` room's writer with a stopped reader too ÷ with one reader",
                     row.size
                 ),
             ));
