@@ -9,10 +9,12 @@ mod plot;
 mod progress;
 mod reference;
 mod report;
+mod shared;
 mod stopped;
 mod system;
 mod systems;
 mod tally;
+mod writers;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -47,7 +49,14 @@ enum Command {
     Cross(cross::CrossArgs),
     /// The cross-node row, second machine: its bridge and the readers.
     CrossPeer(cross::PeerArgs),
+    /// The writers of one run, in a process of their own: started by `run`
+    /// with its order on standard input (a socket), never by hand.
+    #[command(name = WRITERS_COMMAND, hide = true)]
+    Writers,
 }
+
+/// The hidden subcommand that runs a run's writers.
+pub const WRITERS_COMMAND: &str = "writers";
 
 #[derive(clap::Args)]
 struct RunArgs {
@@ -458,6 +467,7 @@ fn main() -> Result<()> {
         }
         Command::Cross(args) => cross::drive(args),
         Command::CrossPeer(args) => cross::peer(args),
+        Command::Writers => writers::serve(),
     }
 }
 

@@ -11,21 +11,26 @@
 //! message ends from its stamp alone (a stream of them needs no framing)
 //! and a message of the wrong length is caught like a wrong byte.
 
+use nix::time::{clock_gettime, ClockId};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
-use std::{fmt, str::FromStr, sync::OnceLock, time::Instant};
+use std::{fmt, str::FromStr};
 
 /// Bytes of the stamp at the start of every message; messages are never
 /// smaller than this.
 pub const HEADER: usize = 20;
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// Nanoseconds since the process's first call.
+/// Nanoseconds of `CLOCK_MONOTONIC`: one clock for every process of the
+/// machine, so a stamp made in the writers' process is read in the
+/// harness's readers (`Instant` is that clock too, but says nothing
+/// across processes).
 pub fn now_ns() -> u64 {
-    epoch().elapsed().as_nanos() as u64
+    // Never fails for a clock every Linux has; 0 would only make a
+    // latency look long, never a message damaged.
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |now| {
+        (now.tv_sec() as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(now.tv_nsec() as u64)
+    })
 }
 
 /// The first word of the pattern of `writer`'s `seq`th message

@@ -7,7 +7,7 @@
 //! empty system call costs: every message costs at least one to write and
 //! one to read.
 
-use crate::{system::StartLine, systems::kchat::RING_BYTES};
+use crate::{systems::kchat::RING_BYTES, writers::StartLine};
 use anyhow::{anyhow, bail, Result};
 use std::{
     hint::black_box,

@@ -4,14 +4,17 @@
 //! the receivers and add up. Delivered counts arrivals inside the window.
 
 use crate::{
-    message::{self, Sizes, Stamper},
+    message::{Sizes, Stamper},
     tally::{Progress, Tally},
+    writers::{self, SenderSpec},
 };
 use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use std::{
+    os::fd::OwnedFd,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
-        mpsc, Arc, Barrier, OnceLock,
+        mpsc, Arc,
     },
     thread,
     time::{Duration, Instant},
@@ -25,8 +28,9 @@ pub struct Workload {
     pub size: Sizes,
 }
 
-/// One writer's way into the system, made and used on the writer's own
-/// thread (some systems' ports must stay on the thread that made them).
+/// One writer's way into the system, made (from its `SenderSpec`) and
+/// used on the writer's own thread in the writers' process (some systems'
+/// ports must stay on the thread that made them).
 pub trait Sender {
     /// Sends `count` messages, the next ones of `messages`: each is as
     /// long as `next_len` says and stamped by `fill` just before it goes.
@@ -37,14 +41,15 @@ pub trait Sender {
     }
 }
 
-/// Makes one writer's `Sender`, on the writer's thread.
-pub type MakeSender = Box<dyn FnOnce() -> Result<Box<dyn Sender>> + Send>;
-
 /// A system with its readers subscribed, mapped and waiting: `start`
 /// returns only once every reader is ready, so nothing of the set-up
 /// falls inside the write window.
 pub struct Started {
-    pub senders: Vec<MakeSender>,
+    /// The writers, made in the writers' process.
+    pub senders: Vec<SenderSpec>,
+    /// What the writers need of this process's fds (a tee's pipes); the
+    /// harness closes these once it handed them over.
+    pub fds: Vec<OwnedFd>,
     /// Ends the receivers (after the harness saw delivery settle) and
     /// returns what they counted.
     pub finish: Box<dyn FnOnce() -> Result<Tally>>,
@@ -126,7 +131,7 @@ pub struct Measured {
 }
 
 /// How writers pace themselves.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Serialize, Deserialize)]
 pub enum Pace {
     /// As fast as the system takes them.
     Flat,
@@ -148,101 +153,13 @@ fn io_wq_workers() -> u32 {
         .count() as u32
 }
 
-/// The start of a window: set once, by the first thread past the start
-/// line, which also fixes when the window closes. Every thread reads the
-/// same instant, and nothing depends on when a busy scheduler wakes the
-/// thread that runs the harness (with hundreds of busy threads on two
-/// vCPUs that can be seconds).
-pub struct StartLine {
-    barrier: Barrier,
-    begun: OnceLock<Instant>,
-    duration: Duration,
-}
-
-impl StartLine {
-    pub fn new(threads: usize, duration: Duration) -> Self {
-        StartLine {
-            barrier: Barrier::new(threads),
-            begun: OnceLock::new(),
-            duration,
-        }
-    }
-
-    /// Waits for everyone; returns the start of the window, calling
-    /// `opened` with it once (whoever is first).
-    pub fn wait(&self, opened: impl FnOnce(Instant)) -> Instant {
-        self.barrier.wait();
-        let mut first = false;
-        let begun = *self.begun.get_or_init(|| {
-            first = true;
-            Instant::now()
-        });
-        if first {
-            opened(begun);
-        }
-        begun
-    }
-
-    /// Whether the window that began at `begun` is over.
-    pub fn over(&self, begun: Instant) -> bool {
-        begun.elapsed() >= self.duration
-    }
-}
-
-/// One writer: makes its sender, waits for the start, writes until the
-/// window is over; returns what it wrote and when its last burst returned.
-fn writer(
-    id: usize,
-    make: MakeSender,
-    sizes: Sizes,
-    start: Arc<StartLine>,
-    progress: Arc<Progress>,
-    pace: Pace,
-) -> Result<(u64, Instant)> {
-    let sender = make();
-    // Everyone meets at the start line, a failed writer too.
-    let begun = start.wait(|begun| open_window(&progress, begun, start.duration));
-    let mut sender = sender?;
-    let mut messages = Stamper::new(id as u32, sizes);
-    let mut sent = 0u64;
-    while !start.over(begun) {
-        match pace {
-            Pace::Flat => {
-                sender.burst(BURST, &mut messages)?;
-                sent += BURST as u64;
-            }
-            Pace::Rate(rate) => {
-                let due = Duration::from_secs_f64(sent as f64 / f64::from(rate));
-                if let Some(wait) = due.checked_sub(begun.elapsed()) {
-                    thread::sleep(wait);
-                }
-                sender.burst(1, &mut messages)?;
-                sent += 1;
-            }
-        }
-    }
-    let ended = Instant::now();
-    sender.finish()?;
-    Ok((sent, ended))
-}
-
-/// Fixes the window's end for the receivers: `duration` after `begun`.
-fn open_window(progress: &Progress, begun: Instant, duration: Duration) {
-    let now = message::now_ns();
-    let since = begun.elapsed().as_nanos() as u64;
-    progress.close_window_at(now.saturating_sub(since) + duration.as_nanos() as u64);
-}
-
-/// Messages per burst at full speed.
-pub const BURST: usize = 64;
-
 pub fn measure(
     system: &mut dyn System,
     workload: Workload,
     duration: Duration,
     pace: Pace,
 ) -> Result<Measured> {
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(Progress::new()?);
     let started = system.start(workload, progress.clone())?;
     let stop_sampling = Arc::new(AtomicBool::new(false));
     let most_workers = Arc::new(AtomicU32::new(0));
@@ -255,33 +172,30 @@ pub fn measure(
             }
         })
     };
-    let start = Arc::new(StartLine::new(started.senders.len(), duration));
-    let writers: Vec<_> = started
-        .senders
-        .into_iter()
-        .enumerate()
-        .map(|(id, make)| {
-            let (start, progress) = (start.clone(), progress.clone());
-            let sizes = workload.size;
-            thread::spawn(move || writer(id, make, sizes, start, progress, pace))
-        })
-        .collect();
     // Readers are ready (`start` returned); the writers start the clock
     // together once each has its sender, and stop at the window's end.
-    let mut written = 0;
-    let mut last = None;
-    for writer in writers {
-        let (sent, ended) = writer.join().map_err(|_| anyhow!("a writer panicked"))??;
-        written += sent;
-        last = last.max(Some(ended));
-    }
-    let begun = *start
-        .begun
-        .get()
-        .ok_or_else(|| anyhow!("no writer reached the start line"))?;
+    let written = writers::run(
+        started.senders,
+        started.fds,
+        workload.size,
+        duration,
+        pace,
+        &progress,
+    );
+    let written = match written {
+        Ok(written) => written,
+        Err(err) => {
+            stop_sampling.store(true, Ordering::Relaxed);
+            let _ = sampler.join();
+            // The receivers end all the same (nothing of them outlives
+            // the run); the writers' error is the one to tell.
+            let _ = (started.finish)();
+            return Err(err);
+        }
+    };
     let window = duration;
-    let last = last.unwrap_or(begun);
-    let writing = last - begun;
+    let writing = written.writing;
+    let written = written.written;
     // Delivery has settled when every copy arrived, or nothing moved for
     // half a second (lossy systems never reach the full count).
     let expected = written * workload.readers as u64;
@@ -338,22 +252,44 @@ pub fn join_all(handles: Vec<thread::JoinHandle<Result<Tally>>>) -> Result<Tally
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::{
+        fs::File,
+        io::{Read, Write},
+    };
 
-    /// A system in this process: a bounded channel per reader (a queue
-    /// of 256 messages, so writers wait for slow readers), a reader thread
-    /// that takes `delay` per message, and optionally a byte flipped in
-    /// every `damage`th message on the way.
-    struct Channels {
+    /// A system of pipes, like the tee but with knobs: a pipe per reader
+    /// holding one page (64 messages of 64 B, so writers wait for slow
+    /// readers), a reader thread that reads one message's worth at a
+    /// time and takes `delay` per message, and optionally a byte flipped
+    /// in every `damage`th message on the way (`SenderSpec::Test`).
+    struct Pipes {
         delay: Duration,
         damage: Option<u64>,
+        /// The writer fails to start instead.
+        fail: bool,
     }
 
-    struct ToAll {
-        readers: Vec<mpsc::SyncSender<Vec<u8>>>,
+    /// The writer of `Pipes`, in the writers' process.
+    pub(crate) struct ToAll {
+        pipes: Vec<File>,
         damage: Option<u64>,
         sent: u64,
+    }
+
+    impl ToAll {
+        pub(crate) fn new(fds: &[OwnedFd], damage: Option<u64>) -> Result<Self> {
+            let pipes = fds
+                .iter()
+                .map(|fd| Ok(File::from(fd.try_clone()?)))
+                .collect::<Result<_>>()?;
+            Ok(ToAll {
+                pipes,
+                damage,
+                sent: 0,
+            })
+        }
     }
 
     impl Sender for ToAll {
@@ -368,17 +304,17 @@ mod tests {
                 if let (true, Some(last)) = (damaged, message.last_mut()) {
                     *last ^= 1;
                 }
-                for reader in &self.readers {
-                    reader.send(message.clone())?;
+                for pipe in &mut self.pipes {
+                    pipe.write_all(&message)?;
                 }
             }
             Ok(())
         }
     }
 
-    impl System for Channels {
+    impl System for Pipes {
         fn name(&self) -> &'static str {
-            "channels"
+            "pipes"
         }
 
         fn lossless(&self) -> bool {
@@ -389,34 +325,45 @@ mod tests {
             let mut ends = Vec::new();
             let mut handles = Vec::new();
             for _ in 0..workload.readers {
-                let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(256);
-                ends.push(tx);
+                let (mut read_end, write_end) = std::io::pipe()?;
+                let write_end = OwnedFd::from(write_end);
+                nix::fcntl::fcntl(&write_end, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096))?;
+                ends.push(write_end);
                 let (mut tally, progress, delay) = (
                     Tally::new(workload.size, &progress),
                     progress.clone(),
                     self.delay,
                 );
                 handles.push(thread::spawn(move || {
-                    for message in rx {
-                        thread::sleep(delay);
-                        tally.record(&message);
-                        progress.add(1);
+                    let mut joiner = crate::tally::Reassembler::new(tally.sizes());
+                    let mut buf = [0u8; 64];
+                    loop {
+                        let n = read_end.read(&mut buf)?;
+                        if n == 0 {
+                            return Ok(tally);
+                        }
+                        let got = joiner.feed(&buf[..n], &mut tally);
+                        thread::sleep(delay * got as u32);
+                        progress.add(got);
                     }
-                    Ok(tally)
                 }));
             }
-            let damage = self.damage;
-            let sender: MakeSender = Box::new(move || {
-                Ok(Box::new(ToAll {
-                    readers: ends,
-                    damage,
-                    sent: 0,
-                }) as Box<dyn Sender>)
-            });
             Ok(Started {
-                senders: vec![sender],
+                senders: vec![SenderSpec::Test {
+                    damage: self.damage,
+                    fail: self.fail,
+                }],
+                fds: ends,
                 finish: Box::new(move || join_all(handles)),
             })
+        }
+    }
+
+    fn pipes() -> Pipes {
+        Pipes {
+            delay: Duration::ZERO,
+            damage: None,
+            fail: false,
         }
     }
 
@@ -436,9 +383,9 @@ mod tests {
         // A reader takes 2 ms a message: about 25 arrive in a 50 ms
         // window, while the 256 queued and the burst in flight arrive
         // after it.
-        let mut system = Channels {
+        let mut system = Pipes {
             delay: Duration::from_millis(2),
-            damage: None,
+            ..pipes()
         };
         let measured = measure(&mut system, WORKLOAD, Duration::from_millis(50), Pace::Flat)
             .expect("measured");
@@ -448,8 +395,10 @@ mod tests {
             measured.written * 2,
             "all arrive in the end"
         );
+        // The window's end is set by the writers' process and read here,
+        // and stamps cross too: one clock for both.
         assert!(
-            tally.in_window < tally.messages / 2,
+            tally.in_window > 0 && tally.in_window < tally.messages / 2,
             "{} of {} counted inside the window",
             tally.in_window,
             tally.messages
@@ -458,10 +407,59 @@ mod tests {
     }
 
     #[test]
+    fn writers_run_in_a_process_of_their_own_and_their_errors_come_back() {
+        let mut system = Pipes {
+            fail: true,
+            ..pipes()
+        };
+        let err = measure(&mut system, WORKLOAD, Duration::from_millis(20), Pace::Flat)
+            .err()
+            .expect("a writer that cannot start fails the run");
+        let text = format!("{err:#}");
+        assert!(text.contains("a writer failed: no sender"), "{text}");
+        let pid: u32 = text
+            .rsplit(' ')
+            .next()
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {text:?}"));
+        assert_ne!(pid, std::process::id(), "the writer ran in the harness");
+    }
+
+    #[test]
+    fn paced_writers_send_at_their_rate() {
+        // 1,000 messages a second for 200 ms: about 200, each to both
+        // readers (a writer that ignored the pace would send thousands).
+        let measured = measure(
+            &mut pipes(),
+            WORKLOAD,
+            Duration::from_millis(200),
+            Pace::Rate(1000),
+        )
+        .expect("measured");
+        assert!(
+            (150..=210).contains(&measured.written),
+            "{} written",
+            measured.written
+        );
+        let tally = &measured.tally;
+        assert_eq!(tally.messages, measured.written * 2);
+        // Nothing queues at this rate: all but the last few arrive inside
+        // the window, each within well under a second of its stamp.
+        assert!(
+            tally.in_window >= tally.messages * 3 / 4,
+            "{} of {} inside the window",
+            tally.in_window,
+            tally.messages
+        );
+        let p50 = tally.latency.value_at_quantile(0.5);
+        assert!(p50 < 1_000_000_000, "median latency {p50} ns");
+    }
+
+    #[test]
     fn a_damaged_message_fails_the_run() {
-        let mut system = Channels {
-            delay: Duration::ZERO,
+        let mut system = Pipes {
             damage: Some(100),
+            ..pipes()
         };
         let err = measure(&mut system, WORKLOAD, Duration::from_millis(20), Pace::Flat)
             .err()
@@ -471,10 +469,7 @@ mod tests {
 
     #[test]
     fn mixed_sizes_go_through_whole_and_a_damaged_one_fails_the_run() {
-        let mut system = Channels {
-            delay: Duration::ZERO,
-            damage: None,
-        };
+        let mut system = pipes();
         let measured =
             measure(&mut system, MIXED, Duration::from_millis(20), Pace::Flat).expect("measured");
         let tally = &measured.tally;
@@ -482,9 +477,9 @@ mod tests {
         // Lengths spread over the mix: the mean is near its middle.
         let mean = tally.bytes as f64 / tally.messages as f64;
         assert!((130.0..190.0).contains(&mean), "mean {mean} B");
-        let mut system = Channels {
-            delay: Duration::ZERO,
+        let mut system = Pipes {
             damage: Some(100),
+            ..pipes()
         };
         let err = measure(&mut system, MIXED, Duration::from_millis(20), Pace::Flat)
             .err()

@@ -5,11 +5,15 @@
 //! and the end of the write window.
 
 use crate::message::{self, Sizes, HEADER};
+use crate::shared::{CrossProcess, Shared};
 use anyhow::Result;
 use hdrhistogram::Histogram;
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use std::{
+    os::fd::{BorrowedFd, OwnedFd},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 /// Latencies from 1 µs to 100 s at 3 significant digits.
@@ -148,38 +152,59 @@ impl Tally {
 
 /// What the receivers of one run share with the harness: messages
 /// delivered so far, all receivers together, and when the write window
-/// closed (`now_ns`; `u64::MAX` while it is open).
+/// closed (`now_ns`; `u64::MAX` while it is open). It lives in memory the
+/// writers' process maps too (`Progress::fd`): the first writer past the
+/// start line sets the window's end there.
 pub struct Progress {
+    cells: Shared<Cells>,
+}
+
+struct Cells {
     delivered: AtomicU64,
     window_end: AtomicU64,
 }
 
-impl Default for Progress {
-    fn default() -> Self {
-        Progress {
-            delivered: AtomicU64::new(0),
-            window_end: AtomicU64::new(u64::MAX),
-        }
-    }
-}
+// SAFETY: two atomic integers.
+unsafe impl CrossProcess for Cells {}
 
 impl Progress {
+    pub fn new() -> Result<Self> {
+        Ok(Progress {
+            cells: Shared::new(Cells {
+                delivered: AtomicU64::new(0),
+                window_end: AtomicU64::new(u64::MAX),
+            })?,
+        })
+    }
+
+    /// The writers' process's view of the harness's `Progress`.
+    pub fn open(fd: OwnedFd) -> Result<Self> {
+        Ok(Progress {
+            cells: Shared::open(fd)?,
+        })
+    }
+
+    /// The memory to hand the writers' process.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.cells.fd()
+    }
+
     pub fn add(&self, messages: u64) {
-        self.delivered.fetch_add(messages, Ordering::Relaxed);
+        self.cells.delivered.fetch_add(messages, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> u64 {
-        self.delivered.load(Ordering::Relaxed)
+        self.cells.delivered.load(Ordering::Relaxed)
     }
 
     /// Sets when the write window closes (`message::now_ns` time): later
     /// arrivals are drain, not counted as delivered inside it.
     pub fn close_window_at(&self, end_ns: u64) {
-        self.window_end.store(end_ns, Ordering::Release);
+        self.cells.window_end.store(end_ns, Ordering::Release);
     }
 
     fn window_end(&self) -> u64 {
-        self.window_end.load(Ordering::Acquire)
+        self.cells.window_end.load(Ordering::Acquire)
     }
 }
 
@@ -256,7 +281,7 @@ mod tests {
 
     #[test]
     fn messages_cut_anywhere_are_counted_once() {
-        let progress = Arc::new(Progress::default());
+        let progress = Arc::new(Progress::new().expect("progress"));
         let mut tally = Tally::new(Sizes::Fixed(32), &progress);
         let mut joiner = Reassembler::new(Sizes::Fixed(32));
         let mut total = 0;
@@ -270,7 +295,7 @@ mod tests {
 
     #[test]
     fn a_damaged_message_is_counted_as_corrupt_not_delivered() {
-        let progress = Arc::new(Progress::default());
+        let progress = Arc::new(Progress::new().expect("progress"));
         let mut tally = Tally::new(Sizes::Fixed(64), &progress);
         let mut bytes = stream(4, 64);
         bytes[64 + 40] ^= 0x10;
@@ -283,7 +308,7 @@ mod tests {
 
     #[test]
     fn arrivals_after_the_window_closed_are_not_in_it() {
-        let progress = Arc::new(Progress::default());
+        let progress = Arc::new(Progress::new().expect("progress"));
         let mut tally = Tally::new(Sizes::Fixed(64), &progress);
         let bytes = stream(5, 64);
         tally.record_chunk(&bytes[..3 * 64]);
@@ -301,7 +326,7 @@ mod tests {
         let total_len = bytes.len() as u64;
         // One cut anywhere, then pieces of every length.
         for cut in 0..=bytes.len() {
-            let progress = Arc::new(Progress::default());
+            let progress = Arc::new(Progress::new().expect("progress"));
             let mut tally = Tally::new(MIX, &progress);
             let mut joiner = Reassembler::new(MIX);
             let total =
@@ -314,7 +339,7 @@ mod tests {
             assert_eq!(tally.bytes, total_len);
         }
         for piece in 1..=MIX.max() + 1 {
-            let progress = Arc::new(Progress::default());
+            let progress = Arc::new(Progress::new().expect("progress"));
             let mut tally = Tally::new(MIX, &progress);
             let mut joiner = Reassembler::new(MIX);
             let total: u64 = bytes
@@ -331,7 +356,7 @@ mod tests {
 
     #[test]
     fn a_chunk_of_mixed_messages_splits_where_their_stamps_say() {
-        let progress = Arc::new(Progress::default());
+        let progress = Arc::new(Progress::new().expect("progress"));
         let mut tally = Tally::new(MIX, &progress);
         let bytes = mixed_stream(50, MIX);
         assert_eq!(tally.record_chunk(&bytes), 50);
@@ -363,7 +388,7 @@ mod tests {
 
     #[test]
     fn a_mixed_message_of_the_wrong_length_is_damage() {
-        let progress = Arc::new(Progress::default());
+        let progress = Arc::new(Progress::new().expect("progress"));
         let mut stamper = message::Stamper::new(2, MIX);
         let first = stamper.next_len();
         let mut bytes = vec![0u8; first];

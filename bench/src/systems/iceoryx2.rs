@@ -14,9 +14,10 @@
 
 use crate::{
     message::{Sizes, Stamper},
-    system::{join_all, MakeSender, Ready, ReadyHandle, Sender, Started, System, Workload},
+    system::{join_all, Ready, ReadyHandle, Sender, Started, System, Workload},
     systems::kchat::RING_BYTES,
     tally::{Progress, Tally},
+    writers::SenderSpec,
 };
 use anyhow::{anyhow, Result};
 use iceoryx2::{
@@ -43,9 +44,7 @@ pub struct Iceoryx2 {
 
 impl Iceoryx2 {
     pub fn start() -> Result<Self> {
-        // Warnings such as "No config file was loaded" (the defaults are
-        // what the bench wants) belong to no report; errors still show.
-        set_log_level(LogLevel::Error);
+        quiet_logs();
         let node = NodeBuilder::new()
             .create::<Ipc>()
             .map_err(|err| anyhow!("creating an iceoryx2 node: {err:?}"))?;
@@ -56,7 +55,14 @@ impl Iceoryx2 {
     }
 }
 
-struct Writer {
+/// Warnings such as "No config file was loaded" (the defaults are what
+/// the bench wants) belong to no report; errors still show. Each process
+/// that makes ports says so (the harness and the writers' process).
+pub fn quiet_logs() {
+    set_log_level(LogLevel::Error);
+}
+
+pub struct Writer {
     // Dropped last: the ports belong to it.
     publisher: Publisher<Ipc, [u8], ()>,
     notifier: Notifier<Ipc>,
@@ -173,7 +179,14 @@ fn reader(
 /// A writer's ports, made on its own thread, for messages of up to
 /// `longest` bytes (the publisher's samples are that large: loans of any
 /// length up to it succeed, none past it).
-fn publish(data: &ServiceName, wake: &ServiceName, longest: usize) -> Result<Writer> {
+/// A writer's node and ports, made on its own thread (in the writers'
+/// process) for the services named `data` and `wake`.
+pub fn publish(data: &str, wake: &str, longest: usize) -> Result<Writer> {
+    let service_name = |name: &str| -> Result<ServiceName> {
+        name.try_into()
+            .map_err(|err| anyhow!("the service name {name:?}: {err:?}"))
+    };
+    let (data, wake) = (&service_name(data)?, &service_name(wake)?);
     let node = new_node()?;
     let publisher = node
         .service_builder(data)
@@ -257,15 +270,13 @@ impl System for Iceoryx2 {
             let _ = join_all(handles);
             return Err(err);
         }
-        let senders = (0..workload.writers)
-            .map(|_| {
-                let (data, wake, longest) = (data, wake, workload.size.max());
-                Box::new(move || Ok(Box::new(publish(&data, &wake, longest)?) as Box<dyn Sender>))
-                    as MakeSender
-            })
-            .collect();
+        let writer = SenderSpec::Iceoryx2 {
+            data: data.as_str().to_owned(),
+            wake: wake.as_str().to_owned(),
+        };
         Ok(Started {
-            senders,
+            senders: vec![writer; workload.writers],
+            fds: Vec::new(),
             finish: Box::new(move || {
                 stop.store(true, Ordering::Release);
                 let tally = join_all(handles);

@@ -9,8 +9,9 @@
 
 use crate::{
     message::{self, Sizes, Stamper},
-    system::{join_all, MakeSender, Ready, ReadyHandle, Sender, Started, System, Workload},
+    system::{join_all, Ready, ReadyHandle, Sender, Started, System, Workload},
     tally::{Progress, Tally},
+    writers::SenderSpec,
 };
 use anyhow::{anyhow, Context, Result};
 use kchat_client::{
@@ -81,10 +82,26 @@ impl Kchat {
 /// and apart. A mix, framed (the fd is in `WRITE_FRAMED` mode): a record
 /// per message, each its own length. Either way the kernel wakes waiting
 /// readers once for the burst.
-struct Writer {
+pub struct Writer {
     fd: File,
     sizes: Sizes,
     buf: Vec<u8>,
+}
+
+impl Writer {
+    /// Opens the bench room for writing, framed for a mix.
+    pub fn open(sizes: Sizes) -> Result<Self> {
+        let fd = open_writer()?;
+        if sizes.is_mixed() {
+            kchat_client::set_write_mode(&fd, abi::WRITE_FRAMED)
+                .context("setting the writer's fd to framed writes")?;
+        }
+        Ok(Writer {
+            fd,
+            sizes,
+            buf: Vec::new(),
+        })
+    }
 }
 
 /// Writes the `WriteFrame` of a `len`-byte body into `frame` (`FRAME`
@@ -325,22 +342,8 @@ impl System for Kchat {
         let readers = (0..workload.readers)
             .map(|_| open_reader(self.engine == Engine::Epoll))
             .collect::<Result<Vec<_>>>()?;
-        let senders = (0..workload.writers)
-            .map(|_| {
-                let fd = open_writer()?;
-                if sizes.is_mixed() {
-                    kchat_client::set_write_mode(&fd, abi::WRITE_FRAMED)
-                        .context("setting the writer's fd to framed writes")?;
-                }
-                Ok(Box::new(move || {
-                    Ok(Box::new(Writer {
-                        fd,
-                        sizes,
-                        buf: Vec::new(),
-                    }) as Box<dyn Sender>)
-                }) as MakeSender)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // Each writer opens the room itself, in the writers' process.
+        let senders = vec![SenderSpec::Kchat; workload.writers];
         let tally = || Tally::new(workload.size, &progress);
         // Every fd is open (and, for mapped readers, mapped) before the
         // clock starts; the reader threads run before `start` returns.
@@ -377,6 +380,7 @@ impl System for Kchat {
         };
         Ok(Started {
             senders,
+            fds: Vec::new(),
             finish: Box::new(move || {
                 delete_room()?;
                 join_all(handles)

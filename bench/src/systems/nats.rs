@@ -1,6 +1,8 @@
 //! NATS core over loopback: the bench starts Debian's nats-server; each
 //! reader is its own client connection with one subscription, each writer
-//! its own publishing connection, all on one tokio runtime. Publishers do
+//! its own publishing connection: the readers share a runtime of two
+//! workers in the harness, each writer has its own runtime of one worker
+//! in the writers' process (it connects there, on its thread). Publishers do
 //! not flush per burst (async-nats coalesces what is queued into large
 //! writes); each flushes once after the window. NATS core is at-most-once:
 //! a subscriber that falls behind loses messages, which the tables show as
@@ -12,8 +14,9 @@
 
 use crate::{
     message::Stamper,
-    system::{MakeSender, Sender, Started, System, Workload},
+    system::{Sender, Started, System, Workload},
     tally::{Progress, Tally},
+    writers::SenderSpec,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -61,10 +64,30 @@ impl Drop for Nats {
     }
 }
 
-struct Publisher {
+pub struct Publisher {
     client: async_nats::Client,
-    runtime: tokio::runtime::Handle,
+    /// The writer's own: it blocks on each burst, while the runtime's one
+    /// worker thread runs the connection (writes what the bursts queue).
+    runtime: tokio::runtime::Runtime,
     buf: Vec<u8>,
+}
+
+impl Publisher {
+    /// Connects on the writer's thread, in the writers' process.
+    pub fn connect(longest: usize) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let client = runtime
+            .block_on(async_nats::connect(ADDRESS))
+            .with_context(|| format!("a NATS publisher connecting to {ADDRESS}"))?;
+        Ok(Publisher {
+            client,
+            runtime,
+            buf: vec![0; longest],
+        })
+    }
 }
 
 impl Sender for Publisher {
@@ -144,21 +167,9 @@ impl System for Nats {
                 bail!("a NATS subscriber could not connect or subscribe");
             }
         }
-        let senders = (0..workload.writers)
-            .map(|_| {
-                let client = runtime.block_on(async_nats::connect(ADDRESS))?;
-                let (runtime, longest) = (runtime.handle().clone(), workload.size.max());
-                Ok(Box::new(move || {
-                    Ok(Box::new(Publisher {
-                        client,
-                        runtime,
-                        buf: vec![0; longest],
-                    }) as Box<dyn Sender>)
-                }) as MakeSender)
-            })
-            .collect::<Result<Vec<_>>>()?;
         Ok(Started {
-            senders,
+            senders: vec![SenderSpec::Nats; workload.writers],
+            fds: Vec::new(),
             finish: Box::new(move || {
                 let _ = stop.send(true);
                 let mut total = Tally::default();

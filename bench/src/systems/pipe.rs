@@ -9,9 +9,10 @@
 
 use crate::{
     message::Stamper,
-    system::{join_all, MakeSender, Sender, Started, System, Workload},
+    system::{join_all, Sender, Started, System, Workload},
     systems::kchat::RING_BYTES,
     tally::{Progress, Reassembler, Tally},
+    writers::SenderSpec,
 };
 use anyhow::{Context, Result};
 use nix::fcntl::{fcntl, FcntlArg};
@@ -28,11 +29,26 @@ pub struct PipeTee;
 /// Bytes a pipe write keeps whole, however many writers share the pipe.
 const PIPE_BUF: usize = 4096;
 
-struct Tee {
+pub struct Tee {
     pipes: Vec<File>,
     /// Most bytes of whole messages per `write` (at least one message).
     per_write: usize,
     buf: Vec<u8>,
+}
+
+impl Tee {
+    /// A writer into every one of `pipes` (its own copies of them).
+    pub fn new(pipes: &[OwnedFd], per_write: usize) -> Result<Self> {
+        let pipes = pipes
+            .iter()
+            .map(|fd| Ok(File::from(fd.try_clone()?)))
+            .collect::<Result<_>>()?;
+        Ok(Tee {
+            pipes,
+            per_write,
+            buf: Vec::new(),
+        })
+    }
 }
 
 impl Sender for Tee {
@@ -89,7 +105,7 @@ impl System for PipeTee {
         let mut handles = Vec::new();
         for _ in 0..workload.readers {
             let (read_end, write_end) = std::io::pipe()?;
-            let write_end = File::from(OwnedFd::from(write_end));
+            let write_end = OwnedFd::from(write_end);
             // Past /proc/sys/fs/pipe-max-size (1 MiB by default) this
             // needs CAP_SYS_RESOURCE, which root in the guest has.
             fcntl(&write_end, FcntlArg::F_SETPIPE_SZ(RING_BYTES as i32)).with_context(|| {
@@ -108,27 +124,13 @@ impl System for PipeTee {
         } else {
             PIPE_BUF
         };
-        let senders = (0..workload.writers)
-            .map(|_| {
-                let pipes = write_ends
-                    .iter()
-                    .map(File::try_clone)
-                    .collect::<std::io::Result<Vec<_>>>()?;
-                Ok(Box::new(move || {
-                    Ok(Box::new(Tee {
-                        pipes,
-                        per_write,
-                        buf: Vec::new(),
-                    }) as Box<dyn Sender>)
-                }) as MakeSender)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // The senders own the only write ends once these go: when the
-        // harness drops them after writing, the readers see end-of-file.
-        // Readers need no set-up beyond their pipe: ready as it exists.
-        drop(write_ends);
+        // The harness hands the write ends to the writers' process and
+        // closes its own: when that process ends, the readers see
+        // end-of-file. Readers need no set-up beyond their pipe: ready as
+        // it exists.
         Ok(Started {
-            senders,
+            senders: vec![SenderSpec::PipeTee { per_write }; workload.writers],
+            fds: write_ends,
             finish: Box::new(move || join_all(handles)),
         })
     }

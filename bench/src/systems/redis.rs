@@ -8,8 +8,9 @@
 
 use crate::{
     message::Stamper,
-    system::{join_all, MakeSender, Sender, Started, System, Workload},
+    system::{join_all, Sender, Started, System, Workload},
     tally::{Progress, Tally},
+    writers::SenderSpec,
 };
 use anyhow::{bail, Context, Result};
 use std::{
@@ -82,7 +83,7 @@ impl Drop for Redis {
 
 /// Writes each burst's pipeline (packed by the `redis` crate) to the
 /// socket and goes on; `replies` reads the server's answers meanwhile.
-struct Publisher {
+pub struct Publisher {
     socket: UnixStream,
     replies: Option<thread::JoinHandle<std::io::Result<u64>>>,
     buf: Vec<u8>,
@@ -90,7 +91,7 @@ struct Publisher {
 
 impl Publisher {
     /// A publisher of messages up to `longest` bytes.
-    fn connect(path: &std::path::Path, longest: usize) -> Result<Publisher> {
+    pub fn connect(path: &std::path::Path, longest: usize) -> Result<Publisher> {
         let socket = UnixStream::connect(path)
             .with_context(|| format!("connecting to redis-server at {}", path.display()))?;
         let mut answers = socket.try_clone()?;
@@ -195,16 +196,10 @@ impl System for Redis {
             .collect();
         // Every SUBSCRIBE has its reply: publishing now reaches everyone.
         ready.wait();
-        let senders = (0..workload.writers)
-            .map(|_| {
-                let (socket, longest) = (self.socket.clone(), workload.size.max());
-                Ok(Box::new(move || {
-                    Ok(Box::new(Publisher::connect(&socket, longest)?) as Box<dyn Sender>)
-                }) as MakeSender)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let socket = self.socket.clone();
         Ok(Started {
-            senders,
+            senders: vec![SenderSpec::Redis { socket }; workload.writers],
+            fds: Vec::new(),
             finish: Box::new(move || {
                 stop.store(true, Ordering::Relaxed);
                 join_all(handles)
