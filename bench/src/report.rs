@@ -159,6 +159,12 @@ pub fn micros(ns: u64) -> String {
     }
 }
 
+/// A latency to the microsecond, for verdicts: two that differ never
+/// print the same (`micros` rounds 1.43 and 1.41 ms both to "1.4 ms").
+pub fn whole_micros(ns: u64) -> String {
+    format!("{} µs", ns / 1000)
+}
+
 fn is_kchat(system: &str) -> bool {
     system.starts_with("kchat")
 }
@@ -474,14 +480,14 @@ impl Report {
                 let above: Vec<_> = peers
                     .iter()
                     .filter(|p| p.p99_ns < row.p99_ns)
-                    .map(|p| format!("{} {}", p.system, micros(p.p99_ns)))
+                    .map(|p| format!("{} {}", p.system, whole_micros(p.p99_ns)))
                     .collect();
                 verdicts.push((
                     above.is_empty(),
                     format!(
                         "paced p99, {} reader(s): {system} {}{}",
                         row.readers,
-                        micros(row.p99_ns),
+                        whole_micros(row.p99_ns),
                         if above.is_empty() {
                             " at or below every peer's".to_owned()
                         } else {
@@ -639,6 +645,38 @@ mod tests {
         let (met, _) =
             stats_verdict_at_most(&Stats::of(&[20.0, 20.0, 20.0]), &nats, 1.2, "x".into());
         assert!(!met);
+    }
+
+    #[test]
+    fn a_paced_p99_verdict_tells_close_latencies_apart() {
+        let paced = |system: &str, p99_ns| LatencyRow {
+            system: system.into(),
+            readers: 16,
+            size: 64,
+            rate: 1000,
+            samples: MIN_LATENCY_SAMPLES,
+            p50_ns: 100_000,
+            p99_ns,
+            p999_ns: p99_ns,
+            max_ns: p99_ns,
+            cdf: Vec::new(),
+        };
+        let mut report = report(Vec::new());
+        report.latency = vec![
+            paced("kchat", 1_434_000),
+            paced("kchat-mmap", 1_300_000),
+            paced("pipe-tee", 1_412_000),
+        ];
+        let targets = report.targets();
+        let kchat = targets
+            .iter()
+            .find(|(_, what)| what.contains("16 reader(s): kchat "))
+            .map(|(_, what)| what.as_str())
+            .expect("a verdict on kchat's paced p99");
+        assert!(
+            kchat.contains("kchat 1434 µs, above pipe-tee 1412 µs"),
+            "{kchat}"
+        );
     }
 
     fn report(throughput: Vec<Row>) -> Report {

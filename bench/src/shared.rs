@@ -74,7 +74,10 @@ impl<T: CrossProcess> Shared<T> {
 
     fn map(fd: OwnedFd) -> Result<Self> {
         // SAFETY: a new shared mapping of the memfd, placed where the
-        // kernel likes, aliases nothing of this process's own memory.
+        // kernel likes, overlaps no other mapping; another mapping of the
+        // same memfd (the other process's, or a second one here) holds the
+        // same `T`, made of atomics (`CrossProcess`), so sharing it is
+        // what its type allows.
         let mapped = unsafe {
             mmap(
                 None,

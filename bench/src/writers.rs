@@ -21,6 +21,7 @@ use nix::{
         recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
         SockFlag, SockType,
     },
+    sys::{prctl::set_pdeathsig, signal::Signal},
 };
 use serde::{Deserialize, Serialize};
 use std::{
@@ -119,27 +120,39 @@ const RECORD_BYTES: usize = 64 * 1024;
 /// guest's drain of a full ring or a client's buffer.
 const OVERRUN: Duration = Duration::from_secs(300);
 
+/// This program, through the link that stays right if the file is
+/// replaced while it runs (a rebuild during a run).
+const THIS_PROGRAM: &str = "/proc/self/exe";
+
 /// The command that starts the writers' process: this program again.
 #[cfg(not(test))]
-fn writers_command() -> Result<Command> {
-    let mut command = Command::new(std::env::current_exe().context("finding kchat-bench")?);
+fn writers_command() -> Command {
+    let mut command = Command::new(THIS_PROGRAM);
     command.arg(crate::WRITERS_COMMAND);
-    Ok(command)
+    command
 }
 
-/// In the harness's tests, the test binary again, running only the
-/// (otherwise ignored) entry point `tests::writers_process`.
+/// Set in the environment of the harness's tests' writers' process.
 #[cfg(test)]
-fn writers_command() -> Result<Command> {
-    let mut command = Command::new(std::env::current_exe().context("finding the test binary")?);
-    command.args([
-        "writers::tests::writers_process",
-        "--exact",
-        "--ignored",
-        "--test-threads=1",
-        "--quiet",
-    ]);
-    Ok(command)
+const TEST_WRITERS: &str = "KCHAT_BENCH_TEST_WRITERS";
+
+/// In the harness's tests, the test binary again, running only the
+/// (otherwise ignored) entry point `tests::writers_process`, its output
+/// not captured (its errors must reach the terminal).
+#[cfg(test)]
+fn writers_command() -> Command {
+    let mut command = Command::new(THIS_PROGRAM);
+    command
+        .args([
+            "writers::tests::writers_process",
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+            "--nocapture",
+            "--quiet",
+        ])
+        .env(TEST_WRITERS, "1");
+    command
 }
 
 /// Runs the writers of one run in a process of their own; returns when
@@ -161,7 +174,10 @@ pub fn run(
         SockFlag::SOCK_CLOEXEC,
     )
     .context("a socket pair for the writers' process")?;
-    let child = writers_command()?
+    // Spawned without a `pre_exec` hook, so std uses `posix_spawn`
+    // (`vfork`-like): the harness's pages are never marked copy-on-write
+    // for the child, not even until its `exec`.
+    let child = writers_command()
         .stdin(Stdio::from(theirs))
         .stdout(Stdio::null())
         .spawn()
@@ -217,12 +233,16 @@ pub fn run(
     let mut buf = vec![0u8; RECORD_BYTES];
     let got = recv_record(ours.as_fd(), &mut buf, &mut Vec::new())?;
     if got == 0 {
-        let status = child.0.wait()?;
-        bail!("the writers' process ended without an answer ({status})");
+        let status = child.wait()?;
+        bail!(
+            "the writers' process ended without an answer ({status}; what it said is on \
+             standard error)"
+        );
     }
     let outcome: Outcome =
         serde_json::from_slice(&buf[..got]).context("reading the writers' answer")?;
-    let status = child.0.wait()?;
+    // It ends right after answering: its writers are done.
+    let status = child.wait()?;
     if let Some(error) = outcome.error {
         bail!("a writer failed: {error}");
     }
@@ -240,6 +260,14 @@ pub fn run(
 
 /// The writers' process, killed (and reaped) if the harness gives up on it.
 struct KillOnDrop(Child);
+
+impl KillOnDrop {
+    fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        self.0
+            .wait()
+            .context("waiting for the writers' process to end")
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -262,7 +290,15 @@ fn recv_record(socket: BorrowedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Re
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
     .context("receiving from the other side of the writers' socket")?;
-    for control in message.cmsgs()? {
+    // Fds that did not fit are closed by the kernel, and nix will not
+    // list the ones that did: say so rather than go on without them.
+    if message.flags.intersects(MsgFlags::MSG_CTRUNC) {
+        bail!(
+            "fds handed over the writers' socket did not all arrive (out of files? raise \
+             RLIMIT_NOFILE)"
+        );
+    }
+    for control in message.cmsgs().context("reading the fds handed over")? {
         if let ControlMessageOwned::ScmRights(raw) = control {
             // SAFETY: SCM_RIGHTS installed these fds in this process just
             // now; nothing else owns them.
@@ -272,40 +308,43 @@ fn recv_record(socket: BorrowedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Re
             );
         }
     }
-    if message
-        .flags
-        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC)
-    {
+    if message.flags.intersects(MsgFlags::MSG_TRUNC) {
         bail!("a record on the writers' socket was cut short");
     }
     Ok(message.bytes)
 }
 
 /// The writers' process's main: takes the order from standard input (the
-/// socket), runs the writers, answers.
+/// socket), runs the writers, answers; an error before the writers ran is
+/// the answer too, so the harness tells it.
 pub fn serve() -> Result<()> {
+    // Ends with the harness, should it die first (its main thread spawned
+    // this process and lives as long as the harness).
+    set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
+    // Whatever the harness had open without `O_CLOEXEC` (iceoryx2's
+    // sockets) is not the writers' to hold.
+    // SAFETY: closes fds 3 and up, which nothing in this process has
+    // opened yet; the raw syscall takes three integers.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     iceoryx2::quiet_logs();
     let socket = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
         .context("standard input (the harness's socket)")?;
-    let mut fds = Vec::new();
-    let mut buf = vec![0u8; RECORD_BYTES];
-    let order: Order = loop {
-        let got = recv_record(socket.as_fd(), &mut buf, &mut fds)?;
-        match &buf[..got] {
-            [] => bail!("the harness closed the socket before sending an order"),
-            FDS_ONLY => continue,
-            order => break serde_json::from_slice(order).context("reading the order")?,
-        }
-    };
-    let mut fds = fds.into_iter();
-    let progress = Progress::open(fds.next().context("no progress memfd was handed over")?)?;
-    let fds: Vec<OwnedFd> = fds.collect();
-    let outcome = write(&order, &fds, &progress);
-    // The write ends close before the answer goes, so readers of pipes see
-    // their end as soon as the harness goes on.
-    drop(fds);
+    let outcome = take_order(socket.as_fd()).map_or_else(
+        |err| Outcome {
+            written: 0,
+            writing_ns: None,
+            error: Some(format!("the writers' process: {err:#}")),
+        },
+        |(order, progress, fds)| {
+            let outcome = write(&order, &fds, &progress);
+            // The write ends close before the answer goes, so readers of
+            // pipes see their end as soon as the harness goes on.
+            drop(fds);
+            outcome
+        },
+    );
     let answer = serde_json::to_vec(&outcome)?;
     sendmsg::<()>(
         socket.as_raw_fd(),
@@ -316,6 +355,23 @@ pub fn serve() -> Result<()> {
     )
     .context("answering the harness")?;
     Ok(())
+}
+
+/// Receives the fds, then the order; the first fd is the run's `Progress`.
+fn take_order(socket: BorrowedFd) -> Result<(Order, Progress, Vec<OwnedFd>)> {
+    let mut fds = Vec::new();
+    let mut buf = vec![0u8; RECORD_BYTES];
+    let order: Order = loop {
+        let got = recv_record(socket, &mut buf, &mut fds)?;
+        match &buf[..got] {
+            [] => bail!("the harness closed the socket before sending an order"),
+            FDS_ONLY => continue,
+            order => break serde_json::from_slice(order).context("reading the order")?,
+        }
+    };
+    let mut fds = fds.into_iter();
+    let progress = Progress::open(fds.next().context("no progress memfd was handed over")?)?;
+    Ok((order, progress, fds.collect()))
 }
 
 /// Runs the order's writers on threads of their own; all meet at the start
@@ -331,7 +387,13 @@ fn write(order: &Order, fds: &[OwnedFd], progress: &Progress) -> Outcome {
             .map(|(id, spec)| {
                 let start = &start;
                 scope.spawn(move || {
-                    let sender = spec.make(order.sizes, fds);
+                    // A writer whose making panicked still meets the others
+                    // at the start line (else they would wait there for it
+                    // until the harness gives up), failed.
+                    let sender = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        spec.make(order.sizes, fds)
+                    }))
+                    .unwrap_or_else(|_| Err(anyhow!("making the {spec:?} writer panicked")));
                     writer(id, sender, order.sizes, start, progress, order.pace)
                 })
             })
@@ -389,18 +451,16 @@ impl StartLine {
     }
 
     /// Waits for everyone; returns the start of the window, calling
-    /// `opened` with it once (whoever is first).
+    /// `opened` with it once (whoever is first), before any thread goes
+    /// past the start line (so nobody writes while the window's end is
+    /// not set yet).
     pub fn wait(&self, opened: impl FnOnce(Instant)) -> Instant {
         self.barrier.wait();
-        let mut first = false;
-        let begun = *self.begun.get_or_init(|| {
-            first = true;
-            Instant::now()
-        });
-        if first {
+        *self.begun.get_or_init(|| {
+            let begun = Instant::now();
             opened(begun);
-        }
-        begun
+            begun
+        })
     }
 
     /// Whether the window that began at `begun` is over.
@@ -462,6 +522,11 @@ mod tests {
     #[test]
     #[ignore = "the writers' process of the harness's tests; they run it"]
     fn writers_process() {
+        // Run by hand (`--ignored`) it is nothing: no harness sent it
+        // anything.
+        if std::env::var_os(super::TEST_WRITERS).is_none() {
+            return;
+        }
         let code = match super::serve() {
             Ok(()) => 0,
             Err(err) => {

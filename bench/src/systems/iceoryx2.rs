@@ -176,11 +176,10 @@ fn reader(
     }
 }
 
-/// A writer's ports, made on its own thread, for messages of up to
-/// `longest` bytes (the publisher's samples are that large: loans of any
-/// length up to it succeed, none past it).
-/// A writer's node and ports, made on its own thread (in the writers'
-/// process) for the services named `data` and `wake`.
+/// A writer's node and ports for the services named `data` and `wake`,
+/// made on its own thread (in the writers' process), for messages of up
+/// to `longest` bytes (the publisher's samples are that large: loans of
+/// any length up to it succeed, none past it).
 pub fn publish(data: &str, wake: &str, longest: usize) -> Result<Writer> {
     let service_name = |name: &str| -> Result<ServiceName> {
         name.try_into()
