@@ -415,6 +415,7 @@ fn run(args: RunArgs) -> Result<()> {
                 alone_per_sec: Stats::of(&rates.0),
                 with_stopped_per_sec: Stats::of(&rates.1),
             });
+            save(&args, &report)?;
         }
     }
     progress.done();

@@ -280,12 +280,8 @@ pub(crate) mod tests {
 
     impl ToAll {
         pub(crate) fn new(fds: &[OwnedFd], damage: Option<u64>) -> Result<Self> {
-            let pipes = fds
-                .iter()
-                .map(|fd| Ok(File::from(fd.try_clone()?)))
-                .collect::<Result<_>>()?;
             Ok(ToAll {
-                pipes,
+                pipes: writers::files(fds)?,
                 damage,
                 sent: 0,
             })

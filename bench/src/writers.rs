@@ -25,6 +25,7 @@ use nix::{
 };
 use serde::{Deserialize, Serialize};
 use std::{
+    fs::File,
     io::{IoSlice, IoSliceMut},
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
     path::PathBuf,
@@ -198,20 +199,13 @@ pub fn run(
     }
     drop(handed);
     drop(fds);
-    let order = serde_json::to_vec(&Order {
+    let order = Order {
         senders,
         sizes,
         window_ns: window.as_nanos() as u64,
         pace,
-    })?;
-    sendmsg::<()>(
-        ours.as_raw_fd(),
-        &[IoSlice::new(&order)],
-        &[],
-        MsgFlags::empty(),
-        None,
-    )
-    .context("sending the writers' process its order")?;
+    };
+    send_json(ours.as_fd(), &order).context("sending the writers' process its order")?;
     // Its answer comes once the window is over and the writers returned.
     let within = window + OVERRUN;
     let mut ready = [PollFd::new(ours.as_fd(), PollFlags::POLLIN)];
@@ -345,16 +339,27 @@ pub fn serve() -> Result<()> {
             outcome
         },
     );
-    let answer = serde_json::to_vec(&outcome)?;
+    send_json(socket.as_fd(), &outcome).context("answering the harness")
+}
+
+/// Sends `value` as one record of JSON.
+fn send_json(socket: BorrowedFd, value: &impl Serialize) -> Result<()> {
+    let bytes = serde_json::to_vec(value)?;
     sendmsg::<()>(
         socket.as_raw_fd(),
-        &[IoSlice::new(&answer)],
+        &[IoSlice::new(&bytes)],
         &[],
         MsgFlags::empty(),
         None,
-    )
-    .context("answering the harness")?;
+    )?;
     Ok(())
+}
+
+/// The senders' own copies of the fds handed over, as files to write.
+pub fn files(fds: &[OwnedFd]) -> Result<Vec<File>> {
+    fds.iter()
+        .map(|fd| Ok(File::from(fd.try_clone()?)))
+        .collect()
 }
 
 /// Receives the fds, then the order; the first fd is the run's `Progress`.

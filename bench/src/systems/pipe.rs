@@ -12,7 +12,7 @@ use crate::{
     system::{join_all, Sender, Started, System, Workload},
     systems::kchat::RING_BYTES,
     tally::{Progress, Reassembler, Tally},
-    writers::SenderSpec,
+    writers::{self, SenderSpec},
 };
 use anyhow::{Context, Result};
 use nix::fcntl::{fcntl, FcntlArg};
@@ -39,12 +39,8 @@ pub struct Tee {
 impl Tee {
     /// A writer into every one of `pipes` (its own copies of them).
     pub fn new(pipes: &[OwnedFd], per_write: usize) -> Result<Self> {
-        let pipes = pipes
-            .iter()
-            .map(|fd| Ok(File::from(fd.try_clone()?)))
-            .collect::<Result<_>>()?;
         Ok(Tee {
-            pipes,
+            pipes: writers::files(pipes)?,
             per_write,
             buf: Vec::new(),
         })
