@@ -108,7 +108,11 @@ fn outcome_of(last: &str) -> Outcome {
         Outcome::Failed
     } else if last.ends_with("ok") {
         Outcome::Passed
-    } else if last.ends_with("ignored") || (last.ends_with(')') && last.contains("ignored (")) {
+    } else if last.ends_with("ignored")
+        || (last.ends_with(')') && last.contains("ignored ("))
+        // `#[ignore = "why"]` on current toolchains.
+        || last.trim_start().starts_with("ignored, ")
+    {
         Outcome::Ignored
     } else {
         Outcome::Unknown
@@ -383,6 +387,18 @@ failures:
 test result: FAILED. 2 passed; 3 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.08s
 
 ";
+
+    #[test]
+    fn an_ignored_test_with_its_reason_is_ignored_not_unfinished() {
+        for line in [
+            "ignored",
+            "ignored, the writers' process of the harness's tests; they run it",
+            "ignored (needs a VM)",
+        ] {
+            assert!(outcome_of(line) == Outcome::Ignored, "{line}");
+        }
+        assert!(outcome_of("still ignored, going on") == Outcome::Unknown);
+    }
 
     #[test]
     fn a_guest_run_names_every_failure_and_why() {
