@@ -176,15 +176,17 @@ fn reader(
     }
 }
 
+/// The service called `name`, or why iceoryx2 refuses the name.
+fn service_name(name: &str) -> Result<ServiceName> {
+    name.try_into()
+        .map_err(|err| anyhow!("the service name {name:?}: {err:?}"))
+}
+
 /// A writer's node and ports for the services named `data` and `wake`,
 /// made on its own thread (in the writers' process), for messages of up
 /// to `longest` bytes (the publisher's samples are that large: loans of
 /// any length up to it succeed, none past it).
 pub fn publish(data: &str, wake: &str, longest: usize) -> Result<Writer> {
-    let service_name = |name: &str| -> Result<ServiceName> {
-        name.try_into()
-            .map_err(|err| anyhow!("the service name {name:?}: {err:?}"))
-    };
     let (data, wake) = (&service_name(data)?, &service_name(wake)?);
     let node = new_node()?;
     let publisher = node
@@ -223,12 +225,8 @@ impl System for Iceoryx2 {
 
     fn start(&mut self, workload: Workload, progress: Arc<Progress>) -> Result<Started> {
         let run = self.runs.fetch_add(1, Ordering::Relaxed);
-        let name = |what: &str| -> Result<ServiceName> {
-            format!("kchat-bench/{}/{run}/{what}", std::process::id())
-                .as_str()
-                .try_into()
-                .map_err(|err| anyhow!("a service name: {err:?}"))
-        };
+        let name =
+            |what: &str| service_name(&format!("kchat-bench/{}/{run}/{what}", std::process::id()));
         let buffer = buffer_samples(workload.writers, workload.readers, workload.size);
         let nodes = workload.readers + workload.writers + 1;
         let (data, wake) = (name("data")?, name("wake")?);
