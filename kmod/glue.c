@@ -217,6 +217,14 @@ size_t kchat_copy_from_iter_nofault(void *to, size_t len, struct iov_iter *from)
 	return copied;
 }
 
+/* get_pid is a static inline: one stamp serves every message of a batch. */
+struct pid *kchat_get_pid(struct pid *pid);
+
+struct pid *kchat_get_pid(struct pid *pid)
+{
+	return get_pid(pid);
+}
+
 bool kchat_fatal_signal_pending(void);
 
 bool kchat_fatal_signal_pending(void)

@@ -9,11 +9,11 @@
 //! and waiters are woken after it is released.
 //!
 //! The ring's bytes (`Room::area`) are shared without a lock over them:
-//! - One writer at a time (`Room::writing`) fills a record: it evicts and
-//!   picks the record's place under `Room::inner`, fills the bytes holding
-//!   only `Room::writing`, and publishes the record (pushes its slot) under
-//!   `Room::inner` again. Until then no reader knows the bytes exist, and
-//!   they were no retained record's (`Ring::place`).
+//! - One writer at a time (`Room::writing`) fills records: it evicts and
+//!   picks a batch of records' places under `Room::inner`, fills the bytes
+//!   holding only `Room::writing`, and publishes the records (pushes their
+//!   slots) under `Room::inner` again. Until then no reader knows the bytes
+//!   exist, and they were no retained record's (`Ring::places`).
 //! - A reader picks records under `Room::inner`, copies them out without
 //!   it, and then checks under it that the first is still retained. Records
 //!   go oldest first, so if it is, none was evicted and refilled during the
@@ -90,8 +90,14 @@ impl Stamp {
 
     /// Where the record's payload is, for a record at `at`.
     pub(crate) fn payload_at(&self, at: usize) -> usize {
-        at + RECORD_HEADER + if self.relayed { ORIGIN } else { 0 }
+        payload_at(at, self.relayed)
     }
+}
+
+/// Where the payload of a record at `at` starts: after its header, and its
+/// origin if it was relayed.
+fn payload_at(at: usize, relayed: bool) -> usize {
+    at + RECORD_HEADER + if relayed { ORIGIN } else { 0 }
 }
 
 const RECORD_HEADER: usize = core::mem::size_of::<abi::RingRecord>();

@@ -96,9 +96,14 @@ struct RunArgs {
     /// Paced latency runs: messages per second from one writer.
     #[arg(long, default_value_t = 1000)]
     latency_rate: u32,
-    /// Paced latency runs: reader counts.
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 16])]
+    /// Paced latency runs: reader counts (`--latency-readers` with nothing
+    /// after it: none).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [1, 16])]
     latency_readers: Vec<usize>,
+    /// Leave out the stopped-reader rows (for a profile of the other rows
+    /// alone).
+    #[arg(long)]
+    no_stopped_reader: bool,
     /// The host's load average, for the report (`cargo xtask bench`
     /// passes /proc/loadavg of the host).
     #[arg(long)]
@@ -261,7 +266,7 @@ fn run(args: RunArgs) -> Result<()> {
     let paced = Duration::from_millis(args.millis.max(2100));
     // The stopped-reader rows are of one size each (mixes have their
     // rows above).
-    let stopped_sizes: Vec<usize> = if wanted("kchat") {
+    let stopped_sizes: Vec<usize> = if wanted("kchat") && !args.no_stopped_reader {
         args.sizes.iter().filter_map(|s| s.fixed()).collect()
     } else {
         Vec::new()

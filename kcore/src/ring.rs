@@ -80,6 +80,45 @@ pub struct Placement {
     pub pad_from: Option<usize>,
 }
 
+/// The placements of records about to be pushed one after another
+/// ([`Ring::places`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Places {
+    head: u64,
+    tail: u64,
+    area: u64,
+}
+
+impl Places {
+    /// Where the next record, of `size` bytes, goes: at the head, or at the
+    /// area's start if it would cross the end; the head then moves past it.
+    /// `None` (and nothing moves) if the bytes there are still retained or
+    /// `size` exceeds the area: never for records the budget admits
+    /// ([`Ring::fits_many`]) in an area of [`Ring::area_for`] bytes.
+    pub fn next(&mut self, size: usize) -> Option<Placement> {
+        let size = aligned(size)?;
+        let area = self.area;
+        if size == 0 || size as u64 > area {
+            return None;
+        }
+        let offset = self.head.checked_rem(area)?;
+        let (start, pad_from) = if offset + size as u64 > area {
+            (self.head + (area - offset), Some(offset as usize))
+        } else {
+            (self.head, None)
+        };
+        if start + size as u64 - self.tail > area {
+            return None;
+        }
+        self.head = start + size as u64;
+        Some(Placement {
+            offset: (start % area) as usize,
+            size,
+            pad_from,
+        })
+    }
+}
+
 /// A ring of records in caller-provided slots, over a data area of `area`
 /// bytes.
 pub struct Ring<T, S: DerefMut<Target = [Option<Slot<T>>]>> {
@@ -166,7 +205,19 @@ impl<T, S: DerefMut<Target = [Option<Slot<T>>]>> Ring<T, S> {
 
     /// Whether a record of `cost` fits without evicting anything.
     pub fn fits(&self, cost: usize) -> bool {
-        self.len() < self.slots.len() && self.bytes + cost <= self.max_bytes
+        self.fits_many(1, cost)
+    }
+
+    /// Whether `records` more records, of `cost` together, fit without
+    /// evicting anything.
+    pub fn fits_many(&self, records: usize, cost: usize) -> bool {
+        self.len()
+            .checked_add(records)
+            .is_some_and(|len| len <= self.slots.len())
+            && self
+                .bytes
+                .checked_add(cost)
+                .is_some_and(|bytes| bytes <= self.max_bytes)
     }
 
     /// Whether a record of `cost` would fit once the records before
@@ -204,7 +255,13 @@ impl<T, S: DerefMut<Target = [Option<Slot<T>>]>> Ring<T, S> {
 
     /// Whether a record of `cost` could fit in the empty ring.
     pub fn could_ever_fit(&self, cost: usize) -> bool {
-        !self.slots.is_empty() && cost <= self.max_bytes
+        self.could_ever_fit_many(1, cost)
+    }
+
+    /// Whether `records` records, of `cost` together, could fit in the
+    /// empty ring.
+    pub fn could_ever_fit_many(&self, records: usize, cost: usize) -> bool {
+        records <= self.slots.len() && !self.slots.is_empty() && cost <= self.max_bytes
     }
 
     /// The slot of `seq`. Never panics: the module must not, whatever the
@@ -233,25 +290,19 @@ impl<T, S: DerefMut<Target = [Option<Slot<T>>]>> Ring<T, S> {
     /// the bytes there are still retained (never within the budget and
     /// [`Ring::area_for`]) or `size` exceeds the area.
     pub fn place(&self, size: usize) -> Option<Placement> {
-        let size = aligned(size)?;
-        let area = self.area as u64;
-        if size == 0 || size as u64 > area {
-            return None;
+        self.places().next(size)
+    }
+
+    /// Where records pushed one after another from now on would go, in
+    /// turn (see [`Places::next`]): what a writer fills before it pushes
+    /// them. Only pushes move the head, so the placements stay true while
+    /// nobody else pushes; evictions only free more of the area.
+    pub fn places(&self) -> Places {
+        Places {
+            head: self.head,
+            tail: self.tail_pos(),
+            area: self.area as u64,
         }
-        let offset = self.head.checked_rem(area)?;
-        let (start, pad_from) = if offset + size as u64 > area {
-            (self.head + (area - offset), Some(offset as usize))
-        } else {
-            (self.head, None)
-        };
-        if start + size as u64 - self.tail_pos() > area {
-            return None;
-        }
-        Some(Placement {
-            offset: (start % area) as usize,
-            size,
-            pad_from,
-        })
     }
 
     /// Appends a record of `cost` taking `size` bytes of the area where
@@ -486,7 +537,15 @@ mod tests {
         /// module, where a record's overhead covers its header and
         /// alignment.
         Push(usize, usize),
+        /// Records pushed together, as a writer's batch is: placed first
+        /// ([`Ring::places`]), then pushed one after another.
+        PushMany(Vec<(usize, usize)>),
         Pop,
+    }
+
+    /// A record's size in the area: its share of its cost, at least 1.
+    fn size_of(cost: usize, share: usize) -> usize {
+        (cost * share / 4).max(1)
     }
 
     proptest! {
@@ -499,6 +558,8 @@ mod tests {
                            ops in proptest::collection::vec(
                                prop_oneof![
                                    (1usize..=LARGEST / ALIGN, 1usize..=4).prop_map(|(c, s)| Op::Push(c * ALIGN, s)),
+                                   proptest::collection::vec((1usize..=LARGEST / ALIGN, 1usize..=4), 1..6)
+                                       .prop_map(|v| Op::PushMany(v.into_iter().map(|(c, s)| (c * ALIGN, s)).collect())),
                                    Just(Op::Pop)
                                ], 0..200)) {
             let mut r = ring(slots, max_bytes);
@@ -510,7 +571,7 @@ mod tests {
                         let used: usize = model.iter().map(|(_, c)| c).sum();
                         let fits = model.len() < slots && used + cost <= max_bytes;
                         prop_assert_eq!(r.fits(cost), fits);
-                        let size = (cost * share / 4).max(1);
+                        let size = size_of(cost, share);
                         let pushed = r.push(next, cost, size);
                         if fits {
                             prop_assert_eq!(pushed, Ok(next));
@@ -518,6 +579,35 @@ mod tests {
                             next += 1;
                         } else {
                             prop_assert!(pushed.is_err());
+                        }
+                    }
+                    Op::PushMany(records) => {
+                        let used: usize = model.iter().map(|(_, c)| c).sum();
+                        let total: usize = records.iter().map(|(c, _)| c).sum();
+                        let fits = model.len() + records.len() <= slots && used + total <= max_bytes;
+                        prop_assert_eq!(r.fits_many(records.len(), total), fits);
+                        prop_assert_eq!(r.could_ever_fit_many(records.len(), total),
+                            records.len() <= slots && total <= max_bytes);
+                        if fits {
+                            // Placed first, all of them, then pushed: each
+                            // lands where it was placed.
+                            let mut places = r.places();
+                            let mut planned = Vec::new();
+                            for &(cost, share) in &records {
+                                let placed = places.next(size_of(cost, share));
+                                prop_assert!(placed.is_some(), "a batch the budget admits found no place");
+                                planned.push(placed);
+                            }
+                            for (&(cost, share), placed) in records.iter().zip(planned) {
+                                prop_assert_eq!(r.push(next, cost, size_of(cost, share)), Ok(next));
+                                let Lookup::Ready(slot) = r.get(next) else {
+                                    return Err(TestCaseError::fail("pushed record missing"));
+                                };
+                                let placed = placed.map(|p| (p.offset, p.size));
+                                prop_assert_eq!(Some((slot.offset(r.area()), slot.size())), placed);
+                                model.push_back((next, cost));
+                                next += 1;
+                            }
                         }
                     }
                     Op::Pop => {

@@ -247,6 +247,19 @@ impl<'a> IovSource<'a> {
         };
     }
 
+    /// Passes over the next `bytes` (no further than the end): bytes
+    /// already read once, whose values the write keeps.
+    pub(crate) fn skip(&mut self, bytes: usize) {
+        #[cfg(not(kchat_kapi7))]
+        // SAFETY: the iter is valid for the duration of the callback;
+        // `iov_iter_advance` stops at its end.
+        unsafe {
+            bindings::iov_iter_advance(self.as_raw(), bytes)
+        };
+        #[cfg(kchat_kapi7)]
+        self.0.advance(bytes);
+    }
+
     /// Faults in the next `len` bytes (sleeping for them as long as their
     /// backing takes, killably); returns how many of them could not be.
     pub(crate) fn fault_in(&mut self, len: usize) -> usize {

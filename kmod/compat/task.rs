@@ -82,6 +82,22 @@ impl Sender {
     }
 }
 
+impl Clone for Sender {
+    /// The same sender, for another message of the same write: a reference
+    /// more on its pid rather than a lookup through the current task.
+    fn clone(&self) -> Self {
+        // SAFETY: `pid` is null or referenced (type invariant), so it is
+        // live while `get_pid` takes another reference (a no-op for null).
+        let pid = unsafe { kchat_get_pid(self.pid.cast()) }.cast();
+        // INVARIANT: `kchat_get_pid` took a reference on a non-null `pid`.
+        Sender {
+            pid,
+            kuid: self.kuid,
+            kgid: self.kgid,
+        }
+    }
+}
+
 impl Drop for Sender {
     fn drop(&mut self) {
         // SAFETY: drops the reference the type invariant says this value
@@ -119,6 +135,9 @@ pub(crate) fn realtime_ns() -> u64 {
 extern "C" {
     /// `fatal_signal_pending(current)`, a static inline; defined in `glue.c`.
     fn kchat_fatal_signal_pending() -> bool;
+    /// `get_pid`, a static inline; defined in `glue.c`. Untyped: bindgen's
+    /// `struct pid` ends in an array Rust calls FFI-unsafe.
+    fn kchat_get_pid(pid: *mut kernel::ffi::c_void) -> *mut kernel::ffi::c_void;
 }
 
 #[cfg(not(kchat_kapi7))]

@@ -11,7 +11,7 @@ use crate::{
         poll::events,
         task::{monotonic_ns, ns_to_jiffies},
     },
-    ring::Placement,
+    ring::Places,
 };
 use kernel::{
     prelude::*,
@@ -60,18 +60,24 @@ impl RoomInner {
         }
     }
 
-    /// Makes room for a record of `cost` if the policy allows: `None` if it
-    /// cannot, else whether a reader lost a message to make it.
-    /// `force` evicts whatever it takes, as a `drop` room does (a `block`
-    /// room whose laggard has held writers back too long).
-    fn make_room(&mut self, policy: Policy, cost: usize, force: bool) -> Option<bool> {
-        if self.ring.fits(cost) {
+    /// Makes room for `records` records of `cost` together if the policy
+    /// allows: `None` if it cannot, else whether a reader lost a message to
+    /// make it. `force` evicts whatever it takes, as a `drop` room does (a
+    /// `block` room whose laggard has held writers back too long).
+    fn make_room(
+        &mut self,
+        policy: Policy,
+        records: usize,
+        cost: usize,
+        force: bool,
+    ) -> Option<bool> {
+        if self.ring.fits_many(records, cost) {
             return Some(false);
         }
         // Only reads move readers, and none happens under this lock.
         let slowest = self.slowest_reader();
         let mut loss = false;
-        while !self.ring.fits(cost) {
+        while !self.ring.fits_many(records, cost) {
             let first = self.ring.first_seq();
             let evictable = match policy {
                 Policy::Drop => true,
@@ -102,14 +108,34 @@ impl Room {
         inner.published_first = ring.first_seq();
     }
 
-    /// Where a record of `size` bytes goes next. The only way to bytes a
-    /// writer may fill: evicted records' bytes are handed out only after
-    /// mapped readers were told they are gone, whichever path evicted them.
-    pub(super) fn reserve(&self, inner: &mut RoomInner, size: usize) -> Option<Placement> {
+    /// Where the records pushed next go, one after another. The only way
+    /// to bytes a writer may fill: evicted records' bytes are handed out
+    /// only after mapped readers were told they are gone, whichever path
+    /// evicted them.
+    pub(super) fn reserve(&self, inner: &mut RoomInner) -> Places {
         if inner.published_first != inner.ring.first_seq() {
             self.publish(inner);
         }
-        inner.ring.place(size)
+        inner.ring.places()
+    }
+
+    /// Makes room for `records` records of `cost` together (a batch's first
+    /// ones and one more) as far as the policy allows without waiting or
+    /// forcing a laggard out: `None` if it cannot now, else whether a reader
+    /// lost a message to it. What a `block` room evicts here every reader
+    /// had read; `Room::reserve` tells mapped readers before the bytes are
+    /// reused.
+    pub(super) fn make_room_now(
+        &self,
+        inner: &mut RoomInner,
+        records: usize,
+        cost: usize,
+    ) -> Option<bool> {
+        // A batch that could never fit would evict everything first.
+        if inner.deleted || !inner.ring.could_ever_fit_many(records, cost) {
+            return None;
+        }
+        inner.make_room(self.settings.policy, records, cost, false)
     }
 
     /// Whether a record of `cost` fits this room's ring at all (when it is
@@ -143,7 +169,7 @@ impl Room {
             let force = matches!(self.hold(inner), Hold::Overdue);
             if evict {
                 let first = inner.ring.first_seq();
-                let made = inner.make_room(policy, cost, force);
+                let made = inner.make_room(policy, 1, cost, force);
                 // Mapped readers hear of evictions at once, even those of a
                 // write that then could not go in.
                 if inner.ring.first_seq() != first {

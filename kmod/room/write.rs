@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
-//! `Room`'s write path: one message at a time, budget and space first,
-//! then placed, filled with page faults off and published (see the
-//! module doc of `room.rs`); plain, relayed and framed writes (records of
-//! their own sizes) all come down to `write_message`.
+//! `Room`'s write path: messages in batches, budget and space first, then
+//! placed together under one pass of the room lock, filled with page
+//! faults off and published together (see the module doc of `room.rs`);
+//! plain, relayed and framed writes (records of their own sizes) all come
+//! down to `write_batch`.
 
 use super::{
+    payload_at,
     space::{record_cost, record_size},
     wake::{Asleep, Wakes},
     Room, RoomInner, Stamp, Stats, RECORD_HEADER,
@@ -58,11 +60,63 @@ impl Writer {
     }
 }
 
-/// What one `write` call keeps from one message to the next: `writing`
+/// The most messages one pass of the room lock places: a burst of small
+/// messages costs one lock pass, one stamp (clock and sender) and one
+/// publish per this many, not per message. The lengths live on the stack.
+const BATCH: usize = 32;
+
+/// The messages one pass places, in order: their payload lengths, and the
+/// bytes of source before each payload (a framed write's `WriteFrame`,
+/// read and checked before the pass; 0 for plain and relayed writes).
+struct Batch {
+    lens: [u32; BATCH],
+    count: usize,
+    frame: usize,
+}
+
+impl Batch {
+    fn new(frame: usize) -> Batch {
+        Batch {
+            lens: [0; BATCH],
+            count: 0,
+            frame,
+        }
+    }
+
+    fn one(len: usize) -> Batch {
+        let mut batch = Batch::new(0);
+        batch.push(len);
+        batch
+    }
+
+    /// Adds a message of `len` (at most `max_msg`) bytes, if there is room.
+    fn push(&mut self, len: usize) {
+        if let Some(slot) = self.lens.get_mut(self.count) {
+            *slot = len as u32;
+            self.count += 1;
+        }
+    }
+
+    fn len(&self, index: usize) -> usize {
+        self.lens.get(index).map_or(0, |len| *len as usize)
+    }
+
+    /// The bytes of source messages `from..to` take.
+    fn source_bytes(&self, from: usize, to: usize) -> usize {
+        (from..to).map(|index| self.frame + self.len(index)).sum()
+    }
+
+    /// Their payload bytes.
+    fn payload_bytes(&self, count: usize) -> usize {
+        (0..count).map(|index| self.len(index)).sum()
+    }
+}
+
+/// What one `write` call keeps from one batch to the next: `writing`
 /// while it fills them one after another, and the room lock from one
-/// message's push to the next one's placement, so a burst costs one pass
-/// of the room lock per message. Both are let go of before anything
-/// sleeps or touches user memory with faults on (`end`).
+/// batch's push to the next one's placement. Both are let go of before
+/// anything sleeps or touches user memory with faults on (`end`), and the
+/// room lock before a framed write's headers are read.
 struct Run<'a> {
     writing: Option<Guard<'a, (), MutexBackend>>,
     inner: Option<Guard<'a, RoomInner, MutexBackend>>,
@@ -94,18 +148,16 @@ impl Room {
         // message.
         let writer = Writer::of(file);
         let total = src.len();
-        let max = self.settings.max_msg as usize;
         self.write_pieces(total, |run, wakes, remaining| {
-            let len = max.min(remaining);
-            self.write_message(src, len, &writer, how, None, run, wakes)
-                .map(|()| len)
+            let batch = self.plain_batch(remaining, wakes.bytes);
+            self.write_batch(src, &batch, &writer, how, None, run, wakes)
         })
     }
 
     /// Writes the `total` bytes of one call piece by piece: `piece` writes
-    /// the next one (given the bytes left) and says its size. After the
-    /// first piece an error ends the call short (pipe semantics); readers
-    /// are woken once per half ring and at the end.
+    /// the next ones (given the bytes left) and says how many it took.
+    /// After the first piece an error ends the call short (pipe
+    /// semantics); readers are woken once per half ring and at the end.
     fn write_pieces<'a>(
         &'a self,
         total: usize,
@@ -124,7 +176,7 @@ impl Room {
                     return Err(err);
                 }
             }
-            if wakes.bytes >= self.settings.ring_bytes as usize / 2 {
+            if wakes.bytes >= self.half_ring() {
                 run.end();
                 wakes.flush(self);
             }
@@ -132,6 +184,106 @@ impl Room {
         run.end();
         wakes.flush(self);
         Ok(written)
+    }
+
+    /// Half the ring's budget: what one call stores at most before it
+    /// wakes readers, so readers of a `drop` room hear of messages before
+    /// the writer laps them.
+    fn half_ring(&self) -> usize {
+        self.settings.ring_bytes as usize / 2
+    }
+
+    /// The next batch of a plain write with `remaining` bytes left:
+    /// `max_msg` pieces, as many as `BATCH` and the half ring (less the
+    /// `owed` cost readers have not been woken for) allow, at least one.
+    fn plain_batch(&self, remaining: usize, owed: usize) -> Batch {
+        let max = self.settings.max_msg as usize;
+        let room = self.half_ring().saturating_sub(owed);
+        let mut batch = Batch::new(0);
+        let mut left = remaining;
+        let mut cost = 0;
+        while batch.count < BATCH && left > 0 {
+            let len = max.min(left);
+            let more = cost + record_cost(len, false);
+            if batch.count > 0 && more > room {
+                break;
+            }
+            batch.push(len);
+            cost = more;
+            left -= len;
+        }
+        batch
+    }
+
+    /// The next batch of a framed write with `remaining` bytes left: its
+    /// records' headers read and checked, as many records as `BATCH` and
+    /// the half ring allow (see `plain_batch`). `src` is left at the
+    /// first record. A bad first record is the batch's error (see
+    /// `write_framed`); a later one ends the batch before it, and the
+    /// next batch meets it first.
+    ///
+    /// Headers are copied with page faults off, holding `writing` at most
+    /// (the room lock is let go of first); only a first header not in
+    /// memory ends the run and is copied holding nothing, where it may
+    /// fault. What each says is read once: the fill passes over the
+    /// headers.
+    fn framed_batch<'a>(
+        &'a self,
+        src: &mut IovSource<'_>,
+        remaining: usize,
+        owed: usize,
+        run: &mut Run<'a>,
+    ) -> Result<Batch> {
+        let header_len = core::mem::size_of::<abi::WriteFrame>();
+        let max = self.settings.max_msg as usize;
+        let room = self.half_ring().saturating_sub(owed);
+        let mut batch = Batch::new(header_len);
+        let mut taken = 0;
+        let mut cost = 0;
+        run.inner = None;
+        let ended = loop {
+            let left = remaining - taken;
+            if batch.count == BATCH || left == 0 {
+                break Ok(());
+            }
+            let first = batch.count == 0;
+            if left < header_len {
+                break Err(EINVAL);
+            }
+            let frame: abi::WriteFrame = match src.read_nofault() {
+                Some(frame) => frame,
+                None if first => {
+                    run.end();
+                    match src.read() {
+                        Ok(frame) => frame,
+                        Err(err) => break Err(err),
+                    }
+                }
+                None => break Ok(()),
+            };
+            let len = frame.len as usize;
+            let bad = if frame.flags != 0 || len == 0 || len > left - header_len {
+                Some(EINVAL)
+            } else if len > max {
+                Some(emsgsize())
+            } else {
+                None
+            };
+            let more = cost + record_cost(len, false);
+            if bad.is_some() || (!first && more > room) {
+                src.revert(header_len);
+                break bad.map_or(Ok(()), Err);
+            }
+            src.skip(len);
+            taken += header_len + len;
+            cost = more;
+            batch.push(len);
+        };
+        src.revert(taken);
+        match ended {
+            Err(err) if batch.count == 0 => Err(err),
+            _ => Ok(batch),
+        }
     }
 
     /// Writes one relayed message: a `RelayHeader`, then the payload (1 to
@@ -173,27 +325,25 @@ impl Room {
         let writer = Writer::of(file);
         let total = src.len();
         self.write_pieces(total, |run, wakes, remaining| {
-            self.write_record(src, remaining, &writer, how, relay, run, wakes)
+            if relay {
+                return self.write_relayed_record(src, remaining, &writer, how, run, wakes);
+            }
+            let batch = self.framed_batch(src, remaining, wakes.bytes, run)?;
+            self.write_batch(src, &batch, &writer, how, None, run, wakes)
         })
     }
 
-    /// Writes the record at the start of `src`'s `remaining` bytes;
-    /// returns its size (header and body). Its header's `flags` must be
-    /// zero, and its body 1 byte or more and all there (`EINVAL`); a body
-    /// longer than a message may be is `EMSGSIZE`.
-    ///
-    /// The header is copied with page faults off, keeping the `Run` (a
-    /// framed burst then costs one room lock pass per record, as a plain
-    /// one does); only a header not in memory ends the run and is copied
-    /// holding nothing, where it may fault. What it says is read once.
-    #[allow(clippy::too_many_arguments)]
-    fn write_record<'a>(
+    /// Writes the relay record at the start of `src`'s `remaining` bytes
+    /// (one message: relayed records carry an origin each and go one per
+    /// pass); returns its size (header and body). Its header's `flags`
+    /// must be zero, and its body 1 byte or more and all there (`EINVAL`).
+    /// The header is copied as in `framed_batch`.
+    fn write_relayed_record<'a>(
         &'a self,
         src: &mut IovSource<'_>,
         remaining: usize,
         writer: &Writer,
         how: Blocking,
-        relay: bool,
         run: &mut Run<'a>,
         wakes: &mut Wakes,
     ) -> Result<usize> {
@@ -201,6 +351,7 @@ impl Room {
         if remaining < header_len {
             return Err(EINVAL);
         }
+        run.inner = None;
         let frame: abi::WriteFrame = match src.read_nofault() {
             Some(frame) => frame,
             None => {
@@ -212,14 +363,7 @@ impl Room {
         if frame.flags != 0 || len == 0 || len > remaining - header_len {
             return Err(EINVAL);
         }
-        if relay {
-            self.write_relayed_body(src, len, writer, how, run, wakes)?;
-        } else {
-            if len > self.settings.max_msg as usize {
-                return Err(emsgsize());
-            }
-            self.write_message(src, len, writer, how, None, run, wakes)?;
-        }
+        self.write_relayed_body(src, len, writer, how, run, wakes)?;
         Ok(header_len + len)
     }
 
@@ -257,36 +401,43 @@ impl Room {
             flags: abi::ORIGIN_RELAYED,
             ..origin
         };
-        self.write_message(src, len, writer, how, Some(origin), run, wakes)
+        self.write_batch(src, &Batch::one(len), writer, how, Some(origin), run, wakes)
+            .map(|_| ())
     }
 
-    /// Writes one message: waits for the rate budget and for space first,
-    /// holding nothing, then places, fills and publishes it (see the module
-    /// doc).
+    /// Writes the messages of `batch` (at least the first, as many as go
+    /// now); returns the source bytes they took. Waits for the rate budget
+    /// and for space first, holding nothing, then places, fills and
+    /// publishes them (see the module doc).
     ///
     /// A writer asleep (over its budget, in a full `block` room, or for its
     /// own memory to be faulted in) holds no lock and no place in the ring;
-    /// only the one filling a record holds `writing`, and it copies with
+    /// only the one filling records holds `writing`, and it copies with
     /// page faults off, so it never sleeps holding it: a writer whose
     /// buffer stalls (a FUSE file, an unserved userfaultfd) holds up only
-    /// itself. The wake-ups the message owes go to `wakes`.
+    /// itself. The wake-ups the messages owe go to `wakes`.
     #[allow(clippy::too_many_arguments)]
-    fn write_message<'a>(
+    fn write_batch<'a>(
         &'a self,
         src: &mut IovSource<'_>,
-        len: usize,
+        batch: &Batch,
         writer: &Writer,
         how: Blocking,
         origin: Option<abi::OriginHeader>,
         run: &mut Run<'a>,
         wakes: &mut Wakes,
-    ) -> Result {
-        let cost = record_cost(len, origin.is_some());
-        if !self.could_ever_hold(cost) {
+    ) -> Result<usize> {
+        let relayed = origin.is_some();
+        let first_len = batch.len(0);
+        if !self.could_ever_hold(record_cost(first_len, relayed)) {
             return Err(emsgsize());
         }
         // Unlimited rooms (the common case) charge no budget: no lock pass.
-        let charged = if self.limited.load(Ordering::Relaxed) {
+        // Limited ones wait for and charge it message by message, so they
+        // place one message per pass.
+        let limited = self.limited.load(Ordering::Relaxed);
+        let count = if limited { 1 } else { batch.count };
+        let charged = if limited {
             // The budget may be waited for: nothing held.
             run.end();
             let mut inner = self.inner.lock();
@@ -294,7 +445,7 @@ impl Room {
                 &mut inner,
                 writer.charged_uid,
                 writer.file_id,
-                len,
+                first_len,
                 how.nonblock,
                 wakes,
             )?
@@ -306,7 +457,8 @@ impl Room {
         let mut lost = false;
         let stored = self.place_fill_push(
             src,
-            len,
+            batch,
+            count,
             writer,
             how,
             origin.as_ref(),
@@ -315,22 +467,26 @@ impl Room {
             wakes,
         );
         match stored {
-            Ok(asleep) => {
-                Stats::add(&self.stats.msgs_in, 1);
-                Stats::add(&self.stats.bytes_in, len as u64);
+            Ok((stored, asleep)) => {
+                let payload = batch.payload_bytes(stored);
+                Stats::add(&self.stats.msgs_in, stored as u64);
+                Stats::add(&self.stats.bytes_in, payload as u64);
                 let mut what = events::IN | events::RDNORM;
                 if lost {
                     what |= events::PRI;
                 }
+                let cost = (0..stored)
+                    .map(|index| record_cost(batch.len(index), relayed))
+                    .sum();
                 wakes.add(what, asleep, cost);
-                Ok(())
+                Ok(batch.source_bytes(0, stored))
             }
             Err(err) => {
                 // Nothing was sent: a writer is throttled only for what it
                 // sent.
                 if charged.is_some() {
                     run.end();
-                    self.inner.lock().refund(charged, len as u64);
+                    self.inner.lock().refund(charged, first_len as u64);
                 }
                 if lost {
                     wakes.add(events::PRI, Asleep::POLLERS, 0);
@@ -340,25 +496,27 @@ impl Room {
         }
     }
 
-    /// The part of `write_message` after the budget: waits for space, then
-    /// places, fills and pushes the record, again from the space check
-    /// whenever the copy comes up short. Returns who the message wakes;
-    /// `lost` says whether any pass evicted what a reader had not read.
+    /// The part of `write_batch` after the budget: waits for space for the
+    /// batch's first message, makes room for as many of its first `count`
+    /// as fit now, places them, fills and pushes them; again from the space
+    /// check when the first one's copy comes up short. Returns how many
+    /// went in and who they wake; `lost` says whether any pass evicted
+    /// what a reader had not read.
     #[allow(clippy::too_many_arguments)]
     fn place_fill_push<'a>(
         &'a self,
         src: &mut IovSource<'_>,
-        len: usize,
+        batch: &Batch,
+        count: usize,
         writer: &Writer,
         how: Blocking,
         origin: Option<&abi::OriginHeader>,
         lost: &mut bool,
         run: &mut Run<'a>,
         wakes: &mut Wakes,
-    ) -> Result<Asleep> {
+    ) -> Result<(usize, Asleep)> {
         let relayed = origin.is_some();
-        let cost = record_cost(len, relayed);
-        let size = record_size(len, relayed);
+        let first_cost = record_cost(batch.len(0), relayed);
         loop {
             if fatal_signal_pending() {
                 return Err(EINTR);
@@ -375,8 +533,8 @@ impl Room {
             // First only whether it may go: a write refused now must not
             // have evicted anything (not even what every reader has read).
             let checked = self
-                .wait_for_space(&mut inner, cost, true, false, wakes)
-                .and_then(|_| self.wait_for_space(&mut inner, cost, true, true, wakes));
+                .wait_for_space(&mut inner, first_cost, true, false, wakes)
+                .and_then(|_| self.wait_for_space(&mut inner, first_cost, true, true, wakes));
             match checked {
                 Ok(loss) => *lost |= loss,
                 // No space yet: wait for it holding only the room lock
@@ -384,40 +542,80 @@ impl Room {
                 // again.
                 Err(err) if err == EAGAIN && !how.nonblock => {
                     run.writing = None;
-                    self.wait_for_space(&mut inner, cost, false, false, wakes)?;
+                    self.wait_for_space(&mut inner, first_cost, false, false, wakes)?;
                     continue;
                 }
                 Err(err) => return Err(err),
             }
-            let seq = inner.ring.next_seq();
-            // The area is sized so that `None` cannot happen.
-            let placement = self.reserve(&mut inner, size).ok_or(ENOSPC)?;
+            // The rest of the batch, as far as it fits now: it never waits
+            // (the first message went through; the rest go in later
+            // passes). All of it at once if it fits (always, in a `drop`
+            // room), else one more at a time.
+            let mut placed = 1;
+            let whole = (0..count)
+                .map(|index| record_cost(batch.len(index), relayed))
+                .sum();
+            if count > 1 {
+                if let Some(loss) = self.make_room_now(&mut inner, count, whole) {
+                    *lost |= loss;
+                    placed = count;
+                }
+            }
+            let mut cost = first_cost;
+            while placed < count {
+                let more = cost + record_cost(batch.len(placed), relayed);
+                let Some(loss) = self.make_room_now(&mut inner, placed + 1, more) else {
+                    break;
+                };
+                *lost |= loss;
+                placed += 1;
+                cost = more;
+            }
+            let first_seq = inner.ring.next_seq();
+            let mut places = self.reserve(&mut inner);
             drop(inner);
+            // One stamp for the batch: its messages are one writer's, placed
+            // at one time.
             let sender = Sender::current(writer.kuid, writer.kgid);
-            let time_ns = realtime_ns();
             let header = abi::RingRecord {
-                seq,
-                time_ns,
-                len: len as u32,
+                seq: first_seq,
+                time_ns: realtime_ns(),
+                len: 0,
                 flags: if relayed { abi::RING_ORIGIN } else { 0 },
                 pid: sender.pid_in_init_ns(),
                 uid: writer.kuid,
                 gid: writer.kgid,
                 reserved: 0,
             };
-            let stamp = Stamp {
-                time_ns,
-                sender,
-                len: len as u32,
-                relayed,
-            };
-            let copied = self.fill(&placement, &header, origin, &stamp, len, src)?;
-            if copied < len {
+            let mut filled = 0;
+            let mut faulted = false;
+            while filled < placed {
+                let len = batch.len(filled);
+                // The area is sized so that `None` cannot happen.
+                let Some(placement) = places.next(record_size(len, relayed)) else {
+                    break;
+                };
+                let header = abi::RingRecord {
+                    seq: first_seq + filled as u64,
+                    len: len as u32,
+                    ..header
+                };
+                if batch.frame > 0 {
+                    src.skip(batch.frame);
+                }
+                let copied = self.fill(&placement, &header, origin, len, src)?;
+                if copied < len {
+                    src.revert(batch.frame + copied);
+                    faulted = true;
+                    break;
+                }
+                filled += 1;
+            }
+            if filled == 0 && faulted {
                 // Part of the writer's buffer is not in memory. Fault it in
-                // holding nothing, then place the record again: the bytes
+                // holding nothing, then place the message again: the bytes
                 // picked here may be another writer's by then.
                 run.writing = None;
-                src.revert(copied);
                 if how.nowait {
                     return Err(EAGAIN);
                 }
@@ -425,7 +623,7 @@ impl Room {
                 // its memory (a userfaultfd server may be waiting to read
                 // it).
                 wakes.flush(self);
-                let missing = src.fault_in(len);
+                let missing = src.fault_in(batch.frame + batch.len(0));
                 // A wait for the buffer that a signal ended, or a buffer
                 // that keeps going away between the fault-in and the copy,
                 // costs only its own writer, who stays interruptible.
@@ -443,14 +641,39 @@ impl Room {
             if inner.deleted {
                 return Err(eidrm());
             }
-            // Nothing took the place picked above: only writers push, one
-            // at a time.
-            inner.ring.push(stamp, cost, size).map_err(|_| ENOSPC)?;
+            // Nothing took the places picked above: only writers push, one
+            // at a time, and evictions only free more of the area.
+            let mut pushed = 0;
+            while pushed < filled {
+                let len = batch.len(pushed);
+                let stamp = Stamp {
+                    time_ns: header.time_ns,
+                    sender: sender.clone(),
+                    len: len as u32,
+                    relayed,
+                };
+                let cost = record_cost(len, relayed);
+                if inner
+                    .ring
+                    .push(stamp, cost, record_size(len, relayed))
+                    .is_err()
+                {
+                    break;
+                }
+                pushed += 1;
+            }
+            // What was filled and not pushed is taken again by a later pass.
+            if pushed < filled {
+                src.revert(batch.source_bytes(pushed, filled));
+            }
+            if pushed == 0 {
+                return Err(ENOSPC);
+            }
             self.publish(&mut inner);
             let asleep = inner.asleep_for_message(*lost);
-            // Kept for the next message's placement (`Run`).
+            // Kept for the next batch's placement (`Run`).
             run.inner = Some(inner);
-            return Ok(asleep);
+            return Ok((pushed, asleep));
         }
     }
 
@@ -462,7 +685,6 @@ impl Room {
         placement: &Placement,
         header: &abi::RingRecord,
         origin: Option<&abi::OriginHeader>,
-        stamp: &Stamp,
         len: usize,
         src: &mut IovSource<'_>,
     ) -> Result<usize> {
@@ -477,9 +699,10 @@ impl Room {
         }
         let at = placement.offset;
         self.area.put(at, header)?;
-        if let (Some(origin), Some(origin_at)) = (origin, stamp.origin_at(at)) {
-            self.area.put(origin_at, origin)?;
+        if let Some(origin) = origin {
+            self.area.put(at + RECORD_HEADER, origin)?;
         }
-        self.area.fill_from_nofault(stamp.payload_at(at), len, src)
+        self.area
+            .fill_from_nofault(payload_at(at, origin.is_some()), len, src)
     }
 }

@@ -8,10 +8,15 @@ use crate::{
 };
 use anyhow::{bail, ensure, Context, Result};
 use kchat_uapi::abi;
-use nix::errno::Errno;
+use nix::{
+    errno::Errno,
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+};
 use std::{
     fs::File,
     io::{Read, Write},
+    os::fd::AsFd,
+    time::Instant,
 };
 
 pub const TESTS: &[Test] = &[
@@ -34,6 +39,10 @@ pub const TESTS: &[Test] = &[
     (
         "writes::the_write_mode_refuses_bad_input",
         the_write_mode_refuses_bad_input,
+    ),
+    (
+        "writes::bursts_arrive_whole_in_order_and_stamped_through_a_small_block_room",
+        bursts_arrive_whole_in_order_and_stamped_through_a_small_block_room,
     ),
 ];
 
@@ -342,5 +351,119 @@ fn the_write_mode_refuses_bad_input() -> Result<()> {
         packets(&mut reader)? == [b"plain".to_vec()],
         "a refused write mode changed the fd"
     );
+    Ok(())
+}
+
+/// Every frame a framed reader gets until it has `count` messages, read as
+/// they come (the reader is non-blocking; each wait is bounded).
+fn frames_until(reader: &mut File, count: usize) -> Result<Vec<(abi::FrameHeader, Vec<u8>)>> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let start = Instant::now();
+    while got.len() < count {
+        ensure!(
+            start.elapsed() < crate::helper::PATIENCE,
+            "the reader had {} of {count} messages after {:?}",
+            got.len(),
+            crate::helper::PATIENCE
+        );
+        match reader.read(&mut buf) {
+            Ok(n) => {
+                let frames = kchat_client::split_frames(&buf[..n])
+                    .context("a framed read ended inside a frame")?;
+                got.extend(
+                    frames
+                        .into_iter()
+                        .map(|(header, body)| (header, body.to_vec())),
+                );
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+                poll(&mut fds, PollTimeout::from(1000u16)).context("polling the reader")?;
+            }
+            Err(err) => bail!("a framed read: {err}"),
+        }
+    }
+    Ok(got)
+}
+
+/// A write of many small messages, plain or framed, goes in as batches
+/// (one pass of the room lock places many). Through a `block` room whose
+/// ring holds a few dozen of them, with a reader draining it meanwhile,
+/// the reader must get every message of both writes whole, in order, with
+/// consecutive sequence numbers, the writer's stamp and times that never
+/// go back: whatever the batches, the waits for space between them and the
+/// half-ring wake-ups.
+fn bursts_arrive_whole_in_order_and_stamped_through_a_small_block_room() -> Result<()> {
+    module::ensure_loaded()?;
+    let max_msg = 64usize;
+    let room = TempRoom::create(abi::RoomSpec {
+        ring_bytes: abi::MIN_RING_BYTES,
+        max_msg: max_msg as u32,
+        policy: abi::POLICY_BLOCK,
+        max_wait_ms: abi::MAX_WAIT_FOREVER,
+        ..spec("bursts")
+    })?;
+    let mut reader = room.open_read_nonblock()?;
+    kchat_client::set_read_mode(&reader, abi::READ_FRAMED)?;
+    let count = 500usize;
+    let plain: Vec<Vec<u8>> = (0..count)
+        .map(|i| (0..max_msg).map(|j| (i * 7 + j) as u8).collect())
+        .collect();
+    let framed: Vec<Vec<u8>> = (0..count)
+        .map(|i| (0..1 + (i * 37) % max_msg).map(|j| (i * 11 + j) as u8).collect())
+        .collect();
+    let draining = std::thread::spawn(move || frames_until(&mut reader, 2 * count));
+    let mut writer = room.open_write()?;
+    let took = writer.write(&plain.concat()).context("one plain write")?;
+    ensure!(
+        took == count * max_msg,
+        "a blocking plain write of {count} messages took {took} bytes"
+    );
+    kchat_client::set_write_mode(&writer, abi::WRITE_FRAMED).context("IOC_SET_WRITE_MODE")?;
+    let refs: Vec<&[u8]> = framed.iter().map(Vec::as_slice).collect();
+    let batch = records(&refs)?;
+    let took = writer.write(&batch).context("one framed write")?;
+    ensure!(
+        took == batch.len(),
+        "a blocking framed write of {count} records took {took} of {} bytes",
+        batch.len()
+    );
+    let got = draining
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reader thread panicked"))??;
+    ensure!(
+        got.len() == 2 * count,
+        "the reader got {} messages, expected {}",
+        got.len(),
+        2 * count
+    );
+    let pid = std::process::id();
+    let first = got[0].0.seq;
+    let mut time = 0;
+    for (index, ((header, body), sent)) in got.iter().zip(plain.iter().chain(&framed)).enumerate() {
+        ensure!(
+            body == sent,
+            "message {index}: {} bytes, not the {} sent (or other bytes)",
+            body.len(),
+            sent.len()
+        );
+        ensure!(
+            header.seq == first + index as u64 && header.lost == 0,
+            "message {index}: seq {} (first {first}), lost {}",
+            header.seq,
+            header.lost
+        );
+        ensure!(
+            header.pid == pid && header.len as usize == sent.len(),
+            "message {index}: stamp {header:?}, expected pid {pid}"
+        );
+        ensure!(
+            header.time_ns >= time,
+            "message {index}: time {} before the previous one's {time}",
+            header.time_ns
+        );
+        time = header.time_ns;
+    }
     Ok(())
 }
