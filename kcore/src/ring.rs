@@ -224,13 +224,30 @@ impl<T, S: DerefMut<Target = [Option<Slot<T>>]>> Ring<T, S> {
     /// `keep_from` (which nobody needs any more) were evicted. Constant
     /// time, however many records that is.
     pub fn fits_after_evicting_before(&self, keep_from: u64, cost: usize) -> bool {
+        self.fits_many_after_evicting_before(keep_from, 1, cost)
+    }
+
+    /// Whether `records` more records, of `cost` together, would fit once
+    /// the records before `keep_from` were evicted. Constant time.
+    pub fn fits_many_after_evicting_before(
+        &self,
+        keep_from: u64,
+        records: usize,
+        cost: usize,
+    ) -> bool {
         let until = keep_from.clamp(self.first, self.next);
         let (Some(from), Some(to)) = (self.cost_before(self.first), self.cost_before(until)) else {
             return false;
         };
         let freed = to.saturating_sub(from) as usize;
         let len = self.len() - (until - self.first) as usize;
-        len < self.slots.len() && self.bytes.saturating_sub(freed) + cost <= self.max_bytes
+        len.checked_add(records)
+            .is_some_and(|len| len <= self.slots.len())
+            && self
+                .bytes
+                .saturating_sub(freed)
+                .checked_add(cost)
+                .is_some_and(|bytes| bytes <= self.max_bytes)
     }
 
     /// What the retained records from `seq` on cost (a reader at `seq`
@@ -641,6 +658,10 @@ mod tests {
                         let used = model.iter().map(|(_, c)| c).sum::<usize>() - freed;
                         let fits = left < slots && used + cost <= max_bytes;
                         prop_assert_eq!(r.fits_after_evicting_before(keep, cost), fits);
+                        for records in [0usize, 2, 3] {
+                            let fits = left + records <= slots && used + cost <= max_bytes;
+                            prop_assert_eq!(r.fits_many_after_evicting_before(keep, records, cost), fits);
+                        }
                     }
                 }
                 for from in 0..=next + 1 {

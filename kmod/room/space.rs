@@ -120,22 +120,34 @@ impl Room {
     }
 
     /// Makes room for `records` records of `cost` together (a batch's first
-    /// ones and one more) as far as the policy allows without waiting or
-    /// forcing a laggard out: `None` if it cannot now, else whether a reader
-    /// lost a message to it. What a `block` room evicts here every reader
-    /// had read; `Room::reserve` tells mapped readers before the bytes are
-    /// reused.
+    /// ones, or all of it) as far as the policy allows without waiting or
+    /// forcing a laggard out: `None`, having evicted nothing, if it cannot
+    /// now; else whether a reader lost a message to it. What a `block` room
+    /// evicts here every reader had read; `Room::reserve` tells mapped
+    /// readers before the bytes are reused.
     pub(super) fn make_room_now(
         &self,
         inner: &mut RoomInner,
         records: usize,
         cost: usize,
     ) -> Option<bool> {
-        // A batch that could never fit would evict everything first.
-        if inner.deleted || !inner.ring.could_ever_fit_many(records, cost) {
+        // A batch that could never fit would evict everything first, and
+        // a `block` room must not evict for messages that then do not go
+        // in (a refused message evicts nothing).
+        let policy = self.settings.policy;
+        let possible = match policy {
+            Policy::Drop => inner.ring.could_ever_fit_many(records, cost),
+            Policy::Block => {
+                let slowest = inner.slowest_reader();
+                inner
+                    .ring
+                    .fits_many_after_evicting_before(slowest, records, cost)
+            }
+        };
+        if inner.deleted || !possible {
             return None;
         }
-        inner.make_room(self.settings.policy, records, cost, false)
+        inner.make_room(policy, records, cost, false)
     }
 
     /// Whether a record of `cost` fits this room's ring at all (when it is

@@ -193,23 +193,32 @@ impl Room {
         self.settings.ring_bytes as usize / 2
     }
 
+    /// How many messages a batch may hold: one in a room with a rate
+    /// limit (its budget is waited for and charged message by message).
+    fn batch_limit(&self) -> usize {
+        if self.limited.load(Ordering::Relaxed) {
+            1
+        } else {
+            BATCH
+        }
+    }
+
     /// The next batch of a plain write with `remaining` bytes left:
-    /// `max_msg` pieces, as many as `BATCH` and the half ring (less the
-    /// `owed` cost readers have not been woken for) allow, at least one.
+    /// `max_msg` pieces, as many as `BATCH` allows and until they reach
+    /// the half ring less the `owed` cost readers have not been woken for
+    /// (the message that reaches it is the batch's last, so the wake-up
+    /// comes where it did when messages went one by one); at least one.
     fn plain_batch(&self, remaining: usize, owed: usize) -> Batch {
         let max = self.settings.max_msg as usize;
         let room = self.half_ring().saturating_sub(owed);
+        let most = self.batch_limit();
         let mut batch = Batch::new(0);
         let mut left = remaining;
         let mut cost = 0;
-        while batch.count < BATCH && left > 0 {
+        while batch.count < most && left > 0 && (batch.count == 0 || cost < room) {
             let len = max.min(left);
-            let more = cost + record_cost(len, false);
-            if batch.count > 0 && more > room {
-                break;
-            }
             batch.push(len);
-            cost = more;
+            cost += record_cost(len, false);
             left -= len;
         }
         batch
@@ -217,7 +226,7 @@ impl Room {
 
     /// The next batch of a framed write with `remaining` bytes left: its
     /// records' headers read and checked, as many records as `BATCH` and
-    /// the half ring allow (see `plain_batch`). `src` is left at the
+    /// the half ring allow (as in `plain_batch`). `src` is left at the
     /// first record. A bad first record is the batch's error (see
     /// `write_framed`); a later one ends the batch before it, and the
     /// next batch meets it first.
@@ -237,13 +246,14 @@ impl Room {
         let header_len = core::mem::size_of::<abi::WriteFrame>();
         let max = self.settings.max_msg as usize;
         let room = self.half_ring().saturating_sub(owed);
+        let most = self.batch_limit();
         let mut batch = Batch::new(header_len);
         let mut taken = 0;
         let mut cost = 0;
         run.inner = None;
         let ended = loop {
             let left = remaining - taken;
-            if batch.count == BATCH || left == 0 {
+            if batch.count == most || left == 0 || (batch.count > 0 && cost >= room) {
                 break Ok(());
             }
             let first = batch.count == 0;
@@ -269,14 +279,13 @@ impl Room {
             } else {
                 None
             };
-            let more = cost + record_cost(len, false);
-            if bad.is_some() || (!first && more > room) {
+            if let Some(bad) = bad {
                 src.revert(header_len);
-                break bad.map_or(Ok(()), Err);
+                break Err(bad);
             }
             src.skip(len);
             taken += header_len + len;
-            cost = more;
+            cost += record_cost(len, false);
             batch.push(len);
         };
         src.revert(taken);
@@ -623,16 +632,20 @@ impl Room {
                 // its memory (a userfaultfd server may be waiting to read
                 // it).
                 wakes.flush(self);
-                let missing = src.fault_in(batch.frame + batch.len(0));
+                // The whole batch, so that the next pass fills it whole
+                // rather than stopping at each page it lacks.
+                let wanted = batch.source_bytes(0, placed);
+                let missing = src.fault_in(wanted);
                 // A wait for the buffer that a signal ended, or a buffer
                 // that keeps going away between the fault-in and the copy,
                 // costs only its own writer, who stays interruptible.
                 if signal_pending() {
                     return Err(ERESTARTSYS);
                 }
-                // The whole message must be readable: a buffer that runs
-                // into a hole would otherwise be retried forever.
-                if missing != 0 {
+                // The first message must be readable whole: a buffer that
+                // runs into a hole would otherwise be retried forever. (A
+                // hole further on ends a later batch the same way.)
+                if wanted - missing < batch.source_bytes(0, 1) {
                     return Err(EFAULT);
                 }
                 continue;
@@ -644,11 +657,21 @@ impl Room {
             // Nothing took the places picked above: only writers push, one
             // at a time, and evictions only free more of the area.
             let mut pushed = 0;
+            let mut sender = Some(sender);
             while pushed < filled {
                 let len = batch.len(pushed);
+                // The last record takes the reference looked up for the batch.
+                let this = if pushed + 1 == filled {
+                    sender.take()
+                } else {
+                    sender.clone()
+                };
+                let Some(sender) = this else {
+                    break;
+                };
                 let stamp = Stamp {
                     time_ns: header.time_ns,
-                    sender: sender.clone(),
+                    sender,
                     len: len as u32,
                     relayed,
                 };

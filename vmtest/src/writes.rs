@@ -44,6 +44,10 @@ pub const TESTS: &[Test] = &[
         "writes::bursts_arrive_whole_in_order_and_stamped_through_a_small_block_room",
         bursts_arrive_whole_in_order_and_stamped_through_a_small_block_room,
     ),
+    (
+        "writes::a_block_room_evicts_only_for_the_messages_that_go_in",
+        a_block_room_evicts_only_for_the_messages_that_go_in,
+    ),
 ];
 
 const FRAME: usize = size_of::<abi::WriteFrame>();
@@ -393,25 +397,36 @@ fn frames_until(reader: &mut File, count: usize) -> Result<Vec<(abi::FrameHeader
 /// the reader must get every message of both writes whole, in order, with
 /// consecutive sequence numbers, the writer's stamp and times that never
 /// go back: whatever the batches, the waits for space between them and the
-/// half-ring wake-ups.
+/// half-ring wake-ups. The smallest ring cuts batches at half of it (16
+/// messages of cost 128); one of 64 KiB at their most (32).
 fn bursts_arrive_whole_in_order_and_stamped_through_a_small_block_room() -> Result<()> {
     module::ensure_loaded()?;
+    bursts_through(abi::MIN_RING_BYTES, 500)?;
+    bursts_through(64 * 1024, 2000)
+}
+
+/// Two writes of `count` messages each, one plain and one framed, through
+/// a `block` room of `ring_bytes` (see the caller).
+fn bursts_through(ring_bytes: u32, count: usize) -> Result<()> {
     let max_msg = 64usize;
     let room = TempRoom::create(abi::RoomSpec {
-        ring_bytes: abi::MIN_RING_BYTES,
+        ring_bytes,
         max_msg: max_msg as u32,
         policy: abi::POLICY_BLOCK,
         max_wait_ms: abi::MAX_WAIT_FOREVER,
-        ..spec("bursts")
+        ..spec(&format!("bursts-{ring_bytes}"))
     })?;
     let mut reader = room.open_read_nonblock()?;
     kchat_client::set_read_mode(&reader, abi::READ_FRAMED)?;
-    let count = 500usize;
     let plain: Vec<Vec<u8>> = (0..count)
         .map(|i| (0..max_msg).map(|j| (i * 7 + j) as u8).collect())
         .collect();
     let framed: Vec<Vec<u8>> = (0..count)
-        .map(|i| (0..1 + (i * 37) % max_msg).map(|j| (i * 11 + j) as u8).collect())
+        .map(|i| {
+            (0..1 + (i * 37) % max_msg)
+                .map(|j| (i * 11 + j) as u8)
+                .collect()
+        })
         .collect();
     let draining = std::thread::spawn(move || frames_until(&mut reader, 2 * count));
     let mut writer = room.open_write()?;
@@ -444,13 +459,13 @@ fn bursts_arrive_whole_in_order_and_stamped_through_a_small_block_room() -> Resu
     for (index, ((header, body), sent)) in got.iter().zip(plain.iter().chain(&framed)).enumerate() {
         ensure!(
             body == sent,
-            "message {index}: {} bytes, not the {} sent (or other bytes)",
+            "ring {ring_bytes}, message {index}: {} bytes, not the {} sent (or other bytes)",
             body.len(),
             sent.len()
         );
         ensure!(
             header.seq == first + index as u64 && header.lost == 0,
-            "message {index}: seq {} (first {first}), lost {}",
+            "ring {ring_bytes}, message {index}: seq {} (first {first}), lost {}",
             header.seq,
             header.lost
         );
@@ -465,5 +480,78 @@ fn bursts_arrive_whole_in_order_and_stamped_through_a_small_block_room() -> Resu
         );
         time = header.time_ns;
     }
+    Ok(())
+}
+
+/// A write of two messages into a full `block` room, where the first fits
+/// once read records go and the second would need one the reader has not
+/// read: the first goes in, having evicted the one record it needed, and
+/// the second is refused (`EAGAIN`, a short write), having evicted
+/// nothing, however the kernel batches them. (Batching once evicted for
+/// the whole batch before finding the second could not go in: a record
+/// every reader had read, but one `IOC_ROOM_INFO`, `lseek` and
+/// `IOC_SEEK_SEQ` would still have shown.)
+fn a_block_room_evicts_only_for_the_messages_that_go_in() -> Result<()> {
+    module::ensure_loaded()?;
+    let ring = abi::MIN_RING_BYTES as u64;
+    let max_msg = 500usize;
+    let overhead = abi::RECORD_OVERHEAD as usize;
+    let room = TempRoom::create(abi::RoomSpec {
+        ring_bytes: ring as u32,
+        max_msg: max_msg as u32,
+        policy: abi::POLICY_BLOCK,
+        max_wait_ms: abi::MAX_WAIT_FOREVER,
+        ..spec("evict-exact")
+    })?;
+    let mut reader = packet_reader(&room)?;
+    let mut writer = room.open_write_nonblock()?;
+    // Eight records of cost 500: 4,000 of the ring's 4,096 bytes.
+    let small = 500 - overhead;
+    for i in 0..8u8 {
+        writer
+            .write_all(&vec![i; small])
+            .context("filling the room")?;
+    }
+    let before = room.control().info(&room.name)?;
+    ensure!(
+        before.ring_msgs == 8 && before.ring_used_bytes == 8 * 500,
+        "after 8 records of cost 500: {} records, {} bytes",
+        before.ring_msgs,
+        before.ring_used_bytes
+    );
+    // The reader reads two: records 0 and 1 may go, 2 on may not.
+    let mut buf = vec![0u8; max_msg];
+    for _ in 0..2 {
+        let got = reader
+            .read(&mut buf)
+            .context("reading one of the first two")?;
+        ensure!(
+            got == small,
+            "a packet read of a {small}-byte message gave {got}"
+        );
+    }
+    // Two messages of cost 564: the first fits once record 0 goes (3,500 +
+    // 564); the second would need record 2 too.
+    let took = write_raw(&mut writer, &vec![b'x'; 2 * max_msg]);
+    ensure!(
+        took == Ok(max_msg),
+        "a write of two messages into the held room took {took:?}, expected {max_msg} (the first)"
+    );
+    let after = room.control().info(&room.name)?;
+    ensure!(
+        after.first_seq == before.first_seq + 1 && after.ring_msgs == 8,
+        "the write evicted {} records for the one it stored (first_seq {} -> {}, {} records \
+         retained): a refused message evicted what it would have needed",
+        after.first_seq.wrapping_sub(before.first_seq),
+        before.first_seq,
+        after.first_seq,
+        after.ring_msgs
+    );
+    ensure!(
+        after.ring_used_bytes == 7 * 500 + (max_msg + overhead) as u64
+            && after.ring_used_bytes <= ring,
+        "{} bytes used after the write",
+        after.ring_used_bytes
+    );
     Ok(())
 }
