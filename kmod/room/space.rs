@@ -51,11 +51,18 @@ pub(crate) enum Hold {
 impl RoomInner {
     /// Whether a write of `cost` would go through without waiting.
     pub(crate) fn could_write(&mut self, policy: Policy, cost: usize) -> bool {
+        self.could_write_many(policy, 1, cost)
+    }
+
+    /// Whether `records` records of `cost` together would go in without
+    /// waiting, evicting only what the policy allows without force.
+    fn could_write_many(&mut self, policy: Policy, records: usize, cost: usize) -> bool {
         match policy {
-            Policy::Drop => self.ring.could_ever_fit(cost),
+            Policy::Drop => self.ring.could_ever_fit_many(records, cost),
             Policy::Block => {
                 let slowest = self.slowest_reader();
-                self.ring.fits_after_evicting_before(slowest, cost)
+                self.ring
+                    .fits_many_after_evicting_before(slowest, records, cost)
             }
         }
     }
@@ -135,16 +142,7 @@ impl Room {
         // a `block` room must not evict for messages that then do not go
         // in (a refused message evicts nothing).
         let policy = self.settings.policy;
-        let possible = match policy {
-            Policy::Drop => inner.ring.could_ever_fit_many(records, cost),
-            Policy::Block => {
-                let slowest = inner.slowest_reader();
-                inner
-                    .ring
-                    .fits_many_after_evicting_before(slowest, records, cost)
-            }
-        };
-        if inner.deleted || !possible {
+        if inner.deleted || !inner.could_write_many(policy, records, cost) {
             return None;
         }
         inner.make_room(policy, records, cost, false)

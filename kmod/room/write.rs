@@ -110,6 +110,13 @@ impl Batch {
     fn payload_bytes(&self, count: usize) -> usize {
         (0..count).map(|index| self.len(index)).sum()
     }
+
+    /// What the first `count` messages cost against the ring's budget.
+    fn cost(&self, count: usize, relayed: bool) -> usize {
+        (0..count)
+            .map(|index| record_cost(self.len(index), relayed))
+            .sum()
+    }
 }
 
 /// What one `write` call keeps from one batch to the next: `writing`
@@ -132,6 +139,38 @@ impl Run<'_> {
         self.inner = None;
         self.writing = None;
     }
+}
+
+/// Reads the `WriteFrame` at the start of `src`'s `left` bytes and
+/// returns its body's length, checked: `flags` zero, a body of 1 byte or
+/// more that the write holds whole (else `EINVAL`, nothing taken). The
+/// header is copied with page faults off (the caller may hold `writing`);
+/// one not in memory ends the run and is copied holding nothing if
+/// `may_fault`, else is `Ok(None)`, nothing taken.
+fn read_frame(
+    src: &mut IovSource<'_>,
+    left: usize,
+    may_fault: bool,
+    run: &mut Run<'_>,
+) -> Result<Option<usize>> {
+    let header_len = core::mem::size_of::<abi::WriteFrame>();
+    if left < header_len {
+        return Err(EINVAL);
+    }
+    let frame: abi::WriteFrame = match src.read_nofault() {
+        Some(frame) => frame,
+        None if may_fault => {
+            run.end();
+            src.read()?
+        }
+        None => return Ok(None),
+    };
+    let len = frame.len as usize;
+    if frame.flags != 0 || len == 0 || len > left - header_len {
+        src.revert(header_len);
+        return Err(EINVAL);
+    }
+    Ok(Some(len))
 }
 
 impl Room {
@@ -256,32 +295,14 @@ impl Room {
             if batch.count == most || left == 0 || (batch.count > 0 && cost >= room) {
                 break Ok(());
             }
-            let first = batch.count == 0;
-            if left < header_len {
-                break Err(EINVAL);
-            }
-            let frame: abi::WriteFrame = match src.read_nofault() {
-                Some(frame) => frame,
-                None if first => {
-                    run.end();
-                    match src.read() {
-                        Ok(frame) => frame,
-                        Err(err) => break Err(err),
-                    }
-                }
-                None => break Ok(()),
+            let len = match read_frame(src, left, batch.count == 0, run) {
+                Ok(Some(len)) => len,
+                Ok(None) => break Ok(()),
+                Err(err) => break Err(err),
             };
-            let len = frame.len as usize;
-            let bad = if frame.flags != 0 || len == 0 || len > left - header_len {
-                Some(EINVAL)
-            } else if len > max {
-                Some(emsgsize())
-            } else {
-                None
-            };
-            if let Some(bad) = bad {
+            if len > max {
                 src.revert(header_len);
-                break Err(bad);
+                break Err(emsgsize());
             }
             src.skip(len);
             taken += header_len + len;
@@ -346,7 +367,7 @@ impl Room {
     /// (one message: relayed records carry an origin each and go one per
     /// pass); returns its size (header and body). Its header's `flags`
     /// must be zero, and its body 1 byte or more and all there (`EINVAL`).
-    /// The header is copied as in `framed_batch`.
+    /// The header is read by `read_frame`.
     fn write_relayed_record<'a>(
         &'a self,
         src: &mut IovSource<'_>,
@@ -356,24 +377,11 @@ impl Room {
         run: &mut Run<'a>,
         wakes: &mut Wakes,
     ) -> Result<usize> {
-        let header_len = core::mem::size_of::<abi::WriteFrame>();
-        if remaining < header_len {
-            return Err(EINVAL);
-        }
         run.inner = None;
-        let frame: abi::WriteFrame = match src.read_nofault() {
-            Some(frame) => frame,
-            None => {
-                run.end();
-                src.read()?
-            }
-        };
-        let len = frame.len as usize;
-        if frame.flags != 0 || len == 0 || len > remaining - header_len {
-            return Err(EINVAL);
-        }
+        // Faults allowed: a header is always read.
+        let len = read_frame(src, remaining, true, run)?.ok_or(EFAULT)?;
         self.write_relayed_body(src, len, writer, how, run, wakes)?;
-        Ok(header_len + len)
+        Ok(core::mem::size_of::<abi::WriteFrame>() + len)
     }
 
     /// Writes one relayed message of `total` bytes from `src`: a
@@ -484,10 +492,7 @@ impl Room {
                 if lost {
                     what |= events::PRI;
                 }
-                let cost = (0..stored)
-                    .map(|index| record_cost(batch.len(index), relayed))
-                    .sum();
-                wakes.add(what, asleep, cost);
+                wakes.add(what, asleep, batch.cost(stored, relayed));
                 Ok(batch.source_bytes(0, stored))
             }
             Err(err) => {
@@ -561,10 +566,8 @@ impl Room {
             // passes). All of it at once if it fits (always, in a `drop`
             // room), else one more at a time.
             let mut placed = 1;
-            let whole = (0..count)
-                .map(|index| record_cost(batch.len(index), relayed))
-                .sum();
             if count > 1 {
+                let whole = batch.cost(count, relayed);
                 if let Some(loss) = self.make_room_now(&mut inner, count, whole) {
                     *lost |= loss;
                     placed = count;
