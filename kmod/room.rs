@@ -83,11 +83,6 @@ pub(crate) struct Stamp {
 }
 
 impl Stamp {
-    /// Where the record's origin header is, for a record at `at`.
-    pub(crate) fn origin_at(&self, at: usize) -> Option<usize> {
-        self.relayed.then_some(at + RECORD_HEADER)
-    }
-
     /// Where the record's payload is, for a record at `at`.
     pub(crate) fn payload_at(&self, at: usize) -> usize {
         payload_at(at, self.relayed)

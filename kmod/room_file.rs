@@ -33,7 +33,7 @@ use kernel::{
 
 /// Records planned under one hold of the room lock: a read plans and copies
 /// this many at a time, and goes on while whole batches fit its buffer.
-const BATCH: usize = 16;
+const BATCH: usize = 32;
 
 const HEADER: usize = core::mem::size_of::<abi::FrameHeader>();
 
@@ -445,12 +445,19 @@ impl RoomFile {
                 // The mode is set under the cursor lock, so it holds for
                 // this whole read.
                 let mode = self.mode.load(Ordering::Relaxed);
-                let batch = plan(&inner, file, seq, cursor.offset, mode, dest.len(), true)?;
+                let mut batch = Batch::EMPTY;
+                plan(
+                    &inner,
+                    file,
+                    seq,
+                    cursor.offset,
+                    mode,
+                    dest.len(),
+                    true,
+                    &mut batch,
+                )?;
                 drop(inner);
-                match self.copy_out(&mut cursor, mark, seq, mode, &batch, dest)? {
-                    Some(copied) if is_full(&batch) => {
-                        return Ok(copied + self.read_on(file, &mut cursor, mark, mode, dest));
-                    }
+                match self.copy_batches(file, &mut cursor, mark, seq, mode, &mut batch, dest)? {
                     Some(copied) => return Ok(copied),
                     // Overwritten while copied: read again, past the loss.
                     None => {
@@ -488,46 +495,66 @@ impl RoomFile {
         }
     }
 
-    /// After a full batch, the batches that follow while they fit `dest`
-    /// and are ready, so one read returns as many whole messages as fit
-    /// (what the ABI says) in passes of [`BATCH`]. Stops, returning what it
-    /// copied, at the first thing a new read would handle: nothing ready,
-    /// a loss, a message that does not fit, a fault, a pending signal.
-    fn read_on(
+    /// Copies `batch` (the read's first, planned at `seq`) and, after each
+    /// full batch copied whole, the next one while it fits `dest` and is
+    /// ready, so one read returns as many whole messages as fit (what the
+    /// ABI says) in passes of [`BATCH`]. Each next batch is planned under
+    /// the hold of the room lock that moved the cursor past the one before:
+    /// one hold per batch. Returns what it copied; `None` if the first
+    /// batch was overtaken (nothing copied), and its error if the first
+    /// batch failed. A later batch's trouble (a loss, a fault) ends the
+    /// read with what it has: the next read meets it first.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_batches(
         &self,
         file: &File,
         cursor: &mut Cursor,
         mark: &ReaderMark,
+        mut seq: u64,
         mode: u32,
+        batch: &mut Batch,
         dest: &mut IovDest<'_>,
-    ) -> usize {
+    ) -> Result<Option<usize>> {
         let mut copied = 0;
+        let mut first = true;
         // Each pass copies a whole batch: `dest` shrinks until it is empty
         // or the room has nothing ready, so this ends; the signal check
         // bounds a huge buffer on a busy room.
-        while dest.len() > 0 && !signal_pending() {
-            let inner = self.room.inner.lock();
-            let seq = mark.seq.load(Ordering::Relaxed);
-            if !matches!(inner.ring.get(seq), Lookup::Ready(_)) {
-                break;
-            }
-            let Ok(batch) = plan(&inner, file, seq, cursor.offset, mode, dest.len(), false) else {
-                break;
-            };
-            drop(inner);
-            if batch[0].is_none() {
-                break;
-            }
-            match self.copy_out(cursor, mark, seq, mode, &batch, dest) {
-                Ok(Some(more)) => copied += more,
+        loop {
+            let outcome = self.copy_out(
+                cursor,
+                mark,
+                seq,
+                mode,
+                batch,
+                dest,
+                |inner, batch, space| {
+                    if space == 0 || signal_pending() {
+                        return None;
+                    }
+                    let next = mark.seq.load(Ordering::Relaxed);
+                    if !matches!(inner.ring.get(next), Lookup::Ready(_)) {
+                        return None;
+                    }
+                    plan(inner, file, next, 0, mode, space, false, batch).ok()?;
+                    (batch.count > 0).then_some(next)
+                },
+            );
+            match outcome {
+                Ok(Some((more, next))) => {
+                    copied += more;
+                    match next {
+                        Some(next) => seq = next,
+                        None => return Ok(Some(copied)),
+                    }
+                }
+                Ok(None) if first => return Ok(None),
+                Err(err) if first => return Err(err),
                 // Overtaken or faulted: the next read says so.
-                Ok(None) | Err(_) => break,
+                Ok(None) | Err(_) => return Ok(Some(copied)),
             }
-            if !is_full(&batch) {
-                break;
-            }
+            first = false;
         }
-        copied
     }
 
     /// Copies the planned records out, without the room lock (user memory
@@ -535,15 +562,22 @@ impl RoomFile {
     /// `None` if the first record was evicted and its bytes reused while
     /// they were copied (see `room.rs`): nothing is returned then, and the
     /// cursor stays, so the next look counts the loss.
+    ///
+    /// When every record of a full batch was copied, `plan_next` runs under
+    /// the same hold of the room lock that moved the cursor, given the
+    /// bytes `dest` has left: it may plan the next batch in `batch` and say
+    /// where it starts, returned with the bytes copied.
+    #[allow(clippy::too_many_arguments)]
     fn copy_out(
         &self,
         cursor: &mut Cursor,
         mark: &ReaderMark,
         seq: u64,
         mode: u32,
-        batch: &Batch,
+        batch: &mut Batch,
         dest: &mut IovDest<'_>,
-    ) -> Result<Option<usize>> {
+        plan_next: impl FnOnce(&RoomInner, &mut Batch, usize) -> Option<u64>,
+    ) -> Result<Option<(usize, Option<u64>)>> {
         let room = &self.room;
         let area = &room.area;
         // Where the read started: a failed record's copy may have moved the
@@ -555,8 +589,8 @@ impl RoomFile {
         let mut partial = cursor.offset;
         // What the first framed header reported as lost.
         let mut reported = 0;
-        for record in batch.iter().flatten() {
-            let len = record.header.len as usize;
+        for (n, record) in batch.records().iter().enumerate() {
+            let len = record.len as usize;
             let result = match mode {
                 abi::READ_STREAM => {
                     let skip = if finished == 0 { cursor.offset } else { 0 };
@@ -581,13 +615,10 @@ impl RoomFile {
                     } else {
                         0
                     };
-                    let header = abi::FrameHeader {
-                        lost,
-                        ..record.header
-                    };
+                    let header = record.header(seq + n as u64, lost);
                     let written = dest.write(&header).and_then(|()| {
                         if mode == abi::READ_FRAMED_ORIGIN {
-                            match record.origin_at {
+                            match record.origin_at() {
                                 Some(at) => area.copy_to(at, ORIGIN, dest)?,
                                 None => dest.write(&abi::OriginHeader::default())?,
                             }
@@ -622,6 +653,12 @@ impl RoomFile {
         // The read returns `copied`; the iter must say so too.
         dest.revert(advanced.saturating_sub(copied));
         cursor.place(mark, &mut inner, seq + finished, partial);
+        let whole = batch.is_full() && finished == batch.count as u64;
+        let next = if whole {
+            plan_next(&inner, batch, dest.len())
+        } else {
+            None
+        };
         let asleep = inner.asleep();
         drop(inner);
         if finished > 0 {
@@ -630,34 +667,85 @@ impl RoomFile {
                 room.changed(events::OUT | events::WRNORM, asleep);
             }
         }
-        Ok(Some(copied))
+        Ok(Some((copied, next)))
     }
 }
 
-/// One record a read returns: where its bytes are, and its frame header as
-/// this reader sees it (`lost` still to fill in).
+/// One record a read returns: where its payload is, and what its frame
+/// header says (framed modes), looked up under the room lock.
 #[derive(Clone, Copy)]
 struct Planned {
-    header: abi::FrameHeader,
+    time_ns: u64,
+    len: u32,
+    pid: u32,
+    uid: u32,
+    gid: u32,
     payload_at: usize,
-    origin_at: Option<usize>,
+    relayed: bool,
+}
+
+impl Planned {
+    const EMPTY: Planned = Planned {
+        time_ns: 0,
+        len: 0,
+        pid: 0,
+        uid: 0,
+        gid: 0,
+        payload_at: 0,
+        relayed: false,
+    };
+
+    /// Its frame header as this reader sees it: record `seq`, `lost` just
+    /// before it.
+    fn header(&self, seq: u64, lost: u64) -> abi::FrameHeader {
+        abi::FrameHeader {
+            seq,
+            time_ns: self.time_ns,
+            lost,
+            len: self.len,
+            pid: self.pid,
+            uid: self.uid,
+            gid: self.gid,
+        }
+    }
+
+    /// Where its origin header is, if it was relayed.
+    fn origin_at(&self) -> Option<usize> {
+        self.relayed.then(|| self.payload_at - ORIGIN)
+    }
 }
 
 /// The records one pass of a read returns, oldest first.
-type Batch = [Option<Planned>; BATCH];
+struct Batch {
+    records: [Planned; BATCH],
+    count: usize,
+}
 
-/// Whether `batch` took all [`BATCH`] records: only then may more follow.
-fn is_full(batch: &Batch) -> bool {
-    batch.iter().all(Option::is_some)
+impl Batch {
+    const EMPTY: Batch = Batch {
+        records: [Planned::EMPTY; BATCH],
+        count: 0,
+    };
+
+    fn records(&self) -> &[Planned] {
+        self.records.get(..self.count).unwrap_or(&[])
+    }
+
+    /// Whether it took all [`BATCH`] records: only then may more follow.
+    fn is_full(&self) -> bool {
+        self.count == BATCH
+    }
 }
 
 /// Picks the records a read of `space` bytes in `mode` returns, starting
-/// `offset` bytes into record `seq` (which is ready); `EMSGSIZE` when a
-/// packet or frame does not fit. Only the read's `first` pass may return
-/// part of a message (one larger than the buffer, in stream mode) or fail;
-/// a later pass takes whole messages, or none. Framed modes get their senders as `file`'s
-/// namespaces see them: its pid namespace for the pid, its user namespace
-/// for the ids (`SCM_CREDENTIALS`' rule).
+/// `offset` bytes into record `seq` (which is ready), into `batch`;
+/// `EMSGSIZE` when a packet or frame does not fit. Only the read's `first`
+/// pass may return part of a message (one larger than the buffer, in
+/// stream mode) or fail; a later pass takes whole messages, or none.
+/// Framed modes get their senders as `file`'s namespaces see them: its pid
+/// namespace for the pid, its user namespace for the ids
+/// (`SCM_CREDENTIALS`' rule).
+#[allow(clippy::too_many_arguments)]
 fn plan(
     inner: &RoomInner,
     file: &File,
@@ -666,11 +754,13 @@ fn plan(
     mode: u32,
     space: usize,
     first: bool,
-) -> Result<Batch> {
-    let mut batch: Batch = [const { None }; BATCH];
+    batch: &mut Batch,
+) -> Result {
+    batch.count = 0;
     let mut planned = 0usize;
     let area = inner.ring.area();
-    for (n, entry) in batch.iter_mut().enumerate() {
+    let framed = mode == abi::READ_FRAMED || mode == abi::READ_FRAMED_ORIGIN;
+    for (n, entry) in batch.records.iter_mut().enumerate() {
         let Lookup::Ready(slot) = inner.ring.get(seq + n as u64) else {
             break;
         };
@@ -693,29 +783,24 @@ fn plan(
                 break;
             }
         }
-        let at = slot.offset(area);
-        let mut header = abi::FrameHeader {
-            seq: seq + n as u64,
+        *entry = Planned {
             time_ns: stamp.time_ns,
-            lost: 0,
             len: stamp.len,
-            ..abi::FrameHeader::default()
+            payload_at: stamp.payload_at(slot.offset(area)),
+            relayed: stamp.relayed,
+            ..Planned::EMPTY
         };
-        if mode == abi::READ_FRAMED || mode == abi::READ_FRAMED_ORIGIN {
+        if framed {
             let (uid, gid) = file.ids_as_seen(stamp.sender.kuid, stamp.sender.kgid);
-            header.pid = stamp.sender.pid_for_current();
-            header.uid = uid;
-            header.gid = gid;
+            entry.pid = stamp.sender.pid_for_current();
+            entry.uid = uid;
+            entry.gid = gid;
         }
-        *entry = Some(Planned {
-            header,
-            payload_at: stamp.payload_at(at),
-            origin_at: stamp.origin_at(at),
-        });
+        batch.count += 1;
         planned = planned.saturating_add(size);
         if planned >= space {
             break;
         }
     }
-    Ok(batch)
+    Ok(())
 }

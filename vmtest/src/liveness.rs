@@ -55,6 +55,10 @@ pub const TESTS: &[Test] = &[
         a_write_running_into_a_hole_is_efault,
     ),
     (
+        "liveness::a_write_running_into_a_hole_midway_keeps_the_messages_before_it",
+        a_write_running_into_a_hole_midway_keeps_the_messages_before_it,
+    ),
+    (
         "liveness::a_nowait_write_from_a_stalled_buffer_is_eagain",
         a_nowait_write_from_a_stalled_buffer_is_eagain,
     ),
@@ -1165,6 +1169,141 @@ fn a_write_running_into_a_hole_is_efault() -> Result<()> {
     }
     let info = room.control().info(&room.name)?;
     ensure!(info.msgs_in == 0, "{} messages stored", info.msgs_in);
+    Ok(())
+}
+
+/// Messages in the test below: 10 of `MIDWAY_MAX` bytes (plain), or 10
+/// records of `midway_len(k)` bytes (framed); the hole starts halfway
+/// through the sixth.
+const MIDWAY_MAX: usize = 64;
+const MIDWAY_COUNT: usize = 10;
+const MIDWAY_WHOLE: usize = 5;
+
+fn midway_len(framed: bool, k: usize) -> usize {
+    if framed {
+        1 + (k * 37) % MIDWAY_MAX
+    } else {
+        MIDWAY_MAX
+    }
+}
+
+/// Byte `n` of message `k`'s body.
+fn midway_byte(k: usize, n: usize) -> u8 {
+    (k * 31 + n * 7 + 1) as u8
+}
+
+/// A write of ten messages whose buffer runs into a hole halfway through
+/// the sixth returns the bytes of the first five, which readers get whole
+/// and in order, and stores nothing of the rest: the write path fills a
+/// batch with one copy and keeps only what came in whole. Plain and
+/// framed (a `WriteFrame` before each body in the source).
+fn a_write_running_into_a_hole_midway_keeps_the_messages_before_it() -> Result<()> {
+    module::ensure_loaded()?;
+    for framed in [false, true] {
+        let what = if framed { "framed" } else { "plain" };
+        let room = TempRoom::create(abi::RoomSpec {
+            max_msg: MIDWAY_MAX as u32,
+            ..spec(&format!("midway-{what}"))
+        })?;
+        let reader = room.open_read_nonblock()?;
+        kchat_client::set_read_mode(&reader, abi::READ_PACKET).context("IOC_SET_READ_MODE")?;
+        let writer = room.open_write()?;
+        let frame = if framed {
+            kchat_client::set_write_mode(&writer, abi::WRITE_FRAMED)
+                .context("IOC_SET_WRITE_MODE")?;
+            std::mem::size_of::<abi::WriteFrame>()
+        } else {
+            0
+        };
+        let size = |k: usize| frame + midway_len(framed, k);
+        let whole: usize = (0..MIDWAY_WHOLE).map(size).sum();
+        let total: usize = (0..MIDWAY_COUNT).map(size).sum();
+        // The hole starts after the sixth message's header and half its body.
+        let readable = whole + frame + midway_len(framed, MIDWAY_WHOLE) / 2;
+        let fd = writer.as_raw_fd();
+        let mut child = Child::spawn(|report| {
+            let pages = match Pages::map(2) {
+                Ok(pages) => pages,
+                Err(err) => return report.send(FAILED, 1, -(err as i64)),
+            };
+            // SAFETY: the second page of this child's own fresh mapping.
+            if unsafe { libc::mprotect(pages.addr(1) as *mut libc::c_void, PAGE, libc::PROT_NONE) }
+                != 0
+            {
+                return report.send(FAILED, 2, -(Errno::last() as i64));
+            }
+            let start = pages.addr(1) - readable;
+            // Lays out what fits before the hole, without allocating (this
+            // is a forked child).
+            let mut at = 0;
+            for k in 0..MIDWAY_COUNT {
+                let len = midway_len(framed, k);
+                let mut put = |byte: u8| {
+                    if at < readable {
+                        // SAFETY: inside the first page, before the hole.
+                        unsafe { ((start + at) as *mut u8).write(byte) };
+                    }
+                    at += 1;
+                };
+                if framed {
+                    for byte in (len as u32).to_ne_bytes().into_iter().chain([0; 4]) {
+                        put(byte);
+                    }
+                }
+                for n in 0..len {
+                    put(midway_byte(k, n));
+                }
+            }
+            // SAFETY: `total` bytes from `start`, the last of them in the
+            // hole: what the test is about; the kernel checks every byte.
+            let ret = unsafe { libc::write(fd, start as *const libc::c_void, total) };
+            report.send(DONE, outcome(ret), 0);
+        })?;
+        match child.hear(PATIENCE)? {
+            Heard::Report([DONE, ret, _]) => ensure!(
+                ret == whole as i64,
+                "a {what} write of {MIDWAY_COUNT} messages running into a hole in the sixth \
+                 returned {}, not the {whole} bytes of the five before it",
+                said(ret)
+            ),
+            Heard::Silent => {
+                let state = child.state();
+                child.kill();
+                bail!("a {what} write running into a hole midway did not return within {PATIENCE:?} ({state})");
+            }
+            other => bail!("the {what} writer into a hole midway: {other:?}"),
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; MIDWAY_MAX];
+        loop {
+            match (&reader).read(&mut buf) {
+                Ok(n) => got.push(buf[..n].to_vec()),
+                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                Err(err) => return Err(err).context("reading the messages back"),
+            }
+            ensure!(got.len() <= MIDWAY_COUNT, "more messages than were written");
+        }
+        ensure!(
+            got.len() == MIDWAY_WHOLE,
+            "{what}: readers got {} messages, not the {MIDWAY_WHOLE} before the hole",
+            got.len()
+        );
+        for (k, body) in got.iter().enumerate() {
+            let sent: Vec<u8> = (0..midway_len(framed, k))
+                .map(|n| midway_byte(k, n))
+                .collect();
+            ensure!(
+                body == &sent,
+                "{what}: message {k} arrived as {body:?}, not {sent:?}"
+            );
+        }
+        let info = room.control().info(&room.name)?;
+        ensure!(
+            info.msgs_in == MIDWAY_WHOLE as u64,
+            "{what}: {} messages stored, not {MIDWAY_WHOLE}",
+            info.msgs_in
+        );
+    }
     Ok(())
 }
 

@@ -41,6 +41,10 @@ pub const TESTS: &[Test] = &[
         the_write_mode_refuses_bad_input,
     ),
     (
+        "writes::bursts_arrive_whole_where_a_record_ends_at_the_rings_end",
+        bursts_arrive_whole_where_a_record_ends_at_the_rings_end,
+    ),
+    (
         "writes::bursts_arrive_whole_in_order_and_stamped_through_a_small_block_room",
         bursts_arrive_whole_in_order_and_stamped_through_a_small_block_room,
     ),
@@ -403,6 +407,67 @@ fn bursts_arrive_whole_in_order_and_stamped_through_a_small_block_room() -> Resu
     module::ensure_loaded()?;
     bursts_through(abi::MIN_RING_BYTES, 500)?;
     bursts_through(64 * 1024, 2000)
+}
+
+/// Writes of a few messages each, read back after every write: the ring's
+/// records go round many times, at every phase these lengths make, so
+/// some batch has a record that ends exactly at the ring's end and the
+/// next one at its start without padding. The write path fills the
+/// records a batch places back to back with one copy; it once took that
+/// seam for back to back and failed the write with `EINVAL` (the model
+/// test found it: a `drop` room of 4 KiB, 40-byte messages, writes of 81
+/// bytes, the 79th).
+fn bursts_arrive_whole_where_a_record_ends_at_the_rings_end() -> Result<()> {
+    module::ensure_loaded()?;
+    let max_msg = 40usize;
+    for write_len in [81usize, 121, 2 * max_msg + 17] {
+        let room = TempRoom::create(abi::RoomSpec {
+            ring_bytes: abi::MIN_RING_BYTES,
+            max_msg: max_msg as u32,
+            policy: abi::POLICY_DROP,
+            ..spec(&format!("seam-{write_len}"))
+        })?;
+        let mut reader = room.open_read_nonblock()?;
+        kchat_client::set_read_mode(&reader, abi::READ_FRAMED)?;
+        let mut writer = room.open_write()?;
+        let per_write = write_len.div_ceil(max_msg);
+        let mut seq = None;
+        for round in 0..400usize {
+            let data: Vec<u8> = (0..write_len).map(|j| (round * 13 + j) as u8).collect();
+            let took = writer
+                .write(&data)
+                .with_context(|| format!("write {round} of {write_len} bytes"))?;
+            ensure!(
+                took == write_len,
+                "write {round} of {write_len} bytes took {took}"
+            );
+            let got = frames_until(&mut reader, per_write)?;
+            ensure!(
+                got.len() == per_write,
+                "write {round}: {} messages read back, not {per_write}",
+                got.len()
+            );
+            for (index, ((header, body), sent)) in got.iter().zip(data.chunks(max_msg)).enumerate()
+            {
+                ensure!(
+                    body == sent && header.lost == 0,
+                    "{write_len}-byte write {round}, message {index}: {} bytes (lost {}), not the \
+                     {} sent",
+                    body.len(),
+                    header.lost,
+                    sent.len()
+                );
+                let expected = *seq.get_or_insert(header.seq);
+                ensure!(
+                    header.seq == expected,
+                    "message seq {} where {expected} was next",
+                    header.seq
+                );
+                seq = Some(expected + 1);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Two writes of `count` messages each, one plain and one framed, through

@@ -94,7 +94,9 @@ fn host_load() -> String {
 }
 
 /// Runs the bench; with `perf`, under `perf record -a -g` in the guest,
-/// keeping `perf report`'s flat profile as `profile.txt` and every sample
+/// keeping `perf report`'s flat profile as `profile.txt`, the same split
+/// by process as `profile-processes.txt` (the writers' process apart from
+/// the readers'), and every sample
 /// in the kernel's allocators as `profile-alloc.txt`. Everything goes to
 /// `out` (`benchmarks/` unless told otherwise: a smoke run goes elsewhere,
 /// so it never stands in for the record of a full run).
@@ -124,6 +126,8 @@ pub fn run(
             "perf record -q -a -g -o /tmp/perf.data -- {bench_cmd} && \
              perf report -i /tmp/perf.data --stdio --no-children -g none --sort dso,symbol \
              --percent-limit 0.1 2>/dev/null | sed -e 's/  *$//' > /run/kchat-vm/profile.txt && \
+             perf report -i /tmp/perf.data --stdio --no-children -g none --sort pid,dso,symbol \
+             --percent-limit 0.1 2>/dev/null | sed -e 's/  *$//' > /run/kchat-vm/profile-processes.txt && \
              {{ perf report -i /tmp/perf.data --stdio --no-children -g none --sort dso,symbol \
              --percent-limit 0 2>/dev/null | sed -e 's/  *$//' \
              | grep -E '\\[k\\] _*(k[a-z]*alloc|kfree|kvfree|kmem_cache|krealloc|v[a-z]*alloc|vfree|alloc_pages|free_unref|get_page_from_freelist)' \
@@ -179,7 +183,7 @@ pub fn run(
             .arg(&out),
     )?;
     if perf {
-        for name in ["profile.txt", "profile-alloc.txt"] {
+        for name in ["profile.txt", "profile-processes.txt", "profile-alloc.txt"] {
             std::fs::copy(run.dir.join(name), out.join(name))
                 .with_context(|| format!("keeping perf's {name}"))?;
         }
