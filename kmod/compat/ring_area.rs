@@ -283,17 +283,6 @@ impl RingArea {
         Ok(unsafe { kchat_copy_from_iter_nofault(to.cast(), len, src.as_raw()) })
     }
 
-    /// Moves `len` bytes at `from` to `to`, both in the records; the two
-    /// may overlap.
-    pub(crate) fn move_within(&self, from: usize, to: usize, len: usize) -> Result {
-        let source = self.span(from, len)?;
-        let dest = self.span(to, len)?;
-        // SAFETY: both spans are inside the area (checked above), which no
-        // Rust reference covers; `ptr::copy` allows them to overlap.
-        unsafe { core::ptr::copy(source, dest, len) };
-        Ok(())
-    }
-
     /// Copies `len` bytes at `offset` to a reader's buffers; `EFAULT` (and
     /// a partial copy) if user memory is bad.
     pub(crate) fn copy_to(&self, offset: usize, len: usize, dest: &mut IovDest<'_>) -> Result {

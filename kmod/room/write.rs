@@ -20,7 +20,7 @@ use crate::{
         poll::events,
         task::{fatal_signal_pending, realtime_ns, signal_pending, Sender},
     },
-    ring::Places,
+    ring::Placement,
 };
 use core::sync::atomic::Ordering;
 use kernel::{
@@ -59,11 +59,6 @@ impl Writer {
         }
     }
 }
-
-// `Room::fill_run` copies a batch's source to the end of its records and
-// moves each payload down: that needs every record's header to take at
-// least the bytes of the `WriteFrame` before its payload in the source.
-const _: () = assert!(RECORD_HEADER >= core::mem::size_of::<abi::WriteFrame>());
 
 /// The most messages one pass of the room lock places: a burst of small
 /// messages costs one lock pass, one stamp (clock and sender) and one
@@ -604,8 +599,30 @@ impl Room {
                 gid: writer.kgid,
                 reserved: 0,
             };
-            let (filled, faulted) =
-                self.fill_batch(&mut places, batch, placed, &header, origin, src)?;
+            let mut filled = 0;
+            let mut faulted = false;
+            while filled < placed {
+                let len = batch.len(filled);
+                // The area is sized so that `None` cannot happen.
+                let Some(placement) = places.next(record_size(len, relayed)) else {
+                    break;
+                };
+                let header = abi::RingRecord {
+                    seq: first_seq + filled as u64,
+                    len: len as u32,
+                    ..header
+                };
+                if batch.frame > 0 {
+                    src.skip(batch.frame);
+                }
+                let copied = self.fill(&placement, &header, origin, len, src)?;
+                if copied < len {
+                    src.revert(batch.frame + copied);
+                    faulted = true;
+                    break;
+                }
+                filled += 1;
+            }
             if filled == 0 && faulted {
                 // Part of the writer's buffer is not in memory. Fault it in
                 // holding nothing, then place the message again: the bytes
@@ -686,155 +703,32 @@ impl Room {
         }
     }
 
-    /// Fills the first `count` records of `batch` from `src`, holding
-    /// `writing`, where `places` puts them; `header` is the first one's
-    /// (the rest differ in `seq` and `len`). Returns how many were filled
-    /// whole, the iter advanced past exactly their source bytes, and
-    /// whether the copy of the next one came up short (its memory not in).
-    ///
-    /// Records that lie back to back in the area (all of a batch, or the
-    /// two runs either side of where it wraps) are filled with one copy of
-    /// their source: a copy from user memory costs more per call than per
-    /// byte, and a burst of small messages paid it per message.
-    fn fill_batch(
+    /// Writes a record's header, origin and payload at `placement`, holding
+    /// `writing`; returns how many payload bytes came from `src` (fewer than
+    /// `len` if the rest would have faulted).
+    fn fill(
         &self,
-        places: &mut Places,
-        batch: &Batch,
-        count: usize,
+        placement: &Placement,
         header: &abi::RingRecord,
         origin: Option<&abi::OriginHeader>,
-        src: &mut IovSource<'_>,
-    ) -> Result<(usize, bool)> {
-        let relayed = origin.is_some();
-        let mut offsets = [0usize; BATCH];
-        let mut placed = 0;
-        // The first record placed at the area's start (after padding, or
-        // right after a record that ended at the area's end), if one was.
-        let mut wrap = 0;
-        let mut next_at = None;
-        for offset in offsets.iter_mut().take(count) {
-            // The area is sized so that `None` cannot happen.
-            let Some(placement) = places.next(record_size(batch.len(placed), relayed)) else {
-                break;
-            };
-            if let Some(pad_from) = placement.pad_from {
-                self.pad(pad_from)?;
-            }
-            if next_at.is_some_and(|at| at != placement.offset) {
-                wrap = placed;
-            }
-            next_at = Some(placement.offset + placement.size);
-            *offset = placement.offset;
-            placed += 1;
-        }
-        let mut filled = 0;
-        for (from, to) in [(0, wrap), (wrap, placed)] {
-            let Some(run) = offsets.get(from..to).filter(|run| !run.is_empty()) else {
-                continue;
-            };
-            let whole = self.fill_run(run, batch, from, header, origin, src)?;
-            filled += whole;
-            if whole < run.len() {
-                return Ok((filled, true));
-            }
-        }
-        Ok((filled, false))
-    }
-
-    /// Fills the records of `batch` from index `first` on, one at each of
-    /// `offsets` (back to back in the area, in order), from `src`; returns
-    /// how many were filled whole, the iter advanced past exactly them.
-    ///
-    /// Their source bytes (payloads, with a framed write's `WriteFrame`
-    /// before each) are copied in one go to the end of the run, where they
-    /// take no more room than the records will, then each payload moves
-    /// down to its place, oldest first, and gets its header. A record's
-    /// header and origin take at least as many bytes as a `WriteFrame`,
-    /// so every payload moves down or stays, and neither a moved payload
-    /// nor a header lands on source bytes not moved yet.
-    fn fill_run(
-        &self,
-        offsets: &[usize],
-        batch: &Batch,
-        first: usize,
-        header: &abi::RingRecord,
-        origin: Option<&abi::OriginHeader>,
+        len: usize,
         src: &mut IovSource<'_>,
     ) -> Result<usize> {
-        let relayed = origin.is_some();
-        let record = |index: usize| abi::RingRecord {
-            seq: header.seq + index as u64,
-            len: batch.len(index) as u32,
-            ..*header
-        };
-        let frame = batch.frame;
-        if let &[only] = offsets {
-            let len = batch.len(first);
-            if frame > 0 {
-                src.skip(frame);
+        if let Some(pad_from) = placement.pad_from {
+            if self.area.len() - pad_from >= RECORD_HEADER {
+                let pad = abi::RingRecord {
+                    flags: abi::RING_PAD,
+                    ..abi::RingRecord::default()
+                };
+                self.area.put(pad_from, &pad)?;
             }
-            self.put_header(only, &record(first), origin)?;
-            let copied = self
-                .area
-                .fill_from_nofault(payload_at(only, relayed), len, src)?;
-            if copied < len {
-                src.revert(frame + copied);
-                return Ok(0);
-            }
-            return Ok(1);
         }
-        let Some(&last_at) = offsets.last() else {
-            return Ok(0);
-        };
-        let last = first + offsets.len() - 1;
-        let end = payload_at(last_at, relayed) + batch.len(last);
-        let source = batch.source_bytes(first, last + 1);
-        let landing = end.checked_sub(source).ok_or(EINVAL)?;
-        let copied = self.area.fill_from_nofault(landing, source, src)?;
-        let mut from = landing;
-        let mut whole = 0;
-        for (index, &at) in (first..).zip(offsets) {
-            let len = batch.len(index);
-            if from + frame + len > landing + copied {
-                break;
-            }
-            self.area
-                .move_within(from + frame, payload_at(at, relayed), len)?;
-            self.put_header(at, &record(index), origin)?;
-            from += frame + len;
-            whole += 1;
-        }
-        // Source bytes copied past the last whole record are taken again
-        // by a later pass.
-        src.revert(landing + copied - from);
-        Ok(whole)
-    }
-
-    /// Marks the area from `pad_from` to its end as padding (a record that
-    /// would have crossed the end starts over at the beginning), if there
-    /// is room for a header there.
-    fn pad(&self, pad_from: usize) -> Result {
-        if self.area.len() - pad_from >= RECORD_HEADER {
-            let pad = abi::RingRecord {
-                flags: abi::RING_PAD,
-                ..abi::RingRecord::default()
-            };
-            self.area.put(pad_from, &pad)?;
-        }
-        Ok(())
-    }
-
-    /// Writes a record's header, and its origin if it was relayed, at `at`.
-    fn put_header(
-        &self,
-        at: usize,
-        header: &abi::RingRecord,
-        origin: Option<&abi::OriginHeader>,
-    ) -> Result {
+        let at = placement.offset;
         self.area.put(at, header)?;
         if let Some(origin) = origin {
             self.area.put(at + RECORD_HEADER, origin)?;
         }
-        Ok(())
+        self.area
+            .fill_from_nofault(payload_at(at, origin.is_some()), len, src)
     }
 }

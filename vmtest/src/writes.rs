@@ -412,11 +412,11 @@ fn bursts_arrive_whole_in_order_and_stamped_through_a_small_block_room() -> Resu
 /// Writes of a few messages each, read back after every write: the ring's
 /// records go round many times, at every phase these lengths make, so
 /// some batch has a record that ends exactly at the ring's end and the
-/// next one at its start without padding. The write path fills the
-/// records a batch places back to back with one copy; it once took that
-/// seam for back to back and failed the write with `EINVAL` (the model
-/// test found it: a `drop` room of 4 KiB, 40-byte messages, writes of 81
-/// bytes, the 79th).
+/// next one at its start without padding. A version of the write path
+/// that filled the records a batch placed back to back with one copy
+/// took that seam for back to back and failed the write with `EINVAL`
+/// (the model test found it: a `drop` room of 4 KiB, 40-byte messages,
+/// writes of 81 bytes, the 79th).
 fn bursts_arrive_whole_where_a_record_ends_at_the_rings_end() -> Result<()> {
     module::ensure_loaded()?;
     let max_msg = 40usize;
