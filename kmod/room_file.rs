@@ -528,16 +528,13 @@ impl RoomFile {
                 mode,
                 batch,
                 dest,
-                |inner, batch, space| {
-                    if space == 0 || signal_pending() {
-                        return None;
-                    }
-                    let next = mark.seq.load(Ordering::Relaxed);
-                    if !matches!(inner.ring.get(next), Lookup::Ready(_)) {
-                        return None;
-                    }
-                    plan(inner, file, next, 0, mode, space, false, batch).ok()?;
-                    (batch.count > 0).then_some(next)
+                |inner, batch, next, space| {
+                    // A batch of none: nothing ready at `next`, or the
+                    // first message there does not fit.
+                    space > 0
+                        && !signal_pending()
+                        && plan(inner, file, next, 0, mode, space, false, batch).is_ok()
+                        && batch.count > 0
                 },
             );
             match outcome {
@@ -564,9 +561,10 @@ impl RoomFile {
     /// cursor stays, so the next look counts the loss.
     ///
     /// When every record of a full batch was copied, `plan_next` runs under
-    /// the same hold of the room lock that moved the cursor, given the
-    /// bytes `dest` has left: it may plan the next batch in `batch` and say
-    /// where it starts, returned with the bytes copied.
+    /// the same hold of the room lock that moved the cursor, given where
+    /// the cursor now is and the bytes `dest` has left: if it planned the
+    /// next batch in `batch`, where that starts is returned with the bytes
+    /// copied.
     #[allow(clippy::too_many_arguments)]
     fn copy_out(
         &self,
@@ -576,7 +574,7 @@ impl RoomFile {
         mode: u32,
         batch: &mut Batch,
         dest: &mut IovDest<'_>,
-        plan_next: impl FnOnce(&RoomInner, &mut Batch, usize) -> Option<u64>,
+        plan_next: impl FnOnce(&RoomInner, &mut Batch, u64, usize) -> bool,
     ) -> Result<Option<(usize, Option<u64>)>> {
         let room = &self.room;
         let area = &room.area;
@@ -652,13 +650,10 @@ impl RoomFile {
         }
         // The read returns `copied`; the iter must say so too.
         dest.revert(advanced.saturating_sub(copied));
-        cursor.place(mark, &mut inner, seq + finished, partial);
+        let next = seq + finished;
+        cursor.place(mark, &mut inner, next, partial);
         let whole = batch.is_full() && finished == batch.count as u64;
-        let next = if whole {
-            plan_next(&inner, batch, dest.len())
-        } else {
-            None
-        };
+        let next = (whole && plan_next(&inner, batch, next, dest.len())).then_some(next);
         let asleep = inner.asleep();
         drop(inner);
         if finished > 0 {
